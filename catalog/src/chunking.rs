@@ -1,0 +1,188 @@
+//! Content-defined chunking of large files, and the chunk-list object that describes them.
+//!
+//! Files up to [`SMALL_FILE_MAX`] bytes are stored as one object. Larger files are cut with
+//! FastCDC 2020 (`fastcdc =5.0.0`, normalization level 1, seed 0) using [`CHUNK_MIN`],
+//! [`CHUNK_AVG`] and [`CHUNK_MAX`]; the cut points are part of the format, which is why the
+//! crate version is pinned exactly. The numbers behind these sizes are in `docs/format.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::object::{self, ObjectKind};
+use crate::{Error, ObjectId};
+
+/// Smallest chunk FastCDC may cut (except the file's last).
+pub const CHUNK_MIN: usize = 256 * 1024;
+/// Target average chunk size.
+pub const CHUNK_AVG: usize = 1024 * 1024;
+/// Largest chunk.
+pub const CHUNK_MAX: usize = 4 * 1024 * 1024;
+/// Files of at most this many bytes are stored as a single object.
+pub const SMALL_FILE_MAX: u64 = CHUNK_AVG as u64;
+
+/// Chunk boundaries of `data`, as `(offset, length)` pairs covering it exactly.
+pub fn cut_points(data: &[u8]) -> Vec<(usize, usize)> {
+    fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
+        .map(|c| (c.offset, c.length))
+        .collect()
+}
+
+/// A streaming chunker over any reader, yielding `(offset, bytes)` per chunk.
+pub fn stream_chunks<R: std::io::Read>(
+    reader: R,
+) -> impl Iterator<Item = Result<(u64, Vec<u8>), std::io::Error>> {
+    fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).map(|r| {
+        r.map(|c| (c.offset, c.data)).map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(io) => io,
+            other => std::io::Error::other(format!("{other:?}")),
+        })
+    })
+}
+
+/// One chunk of a large file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The chunk object's name.
+    pub id: ObjectId,
+    /// Its plaintext length.
+    pub len: u32,
+}
+
+/// The ordered chunks of one large file. Stored as an object of kind
+/// [`ObjectKind::ChunkList`]; the file's directory entry names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    /// The chunks, in file order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A chunk located by [`ChunkList::offsets`]: its index, file offset and reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedChunk {
+    /// Position in the list.
+    pub index: usize,
+    /// Offset of the chunk's first byte in the file.
+    pub offset: u64,
+    /// The chunk.
+    pub chunk: ChunkRef,
+}
+
+impl ChunkList {
+    /// Serialize to the object plaintext.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serializing to a Vec cannot fail")
+    }
+
+    /// Parse a verified chunk-list object.
+    pub fn from_verified(v: &object::Verified) -> Result<Self, Error> {
+        if v.kind() != ObjectKind::ChunkList {
+            return Err(Error::BadObject { id: v.id(), what: "not a chunk list".into() });
+        }
+        postcard::from_bytes(v.data())
+            .map_err(|e| Error::BadObject { id: v.id(), what: format!("chunk list: {e}") })
+    }
+
+    /// Total length of the file.
+    pub fn total_len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len as u64).sum()
+    }
+
+    /// Start offset of every chunk, plus the total length at the end (`len() + 1` values).
+    pub fn offsets(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.chunks.len() + 1);
+        let mut at = 0u64;
+        out.push(0);
+        for c in &self.chunks {
+            at += c.len as u64;
+            out.push(at);
+        }
+        out
+    }
+
+    /// The chunk that holds byte `offset`, given the result of [`ChunkList::offsets`].
+    pub fn locate(&self, offsets: &[u64], offset: u64) -> Option<PlacedChunk> {
+        if offset >= *offsets.last()? {
+            return None;
+        }
+        let index = offsets.partition_point(|&o| o <= offset) - 1;
+        Some(PlacedChunk { index, offset: offsets[index], chunk: self.chunks[index] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Golden boundaries: if these change, every published chunk name changes. Update only
+    /// with a format version bump.
+    #[test]
+    fn golden_cut_points() {
+        let data = pseudo_random(16 << 20, 42);
+        let cuts = cut_points(&data);
+        let lens: Vec<usize> = cuts.iter().map(|c| c.1).collect();
+        assert_eq!(lens.iter().sum::<usize>(), data.len());
+        let h = blake3::hash(format!("{lens:?}").as_bytes()).to_hex().to_string();
+        assert_eq!(
+            (cuts.len(), &h[..16]),
+            (GOLDEN_COUNT, GOLDEN_HASH),
+            "cut points changed: {lens:?}"
+        );
+    }
+    const GOLDEN_COUNT: usize = 14;
+    const GOLDEN_HASH: &str = "68ab900d2bab66fc";
+
+    #[test]
+    fn stream_matches_slice() {
+        let data = pseudo_random(9 << 20, 7);
+        let streamed: Vec<(u64, usize)> =
+            stream_chunks(&data[..]).map(|r| r.map(|(o, d)| (o, d.len())).unwrap()).collect();
+        let sliced: Vec<(u64, usize)> =
+            cut_points(&data).into_iter().map(|(o, l)| (o as u64, l)).collect();
+        assert_eq!(streamed, sliced);
+    }
+
+    #[test]
+    fn insertion_shifts_only_nearby_chunks() {
+        let data = pseudo_random(20 << 20, 3);
+        let mut edited = data[..10 << 20].to_vec();
+        edited.extend_from_slice(b"an inserted line of text");
+        edited.extend_from_slice(&data[10 << 20..]);
+        let ids = |d: &[u8]| -> std::collections::HashSet<ObjectId> {
+            cut_points(d).iter().map(|&(o, l)| ObjectId::of(&d[o..o + l])).collect()
+        };
+        let (a, b) = (ids(&data), ids(&edited));
+        let shared = a.intersection(&b).count();
+        assert!(shared + 3 >= a.len(), "only {shared} of {} chunks survive an insert", a.len());
+    }
+
+    #[test]
+    fn locate_finds_every_boundary() {
+        let list = ChunkList {
+            chunks: [10u32, 20, 30]
+                .iter()
+                .map(|&len| ChunkRef { id: ObjectId::of(&[len as u8]), len })
+                .collect(),
+        };
+        let offs = list.offsets();
+        assert_eq!(offs, vec![0, 10, 30, 60]);
+        assert_eq!(list.locate(&offs, 0).unwrap().index, 0);
+        assert_eq!(list.locate(&offs, 9).unwrap().index, 0);
+        assert_eq!(list.locate(&offs, 10).unwrap().index, 1);
+        assert_eq!(list.locate(&offs, 59).unwrap().offset, 30);
+        assert!(list.locate(&offs, 60).is_none());
+        let bytes = list.to_bytes();
+        let enc = object::encode(ObjectKind::ChunkList, &bytes, 3);
+        let v = object::decode(enc.id, ObjectKind::ChunkList, &enc.bytes, 1 << 20).unwrap();
+        assert_eq!(ChunkList::from_verified(&v).unwrap(), list);
+    }
+}

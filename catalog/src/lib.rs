@@ -1,0 +1,45 @@
+//! # depotfs-catalog: the published format
+//!
+//! Everything a publisher writes and a client reads is defined here, and only here:
+//!
+//! - [`ObjectId`] — the blake3 hash of an object's *plaintext*; objects live at
+//!   `objects/ab/cdef…` ([`ObjectId::store_path`]).
+//! - [`object`] — the on-the-wire encoding of one object: a 16-byte header that records the
+//!   object kind, the codec (zstd or raw) and the plaintext length, then the payload.
+//!   [`object::decode`] is the one place where fetched bytes are decompressed (bounded) and
+//!   checked against their name; it returns [`object::Verified`] so unverified bytes cannot be
+//!   used by accident.
+//! - [`chunking`] — the content-defined chunking parameters (FastCDC 2020, `fastcdc =5.0.0`:
+//!   cut points are part of the format) and the [`ChunkList`] object of a large file.
+//! - [`dir`] — directory entries and the directory tree: a directory is a content-defined
+//!   B-tree ("prolly tree") of [`dir::DirNode`] objects, so a 118,594-entry directory is a
+//!   few hundred small pieces, a change rewrites one leaf and its path to the top, and a
+//!   client can look up one name or stream a listing piece by piece.
+//! - [`manifest`] — the signed `public/manifest`: repository name, revision, root, times, TTL.
+//!
+//! The crate does no I/O: it encodes, decodes and verifies. Publisher and client supply
+//! objects through the [`dir::NodeSource`] trait. See `docs/format.md` for the decisions and
+//! the measurements behind them.
+//!
+//! Crate choices: `postcard` for compact, deterministic serde encoding of objects (bincode is
+//! unmaintained); `ed25519-dalek` 3 for signatures; `zstd` for compression; `blake3` for names.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod chunking;
+pub mod dir;
+mod error;
+mod id;
+pub mod manifest;
+pub mod object;
+
+pub use chunking::{ChunkList, ChunkRef};
+pub use dir::{DirNode, Entry, EntryKind, FileContent};
+pub use error::Error;
+pub use id::ObjectId;
+pub use manifest::{Manifest, PublicKey, SecretKey};
+pub use object::{ObjectKind, Verified};
+
+/// The format version written into every manifest. A client refuses manifests of a newer
+/// format than it understands.
+pub const FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,261 @@
+//! The encoding of one stored object, and the one place fetched bytes are verified.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "DPO1"
+//! 4       1     kind   (1 chunk, 2 chunk list, 3 directory node)
+//! 5       1     codec  (0 raw, 1 zstd)
+//! 6       2     reserved, zero
+//! 8       8     plaintext length, little endian
+//! 16      ...   payload (the plaintext, or its zstd frame)
+//! ```
+//!
+//! The object's name is `blake3(plaintext)`. A reader decodes the payload, refusing to
+//! produce more than the recorded length (or than the caller's own bound), and hashes it.
+
+use crate::{Error, ObjectId};
+
+const MAGIC: &[u8; 4] = b"DPO1";
+/// Size of the object header in bytes.
+pub const HEADER_LEN: usize = 16;
+
+/// What an object holds. Recorded in the header so `verify` and `gc` can tell objects apart,
+/// and so a client refuses an object used in the wrong place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// File data: a whole small file or one chunk of a large one.
+    Chunk = 1,
+    /// A [`crate::ChunkList`].
+    ChunkList = 2,
+    /// A [`crate::DirNode`].
+    DirNode = 3,
+}
+
+impl ObjectKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Chunk),
+            2 => Some(Self::ChunkList),
+            3 => Some(Self::DirNode),
+            _ => None,
+        }
+    }
+}
+
+/// How the payload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// The plaintext itself (data zstd does not shrink).
+    Raw = 0,
+    /// One zstd frame.
+    Zstd = 1,
+}
+
+/// Plaintext that has been checked against its name. Only [`decode`] makes one.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    id: ObjectId,
+    kind: ObjectKind,
+    data: Vec<u8>,
+}
+
+impl Verified {
+    /// The object's name.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+    /// The object's kind.
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+    /// The verified plaintext.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+    /// The verified plaintext, owned.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+/// An object ready to be stored: its name and its encoded bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `blake3(plaintext)`.
+    pub id: ObjectId,
+    /// Header and payload, as written to `objects/…`.
+    pub bytes: Vec<u8>,
+    /// The codec chosen.
+    pub codec: Codec,
+}
+
+fn header(kind: ObjectKind, codec: Codec, len: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = kind as u8;
+    h[5] = codec as u8;
+    h[8..16].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Encode `plaintext` whose id is already known (the publisher hashes first to skip work for
+/// objects it already has). Compresses with zstd at `level`; keeps the raw bytes when zstd
+/// does not save at least 1/32 of them.
+pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
+    let len = plaintext.len() as u64;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + plaintext.len() / 2);
+    bytes.extend_from_slice(&header(kind, Codec::Zstd, len));
+    let limit = plaintext.len() - plaintext.len() / 32;
+    let compressed_ok = !plaintext.is_empty()
+        && zstd::stream::copy_encode(plaintext, &mut bytes, level).is_ok()
+        && bytes.len() - HEADER_LEN < limit;
+    if compressed_ok {
+        return Encoded { id, bytes, codec: Codec::Zstd };
+    }
+    bytes.clear();
+    bytes.reserve(HEADER_LEN + plaintext.len());
+    bytes.extend_from_slice(&header(kind, Codec::Raw, len));
+    bytes.extend_from_slice(plaintext);
+    Encoded { id, bytes, codec: Codec::Raw }
+}
+
+/// Hash and encode `plaintext`.
+pub fn encode(kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
+    encode_with_id(ObjectId::of(plaintext), kind, plaintext, level)
+}
+
+/// Read the header of an encoded object: kind, codec, plaintext length.
+pub fn peek_header(id: ObjectId, bytes: &[u8]) -> Result<(ObjectKind, Codec, u64), Error> {
+    let bad = |what: &str| Error::BadObject { id, what: what.to_string() };
+    if bytes.len() < HEADER_LEN {
+        return Err(bad("shorter than its header"));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(bad("bad magic (not a depotfs object)"));
+    }
+    let kind = ObjectKind::from_u8(bytes[4]).ok_or_else(|| bad("unknown object kind"))?;
+    let codec = match bytes[5] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        _ => return Err(bad("unknown codec")),
+    };
+    if bytes[6..8] != [0, 0] {
+        return Err(bad("reserved header bytes are not zero"));
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Ok((kind, codec, len))
+}
+
+/// Decode and verify the bytes fetched for `id`.
+///
+/// `expect` is the kind the caller needs; `max_len` bounds the plaintext (a hostile server
+/// cannot make the client inflate more than this). Fails unless the plaintext hashes to `id`.
+pub fn decode(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: &[u8],
+    max_len: u64,
+) -> Result<Verified, Error> {
+    let (kind, codec, len) = peek_header(id, bytes)?;
+    let bad = |what: String| Error::BadObject { id, what };
+    if kind != expect {
+        return Err(bad(format!("is a {kind:?}, expected a {expect:?}")));
+    }
+    if len > max_len {
+        return Err(bad(format!("claims {len} bytes, more than the {max_len} allowed here")));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    let data = match codec {
+        Codec::Raw => payload.to_vec(),
+        Codec::Zstd => {
+            // Bounded: decompress at most len + 1 bytes, so a lying header is caught
+            // without inflating an arbitrary amount.
+            let mut out = Vec::with_capacity(len as usize);
+            let mut dec = zstd::stream::read::Decoder::new(payload)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            use std::io::Read;
+            (&mut dec)
+                .take(len + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("zstd: {e}")))?;
+            out
+        }
+    };
+    if data.len() as u64 != len {
+        return Err(bad(format!("holds {} bytes, header says {len}", data.len())));
+    }
+    let actual = ObjectId::of(&data);
+    if actual != id {
+        return Err(Error::HashMismatch { id, actual });
+    }
+    Ok(Verified { id, kind, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_round_trip() {
+        let text = b"samtools samtools samtools ".repeat(1000);
+        let enc = encode(ObjectKind::Chunk, &text, 3);
+        assert_eq!(enc.codec, Codec::Zstd);
+        assert!(enc.bytes.len() < text.len() / 10);
+        let v = decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap();
+        assert_eq!(v.data(), &text[..]);
+    }
+
+    #[test]
+    fn incompressible_is_raw() {
+        let mut x = 0x9E3779B97F4A7C15u64;
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let enc = encode(ObjectKind::Chunk, &data, 3);
+        assert_eq!(enc.codec, Codec::Raw);
+        assert_eq!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap().data(), &data[..]);
+    }
+
+    #[test]
+    fn empty_round_trip() {
+        let enc = encode(ObjectKind::Chunk, b"", 3);
+        assert!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 0).unwrap().data().is_empty());
+    }
+
+    #[test]
+    fn no_single_byte_flip_yields_wrong_bytes() {
+        // A flip may land in a zstd frame field that does not change the output (the window
+        // descriptor, say); then the plaintext is still right. What must never happen is a
+        // successful decode that returns different bytes.
+        let text = b"0123456789abcdef".repeat(64);
+        for enc in [encode(ObjectKind::Chunk, &text, 3), encode(ObjectKind::Chunk, &text, -100)] {
+            for i in 0..enc.bytes.len() {
+                let mut bad = enc.bytes.clone();
+                bad[i] ^= 0x01;
+                if let Ok(v) = decode(enc.id, ObjectKind::Chunk, &bad, 1 << 20) {
+                    assert_eq!(v.data(), &text[..], "flip at byte {i} yielded wrong bytes");
+                    assert!(i >= HEADER_LEN, "flip in the header at byte {i} went unnoticed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_kind_and_bombs_are_refused() {
+        let text = vec![0u8; 10 << 20];
+        let enc = encode(ObjectKind::Chunk, &text, 3);
+        assert!(decode(enc.id, ObjectKind::DirNode, &enc.bytes, 1 << 30).is_err());
+        // A header within bounds but a payload that inflates further is cut off.
+        let mut lying = enc.bytes.clone();
+        lying[8..16].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(decode(enc.id, ObjectKind::Chunk, &lying, 1 << 30).is_err());
+        assert!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).is_err());
+    }
+}
