@@ -1,1 +1,2 @@
-//! placeholder
+//! depotfs client (placeholder until the fusefs work lands).
+pub mod cli;

@@ -1,1 +1,3 @@
-//! placeholder
+//! depotfs publisher (in progress).
+pub mod cli;
+pub mod serve;

@@ -1,0 +1,1 @@
+//! `depotfs serve` (placeholder).
