@@ -75,10 +75,15 @@ impl ChunkList {
     /// Parse a verified chunk-list object.
     pub fn from_verified(v: &object::Verified) -> Result<Self, Error> {
         if v.kind() != ObjectKind::ChunkList {
-            return Err(Error::BadObject { id: v.id(), what: "not a chunk list".into() });
+            return Err(Error::BadObject {
+                id: v.id(),
+                what: "not a chunk list".into(),
+            });
         }
-        postcard::from_bytes(v.data())
-            .map_err(|e| Error::BadObject { id: v.id(), what: format!("chunk list: {e}") })
+        postcard::from_bytes(v.data()).map_err(|e| Error::BadObject {
+            id: v.id(),
+            what: format!("chunk list: {e}"),
+        })
     }
 
     /// Total length of the file.
@@ -104,7 +109,11 @@ impl ChunkList {
             return None;
         }
         let index = offsets.partition_point(|&o| o <= offset) - 1;
-        Some(PlacedChunk { index, offset: offsets[index], chunk: self.chunks[index] })
+        Some(PlacedChunk {
+            index,
+            offset: offsets[index],
+            chunk: self.chunks[index],
+        })
     }
 }
 
@@ -131,7 +140,9 @@ mod tests {
         let cuts = cut_points(&data);
         let lens: Vec<usize> = cuts.iter().map(|c| c.1).collect();
         assert_eq!(lens.iter().sum::<usize>(), data.len());
-        let h = blake3::hash(format!("{lens:?}").as_bytes()).to_hex().to_string();
+        let h = blake3::hash(format!("{lens:?}").as_bytes())
+            .to_hex()
+            .to_string();
         assert_eq!(
             (cuts.len(), &h[..16]),
             (GOLDEN_COUNT, GOLDEN_HASH),
@@ -144,10 +155,13 @@ mod tests {
     #[test]
     fn stream_matches_slice() {
         let data = pseudo_random(9 << 20, 7);
-        let streamed: Vec<(u64, usize)> =
-            stream_chunks(&data[..]).map(|r| r.map(|(o, d)| (o, d.len())).unwrap()).collect();
-        let sliced: Vec<(u64, usize)> =
-            cut_points(&data).into_iter().map(|(o, l)| (o as u64, l)).collect();
+        let streamed: Vec<(u64, usize)> = stream_chunks(&data[..])
+            .map(|r| r.map(|(o, d)| (o, d.len())).unwrap())
+            .collect();
+        let sliced: Vec<(u64, usize)> = cut_points(&data)
+            .into_iter()
+            .map(|(o, l)| (o as u64, l))
+            .collect();
         assert_eq!(streamed, sliced);
     }
 
@@ -158,11 +172,18 @@ mod tests {
         edited.extend_from_slice(b"an inserted line of text");
         edited.extend_from_slice(&data[10 << 20..]);
         let ids = |d: &[u8]| -> std::collections::HashSet<ObjectId> {
-            cut_points(d).iter().map(|&(o, l)| ObjectId::of(&d[o..o + l])).collect()
+            cut_points(d)
+                .iter()
+                .map(|&(o, l)| ObjectId::of(&d[o..o + l]))
+                .collect()
         };
         let (a, b) = (ids(&data), ids(&edited));
         let shared = a.intersection(&b).count();
-        assert!(shared + 3 >= a.len(), "only {shared} of {} chunks survive an insert", a.len());
+        assert!(
+            shared + 3 >= a.len(),
+            "only {shared} of {} chunks survive an insert",
+            a.len()
+        );
     }
 
     #[test]
@@ -170,7 +191,10 @@ mod tests {
         let list = ChunkList {
             chunks: [10u32, 20, 30]
                 .iter()
-                .map(|&len| ChunkRef { id: ObjectId::of(&[len as u8]), len })
+                .map(|&len| ChunkRef {
+                    id: ObjectId::of(&[len as u8]),
+                    len,
+                })
                 .collect(),
         };
         let offs = list.offsets();

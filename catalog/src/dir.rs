@@ -90,8 +90,7 @@ impl Entry {
 
 /// Check that `name` can be one path component.
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(Error::Invalid(format!("{name:?} is not a valid file name")));
     }
     Ok(())
@@ -192,7 +191,10 @@ pub fn build(
     };
     if entries.len() <= SINGLE_LEAF_MAX {
         let tree = store(DirNode::Leaf(entries))?;
-        return Ok(BuiltDir { tree, entries: total });
+        return Ok(BuiltDir {
+            tree,
+            entries: total,
+        });
     }
     // Level 0: leaves.
     let mut refs: Vec<ChildRef> = Vec::new();
@@ -227,7 +229,10 @@ pub fn build(
         refs = next;
         level_no = level_no.saturating_add(1);
     }
-    Ok(BuiltDir { tree: refs[0].id, entries: total })
+    Ok(BuiltDir {
+        tree: refs[0].id,
+        entries: total,
+    })
 }
 
 /// Supplies directory nodes to the readers below: from a local store, a cache, or the network.
@@ -324,7 +329,13 @@ mod tests {
     impl NodeSource for Mem {
         fn node(&self, id: &ObjectId) -> Result<Arc<DirNode>, Error> {
             *self.1.lock().unwrap() += 1;
-            let bytes = self.0.lock().unwrap().get(id).cloned().expect("node present");
+            let bytes = self
+                .0
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .expect("node present");
             let v = object::decode(*id, ObjectKind::DirNode, &bytes, NODE_MAX_BYTES)?;
             Ok(Arc::new(DirNode::from_verified(&v)?))
         }
@@ -334,9 +345,9 @@ mod tests {
             let mut new = Vec::new();
             let b = build(entries, 3, &mut |enc| {
                 let mut m = self.0.lock().unwrap();
-                if !m.contains_key(&enc.id) {
+                if let std::collections::hash_map::Entry::Vacant(v) = m.entry(enc.id) {
                     new.push((enc.id, enc.bytes.len()));
-                    m.insert(enc.id, enc.bytes);
+                    v.insert(enc.bytes);
                 }
                 Ok(())
             })
@@ -350,13 +361,26 @@ mod tests {
             name: name.to_string(),
             mode: 0o644,
             mtime_ns: 1_600_000_000_000_000_000 + i as i64,
-            kind: EntryKind::File { size: i, content: FileContent::Single(ObjectId::of(name.as_bytes())) },
+            kind: EntryKind::File {
+                size: i,
+                content: FileContent::Single(ObjectId::of(name.as_bytes())),
+            },
         }
     }
 
     fn names(n: usize) -> Vec<String> {
-        let mut v: Vec<String> =
-            (0..n).map(|i| format!("tool{}:{}.{}--h{:07x}_{}", i % 997, i % 13, i % 7, i * 7919, i % 5)).collect();
+        let mut v: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "tool{}:{}.{}--h{:07x}_{}",
+                    i % 997,
+                    i % 13,
+                    i % 7,
+                    i * 7919,
+                    i % 5
+                )
+            })
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -365,7 +389,13 @@ mod tests {
     #[test]
     fn small_directory_is_one_leaf() {
         let m = Mem::default();
-        let (b, new) = m.build(names(100).iter().enumerate().map(|(i, n)| file(n, i as u64)).collect());
+        let (b, new) = m.build(
+            names(100)
+                .iter()
+                .enumerate()
+                .map(|(i, n)| file(n, i as u64))
+                .collect(),
+        );
         assert_eq!(new.len(), 1);
         assert_eq!(b.entries, 100);
     }
@@ -374,7 +404,12 @@ mod tests {
     fn large_directory_lookup_and_listing() {
         let m = Mem::default();
         let ns = names(50_000);
-        let (b, new) = m.build(ns.iter().enumerate().map(|(i, n)| file(n, i as u64)).collect());
+        let (b, new) = m.build(
+            ns.iter()
+                .enumerate()
+                .map(|(i, n)| file(n, i as u64))
+                .collect(),
+        );
         assert!(new.len() > 100, "split into {} nodes", new.len());
         for (i, n) in ns.iter().enumerate().step_by(997) {
             *m.1.lock().unwrap() = 0;
@@ -406,7 +441,11 @@ mod tests {
     fn one_insert_rewrites_few_small_nodes() {
         let m = Mem::default();
         let ns = names(118_594);
-        let entries: Vec<Entry> = ns.iter().enumerate().map(|(i, n)| file(n, i as u64)).collect();
+        let entries: Vec<Entry> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, n)| file(n, i as u64))
+            .collect();
         m.build(entries.clone());
         let mut more = entries;
         more.push(file("samtools:1.99--h00000_0", 1));

@@ -45,8 +45,9 @@ impl FromStr for ObjectId {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| crate::Error::Invalid(format!("not an object id (64 hex digits): {s:?}")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| {
+            crate::Error::Invalid(format!("not an object id (64 hex digits): {s:?}"))
+        })?;
         Ok(ObjectId(out))
     }
 }

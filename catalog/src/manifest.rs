@@ -77,7 +77,8 @@ impl SecretKey {
             .strip_prefix(SECRET_PREFIX)
             .ok_or_else(|| Error::Key("not a depotfs secret key file".into()))?;
         let mut seed = [0u8; 32];
-        hex::decode_to_slice(h, &mut seed).map_err(|_| Error::Key("bad hex in secret key".into()))?;
+        hex::decode_to_slice(h, &mut seed)
+            .map_err(|_| Error::Key("bad hex in secret key".into()))?;
         Ok(Self::from_seed(seed))
     }
 }
@@ -141,7 +142,8 @@ impl Manifest {
             .map(str::trim_end)
             .ok_or_else(|| bad("no signature line".into()))?;
         let mut sig = [0u8; 64];
-        hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| bad("signature is not 128 hex digits".into()))?;
+        hex::decode_to_slice(sig_hex, &mut sig)
+            .map_err(|_| bad("signature is not 128 hex digits".into()))?;
         key.0
             .verify_strict(body.as_bytes(), &Signature::from_bytes(&sig))
             .map_err(|_| bad("signature does not verify with the repository key".into()))?;
@@ -155,7 +157,10 @@ impl Manifest {
         if let Some(n) = expect_name
             && n != m.name
         {
-            return Err(bad(format!("is for repository {:?}, expected {n:?}", m.name)));
+            return Err(bad(format!(
+                "is for repository {:?}, expected {n:?}",
+                m.name
+            )));
         }
         Ok(m)
     }
@@ -170,15 +175,26 @@ impl Manifest {
             .ok_or_else(|| bad("not a depotfs manifest".into()))?;
         let mut fields = std::collections::HashMap::new();
         for l in lines {
-            let (k, v) = l.split_once(' ').ok_or_else(|| bad(format!("bad line {l:?}")))?;
+            let (k, v) = l
+                .split_once(' ')
+                .ok_or_else(|| bad(format!("bad line {l:?}")))?;
             fields.insert(k, v);
         }
-        let get = |k: &str| fields.get(k).copied().ok_or_else(|| bad(format!("missing {k}")));
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .copied()
+                .ok_or_else(|| bad(format!("missing {k}")))
+        };
         let num = |k: &str| -> Result<i64, Error> {
-            get(k)?.parse().map_err(|_| bad(format!("{k} is not a number")))
+            get(k)?
+                .parse()
+                .map_err(|_| bad(format!("{k} is not a number")))
         };
         let unsigned = |k: &str| -> Result<u64, Error> {
-            get(k)?.parse().map_err(|_| bad(format!("{k} is not a number")))
+            get(k)?
+                .parse()
+                .map_err(|_| bad(format!("{k} is not a number")))
         };
         Ok(Manifest {
             format,

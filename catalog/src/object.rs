@@ -112,13 +112,21 @@ pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i
         && zstd::stream::copy_encode(plaintext, &mut bytes, level).is_ok()
         && bytes.len() - HEADER_LEN < limit;
     if compressed_ok {
-        return Encoded { id, bytes, codec: Codec::Zstd };
+        return Encoded {
+            id,
+            bytes,
+            codec: Codec::Zstd,
+        };
     }
     bytes.clear();
     bytes.reserve(HEADER_LEN + plaintext.len());
     bytes.extend_from_slice(&header(kind, Codec::Raw, len));
     bytes.extend_from_slice(plaintext);
-    Encoded { id, bytes, codec: Codec::Raw }
+    Encoded {
+        id,
+        bytes,
+        codec: Codec::Raw,
+    }
 }
 
 /// Hash and encode `plaintext`.
@@ -128,7 +136,10 @@ pub fn encode(kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
 
 /// Read the header of an encoded object: kind, codec, plaintext length.
 pub fn peek_header(id: ObjectId, bytes: &[u8]) -> Result<(ObjectKind, Codec, u64), Error> {
-    let bad = |what: &str| Error::BadObject { id, what: what.to_string() };
+    let bad = |what: &str| Error::BadObject {
+        id,
+        what: what.to_string(),
+    };
     if bytes.len() < HEADER_LEN {
         return Err(bad("shorter than its header"));
     }
@@ -164,7 +175,9 @@ pub fn decode(
         return Err(bad(format!("is a {kind:?}, expected a {expect:?}")));
     }
     if len > max_len {
-        return Err(bad(format!("claims {len} bytes, more than the {max_len} allowed here")));
+        return Err(bad(format!(
+            "claims {len} bytes, more than the {max_len} allowed here"
+        )));
     }
     let payload = &bytes[HEADER_LEN..];
     let data = match codec {
@@ -173,8 +186,8 @@ pub fn decode(
             // Bounded: decompress at most len + 1 bytes, so a lying header is caught
             // without inflating an arbitrary amount.
             let mut out = Vec::with_capacity(len as usize);
-            let mut dec = zstd::stream::read::Decoder::new(payload)
-                .map_err(|e| bad(format!("zstd: {e}")))?;
+            let mut dec =
+                zstd::stream::read::Decoder::new(payload).map_err(|e| bad(format!("zstd: {e}")))?;
             use std::io::Read;
             (&mut dec)
                 .take(len + 1)
@@ -184,7 +197,10 @@ pub fn decode(
         }
     };
     if data.len() as u64 != len {
-        return Err(bad(format!("holds {} bytes, header says {len}", data.len())));
+        return Err(bad(format!(
+            "holds {} bytes, header says {len}",
+            data.len()
+        )));
     }
     let actual = ObjectId::of(&data);
     if actual != id {
@@ -220,13 +236,23 @@ mod tests {
             .collect();
         let enc = encode(ObjectKind::Chunk, &data, 3);
         assert_eq!(enc.codec, Codec::Raw);
-        assert_eq!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap().data(), &data[..]);
+        assert_eq!(
+            decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20)
+                .unwrap()
+                .data(),
+            &data[..]
+        );
     }
 
     #[test]
     fn empty_round_trip() {
         let enc = encode(ObjectKind::Chunk, b"", 3);
-        assert!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 0).unwrap().data().is_empty());
+        assert!(
+            decode(enc.id, ObjectKind::Chunk, &enc.bytes, 0)
+                .unwrap()
+                .data()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -235,13 +261,19 @@ mod tests {
         // descriptor, say); then the plaintext is still right. What must never happen is a
         // successful decode that returns different bytes.
         let text = b"0123456789abcdef".repeat(64);
-        for enc in [encode(ObjectKind::Chunk, &text, 3), encode(ObjectKind::Chunk, &text, -100)] {
+        for enc in [
+            encode(ObjectKind::Chunk, &text, 3),
+            encode(ObjectKind::Chunk, &text, -100),
+        ] {
             for i in 0..enc.bytes.len() {
                 let mut bad = enc.bytes.clone();
                 bad[i] ^= 0x01;
                 if let Ok(v) = decode(enc.id, ObjectKind::Chunk, &bad, 1 << 20) {
                     assert_eq!(v.data(), &text[..], "flip at byte {i} yielded wrong bytes");
-                    assert!(i >= HEADER_LEN, "flip in the header at byte {i} went unnoticed");
+                    assert!(
+                        i >= HEADER_LEN,
+                        "flip in the header at byte {i} went unnoticed"
+                    );
                 }
             }
         }

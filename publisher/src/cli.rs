@@ -1,6 +1,18 @@
 //! Command-line entry points of the publisher side. Flags are an interface: scripts call them.
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use depotfs_catalog::EntryKind;
+
+use crate::db;
+use crate::ingest;
+use crate::progress::Progress;
+use crate::reader::LocalTree;
+use crate::repo::Repo;
+use crate::store::{Layout, Objects};
 
 /// `depotfs init STORE --name NAME`
 #[derive(Debug, clap::Args)]
@@ -115,28 +127,248 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 }
 
-fn todo() -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+fn time(ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
-/// init
-pub fn init(_a: InitArgs) -> anyhow::Result<ExitCode> { todo() }
-/// add
-pub fn add(_a: AddArgs) -> anyhow::Result<ExitCode> { todo() }
-/// rm
-pub fn rm(_a: RmArgs) -> anyhow::Result<ExitCode> { todo() }
-/// publish
-pub fn publish(_a: PublishArgs) -> anyhow::Result<ExitCode> { todo() }
-/// log
-pub fn log(_a: LogArgs) -> anyhow::Result<ExitCode> { todo() }
-/// ls
-pub fn ls(_a: LsArgs) -> anyhow::Result<ExitCode> { todo() }
-/// cat
-pub fn cat(_a: CatArgs) -> anyhow::Result<ExitCode> { todo() }
-/// rollback
-pub fn rollback(_a: RollbackArgs) -> anyhow::Result<ExitCode> { todo() }
-/// verify
-pub fn verify(_a: VerifyArgs) -> anyhow::Result<ExitCode> { todo() }
-/// gc
-pub fn gc(_a: GcArgs) -> anyhow::Result<ExitCode> { todo() }
-/// serve
-pub fn serve(_a: ServeArgs) -> anyhow::Result<ExitCode> { todo() }
+
+/// `depotfs init`
+pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    Repo::init(&a.store, &a.name)?;
+    println!(
+        "created repository {} in {} (revision 0, empty)",
+        a.name,
+        a.store.display()
+    );
+    println!(
+        "public key: {}",
+        Layout::new(&a.store).public_key().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs add`
+pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
+    let mut paths = a.paths.clone();
+    if let Some(list) = &a.from_list {
+        let text = std::fs::read_to_string(list)
+            .with_context(|| format!("reading --from-list {}", list.display()))?;
+        paths.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from),
+        );
+    }
+    if paths.is_empty() {
+        anyhow::bail!("nothing to add: give PATHs or --from-list FILE");
+    }
+    let to = db::normalize(&a.to)?;
+    let repo = Repo::open(&a.store)?;
+    let plan = ingest::plan(&paths, &to)?;
+    let (files, bytes) = plan.iter().fold((0u64, 0u64), |(f, b), p| match p {
+        ingest::Planned::File { size, .. } => (f + 1, b + size),
+        _ => (f, b),
+    });
+    tracing::info!("adding {files} files ({} MiB) under /{to}", bytes >> 20);
+    let progress = Progress::new("adding", files, bytes);
+    let start = std::time::Instant::now();
+    let nodes = ingest::store_all(&repo.objects, plan, &progress)?;
+    progress.finish();
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        "stored {files} files, {} MiB in {secs:.2} s ({:.0} MiB/s)",
+        bytes >> 20,
+        bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+    );
+    repo.stage_add(&to, nodes)?;
+    if a.no_publish {
+        println!(
+            "staged {files} files; publish with `depotfs publish {}`",
+            a.store.display()
+        );
+    } else {
+        report_publish(repo.publish(None)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_publish(r: Option<(u64, db::RevisionRecord)>) {
+    match r {
+        Some((rev, rec)) => println!(
+            "published revision {rev}: root {}, {} files, {} bytes",
+            rec.root, rec.files, rec.bytes
+        ),
+        None => println!("nothing staged; the current revision stays"),
+    }
+}
+
+/// `depotfs rm`
+pub fn rm(a: RmArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let paths = a
+        .paths
+        .iter()
+        .map(|p| db::normalize(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    repo.stage_rm(&paths)?;
+    if a.no_publish {
+        println!("staged removal of {} paths", paths.len());
+    } else {
+        report_publish(repo.publish(None)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs publish`
+pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let r = repo.publish(a.tag.as_deref())?;
+    if r.is_none()
+        && let Some(tag) = &a.tag
+    {
+        println!("nothing staged; tagged the current revision {tag:?}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    report_publish(r);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs log`
+pub fn log(a: LogArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<12}  {:<16}  {:>9}  {:>14}",
+        "rev", "published (UTC)", "root", "tag", "files", "bytes"
+    )?;
+    for (rev, r) in repo.revisions()?.iter().rev() {
+        writeln!(
+            out,
+            "{rev:>6}  {:<20}  {:<12}  {:<16}  {:>9}  {:>14}{}",
+            time(r.published_ns),
+            &r.root.to_hex()[..12],
+            r.tag.as_deref().unwrap_or("-"),
+            r.files,
+            r.bytes,
+            if r.pruned {
+                "  (garbage-collected)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Open the published revision of a store for reading (no lock needed).
+fn published(store: &std::path::Path) -> anyhow::Result<(depotfs_catalog::Manifest, LocalTree)> {
+    let layout = Layout::new(store);
+    let m = layout.load_manifest()?;
+    Ok((m, LocalTree::new(Objects::new(layout))))
+}
+
+/// `depotfs ls`
+pub fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
+    let (m, tree) = published(&a.store)?;
+    let path = db::normalize(&a.path)?;
+    let top = match tree.resolve(&m.root, &path)? {
+        None => m.root,
+        Some(e) => match e.kind {
+            EntryKind::Dir { tree, .. } => tree,
+            _ => {
+                print_entry(&mut std::io::stdout().lock(), &e)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    for e in tree.list(&top)? {
+        print_entry(&mut out, &e)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_entry(out: &mut impl Write, e: &depotfs_catalog::Entry) -> std::io::Result<()> {
+    let (t, size, suffix) = match &e.kind {
+        EntryKind::File { size, .. } => ('-', *size, String::new()),
+        EntryKind::Dir { entries, .. } => ('d', *entries, String::new()),
+        EntryKind::Symlink { target } => ('l', target.len() as u64, format!(" -> {target}")),
+    };
+    writeln!(
+        out,
+        "{t}{:04o} {size:>12} {} {}{suffix}",
+        e.mode,
+        time(e.mtime_ns),
+        e.name
+    )
+}
+
+/// `depotfs cat`
+pub fn cat(a: CatArgs) -> anyhow::Result<ExitCode> {
+    let (m, tree) = published(&a.store)?;
+    let path = db::normalize(&a.path)?;
+    let e = tree
+        .resolve(&m.root, &path)?
+        .with_context(|| "the root is a directory")?;
+    let content = match e.kind {
+        EntryKind::File { content, .. } => content,
+        _ => anyhow::bail!("{path} is not a regular file"),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    tree.copy_file(&content, &mut out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs rollback`
+pub fn rollback(a: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let (rev, rec) = repo.rollback(a.rev)?;
+    println!(
+        "published revision {rev} with the tree of revision {}: root {}",
+        a.rev, rec.root
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs verify`
+pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let r = repo.verify()?;
+    if r.problems.is_empty() {
+        println!(
+            "ok: {} objects of {} revisions verified, manifest signature holds",
+            r.objects, r.revisions
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &r.problems {
+            println!("{p}");
+        }
+        eprintln!(
+            "depotfs: verify found {} problems in {}",
+            r.problems.len(),
+            a.store.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `depotfs gc`
+pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let r = repo.gc(a.keep)?;
+    println!(
+        "removed {} objects ({} bytes), kept {}; {} older revisions are no longer retained",
+        r.removed, r.removed_bytes, r.kept, r.pruned_revisions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs serve`
+pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = a;
+    anyhow::bail!("serve is not implemented yet")
+}

@@ -1,3 +1,33 @@
-//! depotfs publisher (in progress).
+//! # depotfs-publisher
+//!
+//! Everything on the publishing side of depotfs:
+//!
+//! - [`store`]: the directory layout of a STORE, the publisher lock, atomic object and
+//!   manifest writes. The only place objects are written.
+//! - [`db`]: the redb catalog — the current tree, directories as last published, revisions,
+//!   tags. The publisher's source of truth.
+//! - [`ingest`]: walking input files, content-defined chunking, hashing and compressing on
+//!   all cores, writing only missing objects.
+//! - [`repo`]: staging (`add`, `rm`), publishing signed revisions, `rollback`, `gc`, `verify`.
+//! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`).
+//! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`.
+//! - [`cli`]: the subcommands.
+//!
+//! Crate choices: `redb` for the catalog (crash-safe, one file; sled ran out of memory at
+//! 5M entries here, see FIELD-NOTES), `rayon` for data parallelism in ingest (work stealing
+//! across files and across the chunks of one large file), `indicatif` for the progress bar,
+//! `rustix` for flock/syncfs without `unsafe`, `humantime` for RFC 3339 times in `log`.
+#![forbid(unsafe_code)]
+
 pub mod cli;
+pub mod db;
+mod error;
+pub mod ingest;
+pub mod progress;
+pub mod reader;
+pub mod repo;
 pub mod serve;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use repo::Repo;

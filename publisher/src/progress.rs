@@ -1,0 +1,100 @@
+//! Progress of long operations: a bar on a terminal, periodic log lines otherwise.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Counts files and bytes done against a known total.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    what: &'static str,
+    total_bytes: u64,
+    total_files: u64,
+    bytes: AtomicU64,
+    files: AtomicU64,
+    start: Instant,
+    last_log: Mutex<Instant>,
+}
+
+impl Progress {
+    /// Start reporting an operation over `total_files` files of `total_bytes` bytes.
+    pub fn new(what: &'static str, total_files: u64, total_bytes: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(total_bytes);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_message(what);
+            b
+        });
+        Progress {
+            bar,
+            what,
+            total_bytes,
+            total_files,
+            bytes: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            start: Instant::now(),
+            last_log: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A progress that reports nothing.
+    pub fn hidden() -> Self {
+        let mut p = Self::new("", 0, 0);
+        if let Some(b) = p.bar.take() {
+            b.finish_and_clear();
+        }
+        p.total_files = u64::MAX;
+        p
+    }
+
+    /// `n` more bytes done.
+    pub fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    /// One more file done.
+    pub fn file_done(&self) {
+        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.bar.is_some() || self.total_files == u64::MAX {
+            return;
+        }
+        let mut last = self.last_log.lock().expect("not poisoned");
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            let bytes = self.bytes.load(Ordering::Relaxed);
+            tracing::info!(
+                "{}: {files}/{} files, {}/{} MiB, {:.0} MiB/s",
+                self.what,
+                self.total_files,
+                bytes >> 20,
+                self.total_bytes >> 20,
+                bytes as f64 / (1 << 20) as f64 / self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Bytes done so far.
+    pub fn done_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Stop the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

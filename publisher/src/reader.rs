@@ -1,0 +1,141 @@
+//! Reading a published tree straight from the store's objects, without a mount: used by
+//! `ls`, `cat`, `verify`, `gc` and `rollback`. Every object is verified as it is read.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use depotfs_catalog::dir::{self, NODE_MAX_BYTES, NodeSource};
+use depotfs_catalog::object::ObjectKind;
+use depotfs_catalog::{ChunkList, DirNode, Entry, EntryKind, FileContent, ObjectId};
+
+use crate::error::{Error, Result};
+use crate::store::Objects;
+
+/// Largest chunk-list object accepted (a 10 GB file has ~10,000 chunks of ~40 bytes each).
+pub const CHUNK_LIST_MAX: u64 = 64 << 20;
+
+/// A [`NodeSource`] over a store's objects, remembering the nodes it has parsed.
+#[derive(Debug)]
+pub struct LocalTree {
+    objects: Objects,
+    nodes: Mutex<HashMap<ObjectId, Arc<DirNode>>>,
+}
+
+impl NodeSource for LocalTree {
+    fn node(&self, id: &ObjectId) -> Result<Arc<DirNode>, depotfs_catalog::Error> {
+        if let Some(n) = self.nodes.lock().expect("not poisoned").get(id) {
+            return Ok(n.clone());
+        }
+        let v = self
+            .objects
+            .get(id, ObjectKind::DirNode, NODE_MAX_BYTES)
+            .map_err(|e| depotfs_catalog::Error::Fetch {
+                id: *id,
+                message: e.to_string(),
+            })?;
+        let n = Arc::new(DirNode::from_verified(&v)?);
+        self.nodes
+            .lock()
+            .expect("not poisoned")
+            .insert(*id, n.clone());
+        Ok(n)
+    }
+}
+
+impl LocalTree {
+    /// A reader over `objects`.
+    pub fn new(objects: Objects) -> Self {
+        LocalTree {
+            objects,
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The entry at repository path `path` (already normalized) below root tree `root`;
+    /// `None` for the root itself.
+    pub fn resolve(&self, root: &ObjectId, path: &str) -> Result<Option<Entry>> {
+        let mut tree = *root;
+        let mut found = None;
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let e = dir::lookup(self, &tree, part)?.ok_or_else(|| {
+                Error::Input(format!(
+                    "{path}: no such file or directory in the published revision"
+                ))
+            })?;
+            if i + 1 < parts.len() {
+                match e.kind {
+                    EntryKind::Dir { tree: t, .. } => tree = t,
+                    _ => return Err(Error::Input(format!("{path}: {part} is not a directory"))),
+                }
+            }
+            found = Some(e);
+        }
+        Ok(found)
+    }
+
+    /// All entries of directory tree `tree`, in name order.
+    pub fn list(&self, tree: &ObjectId) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        dir::list_from(self, tree, 0, &mut |_, e| {
+            out.push(e.clone());
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// The chunk list of a chunked file.
+    pub fn chunk_list(&self, id: &ObjectId) -> Result<ChunkList> {
+        let v = self
+            .objects
+            .get(id, ObjectKind::ChunkList, CHUNK_LIST_MAX)?;
+        Ok(ChunkList::from_verified(&v)?)
+    }
+
+    /// Write a file's verified content to `out`.
+    pub fn copy_file(&self, content: &FileContent, out: &mut dyn Write) -> Result<u64> {
+        let mut n = 0u64;
+        let mut emit = |id: &ObjectId, max: u64| -> Result<()> {
+            let v = self.objects.get(id, ObjectKind::Chunk, max)?;
+            out.write_all(v.data())
+                .map_err(Error::io("standard output"))?;
+            n += v.data().len() as u64;
+            Ok(())
+        };
+        match content {
+            FileContent::Empty => {}
+            FileContent::Single(id) => emit(id, depotfs_catalog::chunking::SMALL_FILE_MAX)?,
+            FileContent::Chunked(list) => {
+                for c in self.chunk_list(list)?.chunks {
+                    emit(&c.id, c.len as u64)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl LocalTree {
+    /// Visit every entry below directory tree `tree` (whose path is `prefix`) depth-first, in
+    /// name order, calling `f(path, entry)`. For directories `f` returns whether to descend
+    /// (gc and verify skip subtrees they have already seen).
+    pub fn walk(
+        &self,
+        tree: &ObjectId,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &Entry) -> Result<bool>,
+    ) -> Result<()> {
+        for e in self.list(tree)? {
+            let path = crate::db::join(prefix, &e.name);
+            let descend = f(&path, &e)?;
+            if let (true, EntryKind::Dir { tree: t, .. }) = (descend, &e.kind) {
+                self.walk(t, &path, f)?;
+            }
+        }
+        Ok(())
+    }
+}

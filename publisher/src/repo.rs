@@ -1,0 +1,721 @@
+//! A repository opened for publishing: the lock, the catalog, staging, publishing, and the
+//! maintenance operations (rollback, gc, verify).
+//!
+//! Crash safety rests on one ordering: objects first, then the catalog commit (which records
+//! the new revision), then the manifest. A process killed anywhere before the manifest
+//! rename leaves the old manifest served; objects it wrote are unreferenced and `gc` removes
+//! them. A process killed between the commit and the manifest rename leaves a recorded
+//! revision without its manifest: the next open rewrites the manifest from the record
+//! ([`Repo::open`]), so a revision number is never published twice with different trees.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use depotfs_catalog::dir;
+use depotfs_catalog::object::ObjectKind;
+use depotfs_catalog::{Entry, EntryKind, FORMAT_VERSION, FileContent, Manifest, ObjectId};
+use rayon::prelude::*;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::db::{
+    self, DIRS, DIRTY, DirState, META, NODES, Node, NodeKind, REVISIONS, RevisionRecord, TAGS,
+};
+use crate::error::{Error, Result};
+use crate::ingest::ZSTD_LEVEL;
+use crate::reader::LocalTree;
+use crate::store::{self, Layout, Lock, Objects};
+
+/// Default manifest TTL in seconds.
+pub const DEFAULT_TTL: u64 = 240;
+
+/// An open, locked repository.
+#[derive(Debug)]
+pub struct Repo {
+    /// Its paths.
+    pub layout: Layout,
+    /// Its objects.
+    pub objects: Objects,
+    db: Database,
+    _lock: Lock,
+}
+
+/// What `gc` did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcReport {
+    /// Objects kept.
+    pub kept: u64,
+    /// Objects deleted.
+    pub removed: u64,
+    /// Bytes deleted.
+    pub removed_bytes: u64,
+    /// Revisions whose objects may now be gone.
+    pub pruned_revisions: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    /// Objects checked.
+    pub objects: u64,
+    /// Revisions checked.
+    pub revisions: u64,
+    /// Everything wrong, one line each.
+    pub problems: Vec<String>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.matches('/').count() + 1
+    }
+}
+
+fn catalog_err(e: Error) -> depotfs_catalog::Error {
+    depotfs_catalog::Error::Invalid(e.to_string())
+}
+
+impl Repo {
+    /// Create a repository at `root` named `name`, and publish its empty revision 0.
+    pub fn init(root: &Path, name: &str) -> Result<Repo> {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(Error::Input(format!(
+                "repository name {name:?} must be non-empty, without spaces"
+            )));
+        }
+        let layout = Layout::new(root);
+        layout.create()?;
+        let db = Database::create(layout.catalog())?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("name", name.as_bytes())?;
+            meta.insert("ttl", DEFAULT_TTL.to_string().as_bytes())?;
+            txn.open_table(NODES)?;
+            txn.open_table(DIRS)?;
+            txn.open_table(REVISIONS)?;
+            txn.open_table(TAGS)?;
+            txn.open_table(DIRTY)?.insert("", ())?;
+        }
+        txn.commit()?;
+        drop(db);
+        let repo = Repo::open(root)?;
+        repo.publish(None)?;
+        Ok(repo)
+    }
+
+    /// Open and lock the repository at `root`, finishing a publish that was interrupted
+    /// between its catalog commit and its manifest.
+    pub fn open(root: &Path) -> Result<Repo> {
+        let layout = Layout::new(root);
+        layout.check()?;
+        let lock = Lock::acquire(&layout)?;
+        let db = Database::open(layout.catalog())?;
+        let repo = Repo {
+            objects: Objects::new(layout.clone()),
+            layout,
+            db,
+            _lock: lock,
+        };
+        repo.recover_manifest()?;
+        Ok(repo)
+    }
+
+    fn meta(&self, key: &str) -> Result<String> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        let v = t
+            .get(key)?
+            .ok_or_else(|| Error::Db(format!("missing meta {key}")))?;
+        Ok(String::from_utf8_lossy(v.value()).into_owned())
+    }
+
+    /// The repository name.
+    pub fn name(&self) -> Result<String> {
+        self.meta("name")
+    }
+
+    fn recover_manifest(&self) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let Some((rev, rec)) = db::latest_revision(&txn.open_table(REVISIONS)?)? else {
+            return Ok(());
+        };
+        let current = self.layout.load_manifest().ok();
+        if current.as_ref().map(|m| (m.revision, m.root)) != Some((rev, rec.root)) {
+            tracing::warn!(
+                "manifest does not show recorded revision {rev}: rewriting it (an earlier publish was interrupted)"
+            );
+            self.write_manifest(rev, &rec)?;
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, rev: u64, rec: &RevisionRecord) -> Result<()> {
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            name: self.name()?,
+            revision: rev,
+            root: rec.root,
+            root_mtime_ns: rec.root_mtime_ns,
+            root_entries: rec.root_entries,
+            published_ns: rec.published_ns,
+            ttl: self.meta("ttl")?.parse().unwrap_or(DEFAULT_TTL),
+        };
+        let text = m.sign(&self.layout.load_secret_key()?);
+        store::write_atomic(&self.layout, &self.layout.manifest(), text.as_bytes())
+    }
+
+    /// Stage `nodes` (repository path, node), created under directory `to` (made if missing).
+    /// Existing paths are replaced; a file replacing a directory (or the reverse) removes
+    /// the old subtree.
+    pub fn stage_add(&self, to: &str, nodes: Vec<(String, Node)>) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(NODES)?;
+            let mut dirty = BTreeSet::new();
+            // The target directory and its ancestors.
+            let mut at = String::new();
+            for part in to.split('/').filter(|p| !p.is_empty()) {
+                let parent = at.clone();
+                at = db::join(&at, part);
+                let existing = t
+                    .get((parent.as_str(), part))?
+                    .map(|v| db::dec::<Node>("node", v.value()))
+                    .transpose()?;
+                match existing {
+                    Some(Node {
+                        kind: NodeKind::Dir,
+                        ..
+                    }) => {}
+                    Some(_) => {
+                        return Err(Error::Input(format!(
+                            "{at} exists in the repository and is not a directory"
+                        )));
+                    }
+                    None => {
+                        let n = Node {
+                            mode: 0o755,
+                            mtime_ns: 0,
+                            kind: NodeKind::Dir,
+                        };
+                        t.insert((parent.as_str(), part), db::enc(&n).as_slice())?;
+                        mark_dirty(&mut dirty, &at);
+                    }
+                }
+            }
+            for (path, node) in nodes {
+                let (parent, name) = db::split(&path)
+                    .ok_or_else(|| Error::Input("cannot replace the root".into()))?;
+                let old = t
+                    .get((parent, name))?
+                    .map(|v| db::dec::<Node>("node", v.value()))
+                    .transpose()?;
+                if let Some(old) = old
+                    && matches!(old.kind, NodeKind::Dir) != matches!(node.kind, NodeKind::Dir)
+                {
+                    remove_subtree(&mut t, &path, &mut dirty)?;
+                }
+                t.insert((parent, name), db::enc(&node).as_slice())?;
+                if matches!(node.kind, NodeKind::Dir) {
+                    mark_dirty(&mut dirty, &path);
+                } else {
+                    mark_dirty(&mut dirty, parent);
+                }
+            }
+            let mut d = txn.open_table(DIRTY)?;
+            for p in &dirty {
+                d.insert(p.as_str(), ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Stage the removal of `paths` (normalized repository paths).
+    pub fn stage_rm(&self, paths: &[String]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(NODES)?;
+            let mut dirty = BTreeSet::new();
+            for p in paths {
+                let (parent, name) =
+                    db::split(p).ok_or_else(|| Error::Input("cannot remove the root".into()))?;
+                if t.get((parent, name))?.is_none() {
+                    return Err(Error::Input(format!("{p}: no such path in the repository")));
+                }
+                remove_subtree(&mut t, p, &mut dirty)?;
+            }
+            let mut d = txn.open_table(DIRTY)?;
+            for p in &dirty {
+                d.insert(p.as_str(), ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Is anything staged?
+    pub fn has_staged(&self) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(!txn.open_table(DIRTY)?.is_empty()?)
+    }
+
+    /// Publish what is staged as a new signed revision. Returns `None` when nothing was
+    /// staged (a tag, if given, then names the current revision).
+    pub fn publish(&self, tag: Option<&str>) -> Result<Option<(u64, RevisionRecord)>> {
+        let txn = self.db.begin_write()?;
+        let result;
+        {
+            let nodes = txn.open_table(NODES)?;
+            let mut dirs = txn.open_table(DIRS)?;
+            let mut dirty_t = txn.open_table(DIRTY)?;
+            let mut revs = txn.open_table(REVISIONS)?;
+            let mut tags = txn.open_table(TAGS)?;
+            if let Some(tag) = tag
+                && let Some(r) = tags.get(tag)?
+            {
+                return Err(Error::Input(format!(
+                    "tag {tag:?} already names revision {}",
+                    r.value()
+                )));
+            }
+            let mut dirty: Vec<String> = Vec::new();
+            for row in dirty_t.iter()? {
+                dirty.push(row?.0.value().to_string());
+            }
+            let last = db::latest_revision(&revs)?;
+            if dirty.is_empty() {
+                if let (Some(tag), Some((rev, _))) = (tag, &last) {
+                    tags.insert(tag, *rev)?;
+                    let mut rec = last.clone().expect("checked").1;
+                    rec.tag = Some(tag.to_string());
+                    revs.insert(*rev, db::enc(&rec).as_slice())?;
+                    drop((nodes, dirs, dirty_t, revs, tags));
+                    txn.commit()?;
+                }
+                return Ok(None);
+            }
+            dirty.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+            let now = now_ns().max(last.as_ref().map_or(0, |l| l.1.published_ns + 1000));
+            for d in &dirty {
+                let exists = match db::split(d) {
+                    None => true,
+                    Some((p, n)) => nodes
+                        .get((p, n))?
+                        .map(|v| db::dec::<Node>("node", v.value()))
+                        .transpose()?
+                        .is_some_and(|n| matches!(n.kind, NodeKind::Dir)),
+                };
+                if !exists {
+                    dirs.remove(d.as_str())?;
+                    continue;
+                }
+                let state = self.build_dir(&nodes, &dirs, d, now)?;
+                dirs.insert(d.as_str(), db::enc(&state).as_slice())?;
+            }
+            let root: DirState = db::dec(
+                "dir",
+                dirs.get("")?
+                    .ok_or_else(|| Error::Db("root not built".into()))?
+                    .value(),
+            )?;
+            let rev = last.map_or(0, |l| l.0 + 1);
+            let rec = RevisionRecord {
+                root: root.tree,
+                root_mtime_ns: root.mtime_ns,
+                root_entries: root.entries,
+                published_ns: now,
+                tag: tag.map(str::to_string),
+                files: root.files,
+                bytes: root.bytes,
+                pruned: false,
+            };
+            revs.insert(rev, db::enc(&rec).as_slice())?;
+            if let Some(tag) = tag {
+                tags.insert(tag, rev)?;
+            }
+            dirty_t.retain(|_, _| false)?;
+            result = (rev, rec);
+        }
+        store::sync_filesystem(&self.layout)?;
+        txn.commit()?;
+        self.write_manifest(result.0, &result.1)?;
+        tracing::info!(
+            "published revision {} (root {}, {} files, {} bytes)",
+            result.0,
+            &result.1.root.to_hex()[..12],
+            result.1.files,
+            result.1.bytes
+        );
+        Ok(Some(result))
+    }
+
+    /// Build the tree of directory `d` from its children in the catalog; its subdirectories
+    /// are already built.
+    fn build_dir(
+        &self,
+        nodes: &redb::Table<(&'static str, &'static str), &'static [u8]>,
+        dirs: &redb::Table<&'static str, &'static [u8]>,
+        d: &str,
+        now: i64,
+    ) -> Result<DirState> {
+        let mut entries = Vec::new();
+        let mut digest = blake3::Hasher::new();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for (name, node) in db::children(nodes, d)? {
+            let path = db::join(d, &name);
+            let (kind, mtime_ns) = match node.kind {
+                NodeKind::File { size, content } => {
+                    files += 1;
+                    bytes += size;
+                    digest.update(&db::enc(&(&name, node.mode, node.mtime_ns, size, content)));
+                    (EntryKind::File { size, content }, node.mtime_ns)
+                }
+                NodeKind::Symlink { target } => {
+                    digest.update(&db::enc(&(&name, node.mtime_ns, &target)));
+                    (EntryKind::Symlink { target }, node.mtime_ns)
+                }
+                NodeKind::Dir => {
+                    let st: DirState = db::dec(
+                        "dir",
+                        dirs.get(path.as_str())?
+                            .ok_or_else(|| {
+                                Error::Db(format!(
+                                    "directory {path} was not built before its parent"
+                                ))
+                            })?
+                            .value(),
+                    )?;
+                    files += st.files;
+                    bytes += st.bytes;
+                    digest.update(&db::enc(&(&name, node.mode, "dir")));
+                    (
+                        EntryKind::Dir {
+                            tree: st.tree,
+                            entries: st.entries,
+                        },
+                        st.mtime_ns,
+                    )
+                }
+            };
+            entries.push(Entry {
+                name,
+                mode: node.mode,
+                mtime_ns,
+                kind,
+            });
+        }
+        let digest = *digest.finalize().as_bytes();
+        let old: Option<DirState> = dirs
+            .get(d)?
+            .map(|v| db::dec("dir", v.value()))
+            .transpose()?;
+        let mtime_ns = match old {
+            Some(o) if o.digest == digest => o.mtime_ns,
+            _ => now,
+        };
+        let built = dir::build(entries, ZSTD_LEVEL, &mut |enc| {
+            self.objects.put(&enc).map(|_| ()).map_err(catalog_err)
+        })?;
+        Ok(DirState {
+            tree: built.tree,
+            entries: built.entries,
+            mtime_ns,
+            digest,
+            files,
+            bytes,
+        })
+    }
+
+    /// All revisions, oldest first.
+    pub fn revisions(&self) -> Result<Vec<(u64, RevisionRecord)>> {
+        let txn = self.db.begin_read()?;
+        db::all_revisions(&txn.open_table(REVISIONS)?)
+    }
+
+    /// Publish a new revision whose tree is revision `rev`'s.
+    pub fn rollback(&self, rev: u64) -> Result<(u64, RevisionRecord)> {
+        let revs = self.revisions()?;
+        let rec = revs
+            .iter()
+            .find(|r| r.0 == rev)
+            .map(|r| r.1.clone())
+            .ok_or_else(|| Error::Input(format!("no revision {rev} (see `depotfs log`)")))?;
+        if rec.pruned {
+            return Err(Error::Input(format!(
+                "revision {rev} was garbage-collected; its objects are gone"
+            )));
+        }
+        let reader = LocalTree::new(self.objects.clone());
+        let mut rows: Vec<(String, Node)> = Vec::new();
+        reader.walk(&rec.root, "", &mut |path, e| {
+            let kind = match &e.kind {
+                EntryKind::File { size, content } => NodeKind::File {
+                    size: *size,
+                    content: *content,
+                },
+                EntryKind::Dir { .. } => NodeKind::Dir,
+                EntryKind::Symlink { target } => NodeKind::Symlink {
+                    target: target.clone(),
+                },
+            };
+            rows.push((
+                path.to_string(),
+                Node {
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns,
+                    kind,
+                },
+            ));
+            Ok(true)
+        })?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut nodes = txn.open_table(NODES)?;
+            let dirs = txn.open_table(DIRS)?;
+            let mut dirty = txn.open_table(DIRTY)?;
+            nodes.retain(|_, _| false)?;
+            for row in dirs.iter()? {
+                dirty.insert(row?.0.value(), ())?;
+            }
+            dirty.insert("", ())?;
+            for (path, node) in &rows {
+                let (p, n) = db::split(path).expect("not the root");
+                nodes.insert((p, n), db::enc(node).as_slice())?;
+                if matches!(node.kind, NodeKind::Dir) {
+                    dirty.insert(path.as_str(), ())?;
+                }
+            }
+        }
+        txn.commit()?;
+        self.publish(None)?
+            .ok_or_else(|| Error::Db("rollback staged nothing".into()))
+    }
+
+    /// Every object a tree needs: its directory nodes, chunk lists and chunks (with their
+    /// lengths, for verification). Subtrees already in `seen` are skipped.
+    fn collect(
+        &self,
+        reader: &LocalTree,
+        root: &ObjectId,
+        seen: &mut HashSet<ObjectId>,
+        chunks: &mut Vec<(ObjectId, u64)>,
+        lists: &mut Vec<ObjectId>,
+    ) -> Result<()> {
+        if !seen.insert(*root) {
+            return Ok(());
+        }
+        seen.extend(dir::node_ids(reader, root)?);
+        let mut walk_err = None;
+        reader.walk(root, "", &mut |_, e| {
+            Ok(match &e.kind {
+                EntryKind::Dir { tree, .. } => {
+                    if seen.contains(tree) {
+                        false
+                    } else {
+                        match dir::node_ids(reader, tree) {
+                            Ok(ids) => seen.extend(ids),
+                            Err(err) => walk_err = Some(err),
+                        }
+                        true
+                    }
+                }
+                EntryKind::File { content, size } => {
+                    add_content(content, *size, seen, chunks, lists);
+                    false
+                }
+                EntryKind::Symlink { .. } => false,
+            })
+        })?;
+        if let Some(e) = walk_err {
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Delete objects unreachable from the newest `keep` revisions, tagged revisions and
+    /// the staged tree. Also clears STORE/tmp.
+    pub fn gc(&self, keep: u64) -> Result<GcReport> {
+        let keep = keep.max(1);
+        let revs = self.revisions()?;
+        let newest_kept = revs.len().saturating_sub(keep as usize);
+        let reader = LocalTree::new(self.objects.clone());
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        let mut lists = Vec::new();
+        let mut report = GcReport::default();
+        let mut to_prune = Vec::new();
+        for (i, (rev, rec)) in revs.iter().enumerate() {
+            if i < newest_kept && rec.tag.is_none() {
+                if !rec.pruned {
+                    to_prune.push(*rev);
+                }
+                continue;
+            }
+            self.collect(&reader, &rec.root, &mut seen, &mut chunks, &mut lists)?;
+        }
+        // The staged tree: files added with --no-publish are referenced only here.
+        {
+            let txn = self.db.begin_read()?;
+            for row in txn.open_table(NODES)?.iter()? {
+                let node: Node = db::dec("node", row?.1.value())?;
+                if let NodeKind::File { size, content } = node.kind {
+                    add_content(&content, size, &mut seen, &mut chunks, &mut lists);
+                }
+            }
+        }
+        for l in &lists {
+            for c in reader.chunk_list(l)?.chunks {
+                seen.insert(c.id);
+            }
+        }
+        for b in 0..=255u8 {
+            let d = self.layout.objects().join(format!("{b:02x}"));
+            for f in fs::read_dir(&d).map_err(Error::io(&d))? {
+                let f = f.map_err(Error::io(&d))?;
+                let name = format!("{b:02x}{}", f.file_name().to_string_lossy());
+                let keep = name.parse::<ObjectId>().is_ok_and(|id| seen.contains(&id));
+                if keep {
+                    report.kept += 1;
+                } else {
+                    report.removed += 1;
+                    report.removed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
+                }
+            }
+        }
+        let tmp = self.layout.tmp();
+        for f in fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
+            let f = f.map_err(Error::io(&tmp))?;
+            fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(REVISIONS)?;
+            for rev in &to_prune {
+                let mut rec: RevisionRecord =
+                    db::dec("revision", t.get(*rev)?.expect("listed").value())?;
+                rec.pruned = true;
+                t.insert(*rev, db::enc(&rec).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        report.pruned_revisions = to_prune.len() as u64;
+        Ok(report)
+    }
+
+    /// Check the manifest and every object of every retained revision.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let revs = self.revisions()?;
+        match self.layout.load_manifest() {
+            Err(e) => report.problems.push(format!("manifest: {e}")),
+            Ok(m) => {
+                if let Some((rev, rec)) = revs.last()
+                    && (m.revision, m.root) != (*rev, rec.root)
+                {
+                    report.problems.push(format!(
+                        "manifest: shows revision {} root {}, the catalog's latest is {rev} root {}",
+                        m.revision, m.root, rec.root
+                    ));
+                }
+            }
+        }
+        let reader = LocalTree::new(self.objects.clone());
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        let mut lists = Vec::new();
+        for (rev, rec) in revs.iter().filter(|r| !r.1.pruned) {
+            report.revisions += 1;
+            if let Err(e) = self.collect(&reader, &rec.root, &mut seen, &mut chunks, &mut lists) {
+                report.problems.push(format!("revision {rev}: {e}"));
+            }
+        }
+        for l in &lists {
+            match reader.chunk_list(l) {
+                Ok(list) => chunks.extend(list.chunks.iter().map(|c| (c.id, c.len as u64))),
+                Err(e) => report.problems.push(format!("chunk list {l}: {e}")),
+            }
+        }
+        chunks.sort();
+        chunks.dedup();
+        let bad: Vec<String> = chunks
+            .par_iter()
+            .filter_map(|(id, len)| {
+                self.objects
+                    .get(id, ObjectKind::Chunk, *len)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        report.problems.extend(bad);
+        // Directory nodes were verified as they were read; count them too.
+        report.objects = (seen.len() + chunks.len()) as u64;
+        Ok(report)
+    }
+}
+
+fn add_content(
+    content: &FileContent,
+    size: u64,
+    seen: &mut HashSet<ObjectId>,
+    chunks: &mut Vec<(ObjectId, u64)>,
+    lists: &mut Vec<ObjectId>,
+) {
+    match content {
+        FileContent::Empty => {}
+        FileContent::Single(id) => {
+            if seen.insert(*id) {
+                chunks.push((*id, size));
+            }
+        }
+        FileContent::Chunked(id) => {
+            if seen.insert(*id) {
+                lists.push(*id);
+            }
+        }
+    }
+}
+
+fn mark_dirty(dirty: &mut BTreeSet<String>, dir: &str) {
+    let mut d = dir.to_string();
+    loop {
+        if !dirty.insert(d.clone()) {
+            return;
+        }
+        match db::split(&d) {
+            Some((p, _)) => d = p.to_string(),
+            None => return,
+        }
+    }
+}
+
+/// Remove `path` and, if it is a directory, everything below it; mark what changed dirty.
+fn remove_subtree(
+    t: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
+    path: &str,
+    dirty: &mut BTreeSet<String>,
+) -> Result<()> {
+    for (name, node) in db::children(t, path)? {
+        let child = db::join(path, &name);
+        if matches!(node.kind, NodeKind::Dir) {
+            remove_subtree(t, &child, dirty)?;
+        } else {
+            t.remove((path, name.as_str()))?;
+        }
+    }
+    let (p, n) = db::split(path).expect("not the root");
+    t.remove((p, n))?;
+    dirty.insert(path.to_string());
+    mark_dirty(dirty, p);
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The store on disk: layout, the publisher lock, object files and the manifest.
+//!
+//! ```text
+//! STORE/
+//!   public/            the only part ever served
+//!     manifest         signed, replaced atomically, written last
+//!     repo.pub         the repository's public key
+//!     objects/ab/cdef… immutable objects, written to STORE/tmp then renamed into place
+//!   catalog.redb       the publisher's source of truth (see db.rs)
+//!   repo.key           the ed25519 signing key, mode 0600
+//!   lock               flock()ed by the one publisher at work; holds its pid
+//!   tmp/               scratch space for objects being written
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use depotfs_catalog::object::{self, Encoded, ObjectKind, Verified};
+use depotfs_catalog::{Manifest, ObjectId, PublicKey, SecretKey};
+
+use crate::error::{Error, Result};
+
+/// Paths of one store.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// STORE itself.
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of the store at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+    /// `STORE/public`.
+    pub fn public(&self) -> PathBuf {
+        self.root.join("public")
+    }
+    /// `STORE/public/manifest`.
+    pub fn manifest(&self) -> PathBuf {
+        self.public().join("manifest")
+    }
+    /// `STORE/public/repo.pub`.
+    pub fn public_key(&self) -> PathBuf {
+        self.public().join("repo.pub")
+    }
+    /// `STORE/public/objects`.
+    pub fn objects(&self) -> PathBuf {
+        self.public().join("objects")
+    }
+    /// The file of object `id`.
+    pub fn object(&self, id: &ObjectId) -> PathBuf {
+        self.public().join(id.store_path())
+    }
+    /// `STORE/catalog.redb`.
+    pub fn catalog(&self) -> PathBuf {
+        self.root.join("catalog.redb")
+    }
+    /// `STORE/repo.key`.
+    pub fn secret_key(&self) -> PathBuf {
+        self.root.join("repo.key")
+    }
+    /// `STORE/lock`.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    /// `STORE/tmp`.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Create the directory skeleton and keys of a new store. Refuses a non-empty STORE.
+    pub fn create(&self) -> Result<SecretKey> {
+        if let Ok(mut rd) = fs::read_dir(&self.root)
+            && rd.next().is_some()
+        {
+            return Err(Error::Input(format!(
+                "{} exists and is not empty; depotfs init needs a new or empty directory",
+                self.root.display()
+            )));
+        }
+        fs::create_dir_all(&self.root).map_err(Error::io(&self.root))?;
+        for b in 0..=255u8 {
+            let d = self.objects().join(format!("{b:02x}"));
+            fs::create_dir_all(&d).map_err(Error::io(&d))?;
+        }
+        fs::create_dir_all(self.tmp()).map_err(Error::io(self.tmp()))?;
+        let mut seed = [0u8; 32];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .map_err(Error::io("/dev/urandom"))?;
+        let key = SecretKey::from_seed(seed);
+        let path = self.secret_key();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        f.write_all(key.to_text().as_bytes())
+            .map_err(Error::io(&path))?;
+        write_atomic(self, &self.public_key(), key.public().to_text().as_bytes())?;
+        Ok(key)
+    }
+
+    /// Check that STORE looks like a depotfs store.
+    pub fn check(&self) -> Result<()> {
+        if !self.catalog().is_file() || !self.objects().is_dir() {
+            return Err(Error::BadStore {
+                path: self.root.clone(),
+                what: "not a depotfs store (no catalog.redb or public/objects); create one with `depotfs init`".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The signing key.
+    pub fn load_secret_key(&self) -> Result<SecretKey> {
+        let path = self.secret_key();
+        let text = fs::read_to_string(&path).map_err(Error::io(&path))?;
+        SecretKey::from_text(&text).map_err(|e| Error::BadStore {
+            path,
+            what: e.to_string(),
+        })
+    }
+
+    /// The public key.
+    pub fn load_public_key(&self) -> Result<PublicKey> {
+        let path = self.public_key();
+        let text = fs::read_to_string(&path).map_err(Error::io(&path))?;
+        PublicKey::from_text(&text).map_err(|e| Error::BadStore {
+            path,
+            what: e.to_string(),
+        })
+    }
+
+    /// The published manifest, verified with the store's own key.
+    pub fn load_manifest(&self) -> Result<Manifest> {
+        let path = self.manifest();
+        let bytes = fs::read(&path).map_err(Error::io(&path))?;
+        Manifest::parse_verified(&bytes, &self.load_public_key()?, None).map_err(|e| {
+            Error::BadStore {
+                path,
+                what: e.to_string(),
+            }
+        })
+    }
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Write `bytes` to `dest` through a temporary file in STORE/tmp and a rename, so readers see
+/// the old file or the new one, never a part.
+pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = layout.tmp().join(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(bytes).map_err(Error::io(&tmp))?;
+    drop(f);
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(Error::io(&tmp))?;
+    fs::rename(&tmp, dest).map_err(Error::io(dest))
+}
+
+/// Objects in a store: existence checks, writes, verified reads.
+#[derive(Debug, Clone)]
+pub struct Objects {
+    layout: Layout,
+}
+
+impl Objects {
+    /// The objects of the store at `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Objects { layout }
+    }
+
+    /// Is object `id` present?
+    pub fn has(&self, id: &ObjectId) -> bool {
+        self.layout.object(id).exists()
+    }
+
+    /// Store an encoded object unless it is present. Returns the bytes written (0 if present).
+    pub fn put(&self, enc: &Encoded) -> Result<u64> {
+        let dest = self.layout.object(&enc.id);
+        if dest.exists() {
+            return Ok(0);
+        }
+        write_atomic(&self.layout, &dest, &enc.bytes)?;
+        Ok(enc.bytes.len() as u64)
+    }
+
+    /// Read and verify object `id`.
+    pub fn get(&self, id: &ObjectId, kind: ObjectKind, max_len: u64) -> Result<Verified> {
+        let path = self.layout.object(id);
+        let bytes = fs::read(&path).map_err(Error::io(&path))?;
+        Ok(object::decode(*id, kind, &bytes, max_len)?)
+    }
+}
+
+/// Take the publisher lock of a store, or fail naming the pid that holds it.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Lock `layout`'s store for this process.
+    pub fn acquire(layout: &Layout) -> Result<Lock> {
+        let path = layout.lock();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = if pid.trim().is_empty() {
+                "unknown".to_string()
+            } else {
+                pid.trim().to_string()
+            };
+            return Err(Error::Locked {
+                store: layout.root.clone(),
+                pid,
+            });
+        }
+        file.set_len(0).map_err(Error::io(&path))?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(Error::io(&path))?;
+        Ok(Lock { _file: file })
+    }
+}
+
+/// Flush everything written to the store's filesystem, so the manifest written next never
+/// names objects a power loss could take back.
+pub fn sync_filesystem(layout: &Layout) -> Result<()> {
+    let dir = File::open(layout.public()).map_err(Error::io(layout.public()))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::Io {
+        path: layout.public(),
+        source: e.into(),
+    })
+}
