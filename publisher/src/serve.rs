@@ -1,1 +1,198 @@
-//! `depotfs serve` (placeholder).
+//! `depotfs serve`: serve a store's `public/` directory over HTTP.
+//!
+//! The published store is plain static files, so any web server can serve it (most sites
+//! will run nginx with `deploy/nginx/depotfs.conf`); this server exists so one binary is
+//! enough for a small site, a test, or a mirror, and it answers with the same headers as the
+//! shipped nginx configuration:
+//!
+//! | path | `Cache-Control` | content type |
+//! |---|---|---|
+//! | `objects/…` | `public, max-age=31536000, immutable` | `application/octet-stream` |
+//! | `manifest` | `public, max-age=10` | `text/plain; charset=utf-8` |
+//! | `repo.pub` | `public, max-age=300` | `text/plain; charset=utf-8` |
+//! | anything else | `public, max-age=60` | `application/octet-stream` |
+//! | `/metrics` | `no-store` | Prometheus text format |
+//!
+//! Error responses (400, 404, 405, 416, 500) carry no `Cache-Control`, so no proxy keeps a
+//! "404" for an object that a mirror has not copied yet.
+//!
+//! HTTP: HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior knowledge (h2c; no
+//! `Upgrade: h2c`). GET and HEAD, anything else is 405. One byte range per request (206,
+//! `Content-Range`; several ranges or a malformed header are answered with the whole file,
+//! a start past the end with 416), `If-Range`, `ETag` (`"<mtime ns hex>-<length hex>"`),
+//! `Last-Modified`, and `If-None-Match`/`If-Modified-Since` (304; `If-None-Match` wins when
+//! both are sent). The query string is ignored.
+//!
+//! Confinement to the root, in two fences: the request path is split before
+//! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
+//! and a dot file (a publisher's temporary file) is a 404 ([`parse`]); then the file is
+//! opened with `openat2(RESOLVE_BENEATH)` relative to the root, so the kernel refuses every
+//! way out, symlinks included, race-free ([`files::Root`]). Symlinks that stay inside the
+//! root are followed. Directories, FIFOs and devices are 404.
+//!
+//! Streaming: files up to 256 KiB (the manifest, most objects) are read in the same
+//! blocking-pool call that opens them; larger ones stream in 256 KiB `pread`s on tokio's
+//! blocking pool, the next read running while the previous chunk is sent, so memory per
+//! request stays at two chunks whatever the file size.
+//!
+//! Why hyper 1 + hyper-util rather than axum, actix-web or warp: the server has four
+//! routes and no need for a router, extractors or middleware, but it needs exact control
+//! over body streaming and over Range/conditional semantics (to match nginx); hyper gives
+//! that with the least code between the socket and us. hyper, h2 and http-body are already
+//! in the build for the client's reqwest, so the server adds only hyper-util's server parts
+//! (axum would add tower, matchit and friends; tower-http's `ServeDir` follows symlinks out
+//! of its root and fixes its own cache headers). hyper-util's `auto` builder gives HTTP/1.1
+//! and h2c on one port, and its `GracefulShutdown` the clean stop on SIGTERM/SIGINT.
+//!
+//! Metrics at `/metrics`: `depotfs_serve_requests_total{method,status,kind}`,
+//! `depotfs_serve_response_body_bytes_total{kind}`, `depotfs_serve_response_head_seconds`,
+//! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`. They are public, on
+//! the same port; put the server behind a firewall rule or a proxy if that matters.
+#![forbid(unsafe_code)]
+
+mod files;
+mod handler;
+mod metrics;
+pub mod parse;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use handler::State;
+
+/// How long a stop waits for requests in flight before it drops their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A client has this long to send a request's headers (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `depotfs serve STORE --listen ADDR`: serve until SIGTERM or SIGINT.
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let root = public_dir(&args.store)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("depotfs-serve")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let shutdown = shutdown_signal()?;
+        serve_on(listener, root, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The directory to serve for STORE: `STORE/public` if it exists, else STORE itself if it
+/// looks like a public directory (has a `manifest`: a mirror is a bare public directory).
+pub fn public_dir(store: &Path) -> anyhow::Result<PathBuf> {
+    let public = store.join("public");
+    if public.is_dir() {
+        return Ok(public);
+    }
+    if store.join("manifest").is_file() {
+        return Ok(store.to_path_buf());
+    }
+    anyhow::bail!(
+        "{} has neither a public/ directory nor a manifest: not a depotfs store or mirror",
+        store.display()
+    )
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed before this returns.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: stopping");
+    })
+}
+
+/// Serve `root` (a public directory) on `listener` until `shutdown` resolves, then stop
+/// accepting, let requests in flight finish for up to [`SHUTDOWN_GRACE`], and return.
+pub async fn serve_on(
+    listener: TcpListener,
+    root: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(State {
+        root: files::Root::new(&root)?,
+        metrics: metrics::Metrics::new()?,
+    });
+    state.metrics.touch();
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(
+        "depotfs serve: serving {} on http://{addr}",
+        state.root.path().display()
+    );
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning or exiting.
+                    tracing::warn!("accept on {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "TCP_NODELAY: {e}");
+        }
+        let guard = state.metrics.connection();
+        let st = Arc::clone(&state);
+        let service =
+            hyper::service::service_fn(move |req| handler::handle(Arc::clone(&st), req, peer));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+            drop(guard);
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("depotfs serve: stopped"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("depotfs serve: requests still open after {SHUTDOWN_GRACE:?}, dropping them");
+        }
+    }
+    Ok(())
+}

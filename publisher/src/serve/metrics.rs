@@ -1,0 +1,130 @@
+//! Prometheus metrics of `depotfs serve`, exposed at `/metrics`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use super::parse::Kind;
+
+/// Every metric the server keeps, in a registry of its own (two servers in one process,
+/// as in tests, do not share counters).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    body_bytes: IntCounterVec,
+    duration: Histogram,
+    connections: IntCounter,
+    open_connections: IntGauge,
+}
+
+impl Metrics {
+    /// Create and register the metrics.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "depotfs_serve_requests_total",
+                "HTTP requests answered, by method, status code and kind of file",
+            ),
+            &["method", "status", "kind"],
+        )?;
+        let body_bytes = IntCounterVec::new(
+            Opts::new(
+                "depotfs_serve_response_body_bytes_total",
+                "Response body bytes handed to the connection, by kind of file",
+            ),
+            &["kind"],
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "depotfs_serve_response_head_seconds",
+                "Time from request to response head (open, stat, validators, first read of small files)",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ]),
+        )?;
+        let connections = IntCounter::new(
+            "depotfs_serve_connections_total",
+            "TCP connections accepted",
+        )?;
+        let open_connections = IntGauge::new(
+            "depotfs_serve_open_connections",
+            "TCP connections currently open",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(body_bytes.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            body_bytes,
+            duration,
+            connections,
+            open_connections,
+        })
+    }
+
+    /// Count one answered request.
+    pub fn request(&self, method: &Method, status: StatusCode, kind: &str, took: Duration) {
+        let method = match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            _ => "other",
+        };
+        self.requests
+            .with_label_values(&[method, status.as_str(), kind])
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// The counter of body bytes of `kind` (a [`Kind::label`] or `"metrics"`/`"error"`).
+    pub fn body_bytes(&self, kind: &str) -> IntCounter {
+        self.body_bytes.with_label_values(&[kind])
+    }
+
+    /// A connection was accepted; the guard counts it closed when dropped.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        self.open_connections.inc();
+        ConnectionGuard(self.open_connections.clone())
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .context("encoding metrics")?;
+        Ok(out)
+    }
+
+    /// Pre-create the label sets that always exist, so a scrape shows zeros, not gaps.
+    pub fn touch(&self) {
+        for k in [Kind::Object, Kind::Manifest, Kind::PublicKey, Kind::Other] {
+            self.body_bytes(k.label());
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when a connection ends.
+#[derive(Debug)]
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
