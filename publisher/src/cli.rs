@@ -369,6 +369,5 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
 
 /// `depotfs serve`
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = a;
-    anyhow::bail!("serve is not implemented yet")
+    crate::serve::run(&a)
 }
