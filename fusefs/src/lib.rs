@@ -1,2 +1,39 @@
-//! depotfs client (placeholder until the fusefs work lands).
+//! # depotfs-fusefs: the client
+//!
+//! Mounts a depotfs repository read-only with FUSE, fetching lazily and verifying every byte.
+//! The data flow of one read, module by module:
+//!
+//! - [`fuse`] — the fuser adapter. Thin: every method hands its request to a [`fs::DepotFs`]
+//!   operation on the tokio runtime (reads as async tasks, metadata on the blocking pool) and
+//!   maps the one error type to an errno ([`Error::to_errno`]).
+//! - [`fs`] — inodes, attributes, directory listing through the catalog's prolly-tree readers
+//!   ([`depotfs_catalog::dir::lookup`], [`depotfs_catalog::dir::list_from`]), open files,
+//!   reads with sequential prefetch, extended attributes. The current revision is a
+//!   [`fs::Tree`] behind an `RwLock<Arc<_>>`; open files keep the tree they were opened in.
+//! - [`store`] — the one place an object is fetched, verified
+//!   ([`depotfs_catalog::object::decode`]) and cached: memory LRUs of parsed directory nodes,
+//!   chunk lists and decompressed chunks, single-flight downloads, refetch-once on corruption.
+//! - [`cache`] — the disk cache: content-addressed files, LRU eviction to a byte limit,
+//!   crash-safe (temp file + rename, verified on load), the rollback guard.
+//! - [`backend`] — moving bytes: HTTP(S) with one `reqwest` client and timeouts, or a local
+//!   directory.
+//! - [`mount`] — manifest check and mount session; [`cli`] — `mount`, `umount`, `status`.
+//!
+//! Crate choices: `fuser` 0.18 (pure-Rust mount, `Send` replies so requests can be answered
+//! from tasks, multi-threaded sessions with `clone_fd`); `tokio` for the async fetch layer and
+//! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount and ids without
+//! `unsafe`; a 60-line LRU of our own rather than another dependency.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod cache;
 pub mod cli;
+mod error;
+pub mod fs;
+pub mod fuse;
+mod lru;
+pub mod mount;
+pub mod store;
+
+pub use error::{Error, Result};

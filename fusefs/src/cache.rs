@@ -1,0 +1,254 @@
+//! The disk cache: content-addressed object files under one directory, bounded by a byte
+//! limit with LRU eviction. This module is the one place the cache evicts.
+//!
+//! ```text
+//! DIR/objects/ab/cdef…       an object exactly as fetched (header + payload, still encoded)
+//! DIR/tmp/<hex>.<pid>.<n>    a download being written; renamed into objects/ when complete
+//! DIR/revisions/<repo name>  the highest revision this machine has accepted (rollback guard)
+//! ```
+//!
+//! - **kill -9**: a file appears under `objects/` only by `rename` of a complete temp file,
+//!   and every load is verified again ([`depotfs_catalog::object::decode`]) by the caller,
+//!   which discards a torn or corrupt file and refetches. Temp files of dead processes are
+//!   removed when a mount starts.
+//! - **LRU across restarts**: a file's mtime is its last use; the index is rebuilt from the
+//!   files' sizes and mtimes at start, oldest first.
+//! - **Sharing**: mounts that use the same directory share the files; each mount keeps its own
+//!   index and adopts files other mounts wrote when it first loads them. Each mount enforces
+//!   the limit over what it knows, so the directory stays within the limit while mounts
+//!   use it in turn, and within (mounts × limit) in the worst case.
+//! - **Reads in progress** never break: a read holds the decoded bytes in memory (an
+//!   `Arc`), and on Unix a file being read stays readable after it is unlinked anyway.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use depotfs_catalog::ObjectId;
+
+use crate::error::{Error, Result};
+use crate::lru::Lru;
+
+/// The default cache directory.
+pub const DEFAULT_DIR: &str = "/var/cache/depotfs";
+/// The default cache limit: 4 GiB, as CernVM-FS.
+pub const DEFAULT_LIMIT: u64 = 4 << 30;
+
+/// A bounded, content-addressed directory of encoded objects.
+#[derive(Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+    index: Mutex<Lru<ObjectId, ()>>,
+    tmp_seq: AtomicU64,
+}
+
+fn parse_object_path(sub: &str, file: &str) -> Option<ObjectId> {
+    if sub.len() != 2 || file.len() != 62 {
+        return None;
+    }
+    format!("{sub}{file}").parse().ok()
+}
+
+impl DiskCache {
+    /// Open (creating) the cache at `dir` with a `limit` in bytes, indexing what is there.
+    pub fn open(dir: &Path, limit: u64) -> Result<Self> {
+        for sub in ["objects", "tmp", "revisions"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub).display(), e))?;
+        }
+        // Temp files of processes that no longer run are leftovers of a crash.
+        if let Ok(rd) = fs::read_dir(dir.join("tmp")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+                let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut found: Vec<(SystemTime, ObjectId, u64)> = Vec::new();
+        if let Ok(rd) = fs::read_dir(dir.join("objects")) {
+            for sub in rd.flatten() {
+                let sub_name = sub.file_name().to_string_lossy().into_owned();
+                let Ok(files) = fs::read_dir(sub.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let fname = f.file_name().to_string_lossy().into_owned();
+                    let (Some(id), Ok(md)) = (parse_object_path(&sub_name, &fname), f.metadata())
+                    else {
+                        continue;
+                    };
+                    found.push((
+                        md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        id,
+                        md.len(),
+                    ));
+                }
+            }
+        }
+        found.sort();
+        let cache = DiskCache {
+            dir: dir.to_path_buf(),
+            index: Mutex::new(Lru::new(limit)),
+            tmp_seq: AtomicU64::new(0),
+        };
+        let mut evict = Vec::new();
+        {
+            let mut idx = cache.index.lock().expect("poisoned");
+            for (_, id, len) in found {
+                evict.extend(idx.insert(id, (), len));
+            }
+        }
+        for (id, ()) in evict {
+            let _ = fs::remove_file(cache.path(&id));
+        }
+        Ok(cache)
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &ObjectId) -> PathBuf {
+        self.dir.join(id.store_path())
+    }
+
+    /// The stored bytes of `id`, if present (unverified: the caller decodes them).
+    pub fn load(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        let p = self.path(id);
+        match fs::read(&p) {
+            Ok(bytes) => {
+                let known = self.index.lock().expect("poisoned").get(id).is_some();
+                if !known {
+                    self.adopt(id, bytes.len() as u64);
+                }
+                // The mtime is the LRU clock that survives restarts.
+                if let Ok(f) = fs::File::options().write(true).open(&p) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+                Some(bytes)
+            }
+            Err(_) => {
+                self.index.lock().expect("poisoned").remove(id);
+                None
+            }
+        }
+    }
+
+    /// Is `id` stored? (For `user.depotfs.cached_bytes`; not a use.)
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.lock().expect("poisoned").contains(id) || self.path(id).exists()
+    }
+
+    fn adopt(&self, id: &ObjectId, len: u64) {
+        let evicted = self.index.lock().expect("poisoned").insert(*id, (), len);
+        for (old, ()) in evicted {
+            let _ = fs::remove_file(self.path(&old));
+        }
+    }
+
+    /// Store the encoded bytes of `id` (already verified by the caller), then evict the
+    /// least recently used objects until the cache is within its limit.
+    pub fn store(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
+        let fin = self.path(id);
+        let write = || -> std::io::Result<()> {
+            fs::create_dir_all(fin.parent().expect("objects/ab"))?;
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            drop(f);
+            fs::rename(&tmp, &fin)
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(fin.display(), e));
+        }
+        self.adopt(id, bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Forget and delete `id` (it failed verification).
+    pub fn remove(&self, id: &ObjectId) {
+        self.index.lock().expect("poisoned").remove(id);
+        let _ = fs::remove_file(self.path(id));
+    }
+
+    /// Bytes in use and the limit.
+    pub fn usage(&self) -> (u64, u64) {
+        let idx = self.index.lock().expect("poisoned");
+        (idx.weight(), idx.limit())
+    }
+
+    /// The highest revision of repository `name` ever accepted with this cache.
+    pub fn accepted_revision(&self, name: &str) -> Option<u64> {
+        fs::read_to_string(self.revision_path(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Record that revision `rev` of `name` was accepted (never lowers the record).
+    pub fn accept_revision(&self, name: &str, rev: u64) -> Result<()> {
+        if self.accepted_revision(name).is_some_and(|r| r >= rev) {
+            return Ok(());
+        }
+        let p = self.revision_path(name);
+        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+        fs::write(&tmp, format!("{rev}\n"))
+            .and_then(|()| fs::rename(&tmp, &p))
+            .map_err(|e| Error::io(p.display(), e))
+    }
+
+    fn revision_path(&self, name: &str) -> PathBuf {
+        // Repository names are DNS-like; keep anything else out of the path.
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join("revisions").join(safe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_load_evict_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(d.path(), 250).unwrap();
+        let ids: Vec<ObjectId> = (0..3u8).map(|i| ObjectId::of(&[i])).collect();
+        c.store(&ids[0], &[0; 100]).unwrap();
+        c.store(&ids[1], &[1; 100]).unwrap();
+        assert!(c.load(&ids[0]).is_some()); // ids[1] is now the oldest
+        c.store(&ids[2], &[2; 100]).unwrap();
+        assert!(c.load(&ids[1]).is_none());
+        assert_eq!(c.load(&ids[2]).unwrap(), vec![2; 100]);
+        assert_eq!(c.usage(), (200, 250));
+        // A leftover temp file of a dead process is cleaned; the index is rebuilt.
+        fs::write(d.path().join("tmp/abc.999999999.0"), b"torn").unwrap();
+        drop(c);
+        let c = DiskCache::open(d.path(), 250).unwrap();
+        assert_eq!(c.usage().0, 200);
+        assert!(!d.path().join("tmp/abc.999999999.0").exists());
+        c.accept_revision("a.b", 5).unwrap();
+        c.accept_revision("a.b", 3).unwrap();
+        assert_eq!(c.accepted_revision("a.b"), Some(5));
+    }
+}

@@ -1,0 +1,99 @@
+//! The client's one error type, and the one place errors become errno values.
+
+/// Everything that can go wrong in the client. `Clone` because one download's outcome is
+/// shared by every request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No such name.
+    #[error("no such file or directory")]
+    NotFound,
+    /// A path component is not a directory.
+    #[error("not a directory")]
+    NotDir,
+    /// A directory where a file was needed.
+    #[error("is a directory")]
+    IsDir,
+    /// Not a symbolic link.
+    #[error("not a symbolic link")]
+    NotSymlink,
+    /// Any attempt to change the file system.
+    #[error("read-only file system")]
+    ReadOnly,
+    /// No such extended attribute.
+    #[error("no such attribute")]
+    NoAttr,
+    /// The caller's buffer is too small.
+    #[error("buffer too small")]
+    Range,
+    /// Unknown inode or file handle.
+    #[error("stale handle")]
+    Stale,
+    /// The server (or local store) could not deliver an object.
+    #[error("fetching {what}: {message}")]
+    Fetch {
+        /// The object or file.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// The server did not answer within the timeout.
+    #[error("fetching {what}: no answer within {secs} s")]
+    Timeout {
+        /// The object or file.
+        what: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// An object failed verification even after a fresh download.
+    #[error("corrupt object: {0}")]
+    Corrupt(String),
+    /// The manifest is unusable: bad signature, wrong name, rolled back, malformed.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// Local I/O (cache directory, key file).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Error {
+    /// The errno a FUSE request answers with.
+    pub fn to_errno(&self) -> fuser::Errno {
+        use fuser::Errno;
+        match self {
+            Error::NotFound => Errno::ENOENT,
+            Error::NotDir => Errno::ENOTDIR,
+            Error::IsDir => Errno::EISDIR,
+            Error::NotSymlink => Errno::EINVAL,
+            Error::ReadOnly => Errno::EROFS,
+            Error::NoAttr => Errno::ENODATA,
+            Error::Range => Errno::ERANGE,
+            Error::Stale => Errno::ESTALE,
+            Error::Fetch { .. }
+            | Error::Timeout { .. }
+            | Error::Corrupt(_)
+            | Error::Manifest(_)
+            | Error::Io(_) => Errno::EIO,
+        }
+    }
+
+    pub(crate) fn io(context: impl std::fmt::Display, e: std::io::Error) -> Self {
+        Error::Io(format!("{context}: {e}"))
+    }
+}
+
+impl From<depotfs_catalog::Error> for Error {
+    fn from(e: depotfs_catalog::Error) -> Self {
+        match e {
+            depotfs_catalog::Error::Manifest(m) => Error::Manifest(m),
+            depotfs_catalog::Error::Key(m) => Error::Manifest(format!("key: {m}")),
+            depotfs_catalog::Error::Fetch { id, message } => Error::Fetch {
+                what: id.to_string(),
+                message,
+            },
+            other => Error::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

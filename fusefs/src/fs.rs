@@ -1,0 +1,564 @@
+//! The file system's operations, as plain methods returning `Result<T, Error>`: inodes,
+//! attributes, lookup, listing, open files, reads, extended attributes. `fuse.rs` adapts
+//! them to fuser; nothing here touches the network except through [`ObjectStore`].
+//!
+//! Inode numbers are derived from the path (`blake3(parent inode ‖ name)`), so they are
+//! stable across remounts and revisions. Per-open-file state keeps the [`Tree`] (revision)
+//! it was opened in, so a future revision switch (issue 5) leaves open files intact.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use depotfs_catalog::dir::{self, NodeSource, SINGLE_LEAF_MAX};
+use depotfs_catalog::{DirNode, Entry, EntryKind, FileContent, Manifest, ObjectId};
+use fuser::{FileAttr, FileType, INodeNo};
+use tokio::runtime::Handle;
+
+use crate::error::{Error, Result};
+use crate::store::{Chunks, ObjectStore};
+
+/// Chunks fetched ahead of a sequential reader.
+const PREFETCH_CHUNKS: usize = 4;
+/// Block size reported by stat: large, so readers ask for large pieces.
+const BLKSIZE: u32 = 128 * 1024;
+
+/// One revision of the repository: what a mount serves.
+#[derive(Debug)]
+pub struct Tree {
+    /// The verified manifest.
+    pub manifest: Manifest,
+}
+
+impl Tree {
+    fn root_entry(&self) -> Entry {
+        let m = &self.manifest;
+        Entry {
+            name: String::new(),
+            mode: 0o755,
+            mtime_ns: m.root_mtime_ns,
+            kind: EntryKind::Dir {
+                tree: m.root,
+                entries: m.root_entries,
+            },
+        }
+    }
+}
+
+/// A known inode: a directory entry and where it hangs.
+#[derive(Debug)]
+pub struct Node {
+    ino: u64,
+    parent: u64,
+    entry: Entry,
+    nlink: OnceLock<u32>,
+}
+
+impl Node {
+    /// The inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+    /// The directory entry.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+#[derive(Debug)]
+enum Content {
+    Empty,
+    Single(ObjectId),
+    Chunked(Arc<Chunks>),
+}
+
+/// Per-open-file state.
+#[derive(Debug)]
+struct OpenFile {
+    size: u64,
+    content: Content,
+    /// The revision the file was opened in.
+    _tree: Arc<Tree>,
+    /// Where the next sequential read would start.
+    next_offset: AtomicU64,
+    /// Chunks below this index have been prefetched.
+    prefetched: AtomicUsize,
+}
+
+/// Static facts shown by `status` and the xattrs.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    /// What was mounted (URL or path).
+    pub source: String,
+}
+
+/// The mounted file system.
+#[derive(Debug)]
+pub struct DepotFs {
+    store: Arc<ObjectStore>,
+    tree: RwLock<Arc<Tree>>,
+    info: MountInfo,
+    nodes: Mutex<HashMap<u64, Arc<Node>>>,
+    open: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    rt: Handle,
+    uid: u32,
+    gid: u32,
+}
+
+/// [`NodeSource`] over the object store, for the catalog's directory readers. Runs on a
+/// blocking thread: a miss waits for the download on the runtime.
+struct Nodes<'a> {
+    store: &'a ObjectStore,
+    rt: &'a Handle,
+}
+
+impl NodeSource for Nodes<'_> {
+    fn node(&self, id: &ObjectId) -> Result<Arc<DirNode>, depotfs_catalog::Error> {
+        if let Some(n) = self.store.dir_node_cached(id) {
+            return Ok(n);
+        }
+        self.rt
+            .block_on(self.store.dir_node(*id))
+            .map_err(|e| depotfs_catalog::Error::Fetch {
+                id: *id,
+                message: e.to_string(),
+            })
+    }
+}
+
+fn child_ino(parent: u64, name: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&parent.to_le_bytes());
+    h.update(name.as_bytes());
+    let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    // 0 is invalid and 1 is the root.
+    x.max(2)
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// The file type of an entry.
+pub fn file_type(e: &Entry) -> FileType {
+    match e.kind {
+        EntryKind::File { .. } => FileType::RegularFile,
+        EntryKind::Dir { .. } => FileType::Directory,
+        EntryKind::Symlink { .. } => FileType::Symlink,
+    }
+}
+
+/// Attribute names offered on every path.
+const XATTRS_ANY: [&str; 3] = [
+    "user.depotfs.revision",
+    "user.depotfs.root",
+    "user.depotfs.source",
+];
+/// Attribute names offered on regular files.
+const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
+/// Attribute names offered on the root, for `depotfs status`.
+pub const XATTRS_STATUS: [&str; 10] = [
+    "user.depotfs.name",
+    "user.depotfs.published_ns",
+    "user.depotfs.cache_dir",
+    "user.depotfs.cache_used",
+    "user.depotfs.cache_limit",
+    "user.depotfs.hits",
+    "user.depotfs.misses",
+    "user.depotfs.bytes_fetched",
+    "user.depotfs.corrupt",
+    "user.depotfs.pid",
+];
+
+impl DepotFs {
+    /// A file system serving `tree` from `store`; blocking work waits on `rt`.
+    pub fn new(store: Arc<ObjectStore>, tree: Tree, info: MountInfo, rt: Handle) -> Self {
+        let tree = Arc::new(tree);
+        let root = Arc::new(Node {
+            ino: 1,
+            parent: 1,
+            entry: tree.root_entry(),
+            nlink: OnceLock::new(),
+        });
+        DepotFs {
+            store,
+            tree: RwLock::new(tree),
+            info,
+            nodes: Mutex::new(HashMap::from([(1, root)])),
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            rt,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        }
+    }
+
+    /// The runtime that answers requests.
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
+    fn tree(&self) -> Arc<Tree> {
+        self.tree.read().expect("poisoned").clone()
+    }
+
+    fn src(&self) -> Nodes<'_> {
+        Nodes {
+            store: &self.store,
+            rt: &self.rt,
+        }
+    }
+
+    /// The node of `ino`.
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes
+            .lock()
+            .expect("poisoned")
+            .get(&ino)
+            .cloned()
+            .ok_or(Error::Stale)
+    }
+
+    fn register(&self, parent: u64, entry: Entry) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().expect("poisoned");
+        let mut ino = child_ino(parent, &entry.name);
+        loop {
+            match nodes.get(&ino) {
+                Some(n) if n.parent == parent && n.entry.name == entry.name => return n.clone(),
+                // A 64-bit collision: probe deterministically.
+                Some(_) => ino = ino.wrapping_add(1).max(2),
+                None => break,
+            }
+        }
+        let n = Arc::new(Node {
+            ino,
+            parent,
+            entry,
+            nlink: OnceLock::new(),
+        });
+        nodes.insert(ino, n.clone());
+        n
+    }
+
+    fn dir_tree(node: &Node) -> Result<ObjectId> {
+        match node.entry.kind {
+            EntryKind::Dir { tree, .. } => Ok(tree),
+            _ => Err(Error::NotDir),
+        }
+    }
+
+    /// Look `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Arc<Node>> {
+        let p = self.node(parent)?;
+        let top = Self::dir_tree(&p)?;
+        let entry = dir::lookup(&self.src(), &top, name)?.ok_or(Error::NotFound)?;
+        Ok(self.register(parent, entry))
+    }
+
+    /// The attributes of `node`.
+    pub fn attr(&self, node: &Node) -> Result<FileAttr> {
+        let e = &node.entry;
+        let (size, nlink) = match &e.kind {
+            EntryKind::File { size, .. } => (*size, 1),
+            EntryKind::Symlink { target } => (target.len() as u64, 1),
+            EntryKind::Dir { tree, entries } => (4096, self.dir_nlink(node, tree, *entries)?),
+        };
+        let t = time(e.mtime_ns);
+        Ok(FileAttr {
+            ino: INodeNo(node.ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: file_type(e),
+            perm: (e.mode & 0o7777) as u16,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        })
+    }
+
+    /// 2 + subdirectories, as local file systems report. Counting needs the directory's
+    /// entries, so it is done for one-leaf directories (one small fetch); larger ones report
+    /// 1, the Linux convention for "not counted" (`find` then does not rely on it).
+    fn dir_nlink(&self, node: &Node, tree: &ObjectId, entries: u64) -> Result<u32> {
+        if let Some(n) = node.nlink.get() {
+            return Ok(*n);
+        }
+        let n = if entries as usize <= SINGLE_LEAF_MAX {
+            let mut subdirs = 0u32;
+            dir::list_from(&self.src(), tree, 0, &mut |_, e| {
+                subdirs += e.is_dir() as u32;
+                true
+            })?;
+            2 + subdirs
+        } else {
+            1
+        };
+        Ok(*node.nlink.get_or_init(|| n))
+    }
+
+    /// `getattr`.
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
+        let n = self.node(ino)?;
+        self.attr(&n)
+    }
+
+    /// `readlink`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match &self.node(ino)?.entry.kind {
+            EntryKind::Symlink { target } => Ok(target.clone().into_bytes()),
+            _ => Err(Error::NotSymlink),
+        }
+    }
+
+    /// List directory `ino` from readdir offset `offset`: `.` is offset 0, `..` 1, entry at
+    /// position p is p + 2; `add(ino, next_offset, entry-or-dot)` returns true when full.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirItem<'_>, u64) -> Result<bool>,
+    ) -> Result<()> {
+        let node = self.node(ino)?;
+        let top = Self::dir_tree(&node)?;
+        if offset == 0 && add(DirItem::Dot(node.ino, "."), 1)? {
+            return Ok(());
+        }
+        if offset <= 1 && add(DirItem::Dot(node.parent, ".."), 2)? {
+            return Ok(());
+        }
+        let mut err = None;
+        dir::list_from(
+            &self.src(),
+            &top,
+            offset.saturating_sub(2),
+            &mut |pos, e| match add(DirItem::Entry(ino, e), pos + 3) {
+                Ok(full) => !full,
+                Err(x) => {
+                    err = Some(x);
+                    false
+                }
+            },
+        )?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Register a listed entry as an inode (READDIRPLUS counts as a lookup).
+    pub fn adopt(&self, parent: u64, e: &Entry) -> Arc<Node> {
+        self.register(parent, e.clone())
+    }
+
+    /// Open file `ino`: fetch its chunk list (if any) and remember the revision.
+    pub async fn open(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        let (size, content) = match &node.entry.kind {
+            EntryKind::File { size, content } => (*size, *content),
+            EntryKind::Dir { .. } => return Err(Error::IsDir),
+            EntryKind::Symlink { .. } => return Err(Error::NotFound),
+        };
+        let content = match content {
+            FileContent::Empty => Content::Empty,
+            FileContent::Single(id) => Content::Single(id),
+            FileContent::Chunked(id) => {
+                let c = self.store.chunk_list(id).await?;
+                if c.list.total_len() != size {
+                    return Err(Error::Corrupt(format!(
+                        "chunk list {id} covers {} bytes, the file has {size}",
+                        c.list.total_len()
+                    )));
+                }
+                Content::Chunked(c)
+            }
+        };
+        let of = Arc::new(OpenFile {
+            size,
+            content,
+            _tree: self.tree(),
+            next_offset: AtomicU64::new(0),
+            prefetched: AtomicUsize::new(0),
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().expect("poisoned").insert(fh, of);
+        Ok(fh)
+    }
+
+    /// Forget an open file.
+    pub fn release(&self, fh: u64) {
+        self.open.lock().expect("poisoned").remove(&fh);
+    }
+
+    /// Read up to `size` bytes at `offset` from open file `fh`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let of = self
+            .open
+            .lock()
+            .expect("poisoned")
+            .get(&fh)
+            .cloned()
+            .ok_or(Error::Stale)?;
+        if offset >= of.size {
+            return Ok(Vec::new());
+        }
+        let end = of.size.min(offset + size as u64);
+        let sequential = of.next_offset.swap(end, Ordering::Relaxed) == offset;
+        match &of.content {
+            Content::Empty => Ok(Vec::new()),
+            Content::Single(id) => {
+                let v = self.store.chunk(*id, of.size).await?;
+                Ok(v.data()[offset as usize..end as usize].to_vec())
+            }
+            Content::Chunked(c) => {
+                let mut out = Vec::with_capacity((end - offset) as usize);
+                let mut i = c.list.locate(&c.offsets, offset).ok_or(Error::Stale)?.index;
+                while c.offsets[i] < end {
+                    let r = c.list.chunks[i];
+                    let v = self.store.chunk(r.id, r.len as u64).await?;
+                    let from = offset.max(c.offsets[i]) - c.offsets[i];
+                    let to = end.min(c.offsets[i + 1]) - c.offsets[i];
+                    out.extend_from_slice(&v.data()[from as usize..to as usize]);
+                    i += 1;
+                }
+                if sequential {
+                    self.prefetch(&of, c, i);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Fetch the chunks after `next` in the background, in parallel.
+    fn prefetch(&self, of: &OpenFile, c: &Arc<Chunks>, next: usize) {
+        let upto = (next + PREFETCH_CHUNKS).min(c.list.chunks.len());
+        let from = of.prefetched.fetch_max(upto, Ordering::Relaxed).max(next);
+        for i in from..upto {
+            let r = c.list.chunks[i];
+            let store = self.store.clone();
+            self.rt.spawn(async move {
+                if let Err(e) = store.chunk(r.id, r.len as u64).await {
+                    tracing::debug!("prefetch of {} failed: {e}", r.id);
+                }
+            });
+        }
+    }
+
+    /// The value of extended attribute `name` on `ino`.
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let tree = self.tree();
+        let m = &tree.manifest;
+        let s = |v: &dyn ToString| Ok(v.to_string().into_bytes());
+        match name {
+            "user.depotfs.revision" => return s(&m.revision),
+            "user.depotfs.root" => return s(&m.root),
+            "user.depotfs.source" => return s(&self.info.source),
+            _ => {}
+        }
+        if let EntryKind::File { size, content } = &node.entry.kind {
+            match name {
+                "user.depotfs.hash" => {
+                    return s(&match content {
+                        FileContent::Empty => ObjectId::of(b""),
+                        FileContent::Single(id) | FileContent::Chunked(id) => *id,
+                    });
+                }
+                "user.depotfs.cached_bytes" => return s(&self.cached_bytes(*size, content)?),
+                _ => {}
+            }
+        }
+        if ino == 1 {
+            let (used, limit) = self.store.disk().map_or((0, 0), |d| d.usage());
+            let st = &self.store.stats;
+            let v: String = match name {
+                "user.depotfs.name" => m.name.clone(),
+                "user.depotfs.published_ns" => m.published_ns.to_string(),
+                "user.depotfs.cache_dir" => self
+                    .store
+                    .disk()
+                    .map_or(String::new(), |d| d.dir().display().to_string()),
+                "user.depotfs.cache_used" => used.to_string(),
+                "user.depotfs.cache_limit" => limit.to_string(),
+                "user.depotfs.hits" => st.hits.load(Ordering::Relaxed).to_string(),
+                "user.depotfs.misses" => st.misses.load(Ordering::Relaxed).to_string(),
+                "user.depotfs.bytes_fetched" => {
+                    st.bytes_fetched.load(Ordering::Relaxed).to_string()
+                }
+                "user.depotfs.corrupt" => st.corrupt.load(Ordering::Relaxed).to_string(),
+                "user.depotfs.pid" => std::process::id().to_string(),
+                _ => return Err(Error::NoAttr),
+            };
+            return Ok(v.into_bytes());
+        }
+        Err(Error::NoAttr)
+    }
+
+    fn cached_bytes(&self, size: u64, content: &FileContent) -> Result<u64> {
+        Ok(match content {
+            FileContent::Empty => 0,
+            FileContent::Single(id) => {
+                if self.store.has_chunk(id) {
+                    size
+                } else {
+                    0
+                }
+            }
+            FileContent::Chunked(id) => {
+                let c = self.rt.block_on(self.store.chunk_list(*id))?;
+                c.list
+                    .chunks
+                    .iter()
+                    .filter(|r| self.store.has_chunk(&r.id))
+                    .map(|r| r.len as u64)
+                    .sum()
+            }
+        })
+    }
+
+    /// The NUL-separated attribute names of `ino`.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let mut names: Vec<&str> = XATTRS_ANY.to_vec();
+        if matches!(node.entry.kind, EntryKind::File { .. }) {
+            names.extend(XATTRS_FILE);
+        }
+        if ino == 1 {
+            names.extend(XATTRS_STATUS);
+        }
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `statfs`: blocks are the cache (limit and free), files the root's entries.
+    pub fn statfs(&self) -> (u64, u64, u64) {
+        let (used, limit) = self.store.disk().map_or((0, 0), |d| d.usage());
+        (
+            limit / 4096,
+            limit.saturating_sub(used) / 4096,
+            self.tree().manifest.root_entries,
+        )
+    }
+}
+
+/// One item of a directory listing.
+#[derive(Debug)]
+pub enum DirItem<'a> {
+    /// `.` or `..`: the inode it refers to and the name.
+    Dot(u64, &'static str),
+    /// A real entry of directory (parent inode, entry).
+    Entry(u64, &'a Entry),
+}

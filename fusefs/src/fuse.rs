@@ -1,0 +1,396 @@
+//! The FUSE glue: each `Filesystem` method is a short adapter over a [`DepotFs`] operation.
+//!
+//! Operations that may wait for the network never run on a FUSE worker thread: reads and
+//! opens are async tasks on the tokio runtime, metadata operations (which walk directory
+//! trees through the synchronous `NodeSource`) run on its blocking pool. A FUSE thread only
+//! parses the request and hands the `Reply` (which is `Send`) over, so one slow download
+//! never holds up other requests. Every mutating operation answers EROFS.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::error::{Error, Result};
+use crate::fs::{DepotFs, DirItem, file_type};
+
+/// Entry and attribute TTL: content never changes within a revision (composefs uses the
+/// same order of magnitude). A revision switch (issue 5) will invalidate through the notifier.
+const TTL: Duration = Duration::from_secs(1_000_000);
+
+/// The fuser adapter.
+#[derive(Debug)]
+pub struct Fuse {
+    fs: Arc<DepotFs>,
+}
+
+impl Fuse {
+    /// Wrap a file system.
+    pub fn new(fs: Arc<DepotFs>) -> Self {
+        Fuse { fs }
+    }
+
+    /// Run `op` on the blocking pool and hand its result to `done`.
+    fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&DepotFs) -> Result<T> + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
+        let fs = self.fs.clone();
+        self.fs.runtime().spawn_blocking(move || done(op(&fs)));
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str> {
+    name.to_str().ok_or(Error::NotFound)
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_background(128);
+        let _ = config.set_congestion_threshold(96);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_os_string();
+        self.blocking(
+            move |fs| {
+                let n = fs.lookup(parent.0, name_str(&name)?)?;
+                fs.attr(&n)
+            },
+            move |r| match r {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e.to_errno()),
+            },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.blocking(
+            move |fs| fs.getattr(ino.0),
+            move |r| match r {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e.to_errno()),
+            },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e.to_errno()),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let fs = self.fs.clone();
+        self.fs.runtime().spawn(async move {
+            match fs.open(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(e.to_errno()),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.fs.runtime().spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!("read failed: {e}");
+                    reply.error(e.to_errno())
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.blocking(
+            move |fs| fs.node(ino.0),
+            move |r| match r {
+                Ok(n) if n.entry().is_dir() => {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(e.to_errno()),
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.blocking(
+            move |fs| {
+                let mut reply = reply;
+                let r = fs.readdir(ino.0, offset, &mut |item, next| {
+                    Ok(match item {
+                        DirItem::Dot(i, name) => {
+                            reply.add(INodeNo(i), next, fuser::FileType::Directory, name)
+                        }
+                        DirItem::Entry(parent, e) => {
+                            let n = fs.adopt(parent, e);
+                            reply.add(INodeNo(n.ino()), next, file_type(e), &e.name)
+                        }
+                    })
+                });
+                Ok((r, reply))
+            },
+            |r: Result<(Result<()>, ReplyDirectory)>| {
+                let (r, reply) = r.expect("infallible");
+                match r {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e.to_errno()),
+                }
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.blocking(
+            move |fs| {
+                let mut reply = reply;
+                let r = fs.readdir(ino.0, offset, &mut |item, next| {
+                    let node = match item {
+                        DirItem::Dot(i, name) => (fs.node(i)?, name),
+                        DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str()),
+                    };
+                    let attr = fs.attr(&node.0)?;
+                    Ok(reply.add(
+                        INodeNo(node.0.ino()),
+                        next,
+                        node.1,
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                    ))
+                });
+                Ok((r, reply))
+            },
+            |r: Result<(Result<()>, ReplyDirectoryPlus)>| {
+                let (r, reply) = r.expect("infallible");
+                match r {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e.to_errno()),
+                }
+            },
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (blocks, free, files) = self.fs.statfs();
+        reply.statfs(blocks, free, free, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_os_string();
+        self.blocking(
+            move |fs| fs.getxattr(ino.0, name.to_str().ok_or(Error::NoAttr)?),
+            move |r| xattr_reply(r, size, reply),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(self.fs.listxattr(ino.0), size, reply);
+    }
+
+    // Everything below changes the file system: read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _d: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _r: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _d: &[u8],
+        _wf: WriteFlags,
+        _f: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _l: u64,
+        _m: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+fn xattr_reply(r: Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(e.to_errno()),
+    }
+}

@@ -1,0 +1,206 @@
+//! Assembling a mount: backend, manifest check, cache, session, signals.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use depotfs_catalog::{Manifest, PublicKey};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::backend::Backend;
+use crate::cache::DiskCache;
+use crate::error::{Error, Result};
+use crate::fs::{DepotFs, MountInfo, Tree};
+use crate::fuse::Fuse;
+use crate::store::ObjectStore;
+
+/// Everything needed to mount.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// URL of a served `public/`, or a local STORE (or its `public/`) path.
+    pub source: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// The repository's public key file (defaults to a local store's own `public/repo.pub`).
+    pub key: Option<PathBuf>,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Cache limit in bytes.
+    pub cache_size: u64,
+    /// Decompressed chunks kept in memory, bytes.
+    pub mem_size: u64,
+    /// Network timeout.
+    pub timeout: Duration,
+    /// Let other users access the mount.
+    pub allow_other: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+/// A verified, ready-to-mount file system.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The file system.
+    pub fs: Arc<DepotFs>,
+    /// The runtime serving it (keep it alive while mounted).
+    pub runtime: tokio::runtime::Runtime,
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// Open the source, check the manifest (signature, name, revision) and fetch the root
+/// directory: everything that must hold before anything is served.
+pub fn prepare(o: &Options) -> Result<Prepared> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .max_blocking_threads(64)
+        .enable_all()
+        .thread_name("depotfs-io")
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    let (backend, key_path) = if is_url(&o.source) {
+        let key = o
+            .key
+            .clone()
+            .ok_or_else(|| Error::Manifest("--key is required when mounting over HTTP".into()))?;
+        (Backend::http(&o.source, o.timeout)?, key)
+    } else {
+        let p = Path::new(&o.source);
+        let public = if p.join("public").is_dir() {
+            p.join("public")
+        } else {
+            p.to_path_buf()
+        };
+        if !public.join("manifest").is_file() {
+            return Err(Error::Manifest(format!(
+                "{} is neither an http(s) URL nor a store (no public/manifest)",
+                o.source
+            )));
+        }
+        let key = o.key.clone().unwrap_or_else(|| public.join("repo.pub"));
+        let public = public
+            .canonicalize()
+            .map_err(|e| Error::io(public.display(), e))?;
+        (Backend::Local(public), key)
+    };
+    let key_text =
+        std::fs::read_to_string(&key_path).map_err(|e| Error::io(key_path.display(), e))?;
+    let key = PublicKey::from_text(&key_text)?;
+    let disk = if backend.is_local() {
+        None
+    } else {
+        Some(DiskCache::open(&o.cache_dir, o.cache_size)?)
+    };
+    let manifest = fetch_manifest(&runtime, &backend, &key, disk.as_ref())?;
+    if let Some(disk) = &disk {
+        if let Some(seen) = disk.accepted_revision(&manifest.name)
+            && manifest.revision < seen
+        {
+            return Err(Error::Manifest(format!(
+                "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
+                manifest.revision, manifest.name
+            )));
+        }
+        disk.accept_revision(&manifest.name, manifest.revision)?;
+    }
+    let source = backend.describe();
+    let store = Arc::new(ObjectStore::new(backend, disk, o.mem_size));
+    runtime.block_on(store.dir_node(manifest.root))?;
+    tracing::info!(
+        "{} revision {} from {source}: manifest verified, root fetched",
+        manifest.name,
+        manifest.revision
+    );
+    let fs = DepotFs::new(
+        store,
+        Tree { manifest },
+        MountInfo { source },
+        runtime.handle().clone(),
+    );
+    Ok(Prepared {
+        fs: Arc::new(fs),
+        runtime,
+    })
+}
+
+/// Fetch and verify the manifest. With a disk cache, the last verified manifest of this
+/// source is kept there, and used when the server cannot be reached (offline mode: cached
+/// objects stay readable, others fail with EIO).
+fn fetch_manifest(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Backend,
+    key: &PublicKey,
+    disk: Option<&DiskCache>,
+) -> Result<Manifest> {
+    let saved = disk.map(|d| {
+        let tag = &blake3::hash(backend.describe().as_bytes()).to_hex()[..16];
+        d.dir().join("revisions").join(format!("manifest-{tag}"))
+    });
+    match runtime.block_on(backend.get("manifest", true)) {
+        Ok(bytes) => {
+            let m = Manifest::parse_verified(&bytes, key, None)?;
+            if let Some(p) = &saved {
+                let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+                if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, p))
+                {
+                    tracing::warn!("saving manifest: {e}");
+                }
+            }
+            Ok(m)
+        }
+        Err(e @ (Error::Fetch { .. } | Error::Timeout { .. })) => {
+            let Some(bytes) = saved.and_then(|p| std::fs::read(p).ok()) else {
+                return Err(e);
+            };
+            tracing::warn!("{e}; offline: using the last verified manifest from the cache");
+            Ok(Manifest::parse_verified(&bytes, key, None)?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
+/// (which unmount). `ready` is called once the kernel has accepted the mount.
+pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()> {
+    let Prepared { fs, runtime } = prepared;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(format!("depotfs:{}", o.source)),
+        MountOption::Subtype("depotfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+    ];
+    if o.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(o.threads.max(1));
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(Fuse::new(fs), &o.mountpoint, &config)
+        .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    let mut unmounter = session.unmount_callable();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount: {e}");
+        }
+    });
+    ready();
+    session.run().map_err(|e| Error::io("FUSE session", e))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

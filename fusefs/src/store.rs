@@ -1,0 +1,232 @@
+//! The object store: the one place an object is fetched, verified and cached.
+//!
+//! `get` answers from memory, else from the disk cache (verified again on load: a torn or
+//! corrupt cache file is deleted and refetched), else from the backend. A downloaded object
+//! that fails verification is fetched once more with caches bypassed; if that copy is bad
+//! too the request fails ([`Error::Corrupt`], EIO) and nothing is cached. Concurrent requests
+//! for one object wait for a single download. Parsed directory nodes and chunk lists, and
+//! recently decompressed chunks, stay in memory (the kernel reads in 128 KiB pieces).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use depotfs_catalog::chunking::CHUNK_MAX;
+use depotfs_catalog::dir::NODE_MAX_BYTES;
+use depotfs_catalog::object::{self, ObjectKind, Verified};
+use depotfs_catalog::{ChunkList, DirNode, ObjectId};
+use tokio::sync::OnceCell;
+
+use crate::backend::Backend;
+use crate::cache::DiskCache;
+use crate::error::{Error, Result};
+use crate::lru::Lru;
+
+/// Largest chunk list accepted (a 10 GiB file has ~10k chunks of 36 bytes).
+const CHUNK_LIST_MAX: u64 = 64 << 20;
+
+/// A chunk list with its offsets precomputed.
+#[derive(Debug)]
+pub struct Chunks {
+    /// The list.
+    pub list: ChunkList,
+    /// [`ChunkList::offsets`].
+    pub offsets: Vec<u64>,
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Objects answered from memory or disk.
+    pub hits: AtomicU64,
+    /// Objects downloaded.
+    pub misses: AtomicU64,
+    /// Encoded bytes downloaded.
+    pub bytes_fetched: AtomicU64,
+    /// Downloads that failed verification.
+    pub corrupt: AtomicU64,
+}
+
+type Shared = Arc<OnceCell<Result<Arc<Verified>>>>;
+
+/// Fetch, verify, cache.
+#[derive(Debug)]
+pub struct ObjectStore {
+    backend: Backend,
+    disk: Option<DiskCache>,
+    chunks: Mutex<Lru<ObjectId, Arc<Verified>>>,
+    lists: Mutex<Lru<ObjectId, Arc<Chunks>>>,
+    nodes: Mutex<Lru<ObjectId, Arc<DirNode>>>,
+    inflight: Mutex<HashMap<ObjectId, Shared>>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl ObjectStore {
+    /// A store over `backend`, caching on disk in `disk` (none for a local store) and keeping
+    /// up to `mem_bytes` of decompressed chunks in memory.
+    pub fn new(backend: Backend, disk: Option<DiskCache>, mem_bytes: u64) -> Self {
+        ObjectStore {
+            backend,
+            disk,
+            chunks: Mutex::new(Lru::new(mem_bytes)),
+            lists: Mutex::new(Lru::new(64 << 20)),
+            // Metadata stays in memory: ~256 entries per node, weight 1 per node.
+            nodes: Mutex::new(Lru::new(16384)),
+            inflight: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The backend (for the manifest and `describe`).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The disk cache, if any.
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+
+    /// A chunk of `len` plaintext bytes.
+    pub async fn chunk(&self, id: ObjectId, len: u64) -> Result<Arc<Verified>> {
+        if let Some(v) = self.chunks.lock().expect("poisoned").get(&id) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v);
+        }
+        if len > CHUNK_MAX as u64 && len > depotfs_catalog::chunking::SMALL_FILE_MAX {
+            return Err(Error::Corrupt(format!(
+                "chunk {id}: {len} bytes is more than a chunk may hold"
+            )));
+        }
+        let v = self.get(id, ObjectKind::Chunk, len).await?;
+        if v.data().len() as u64 != len {
+            return Err(Error::Corrupt(format!(
+                "chunk {id} holds {} bytes, its file says {len}",
+                v.data().len()
+            )));
+        }
+        self.chunks
+            .lock()
+            .expect("poisoned")
+            .insert(id, v.clone(), len.max(1));
+        Ok(v)
+    }
+
+    /// Is chunk `id` in memory or on disk? (Not a use.)
+    pub fn has_chunk(&self, id: &ObjectId) -> bool {
+        self.chunks.lock().expect("poisoned").contains(id)
+            || self.disk.as_ref().is_some_and(|d| d.contains(id))
+            || self.backend.is_local()
+    }
+
+    /// A parsed chunk list.
+    pub async fn chunk_list(&self, id: ObjectId) -> Result<Arc<Chunks>> {
+        if let Some(c) = self.lists.lock().expect("poisoned").get(&id) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(c);
+        }
+        let v = self.get(id, ObjectKind::ChunkList, CHUNK_LIST_MAX).await?;
+        let list = ChunkList::from_verified(&v)?;
+        let offsets = list.offsets();
+        let c = Arc::new(Chunks { list, offsets });
+        let weight = v.data().len() as u64 + 8 * c.offsets.len() as u64;
+        self.lists
+            .lock()
+            .expect("poisoned")
+            .insert(id, c.clone(), weight);
+        Ok(c)
+    }
+
+    /// A parsed directory node, if it is in memory.
+    pub fn dir_node_cached(&self, id: &ObjectId) -> Option<Arc<DirNode>> {
+        self.nodes.lock().expect("poisoned").get(id)
+    }
+
+    /// A parsed directory node.
+    pub async fn dir_node(&self, id: ObjectId) -> Result<Arc<DirNode>> {
+        if let Some(n) = self.dir_node_cached(&id) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(n);
+        }
+        let v = self.get(id, ObjectKind::DirNode, NODE_MAX_BYTES).await?;
+        let n = Arc::new(DirNode::from_verified(&v)?);
+        self.nodes
+            .lock()
+            .expect("poisoned")
+            .insert(id, n.clone(), 1);
+        Ok(n)
+    }
+
+    /// One verified object, downloaded at most once however many ask at the same time.
+    async fn get(&self, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<Arc<Verified>> {
+        let cell = self
+            .inflight
+            .lock()
+            .expect("poisoned")
+            .entry(id)
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        let result = cell
+            .get_or_init(|| self.load_or_fetch(id, kind, max_len))
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock().expect("poisoned");
+        if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&id);
+        }
+        result
+    }
+
+    async fn load_or_fetch(
+        &self,
+        id: ObjectId,
+        kind: ObjectKind,
+        max_len: u64,
+    ) -> Result<Arc<Verified>> {
+        if let Some(disk) = &self.disk
+            && let Some(bytes) = disk.load(&id)
+        {
+            match object::decode(id, kind, &bytes, max_len) {
+                Ok(v) => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Arc::new(v));
+                }
+                Err(e) => {
+                    tracing::warn!("cached object {id} is bad ({e}); refetching");
+                    disk.remove(&id);
+                }
+            }
+        }
+        let path = id.store_path();
+        let mut last_err = None;
+        for fresh in [false, true] {
+            let bytes = self.backend.get(&path, fresh).await?;
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_fetched
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            match object::decode(id, kind, &bytes, max_len) {
+                Ok(v) => {
+                    if let Some(disk) = &self.disk
+                        && let Err(e) = disk.store(&id, &bytes)
+                    {
+                        tracing::warn!("cache: {e}");
+                    }
+                    return Ok(Arc::new(v));
+                }
+                Err(e) => {
+                    self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "object {id} from {} failed verification: {e}",
+                        self.backend.describe()
+                    );
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(Error::Corrupt(
+            last_err.map(|e| e.to_string()).unwrap_or_default(),
+        ))
+    }
+}
