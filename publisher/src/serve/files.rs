@@ -272,3 +272,54 @@ impl Body for ServeBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both confinement methods (openat2 and the canonicalizing fallback) refuse the same
+    /// escapes and serve the same files.
+    #[test]
+    fn both_methods_confine_opens_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("public");
+        std::fs::create_dir_all(public.join("objects/ab")).unwrap();
+        std::fs::write(public.join("manifest"), "m").unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink("../../../secret", public.join("objects/ab/rel")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), public.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../..", public.join("objects/out")).unwrap();
+        std::os::unix::fs::symlink("../manifest", public.join("objects/in")).unwrap();
+
+        let mut root = Root::new(&public).unwrap();
+        for beneath in [true, false] {
+            if beneath && !root.beneath {
+                continue; // no openat2 on this kernel
+            }
+            root.beneath = beneath;
+            for ok in ["manifest", "objects/in"] {
+                let (f, meta) = root
+                    .open(Path::new(ok))
+                    .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+                assert_eq!(
+                    (meta.len(), read_range(&f, 0, 1).unwrap().as_ref()),
+                    (1, &b"m"[..])
+                );
+            }
+            for bad in [
+                "objects/ab/rel",
+                "abs",
+                "objects/out/secret",
+                "objects",
+                "objects/ab",
+                "nope",
+                "../secret",
+            ] {
+                assert!(
+                    matches!(root.open(Path::new(bad)), Err(OpenError::NotFound)),
+                    "beneath={beneath}: {bad} was opened"
+                );
+            }
+        }
+    }
+}

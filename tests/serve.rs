@@ -1,0 +1,406 @@
+//! `depotfs serve`, run as the real binary on a store made by hand: the shared HTTP checks
+//! (`tests/http_suite`, also run against nginx), plus what only this server does: exact
+//! refusal codes, h2c, metrics, mirrors, logs, and a clean stop on SIGTERM/SIGINT.
+
+mod http_suite;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use http_suite::{Fixture, free_port, get, raw, wait_listening};
+
+/// A running `depotfs serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(store: &Path, log_dir: &Path) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = log_dir.join(format!("serve-{}.log", addr.port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+            .arg("serve")
+            .arg(store)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .env("RUST_LOG", "info,depotfs_publisher=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn depotfs serve");
+        let mut s = Server { child, addr, log };
+        let log = s.log.clone();
+        let child = &mut s.child;
+        wait_listening(addr, || match child.try_wait() {
+            Ok(None) => Ok(()),
+            other => Err(format!(
+                "{other:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )),
+        });
+        s
+    }
+
+    /// The server's stderr, without terminal colour codes.
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // ESC [ ... final byte in @..~
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) && c != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig}");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {within:?} after the signal:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_passes_the_shared_http_checks() {
+    let fx = Fixture::new();
+    let s = Server::start(&fx.store, fx.path());
+    http_suite::check_all(s.addr, &fx, "depotfs serve");
+}
+
+#[test]
+fn serve_refuses_escapes_with_exact_statuses() {
+    let fx = Fixture::new();
+    let s = Server::start(&fx.store, fx.path());
+    // Malformed or traversing paths are 400 before any file system access...
+    for target in [
+        "/../secret.key",
+        "/objects/../../secret.key",
+        "/%2e%2e/secret.key",
+        "/%2E%2e/secret.key",
+        "/.%2e/secret.key",
+        "/objects%2f..%2f..%2fsecret.key",
+        "/%2fetc%2fpasswd",
+        "/a%00b",
+        "http://localhost/../secret.key",
+    ] {
+        assert_eq!(get(s.addr, target).status, 400, "{target}");
+    }
+    // ...and what resolves out of the tree through a symlink is 404 (the kernel refuses it).
+    for target in [
+        "/objects/ee/rel-link",
+        "/abs-link",
+        "/objects/out/secret.key",
+        "//etc/passwd",
+        "/etc/passwd",
+    ] {
+        assert_eq!(get(s.addr, target).status, 404, "{target}");
+    }
+    // A symlink that stays inside the tree is followed.
+    std::os::unix::fs::symlink("../manifest", fx.public.join("objects/inside")).unwrap();
+    let r = get(s.addr, "/objects/inside");
+    assert_eq!((r.status, r.body.as_slice()), (200, fx.manifest.as_slice()));
+    // A FIFO is not a file: 404, and the server does not hang on it.
+    let fifo = fx.public.join("objects/fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(get(s.addr, "/objects/fifo").status, 404);
+    assert_eq!(get(s.addr, "/manifest").status, 200);
+}
+
+#[test]
+fn serve_speaks_h2c_and_streams_many_large_files_at_once() {
+    let fx = Fixture::new();
+    let s = Server::start(&fx.store, fx.path());
+    let (path, content) = fx.large();
+    let url = format!("http://{}{path}", s.addr);
+
+    let h2 = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(&url).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["cache-control"], http_suite::CACHE_OBJECT);
+    assert!(r.bytes().unwrap() == content.as_slice(), "h2c body");
+    let r = h2
+        .get(&url)
+        .header("Range", "bytes=300000-300099")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().unwrap() == content[300_000..300_100], "h2c range");
+    let r = h2.head(&url).send().unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        content.len().to_string().as_str(),
+        "h2c HEAD"
+    );
+
+    // 8 clients x 3 downloads, HTTP/1.1 keep-alive and h2c mixed.
+    std::thread::scope(|sc| {
+        for i in 0..8 {
+            let url = &url;
+            sc.spawn(move || {
+                let b = reqwest::blocking::Client::builder();
+                let c = if i % 2 == 0 {
+                    b.http1_only()
+                } else {
+                    b.http2_prior_knowledge()
+                };
+                let c = c.build().unwrap();
+                for _ in 0..3 {
+                    let body = c
+                        .get(url)
+                        .send()
+                        .unwrap()
+                        .error_for_status()
+                        .unwrap()
+                        .bytes()
+                        .unwrap();
+                    assert!(body == content.as_slice(), "client {i}: body differs");
+                }
+            });
+        }
+    });
+}
+
+/// The value of the sample of `metric` whose labels include all of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"))
+}
+
+#[test]
+fn serve_metrics_count_requests_bytes_and_statuses() {
+    let fx = Fixture::new();
+    let s = Server::start(&fx.store, fx.path());
+    let (small, content) = fx.small();
+    for _ in 0..3 {
+        assert_eq!(get(s.addr, small).status, 200);
+    }
+    assert_eq!(
+        raw(s.addr, "GET", small, &[("Range", "bytes=0-9")]).status,
+        206
+    );
+    assert_eq!(get(s.addr, "/nope").status, 404);
+    assert_eq!(raw(s.addr, "DELETE", "/manifest", &[]).status, 405);
+    assert_eq!(raw(s.addr, "HEAD", "/manifest", &[]).status, 200);
+
+    let m = get(s.addr, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(
+        m.expect_header("content-type")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(m.body).unwrap();
+    let req = "depotfs_serve_requests_total";
+    assert_eq!(
+        sample(
+            &text,
+            req,
+            &["method=\"GET\"", "status=\"200\"", "kind=\"object\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            req,
+            &["method=\"GET\"", "status=\"206\"", "kind=\"object\""]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, req, &["status=\"404\""]), 1.0);
+    assert_eq!(
+        sample(&text, req, &["method=\"other\"", "status=\"405\""]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, req, &["method=\"HEAD\"", "kind=\"manifest\""]),
+        1.0
+    );
+    let bytes = sample(
+        &text,
+        "depotfs_serve_response_body_bytes_total",
+        &["kind=\"object\""],
+    );
+    assert_eq!(bytes, (3 * content.len() + 10) as f64);
+    assert_eq!(
+        sample(
+            &text,
+            "depotfs_serve_response_body_bytes_total",
+            &["kind=\"manifest\""]
+        ),
+        0.0
+    );
+    assert!(sample(&text, "depotfs_serve_connections_total", &[]) >= 7.0);
+    assert!(sample(&text, "depotfs_serve_response_head_seconds_count", &[]) >= 7.0);
+}
+
+#[test]
+fn serve_logs_startup_and_requests() {
+    let fx = Fixture::new();
+    let s = Server::start(&fx.store, fx.path());
+    assert_eq!(get(s.addr, "/repo.pub").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.log();
+    let public = std::fs::canonicalize(&fx.public).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains(&format!("http://{}", s.addr))
+            && l.contains(&*public.to_string_lossy())),
+        "no startup line with the address and directory:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("/repo.pub") && l.contains("status=200")),
+        "no debug line for the request:\n{log}"
+    );
+}
+
+#[test]
+fn serve_accepts_a_bare_public_dir_and_refuses_a_non_store() {
+    let fx = Fixture::new();
+    // A mirror: the public directory itself.
+    let s = Server::start(&fx.public, fx.path());
+    let r = get(s.addr, "/manifest");
+    assert_eq!((r.status, r.body.as_slice()), (200, fx.manifest.as_slice()));
+    assert_eq!(get(s.addr, &fx.small().0).status, 200);
+    // Served root is public/, so the secret next to it stays out of reach here too.
+    assert_eq!(get(s.addr, "/secret.key").status, 404);
+
+    let empty = fx.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        .args(["serve", empty.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("neither a public/ directory nor a manifest"),
+        "{err}"
+    );
+
+    // An address in use is an error that names it, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        .args([
+            "serve",
+            fx.store.to_str().unwrap(),
+            "--listen",
+            &s.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&s.addr.to_string()), "{err}");
+}
+
+#[test]
+fn serve_stops_on_sigterm_after_finishing_a_download_in_flight() {
+    let fx = Fixture::new();
+    let mut s = Server::start(&fx.store, fx.path());
+    let (path, content) = fx.large();
+
+    // Start a 5 MiB download and read only its first bytes.
+    let mut conn = TcpStream::connect(s.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = conn.read(&mut first).unwrap();
+    assert!(n > 0);
+
+    s.signal("TERM");
+    // New connections are refused soon after the signal...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(s.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...while the download in flight completes, and then the connection closes.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    let mut all = first[..n].to_vec();
+    all.extend_from_slice(&rest);
+    let r = http_suite::parse_response(&all);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == *content,
+        "download cut short: {} of {} bytes",
+        r.body.len(),
+        content.len()
+    );
+
+    let st = s.wait_exit(Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}:\n{}", s.log());
+    assert!(s.log().contains("SIGTERM"), "{}", s.log());
+}
+
+#[test]
+fn serve_stops_on_sigint() {
+    let fx = Fixture::new();
+    let mut s = Server::start(&fx.store, fx.path());
+    // An idle keep-alive connection must not hold the stop up.
+    let mut idle = TcpStream::connect(s.addr).unwrap();
+    idle.write_all(b"GET /manifest HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    s.signal("INT");
+    let st = s.wait_exit(Duration::from_secs(5));
+    assert!(st.success(), "exit status {st:?}:\n{}", s.log());
+    assert!(s.log().contains("SIGINT"));
+}
