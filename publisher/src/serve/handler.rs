@@ -210,7 +210,12 @@ fn file_response(
                 .insert(CONTENT_RANGE, HeaderValue::from_str(&cr)?);
             (start, end)
         }
-        RangeAnswer::Full => (0, len),
+        RangeAnswer::Full => {
+            // Like nginx: advertised on full responses only.
+            r.headers_mut()
+                .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            (0, len)
+        }
     };
     let h = r.headers_mut();
     h.insert(
@@ -218,7 +223,6 @@ fn file_response(
         HeaderValue::from_static(kind.cache_control()),
     );
     h.insert(CONTENT_TYPE, HeaderValue::from_static(kind.content_type()));
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(CONTENT_LENGTH, (end - start).into());
     *r.body_mut() = if head {
         ServeBody::empty()
