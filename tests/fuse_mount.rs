@@ -1,0 +1,956 @@
+//! Real FUSE mounts of published repositories: `depotfs init/add` publish a generated corpus,
+//! `depotfs serve` or nginx serve it (or nothing: a local store), `depotfs mount` mounts it,
+//! and every file and entry is compared with the source tree. Needs root (or fusermount3),
+//! /dev/fuse, nginx, python3 (for xattrs), squashfs-tools, squashfuse and busybox-static.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
+
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(BIN);
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("running depotfs")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "depotfs failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Corpus
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize, compressible: bool) -> Vec<u8> {
+        let words: [&[u8]; 6] = [
+            b"samtools ",
+            b"bwa ",
+            b"ACGT",
+            b"mulled-v2 ",
+            b"\x7fELF",
+            b"\0\0\0\0",
+        ];
+        let mut v = Vec::with_capacity(n + 16);
+        while v.len() < n {
+            if compressible {
+                v.extend_from_slice(words[(self.next() % 6) as usize]);
+            } else {
+                v.extend_from_slice(&self.next().to_le_bytes());
+            }
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// A tree with small, empty, exactly-one-chunk-limit and multi-chunk files, a directory
+/// large enough to be split into several nodes, deep nesting, symlinks and varied modes.
+/// About 20 MB.
+fn make_corpus(root: &Path) {
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let w = |p: &Path, data: &[u8], mode: u32| {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for i in 0..150 {
+        let n = (r.next() % 20_000) as usize;
+        let data = r.bytes(n, i % 2 == 0);
+        w(
+            &root.join(format!("small/f{i:03}")),
+            &data,
+            [0o644, 0o755, 0o600, 0o444][i % 4],
+        );
+    }
+    w(&root.join("small/empty"), b"", 0o644);
+    for i in 0..600 {
+        w(
+            &root.join(format!("wide/samtools:1.{i}--h{:06x}_0", i * 7919)),
+            format!("{i}\n").as_bytes(),
+            0o644,
+        );
+    }
+    let one_mib = 1 << 20;
+    w(
+        &root.join("big/exactly-1MiB"),
+        &r.bytes(one_mib, false),
+        0o644,
+    );
+    w(
+        &root.join("big/1MiB-plus-1"),
+        &r.bytes(one_mib + 1, true),
+        0o755,
+    );
+    w(
+        &root.join("big/random-5M.sif"),
+        &r.bytes(5 * one_mib + 12345, false),
+        0o755,
+    );
+    w(
+        &root.join("big/text-9M"),
+        &r.bytes(9 * one_mib + 7, true),
+        0o644,
+    );
+    w(&root.join("deep/a/b/c/d/e/leaf.txt"), b"deep leaf\n", 0o644);
+    fs::create_dir_all(root.join("emptydir")).unwrap();
+    fs::create_dir_all(root.join("private")).unwrap();
+    w(&root.join("private/secret"), b"s", 0o600);
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("small/f001", root.join("link-rel")).unwrap();
+    symlink("../../big", root.join("deep/a/up")).unwrap();
+    symlink("/nowhere/at/all", root.join("dangling")).unwrap();
+}
+
+/// Every path under `root`, relative, sorted.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(root.join(&rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let p = rel.join(n);
+            if fs::symlink_metadata(root.join(&p)).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Compare names, types, modes, sizes, mtimes, nlink, symlink targets and every byte.
+/// Directory mtimes are publish times by design (Galaxy's `dir_mtime` cacher needs that), so
+/// they are not compared; directory nlink is compared where the client counts it (one-node
+/// directories) and must be 1 elsewhere.
+fn compare_trees(src: &Path, mnt: &Path) -> usize {
+    let (a, b) = (walk(src), walk(mnt));
+    assert_eq!(a, b, "listings differ");
+    for rel in &a {
+        let (s, m) = (src.join(rel), mnt.join(rel));
+        let (sm, mm) = (
+            fs::symlink_metadata(&s).unwrap(),
+            fs::symlink_metadata(&m).unwrap(),
+        );
+        assert_eq!(sm.file_type(), mm.file_type(), "{rel:?} type");
+        if sm.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&s).unwrap(),
+                fs::read_link(&m).unwrap(),
+                "{rel:?} target"
+            );
+            assert_eq!(
+                mm.size(),
+                fs::read_link(&s).unwrap().as_os_str().len() as u64
+            );
+            continue;
+        }
+        assert_eq!(sm.mode(), mm.mode(), "{rel:?} mode");
+        if sm.is_dir() {
+            let entries = fs::read_dir(&s).unwrap().count();
+            if entries <= 256 {
+                assert_eq!(sm.nlink(), mm.nlink(), "{rel:?} nlink");
+            } else {
+                assert_eq!(mm.nlink(), 1, "{rel:?} nlink of a large directory");
+            }
+            continue;
+        }
+        assert_eq!(sm.size(), mm.size(), "{rel:?} size");
+        assert_eq!(
+            (sm.mtime(), sm.mtime_nsec()),
+            (mm.mtime(), mm.mtime_nsec()),
+            "{rel:?} mtime"
+        );
+        assert_eq!(mm.nlink(), 1);
+        assert_eq!(mm.blocks(), sm.size().div_ceil(512), "{rel:?} blocks");
+        assert!(
+            fs::read(&s).unwrap() == fs::read(&m).unwrap(),
+            "{rel:?} content differs"
+        );
+    }
+    a.len()
+}
+
+fn files(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(root.join(p)).unwrap().is_file())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Publishing, serving, mounting
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// A store with the corpus published under `corpus/`.
+    fn with_corpus() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        make_corpus(&dir.path().join("src/corpus"));
+        let repo = Repo { dir };
+        ok(run(&[
+            &"init",
+            &repo.store(),
+            &"--name",
+            &"test.depotfs.org",
+        ]));
+        ok(run(&[&"add", &repo.store(), &repo.src().join("corpus")]));
+        repo
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+    fn src(&self) -> PathBuf {
+        self.path().join("src")
+    }
+    fn key(&self) -> PathBuf {
+        self.store().join("public/repo.pub")
+    }
+    /// The object file holding the (single-chunk) content of `rel`.
+    fn object_of(&self, mounted: &Path) -> PathBuf {
+        let hash = xattr(mounted, "user.depotfs.hash");
+        self.store()
+            .join("public/objects")
+            .join(&hash[..2])
+            .join(&hash[2..])
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server process, killed (by pid) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        self.stop();
+    }
+}
+
+/// nginx serving `store/public`, one process (`master_process off`) so a signal reaches it all.
+fn nginx(store: &Path, work: &Path) -> Server {
+    let port = free_port();
+    fs::create_dir_all(work).unwrap();
+    let conf = work.join("nginx.conf");
+    let w = work.display();
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; user root; pid {w}/nginx.pid; error_log {w}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+             fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {}; location / {{ }} }} }}\n",
+            store.join("public").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (Debian package nginx) must be installed");
+    wait_port(port);
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}/"),
+    }
+}
+
+/// `depotfs serve`.
+fn depotfs_serve(store: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            store.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}/"),
+    }
+}
+
+/// A depotfs mount, unmounted when dropped.
+struct Mount {
+    mp: PathBuf,
+}
+
+impl Mount {
+    fn new(source: &str, mp: &Path, extra: &[&str]) -> Mount {
+        let out = Mount::try_new(source, mp, extra);
+        let m = Mount {
+            mp: mp.to_path_buf(),
+        };
+        ok(out);
+        m
+    }
+    fn try_new(source: &str, mp: &Path, extra: &[&str]) -> Output {
+        fs::create_dir_all(mp).unwrap();
+        Command::new(BIN)
+            .arg("mount")
+            .arg(source)
+            .arg(mp)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+    fn path(&self) -> &Path {
+        &self.mp
+    }
+    fn stat(&self, name: &str) -> u64 {
+        xattr(&self.mp, &format!("user.depotfs.{name}"))
+            .parse()
+            .unwrap()
+    }
+    fn pid(&self) -> u32 {
+        self.stat("pid") as u32
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if !Command::new(BIN)
+            .arg("umount")
+            .arg(&self.mp)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
+        }
+    }
+}
+
+fn mounted(mp: &Path) -> bool {
+    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
+}
+
+/// An extended attribute, via Python's os.getxattr (no Rust xattr crate in this package).
+fn try_xattr(path: &Path, name: &str) -> Result<String, String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
+        ])
+        .arg(path)
+        .arg(name)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn xattr(path: &Path, name: &str) -> String {
+    try_xattr(path, name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
+}
+
+fn http_args<'a>(repo: &'a Repo, cache: &'a Path) -> Vec<String> {
+    vec![
+        "--key".into(),
+        repo.key().display().to_string(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Read every file of `rel_files` from `mnt` with `n` threads (each in its own order) and
+/// check it against `src`. Returns the elapsed time.
+fn parallel_read(src: &Path, mnt: &Path, rel_files: &[PathBuf], n: usize) -> Duration {
+    let expected: Arc<BTreeMap<PathBuf, Vec<u8>>> = Arc::new(
+        rel_files
+            .iter()
+            .map(|p| (p.clone(), fs::read(src.join(p)).unwrap()))
+            .collect(),
+    );
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|t| {
+            let expected = expected.clone();
+            let mnt = mnt.to_path_buf();
+            std::thread::spawn(move || {
+                let keys: Vec<&PathBuf> = expected.keys().collect();
+                for i in 0..keys.len() {
+                    let k = keys[(i * 7 + t * 13) % keys.len()];
+                    let mut f = fs::File::open(mnt.join(k)).unwrap();
+                    let mut got = Vec::new();
+                    // Small reads, as a program parsing a file would do.
+                    let mut buf = vec![0u8; 64 * 1024 + t * 4096];
+                    loop {
+                        let r = f.read(&mut buf).unwrap();
+                        if r == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..r]);
+                    }
+                    assert!(got == expected[k], "{k:?}: wrong bytes in reader {t}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+/// Served by nginx: lazy at mount time, every byte and entry right, xattrs, EROFS, statfs,
+/// status.
+#[test]
+fn fuse_nginx_mount_matches_source_lazily() {
+    let repo = Repo::with_corpus();
+    let server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let cache = repo.path().join("cache");
+    let m = Mount::new(
+        &server.url,
+        &repo.path().join("mnt"),
+        &strs(&http_args(&repo, &cache)),
+    );
+
+    // Only the manifest and the root directory have been fetched.
+    assert_eq!(
+        m.stat("misses"),
+        1,
+        "mount fetched more than the root directory"
+    );
+    let n = compare_trees(&repo.src(), m.path());
+    assert!(n > 750, "{n} entries");
+
+    // Extended attributes.
+    let f = m.path().join("corpus/big/random-5M.sif");
+    assert_eq!(xattr(m.path(), "user.depotfs.revision"), "1");
+    assert_eq!(xattr(&f, "user.depotfs.revision"), "1");
+    assert_eq!(xattr(&f, "user.depotfs.source"), server.url);
+    let manifest = fs::read_to_string(repo.store().join("public/manifest")).unwrap();
+    assert!(manifest.contains(&format!("root {}", xattr(&f, "user.depotfs.root"))));
+    assert_eq!(xattr(&f, "user.depotfs.hash").len(), 64);
+    assert_eq!(
+        xattr(&f, "user.depotfs.cached_bytes"),
+        (5 * (1 << 20) + 12345).to_string()
+    );
+    assert!(try_xattr(&m.path().join("corpus/small"), "user.depotfs.hash").is_err());
+    let list = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; print(' '.join(sorted(os.listxattr(sys.argv[1]))))",
+        ])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    for a in ["revision", "root", "source", "hash", "cached_bytes"] {
+        assert!(
+            list.contains(&format!("user.depotfs.{a}")),
+            "listxattr: {list}"
+        );
+    }
+
+    // Read-only: every write answers EROFS.
+    for attempt in [
+        fs::create_dir(m.path().join("new")),
+        fs::write(m.path().join("corpus/new-file"), b"x").map(|_| ()),
+        fs::write(m.path().join("corpus/small/f000"), b"x").map(|_| ()),
+        fs::remove_file(m.path().join("corpus/small/f000")),
+        fs::rename(
+            m.path().join("corpus/small/f000"),
+            m.path().join("corpus/small/g"),
+        ),
+        fs::set_permissions(
+            m.path().join("corpus/small/f000"),
+            fs::Permissions::from_mode(0o777),
+        ),
+        symlink("x", m.path().join("corpus/l2")),
+    ] {
+        assert_eq!(
+            attempt.unwrap_err().raw_os_error(),
+            Some(libc_erofs()),
+            "write allowed"
+        );
+    }
+
+    // statfs answers.
+    let st = Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+
+    // status prints what it promises.
+    let out = String::from_utf8(ok(run(&[&"status", &m.path()])).stdout).unwrap();
+    for k in [
+        "revision:      1",
+        "source:",
+        "published:",
+        "cache:",
+        "hit rate:",
+        "fetched:",
+    ] {
+        assert!(out.contains(k), "status lacks {k}:\n{out}");
+    }
+    assert!(m.stat("bytes_fetched") > 5 << 20);
+}
+
+fn libc_erofs() -> i32 {
+    30 // EROFS on Linux
+}
+
+/// A local STORE, no server at all; the key defaults to the store's own.
+#[test]
+fn fuse_local_store_without_server() {
+    let repo = Repo::with_corpus();
+    let m = Mount::new(
+        repo.store().to_str().unwrap(),
+        &repo.path().join("mnt"),
+        &["--cache-dir", repo.path().join("cache").to_str().unwrap()],
+    );
+    compare_trees(&repo.src(), m.path());
+    assert_eq!(
+        xattr(m.path(), "user.depotfs.source"),
+        repo.store().join("public").display().to_string()
+    );
+}
+
+/// Served by `depotfs serve`: 16 readers on a cold cache, then on a warm one after a remount
+/// (nothing downloaded the second time). Prints the timings.
+#[test]
+fn fuse_serve_16_readers_cold_and_warm() {
+    let repo = Repo::with_corpus();
+    let server = depotfs_serve(&repo.store());
+    let cache = repo.path().join("cache");
+    let args = http_args(&repo, &cache);
+    let src = repo.src();
+    let rel = files(&src);
+    let mp = repo.path().join("mnt");
+    {
+        let m = Mount::new(&server.url, &mp, &strs(&args));
+        compare_trees(&src, m.path());
+    }
+    // compare_trees warmed the cache through one mount; start again cold.
+    fs::remove_dir_all(&cache).unwrap();
+    let cold;
+    {
+        let m = Mount::new(&server.url, &mp, &strs(&args));
+        cold = parallel_read(&src, &mp, &rel, 16);
+        let misses = m.stat("misses");
+        let objects = fs::read_dir(repo.store().join("public/objects"))
+            .unwrap()
+            .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count() as u64)
+            .sum::<u64>();
+        // 16 readers of the same files: still one download per object.
+        assert!(
+            misses <= objects,
+            "{misses} downloads for {objects} objects"
+        );
+    }
+    let m = Mount::new(&server.url, &mp, &strs(&args));
+    let warm = parallel_read(&src, &mp, &rel, 16);
+    assert_eq!(m.stat("misses"), 0, "a warm cache downloaded objects");
+    let warm_again = parallel_read(&src, &mp, &rel, 16);
+    eprintln!(
+        "16 readers x {} files: cold {cold:?}, warm cache after remount {warm:?}, page cache {warm_again:?}",
+        rel.len()
+    );
+}
+
+/// A cache limit far below the data: eviction under 16 concurrent readers, all bytes right,
+/// the cache stays within its limit.
+#[test]
+fn fuse_cache_limit_smaller_than_data() {
+    let repo = Repo::with_corpus();
+    let server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let cache = repo.path().join("cache");
+    let mut args = http_args(&repo, &cache);
+    args.extend([
+        "--cache-size".into(),
+        "6M".into(),
+        "--mem-size".into(),
+        "4M".into(),
+    ]);
+    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    let src = repo.src();
+    let big: Vec<PathBuf> = files(&src)
+        .into_iter()
+        .filter(|p| p.starts_with("corpus/big"))
+        .collect();
+    parallel_read(&src, m.path(), &big, 16);
+    let used = m.stat("cache_used");
+    assert!(used <= 6 << 20, "cache uses {used} bytes");
+    let on_disk: u64 = walk(&cache.join("objects"))
+        .iter()
+        .map(|p| fs::metadata(cache.join("objects").join(p)).unwrap())
+        .filter(|md| md.is_file())
+        .map(|md| md.len())
+        .sum();
+    assert!(on_disk <= 6 << 20, "{on_disk} bytes in the cache directory");
+    // More came through than the cache can hold while it stayed within its limit: it evicted.
+    assert!(m.stat("bytes_fetched") > 6 << 20);
+}
+
+/// kill -9 the mount; remount on the same cache; a torn cache file is refetched; with the
+/// server stopped, the remount works from the cache (last verified manifest) and cached
+/// files stay readable while uncached ones fail with EIO.
+#[test]
+fn fuse_kill9_remount_and_offline() {
+    let repo = Repo::with_corpus();
+    let mut server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let cache = repo.path().join("cache");
+    let args = http_args(&repo, &cache);
+    let mp = repo.path().join("mnt");
+    let src = repo.src();
+    let small: Vec<PathBuf> = files(&src)
+        .into_iter()
+        .filter(|p| p.starts_with("corpus/small"))
+        .collect();
+    let m = Mount::new(&server.url, &mp, &strs(&args));
+    parallel_read(&src, &mp, &small, 2);
+    let torn = repo.object_of(&mp.join("corpus/small/f010"));
+    let pid = m.pid();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        fs::metadata(mp.join("corpus")).is_err(),
+        "dead mount still answers"
+    );
+    ok(run(&[&"umount", &"--lazy", &mp]));
+    std::mem::forget(m);
+
+    // A torn cache file (as a crash mid-write could leave if renames were not atomic).
+    let cached = cache.join("objects").join(
+        torn.strip_prefix(repo.store().join("public/objects"))
+            .unwrap(),
+    );
+    let bytes = fs::read(&cached).unwrap();
+    fs::write(&cached, &bytes[..bytes.len() / 2]).unwrap();
+    {
+        let m = Mount::new(&server.url, &mp, &strs(&args));
+        compare_trees(&src.join("corpus/small"), &mp.join("corpus/small"));
+        assert_eq!(
+            m.stat("misses"),
+            1,
+            "only the torn object should be downloaded again"
+        );
+    }
+
+    server.stop();
+    let m = Mount::new(&server.url, &mp, &strs(&args));
+    compare_trees(&src.join("corpus/small"), &mp.join("corpus/small"));
+    assert_eq!(m.stat("bytes_fetched"), 0);
+    let err = fs::read(mp.join("corpus/big/text-9M")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "uncached file offline: {err}");
+}
+
+/// A flipped byte in one object on the server: that file fails with EIO (after one refetch),
+/// every other file is fine. A rolled-back manifest and a wrong key are refused at mount.
+#[test]
+fn fuse_corrupt_object_eio_and_manifest_checks() {
+    let repo = Repo::with_corpus();
+    let server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let cache = repo.path().join("cache");
+    let args = http_args(&repo, &cache);
+    let mp = repo.path().join("mnt");
+    let victim = "corpus/deep/a/b/c/d/e/leaf.txt";
+    // Find the victim's object through a first mount on a throwaway cache.
+    let obj = {
+        let other = repo.path().join("cache0");
+        let m = Mount::new(&server.url, &mp, &strs(&http_args(&repo, &other)));
+        repo.object_of(&m.path().join(victim))
+    };
+    let mut bytes = fs::read(&obj).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x20;
+    fs::write(&obj, &bytes).unwrap();
+    {
+        let m = Mount::new(&server.url, &mp, &strs(&args));
+        let err = fs::read(mp.join(victim)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(5), "{err}");
+        assert!(m.stat("corrupt") >= 2, "fetched once more before giving up");
+        for p in files(&repo.src()) {
+            if p != Path::new(victim) {
+                assert!(fs::read(repo.src().join(&p)).unwrap() == fs::read(mp.join(&p)).unwrap());
+            }
+        }
+        assert!(
+            !cache
+                .join("objects")
+                .join(
+                    obj.strip_prefix(repo.store().join("public/objects"))
+                        .unwrap()
+                )
+                .exists()
+        );
+    }
+
+    // Rollback: publish revision 2, mount it, then serve revision 1's manifest again.
+    let old_manifest = fs::read(repo.store().join("public/manifest")).unwrap();
+    fs::write(repo.path().join("extra"), b"x").unwrap();
+    ok(run(&[&"add", &repo.store(), &repo.path().join("extra")]));
+    drop(Mount::new(&server.url, &mp, &strs(&args)));
+    fs::write(repo.store().join("public/manifest"), &old_manifest).unwrap();
+    let out = Mount::try_new(&server.url, &mp, &strs(&args));
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("rollback"), "{why}");
+    assert!(!mounted(&mp));
+
+    // Another repository's key.
+    let other = repo.path().join("other");
+    ok(run(&[&"init", &other, &"--name", &"other.repo"]));
+    let out = Mount::try_new(
+        &server.url,
+        &mp,
+        &[
+            "--key",
+            other.join("public/repo.pub").to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signature"),
+        "{out:?}"
+    );
+    // Over HTTP a key is required.
+    let out = Mount::try_new(&server.url, &mp, &["--cache-dir", cache.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--key"));
+}
+
+/// A server that stops answering turns into EIO after the timeout, not a hung process.
+#[test]
+fn fuse_unresponsive_server_times_out() {
+    let repo = Repo::with_corpus();
+    let server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let mut args = http_args(&repo, &repo.path().join("cache"));
+    args.extend(["--timeout".into(), "2".into()]);
+    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    assert_eq!(
+        fs::read(m.path().join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
+        b"deep leaf\n"
+    );
+    server.signal("-STOP");
+    let p = m.path().join("corpus/big/random-5M.sif");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || tx.send(fs::read(p).map(|_| ()).map_err(|e| e.raw_os_error())));
+    let r = rx.recv_timeout(Duration::from_secs(20)).expect("read hung");
+    let took = start.elapsed();
+    server.signal("-CONT");
+    assert_eq!(r, Err(Some(5)));
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    eprintln!("unresponsive server: EIO after {took:?} (timeout 2 s)");
+    // Once the server answers again, the same file reads fine.
+    assert!(
+        fs::read(m.path().join("corpus/big/random-5M.sif")).unwrap()
+            == fs::read(repo.src().join("corpus/big/random-5M.sif")).unwrap()
+    );
+}
+
+/// `--foreground` mount; SIGTERM unmounts cleanly and the process exits 0.
+#[test]
+fn fuse_sigterm_unmounts() {
+    let repo = Repo::with_corpus();
+    let mp = repo.path().join("mnt");
+    fs::create_dir_all(&mp).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("mount")
+        .arg(repo.store())
+        .arg(&mp)
+        .args(["--foreground", "--cache-dir"])
+        .arg(repo.path().join("cache"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Mount { mp: mp.clone() };
+    let start = Instant::now();
+    while try_xattr(&mp, "user.depotfs.revision").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "foreground mount never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fs::read(mp.join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
+        b"deep leaf\n"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mount did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!mounted(&mp));
+    std::mem::forget(guard);
+}
+
+/// Run a container: a squashfs image with busybox-static, published into `all/`; squashfuse
+/// mounts it from the depotfs mount and chroot runs a command inside.
+#[test]
+fn fuse_run_container_from_squashfs_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static must be installed");
+    symlink("busybox", root.join("bin/sh")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("etc/motd"), "inside the image\n").unwrap();
+    let img = dir.path().join("busybox:1.36--h0_0");
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&img)
+        .args(["-noappend", "-quiet", "-comp", "gzip"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("mksquashfs (squashfs-tools)");
+    assert!(st.success());
+    let store = dir.path().join("store");
+    ok(run(&[&"init", &store, &"--name", &"containers.test"]));
+    ok(run(&[&"add", &store, &"--to", &"all/", &img]));
+    let m = Mount::new(
+        store.to_str().unwrap(),
+        &dir.path().join("mnt"),
+        &["--cache-dir", dir.path().join("cache").to_str().unwrap()],
+    );
+    let sq = dir.path().join("sq");
+    fs::create_dir_all(&sq).unwrap();
+    let st = Command::new("squashfuse")
+        .arg(m.path().join("all/busybox:1.36--h0_0"))
+        .arg(&sq)
+        .status();
+    assert!(st.expect("squashfuse").success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+    }
+    let _sq = Unmount(sq.clone());
+    let out = Command::new("chroot")
+        .arg(&sq)
+        .args(["/bin/sh", "-c", "busybox cat /etc/motd; echo $((6 * 7))"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inside the image\n42\n"
+    );
+}
