@@ -203,7 +203,8 @@ fn nginx_and_depotfs_serve_answer_alike() {
     let len = content.len();
     let missing = format!("/objects/ab/{}", "0".repeat(62));
     let past_end = format!("bytes={len}-");
-    let requests: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let requests: Vec<(&str, &str, Headers)> = vec![
         ("GET", "/manifest", vec![]),
         ("HEAD", "/manifest", vec![]),
         ("GET", "/repo.pub", vec![]),

@@ -25,15 +25,17 @@
 //!
 //! Confinement to the root, in two fences: the request path is split before
 //! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
-//! and a dot file (a publisher's temporary file) is a 404 ([`parse`]); then the file is
-//! opened with `openat2(RESOLVE_BENEATH)` relative to the root, so the kernel refuses every
-//! way out, symlinks included, race-free ([`files::Root`]). Symlinks that stay inside the
-//! root are followed. Directories, FIFOs and devices are 404.
+//! and a dot file (the temporary file of rsync or another copier filling a mirror) is a 404
+//! ([`parse`]); then the file is opened with `openat2(RESOLVE_BENEATH)` relative to the
+//! root, so the kernel refuses every way out, symlinks included, race-free (`files::Root`;
+//! where openat2 is missing, the canonical path must lie under the root). Symlinks that stay
+//! inside the root are followed (nginx's `disable_symlinks on` refuses them). Directories,
+//! FIFOs and devices are 404.
 //!
-//! Streaming: files up to 256 KiB (the manifest, most objects) are read in the same
-//! blocking-pool call that opens them; larger ones stream in 256 KiB `pread`s on tokio's
-//! blocking pool, the next read running while the previous chunk is sent, so memory per
-//! request stays at two chunks whatever the file size.
+//! Streaming: files up to 256 KiB (the manifest, directory nodes, small files) are read in
+//! the same blocking-pool call that opens them; larger ones (chunks of up to 4 MiB) stream in
+//! 256 KiB `pread`s on tokio's blocking pool, the next read running while the previous chunk
+//! is sent, so memory per request stays at two chunks whatever the file size.
 //!
 //! Why hyper 1 + hyper-util rather than axum, actix-web or warp: the server has four
 //! routes and no need for a router, extractors or middleware, but it needs exact control

@@ -80,7 +80,7 @@ pub enum PathRefused {
     /// 400: not an origin-form path, or a `.`/`..` segment (also percent-encoded), an encoded
     /// `/`, or a NUL byte.
     BadRequest,
-    /// 404: the root itself, or a hidden (dot) file such as a publisher's temporary file.
+    /// 404: the root itself, or a hidden (dot) file such as rsync's temporary files.
     NotFound,
 }
 
