@@ -11,11 +11,11 @@ use crate::object::{self, ObjectKind};
 use crate::{Error, ObjectId};
 
 /// Smallest chunk FastCDC may cut (except the file's last).
-pub const CHUNK_MIN: usize = 256 * 1024;
+pub const CHUNK_MIN: usize = 64 * 1024;
 /// Target average chunk size.
-pub const CHUNK_AVG: usize = 1024 * 1024;
+pub const CHUNK_AVG: usize = 256 * 1024;
 /// Largest chunk.
-pub const CHUNK_MAX: usize = 4 * 1024 * 1024;
+pub const CHUNK_MAX: usize = 1024 * 1024;
 /// Files of at most this many bytes are stored as a single object.
 pub const SMALL_FILE_MAX: u64 = CHUNK_AVG as u64;
 
@@ -149,8 +149,8 @@ mod tests {
             "cut points changed: {lens:?}"
         );
     }
-    const GOLDEN_COUNT: usize = 14;
-    const GOLDEN_HASH: &str = "68ab900d2bab66fc";
+    const GOLDEN_COUNT: usize = 55;
+    const GOLDEN_HASH: &str = "64d1be80852bf498";
 
     #[test]
     fn stream_matches_slice() {
