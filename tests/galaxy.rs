@@ -1,0 +1,190 @@
+//! `depotfs resolve` against Galaxy's own `cached_mulled_singularity` resolver.
+//!
+//! Runs `tests/galaxy/agreement.py` with the Python of the venv made by
+//! `tests/galaxy/setup-venv.sh` (`$GALAXY_VENV`, else `<repo>/target/galaxy-venv`): it fills a
+//! temporary directory with one empty file per name of the real 118,594-entry Galaxy `all/`
+//! listing (`tests/data/`), plus planted mulled-v2 names and synthetic noise, then compares
+//! Galaxy's answers (its real `ContainerRegistry`) with depotfs's for thousands of requirement
+//! sets, every name and (name, version) pair of the listing, and random version strings.
+//!
+//! A missing venv fails the test: CI creates it (`.ci/run`), and a silent skip would hide a
+//! broken Galaxy contract.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const LISTING: &str = "cvmfs_singularity_all_2026-01-28.tsv.gz";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn galaxy_python() -> PathBuf {
+    let venv = std::env::var_os("GALAXY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/galaxy-venv"));
+    let py = venv.join("bin/python");
+    assert!(
+        py.exists(),
+        "Galaxy venv missing: {} does not exist. Create it with `bash tests/galaxy/setup-venv.sh` \
+         (needs python3-venv and PyPI; .ci/run does this), or point $GALAXY_VENV at one.",
+        py.display()
+    );
+    py
+}
+
+fn listing() -> PathBuf {
+    let candidates = [
+        repo().join("tests/data").join(LISTING),
+        repo().join("../shared/data").join(LISTING),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("listing {LISTING} not found in {candidates:?}"))
+        .clone()
+}
+
+fn tier<'a>(report: &'a serde_json::Value, name: &str) -> (u64, u64, &'a serde_json::Value) {
+    let t = &report[name];
+    let n = |k: &str| {
+        t[k].as_u64()
+            .unwrap_or_else(|| panic!("report has no {name}.{k}: {report:#}"))
+    };
+    (n("cases"), n("agree"), t)
+}
+
+#[test]
+fn resolve_agrees_with_galaxy_on_real_listing() {
+    let py = galaxy_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("all");
+    let report_path = tmp.path().join("report.json");
+    let out = Command::new(&py)
+        .arg(repo().join("tests/galaxy/agreement.py"))
+        .arg("--populate")
+        .arg(listing())
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--depotfs")
+        .arg(env!("CARGO_BIN_EXE_depotfs"))
+        .args(["--cases", "4000", "--fuzz", "2000", "--cli-cases", "40"])
+        .arg("--report")
+        .arg(&report_path)
+        .output()
+        .expect("run tests/galaxy/agreement.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        report_path.exists(),
+        "agreement.py wrote no report ({})",
+        out.status
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(
+        report["mismatch_count"], 0,
+        "depotfs and Galaxy disagree; first mismatches: {:#}",
+        report["mismatches"]
+    );
+    assert!(out.status.success(), "agreement.py failed: {}", out.status);
+
+    let (cases, agree, reg) = tier(&report, "registry");
+    assert_eq!((cases, agree), (4000, 4000));
+    // Both sides of the contract are exercised: found images, misses and rejected input.
+    assert!(reg["hits"].as_u64().unwrap() > 2000, "{reg}");
+    assert!(reg["misses"].as_u64().unwrap() > 1000, "{reg}");
+    assert!(reg["errors"].as_u64().unwrap() > 0, "{reg}");
+    let (cases, agree, _) = tier(&report, "exhaustive");
+    assert!(cases > 80_000 && agree == cases, "{report:#}");
+    let (cases, agree, _) = tier(&report, "fuzz");
+    assert!(cases > 5_000 && agree == cases, "{report:#}");
+    let (cases, agree, _) = tier(&report, "cli");
+    assert!(cases == 40 && agree == cases, "{report:#}");
+    assert_eq!(report["entries"].as_u64(), Some(118_594 + 2_159 + 13));
+}
+
+/// The documented CLI: text output, `--json`, exit status 1 on no match and 2 on bad input,
+/// `$DEPOTFS_RESOLVE_DIR`. Needs no Python.
+#[test]
+fn resolve_cli_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("all");
+    std::fs::create_dir(&dir).unwrap();
+    for n in [
+        "samtools:1.9--h91753b0_8",
+        "samtools:1.9--h10a08f8_12",
+        "samtools:1.10--h2e538c0_3",
+        "samtools:latest",
+        "bwa:0.7.17--hed695b0_7",
+        // v2_image_name([samtools=1.3.1, bwa=0.7.13]), Galaxy's doctest vector.
+        "mulled-v2-fe8faa35dbf6dc65a0f7f5d4ea12e31a79f73e40:4d0535c94ef45be8459f429561f0894c3fe0ebcf-0",
+        "mulled-v2-fe8faa35dbf6dc65a0f7f5d4ea12e31a79f73e40:4d0535c94ef45be8459f429561f0894c3fe0ebcf-1",
+    ] {
+        std::fs::write(dir.join(n), b"").unwrap();
+    }
+    let run = |args: &[&str], env_dir: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_depotfs"));
+        c.arg("resolve")
+            .args(args)
+            .env_remove("DEPOTFS_RESOLVE_DIR");
+        if let Some(d) = env_dir {
+            c.env("DEPOTFS_RESOLVE_DIR", d);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let d = dir.to_str().unwrap();
+    let path = |n: &str| format!("{}\n", dir.join(n).display());
+
+    assert_eq!(
+        run(&["--dir", d, "SamTools"], None).1,
+        path("samtools:1.10--h2e538c0_3")
+    );
+    assert_eq!(
+        run(&["samtools=1.9"], Some(&dir)).1,
+        path("samtools:1.9--h10a08f8_12")
+    );
+    let (code, out, _) = run(
+        &["--dir", d, "--json", "samtools=1.3.1", "bwa=0.7.13"],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["name"],
+        "mulled-v2-fe8faa35dbf6dc65a0f7f5d4ea12e31a79f73e40:4d0535c94ef45be8459f429561f0894c3fe0ebcf-1"
+    );
+    assert_eq!(v["build"], "1");
+    assert_eq!(v["version"], "4d0535c94ef45be8459f429561f0894c3fe0ebcf");
+    assert_eq!(
+        v["requirements"],
+        serde_json::json!(["samtools=1.3.1", "bwa=0.7.13"])
+    );
+
+    let (code, out, err) = run(&["--dir", d, "samtools=2.0"], None);
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    assert!(
+        err.contains("samtools=2.0") && err.contains("newest samtools:1.10--h2e538c0_3"),
+        "{err}"
+    );
+    let (code, out, _) = run(&["--dir", d, "--json", "samtools=2.0"], None);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["path"],
+        serde_json::Value::Null
+    );
+
+    let (code, _, err) = run(&["--dir", d, "sam tools=1.0"], None);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("\"sam tools\""), "{err}");
+    let (code, _, err) = run(&["--dir", "/nonexistent/depotfs-all", "samtools"], None);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/depotfs-all"), "{err}");
+}
