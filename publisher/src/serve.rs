@@ -33,7 +33,7 @@
 //! FIFOs and devices are 404.
 //!
 //! Streaming: files up to 256 KiB (the manifest, directory nodes, small files) are read in
-//! the same blocking-pool call that opens them; larger ones (chunks of up to 4 MiB) stream in
+//! the same blocking-pool call that opens them; larger ones (big chunks, anything) stream in
 //! 256 KiB `pread`s on tokio's blocking pool, the next read running while the previous chunk
 //! is sent, so memory per request stays at two chunks whatever the file size.
 //!
