@@ -508,6 +508,23 @@ fn fuse_nginx_mount_matches_source_lazily() {
         1,
         "mount fetched more than the root directory"
     );
+
+    // A sequential reader gets the next chunks prefetched: read 4 KiB, the next chunks arrive.
+    let f = m.path().join("corpus/big/random-5M.sif");
+    let mut head = [0u8; 4096];
+    fs::File::open(&f).unwrap().read_exact(&mut head).unwrap();
+    let start = Instant::now();
+    let cached = loop {
+        let c: u64 = xattr(&f, "user.depotfs.cached_bytes").parse().unwrap();
+        if c >= 3 << 20 || start.elapsed() > Duration::from_secs(5) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        cached >= 3 << 20,
+        "only {cached} bytes cached after reading 4 KiB"
+    );
     let n = compare_trees(&repo.src(), m.path());
     assert!(n > 750, "{n} entries");
 
@@ -604,6 +621,15 @@ fn fuse_local_store_without_server() {
         xattr(m.path(), "user.depotfs.source"),
         repo.store().join("public").display().to_string()
     );
+    // `depotfs umount` unmounts and returns once the mount process has exited.
+    let pid = m.pid();
+    ok(run(&[&"umount", &m.path()]));
+    assert!(!mounted(m.path()));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "mount process still running"
+    );
+    std::mem::forget(m);
 }
 
 /// Served by `depotfs serve`: 16 readers on a cold cache, then on a warm one after a remount
@@ -641,6 +667,19 @@ fn fuse_serve_16_readers_cold_and_warm() {
     let m = Mount::new(&server.url, &mp, &strs(&args));
     let warm = parallel_read(&src, &mp, &rel, 16);
     assert_eq!(m.stat("misses"), 0, "a warm cache downloaded objects");
+    // A second mount sharing the cache directory downloads nothing either, and inode numbers
+    // are the same in both (they derive from the path).
+    let mp2 = repo.path().join("mnt2");
+    let m2 = Mount::new(&server.url, &mp2, &strs(&args));
+    parallel_read(&src, &mp2, &rel, 4);
+    assert_eq!(m2.stat("misses"), 0);
+    for p in rel.iter().step_by(17) {
+        let (a, b) = (
+            fs::metadata(mp.join(p)).unwrap(),
+            fs::metadata(mp2.join(p)).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "{p:?}");
+    }
     let warm_again = parallel_read(&src, &mp, &rel, 16);
     eprintln!(
         "16 readers x {} files: cold {cold:?}, warm cache after remount {warm:?}, page cache {warm_again:?}",
@@ -823,26 +862,45 @@ fn fuse_unresponsive_server_times_out() {
     let repo = Repo::with_corpus();
     let server = nginx(&repo.store(), &repo.path().join("nginx"));
     let mut args = http_args(&repo, &repo.path().join("cache"));
-    args.extend(["--timeout".into(), "2".into()]);
-    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
-    assert_eq!(
-        fs::read(m.path().join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
-        b"deep leaf\n"
-    );
+    args.extend(["--timeout".into(), "3".into()]);
+    let mp = repo.path().join("mnt");
+    let src = repo.src();
+    let small: Vec<PathBuf> = files(&src)
+        .into_iter()
+        .filter(|p| p.starts_with("corpus/small"))
+        .collect();
+    // Put the small files into the disk cache, then remount: they are in depotfs's cache but
+    // not in the kernel's page cache, so reading them goes through FUSE.
+    {
+        let _m = Mount::new(&server.url, &mp, &strs(&args));
+        parallel_read(&src, &mp, &small, 1);
+    }
+    let m = Mount::new(&server.url, &mp, &strs(&args));
     server.signal("-STOP");
     let p = m.path().join("corpus/big/random-5M.sif");
     let (tx, rx) = std::sync::mpsc::channel();
     let start = Instant::now();
     std::thread::spawn(move || tx.send(fs::read(p).map(|_| ()).map_err(|e| e.raw_os_error())));
+    std::thread::sleep(Duration::from_millis(300));
+    // While that read waits for the stalled server, cached files are served at once.
+    let cached_took = parallel_read(&src, &mp, &small, 4);
+    assert!(rx.try_recv().is_err(), "the stalled read finished early");
     let r = rx.recv_timeout(Duration::from_secs(20)).expect("read hung");
     let took = start.elapsed();
     server.signal("-CONT");
     assert_eq!(r, Err(Some(5)));
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        cached_took < Duration::from_millis(2500),
+        "cached reads waited: {cached_took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
         "{took:?}"
     );
-    eprintln!("unresponsive server: EIO after {took:?} (timeout 2 s)");
+    eprintln!(
+        "unresponsive server: EIO after {took:?} (timeout 3 s); meanwhile {} cached files read in {cached_took:?}",
+        small.len()
+    );
     // Once the server answers again, the same file reads fine.
     assert!(
         fs::read(m.path().join("corpus/big/random-5M.sif")).unwrap()

@@ -19,8 +19,8 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::store::{Chunks, ObjectStore};
 
-/// Chunks fetched ahead of a sequential reader.
-const PREFETCH_CHUNKS: usize = 4;
+/// Bytes fetched ahead of a sequential reader (whole chunks, at least two).
+const PREFETCH_BYTES: u64 = 4 << 20;
 /// Block size reported by stat: large, so readers ask for large pieces.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -438,9 +438,14 @@ impl DepotFs {
         }
     }
 
-    /// Fetch the chunks after `next` in the background, in parallel.
+    /// Fetch the chunks after `next` in the background, in parallel: [`PREFETCH_BYTES`]
+    /// ahead, so the window does not depend on how the file happened to be cut.
     fn prefetch(&self, of: &OpenFile, c: &Arc<Chunks>, next: usize) {
-        let upto = (next + PREFETCH_CHUNKS).min(c.list.chunks.len());
+        let n = c.list.chunks.len();
+        let mut upto = (next + 2).min(n);
+        while upto < n && c.offsets[upto] - c.offsets[next.min(n)] < PREFETCH_BYTES {
+            upto += 1;
+        }
         let from = of.prefetched.fetch_max(upto, Ordering::Relaxed).max(next);
         for i in from..upto {
             let r = c.list.chunks[i];

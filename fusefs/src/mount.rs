@@ -88,23 +88,20 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     let key_text =
         std::fs::read_to_string(&key_path).map_err(|e| Error::io(key_path.display(), e))?;
     let key = PublicKey::from_text(&key_text)?;
-    let disk = if backend.is_local() {
-        None
-    } else {
-        Some(DiskCache::open(&o.cache_dir, o.cache_size)?)
-    };
-    let manifest = fetch_manifest(&runtime, &backend, &key, disk.as_ref())?;
-    if let Some(disk) = &disk {
-        if let Some(seen) = disk.accepted_revision(&manifest.name)
-            && manifest.revision < seen
-        {
-            return Err(Error::Manifest(format!(
-                "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
-                manifest.revision, manifest.name
-            )));
-        }
-        disk.accept_revision(&manifest.name, manifest.revision)?;
+    // The cache directory also holds the rollback guard, so it is opened for a local store
+    // too; objects of a local store are not copied into it.
+    let disk = DiskCache::open(&o.cache_dir, o.cache_size)?;
+    let manifest = fetch_manifest(&runtime, &backend, &key, &disk)?;
+    if let Some(seen) = disk.accepted_revision(&manifest.name)
+        && manifest.revision < seen
+    {
+        return Err(Error::Manifest(format!(
+            "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
+            manifest.revision, manifest.name
+        )));
     }
+    disk.accept_revision(&manifest.name, manifest.revision)?;
+    let disk = (!backend.is_local()).then_some(disk);
     let source = backend.describe();
     let store = Arc::new(ObjectStore::new(backend, disk, o.mem_size));
     runtime.block_on(store.dir_node(manifest.root))?;
@@ -132,12 +129,10 @@ fn fetch_manifest(
     runtime: &tokio::runtime::Runtime,
     backend: &Backend,
     key: &PublicKey,
-    disk: Option<&DiskCache>,
+    disk: &DiskCache,
 ) -> Result<Manifest> {
-    let saved = disk.map(|d| {
-        let tag = &blake3::hash(backend.describe().as_bytes()).to_hex()[..16];
-        d.dir().join("revisions").join(format!("manifest-{tag}"))
-    });
+    let tag = &blake3::hash(backend.describe().as_bytes()).to_hex()[..16];
+    let saved = Some(disk.dir().join("revisions").join(format!("manifest-{tag}")));
     match runtime.block_on(backend.get("manifest", true)) {
         Ok(bytes) => {
             let m = Manifest::parse_verified(&bytes, key, None)?;
