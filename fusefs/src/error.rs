@@ -53,7 +53,15 @@ pub enum Error {
     /// Local I/O (cache directory, key file).
     #[error("{0}")]
     Io(String),
+    /// The answer needs a download and the caller may not wait (see `fs::Wait`). Never
+    /// reaches the kernel: the operation is retried on the blocking pool.
+    #[error("needs a download")]
+    WouldBlock,
 }
+
+/// The message by which a [`depotfs_catalog::dir::NodeSource`] reports [`Error::WouldBlock`]
+/// through the catalog's error type.
+pub(crate) const WOULD_BLOCK: &str = "depotfs: not in memory";
 
 impl Error {
     /// The errno a FUSE request answers with.
@@ -68,6 +76,7 @@ impl Error {
             Error::NoAttr => Errno::ENODATA,
             Error::Range => Errno::ERANGE,
             Error::Stale => Errno::ESTALE,
+            Error::WouldBlock => Errno::EAGAIN,
             Error::Fetch { .. }
             | Error::Timeout { .. }
             | Error::Corrupt(_)
@@ -86,6 +95,9 @@ impl From<depotfs_catalog::Error> for Error {
         match e {
             depotfs_catalog::Error::Manifest(m) => Error::Manifest(m),
             depotfs_catalog::Error::Key(m) => Error::Manifest(format!("key: {m}")),
+            depotfs_catalog::Error::Fetch { message, .. } if message == WOULD_BLOCK => {
+                Error::WouldBlock
+            }
             depotfs_catalog::Error::Fetch { id, message } => Error::Fetch {
                 what: id.to_string(),
                 message,

@@ -107,17 +107,35 @@ pub struct DepotFs {
     gid: u32,
 }
 
-/// [`NodeSource`] over the object store, for the catalog's directory readers. Runs on a
-/// blocking thread: a miss waits for the download on the runtime.
+/// May an operation wait for a download?
+///
+/// The FUSE adapter first runs an operation with [`Wait::No`] on the FUSE thread: answered
+/// from memory, that is the fast path (no thread hop). Only if it needs an object that is not
+/// in memory ([`Error::WouldBlock`]) is it run again with [`Wait::Yes`] on the blocking pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Memory only; fail with [`Error::WouldBlock`] on a miss.
+    No,
+    /// May block this thread on a download (blocking-pool threads only).
+    Yes,
+}
+
+/// [`NodeSource`] over the object store, for the catalog's directory readers. With
+/// [`Wait::Yes`] a miss waits for the download on the runtime.
 struct Nodes<'a> {
     store: &'a ObjectStore,
     rt: &'a Handle,
+    wait: Wait,
 }
 
 impl NodeSource for Nodes<'_> {
     fn node(&self, id: &ObjectId) -> Result<Arc<DirNode>, depotfs_catalog::Error> {
         if let Some(n) = self.store.dir_node_cached(id) {
             return Ok(n);
+        }
+        if self.wait == Wait::No {
+            let message = crate::error::WOULD_BLOCK.to_string();
+            return Err(depotfs_catalog::Error::Fetch { id: *id, message });
         }
         self.rt
             .block_on(self.store.dir_node(*id))
@@ -208,10 +226,11 @@ impl DepotFs {
         self.tree.read().expect("poisoned").clone()
     }
 
-    fn src(&self) -> Nodes<'_> {
+    fn src(&self, wait: Wait) -> Nodes<'_> {
         Nodes {
             store: &self.store,
             rt: &self.rt,
+            wait,
         }
     }
 
@@ -254,20 +273,20 @@ impl DepotFs {
     }
 
     /// Look `name` up in directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Arc<Node>> {
+    pub fn lookup(&self, parent: u64, name: &str, wait: Wait) -> Result<Arc<Node>> {
         let p = self.node(parent)?;
         let top = Self::dir_tree(&p)?;
-        let entry = dir::lookup(&self.src(), &top, name)?.ok_or(Error::NotFound)?;
+        let entry = dir::lookup(&self.src(wait), &top, name)?.ok_or(Error::NotFound)?;
         Ok(self.register(parent, entry))
     }
 
     /// The attributes of `node`.
-    pub fn attr(&self, node: &Node) -> Result<FileAttr> {
+    pub fn attr(&self, node: &Node, wait: Wait) -> Result<FileAttr> {
         let e = &node.entry;
         let (size, nlink) = match &e.kind {
             EntryKind::File { size, .. } => (*size, 1),
             EntryKind::Symlink { target } => (target.len() as u64, 1),
-            EntryKind::Dir { tree, entries } => (4096, self.dir_nlink(node, tree, *entries)?),
+            EntryKind::Dir { tree, entries } => (4096, self.dir_nlink(node, tree, *entries, wait)?),
         };
         let t = time(e.mtime_ns);
         Ok(FileAttr {
@@ -292,13 +311,13 @@ impl DepotFs {
     /// 2 + subdirectories, as local file systems report. Counting needs the directory's
     /// entries, so it is done for one-leaf directories (one small fetch); larger ones report
     /// 1, the Linux convention for "not counted" (`find` then does not rely on it).
-    fn dir_nlink(&self, node: &Node, tree: &ObjectId, entries: u64) -> Result<u32> {
+    fn dir_nlink(&self, node: &Node, tree: &ObjectId, entries: u64, wait: Wait) -> Result<u32> {
         if let Some(n) = node.nlink.get() {
             return Ok(*n);
         }
         let n = if entries as usize <= SINGLE_LEAF_MAX {
             let mut subdirs = 0u32;
-            dir::list_from(&self.src(), tree, 0, &mut |_, e| {
+            dir::list_from(&self.src(wait), tree, 0, &mut |_, e| {
                 subdirs += e.is_dir() as u32;
                 true
             })?;
@@ -310,9 +329,9 @@ impl DepotFs {
     }
 
     /// `getattr`.
-    pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
+    pub fn getattr(&self, ino: u64, wait: Wait) -> Result<FileAttr> {
         let n = self.node(ino)?;
-        self.attr(&n)
+        self.attr(&n, wait)
     }
 
     /// `readlink`.
@@ -341,7 +360,7 @@ impl DepotFs {
         }
         let mut err = None;
         dir::list_from(
-            &self.src(),
+            &self.src(Wait::Yes),
             &top,
             offset.saturating_sub(2),
             &mut |pos, e| match add(DirItem::Entry(ino, e), pos + 3) {
@@ -459,7 +478,11 @@ impl DepotFs {
     }
 
     /// The value of extended attribute `name` on `ino`.
-    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &str, wait: Wait) -> Result<Vec<u8>> {
+        if !name.starts_with("user.depotfs.") {
+            // `ls -l` asks for ACLs and SELinux labels of every file: answer at once.
+            return Err(Error::NoAttr);
+        }
         let node = self.node(ino)?;
         let tree = self.tree();
         let m = &tree.manifest;
@@ -478,7 +501,7 @@ impl DepotFs {
                         FileContent::Single(id) | FileContent::Chunked(id) => *id,
                     });
                 }
-                "user.depotfs.cached_bytes" => return s(&self.cached_bytes(*size, content)?),
+                "user.depotfs.cached_bytes" => return s(&self.cached_bytes(*size, content, wait)?),
                 _ => {}
             }
         }
@@ -508,7 +531,7 @@ impl DepotFs {
         Err(Error::NoAttr)
     }
 
-    fn cached_bytes(&self, size: u64, content: &FileContent) -> Result<u64> {
+    fn cached_bytes(&self, size: u64, content: &FileContent, wait: Wait) -> Result<u64> {
         Ok(match content {
             FileContent::Empty => 0,
             FileContent::Single(id) => {
@@ -519,7 +542,11 @@ impl DepotFs {
                 }
             }
             FileContent::Chunked(id) => {
-                let c = self.rt.block_on(self.store.chunk_list(*id))?;
+                let c = match (self.store.chunk_list_cached(id), wait) {
+                    (Some(c), _) => c,
+                    (None, Wait::No) => return Err(Error::WouldBlock),
+                    (None, Wait::Yes) => self.rt.block_on(self.store.chunk_list(*id))?,
+                };
                 c.list
                     .chunks
                     .iter()

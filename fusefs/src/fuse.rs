@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use crate::error::{Error, Result};
-use crate::fs::{DepotFs, DirItem, file_type};
+use crate::fs::{DepotFs, DirItem, Wait, file_type};
 
 /// Entry and attribute TTL: content never changes within a revision (composefs uses the
 /// same order of magnitude). A revision switch (issue 5) will invalidate through the notifier.
@@ -35,6 +35,19 @@ impl Fuse {
     /// Wrap a file system.
     pub fn new(fs: Arc<DepotFs>) -> Self {
         Fuse { fs }
+    }
+
+    /// Run `op` on this FUSE thread from memory; if it needs a download, run it again on the
+    /// blocking pool. Hand the result to `done`.
+    fn fast_or_blocking<T: Send + 'static>(
+        &self,
+        op: impl Fn(&DepotFs, Wait) -> Result<T> + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
+        match op(&self.fs, Wait::No) {
+            Err(Error::WouldBlock) => self.blocking(move |fs| op(fs, Wait::Yes), done),
+            r => done(r),
+        }
     }
 
     /// Run `op` on the blocking pool and hand its result to `done`.
@@ -66,10 +79,10 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_os_string();
-        self.blocking(
-            move |fs| {
-                let n = fs.lookup(parent.0, name_str(&name)?)?;
-                fs.attr(&n)
+        self.fast_or_blocking(
+            move |fs, wait| {
+                let n = fs.lookup(parent.0, name_str(&name)?, wait)?;
+                fs.attr(&n, wait)
             },
             move |r| match r {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -79,8 +92,8 @@ impl Filesystem for Fuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.blocking(
-            move |fs| fs.getattr(ino.0),
+        self.fast_or_blocking(
+            move |fs, wait| fs.getattr(ino.0, wait),
             move |r| match r {
                 Ok(attr) => reply.attr(&TTL, &attr),
                 Err(e) => reply.error(e.to_errno()),
@@ -219,7 +232,7 @@ impl Filesystem for Fuse {
                         DirItem::Dot(i, name) => (fs.node(i)?, name),
                         DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str()),
                     };
-                    let attr = fs.attr(&node.0)?;
+                    let attr = fs.attr(&node.0, Wait::Yes)?;
                     Ok(reply.add(
                         INodeNo(node.0.ino()),
                         next,
@@ -248,8 +261,8 @@ impl Filesystem for Fuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_os_string();
-        self.blocking(
-            move |fs| fs.getxattr(ino.0, name.to_str().ok_or(Error::NoAttr)?),
+        self.fast_or_blocking(
+            move |fs, wait| fs.getxattr(ino.0, name.to_str().ok_or(Error::NoAttr)?, wait),
             move |r| xattr_reply(r, size, reply),
         );
     }

@@ -120,6 +120,11 @@ impl ObjectStore {
             || self.backend.is_local()
     }
 
+    /// A parsed chunk list, if it is in memory.
+    pub fn chunk_list_cached(&self, id: &ObjectId) -> Option<Arc<Chunks>> {
+        self.lists.lock().expect("poisoned").get(id)
+    }
+
     /// A parsed chunk list.
     pub async fn chunk_list(&self, id: ObjectId) -> Result<Arc<Chunks>> {
         if let Some(c) = self.lists.lock().expect("poisoned").get(&id) {
