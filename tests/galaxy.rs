@@ -95,7 +95,7 @@ fn resolve_agrees_with_galaxy_on_real_listing() {
     assert_eq!((cases, agree), (4000, 4000));
     // Both sides of the contract are exercised: found images, misses and rejected input.
     assert!(reg["hits"].as_u64().unwrap() > 2000, "{reg}");
-    assert!(reg["misses"].as_u64().unwrap() > 1000, "{reg}");
+    assert!(reg["misses"].as_u64().unwrap() > 800, "{reg}");
     assert!(reg["errors"].as_u64().unwrap() > 0, "{reg}");
     let (cases, agree, _) = tier(&report, "exhaustive");
     assert!(cases > 80_000 && agree == cases, "{report:#}");

@@ -435,4 +435,83 @@ mod tests {
         );
         assert_eq!(legacy_key(""), ["*final"]);
     }
+
+    #[test]
+    fn pep440_and_legacy_order_match_galaxy() {
+        // sorted(xs, key=galaxy.tool_util.version.parse_version) with packaging 26.3.
+        let xs = [
+            "1.0",
+            "1.0.0",
+            "v1.0",
+            " 1.0 ",
+            "1!0.1",
+            "1.0.post1",
+            "1.0-1",
+            "1.0.dev1",
+            "1.0a1",
+            "1.0rc1",
+            "1.0c1",
+            "1.0+local.1",
+            "1.0+local.a",
+            "1.0+1",
+            "1.0a1.dev1",
+            "1.0.post1.dev1",
+            "2019.1",
+            "20190101000000000000000001",
+            "1.0.dev.",
+            "1..0",
+            "",
+            "latest",
+            "1.0_beta",
+            "abc",
+            "1.0-rc1",
+            "1.0preview2",
+            "0.0",
+            "V2.0.POST3",
+            ".1",
+            "1.0+",
+        ];
+        let legacy = ["1..0", "", "latest", "abc", ".1", "1.0+"];
+        for x in xs {
+            let is_legacy = matches!(parse_version(x), PyVersion::Legacy(_));
+            assert_eq!(is_legacy, legacy.contains(&x), "{x:?}");
+        }
+        let galaxy = [
+            "abc",
+            "",
+            "latest",
+            "1.0+",
+            "1..0",
+            ".1",
+            "0.0",
+            "1.0.dev.",
+            "1.0.dev1",
+            "1.0a1.dev1",
+            "1.0a1",
+            "1.0_beta",
+            "1.0rc1",
+            "1.0c1",
+            "1.0-rc1",
+            "1.0preview2",
+            "1.0",
+            "1.0.0",
+            "v1.0",
+            " 1.0 ",
+            "1.0+local.a",
+            "1.0+local.1",
+            "1.0+1",
+            "1.0.post1.dev1",
+            "1.0.post1",
+            "1.0-1",
+            "V2.0.POST3",
+            "2019.1",
+            "20190101000000000000000001",
+            "1!0.1",
+        ];
+        let mut sorted = xs.to_vec();
+        sorted.sort_by_key(|x| parse_version(x)); // stable, like Python's sorted()
+        assert_eq!(sorted, galaxy);
+        assert_eq!(parse_version("1.0.post1"), parse_version("1.0-1"));
+        assert_eq!(parse_version("1..0"), parse_version(".1"));
+    }
 }

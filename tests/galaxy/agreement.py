@@ -31,7 +31,10 @@ Exit status 0 when every answer agrees, 1 otherwise. Run with the venv's python
 """
 
 import argparse
+import collections
 import gzip
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -148,6 +151,42 @@ def populate(listing, d, seed):
     return len(names), len(set(plants)), len(SYNTHETIC_NOISE)
 
 
+def real_mulled_cases(names, top_pairs=400, top_triples=120):
+    """Requirement sets whose mulled-v2 image really is in the directory.
+
+    Names are hashes and cannot be inverted, so try every pair (triple) of the most common
+    package names, keep those whose name hash is an entry, then every combination of their
+    listed versions whose version hash is one.
+    """
+    groups = collections.defaultdict(list)
+    for e in names:
+        groups[image_of(e)].append(e)
+    single = {k: v for k, v in groups.items() if not is_mulled(k)}
+    versions = {k: sorted({tag_version(e) for e in v if tag_version(e)}) for k, v in single.items()}
+    by_count = sorted(single, key=lambda k: (-len(single[k]), k))
+
+    def sha(parts):
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+    cases = []
+    combos = itertools.chain(
+        itertools.combinations(sorted(by_count[:top_pairs]), 2),
+        itertools.combinations(sorted(by_count[:top_triples]), 3),
+    )
+    for pkgs in combos:
+        image = f"mulled-v2-{sha(pkgs)}"
+        if image not in groups:
+            continue
+        cases.append(list(pkgs))
+        hashes = {e.rsplit(":", 1)[1].rsplit("-", 1)[0] for e in groups[image] if "-" in e.rsplit(":", 1)[1]}
+        vlists = [versions[p] for p in pkgs]
+        if 0 < len(hashes) and all(vlists) and len(list(itertools.product(*vlists))) <= 200_000:
+            for vs in itertools.product(*vlists):
+                if sha(vs) in hashes:
+                    cases.append([f"{p}={v}" for p, v in zip(pkgs, vs)])
+    return cases
+
+
 def registry_cases(names, n, seed):
     """n requirement sets from the directory's names; fixed noise cases first."""
     rng = random.Random(seed)
@@ -162,7 +201,9 @@ def registry_cases(names, n, seed):
         ["Samtools=1.9"], ["fastqc"], ["mixedcase"], ["MixedCase=1.0"], ["emptytag"], ["emptytag="],
         ["twobuilds=1.0"], ["twobuilds=1.0--a"], ["equalkeys"], ["mulled-v1-0123456789abcdef0123456789abcdef01234567"],
         ["snakemake-minimal_7.25.0--pyhdfd78af_0-test"], ["samtools", "samtools"], ["samtools=1.9", "bwa"],
+        ["samtools=1.9", "bwa=0.7.17"], ["bwa=0.7.17", "SAMTOOLS=1.9"], ["samtools", "bwa"],
     ]
+    fixed += real_mulled_cases(names)[:300]
     sets, _ = multi_sets(sorted(singles), seed)
     cases = [c for c in fixed]
     while len(cases) < n:
@@ -260,6 +301,7 @@ def exhaustive_cases(names, seed):
     cases += [[f"{i}={v}"] for i, v in pairs]
     cases += [[i.upper()] for i in images if not is_mulled(i)][::7]
     cases += sets
+    cases += real_mulled_cases(names)
     return cases
 
 
