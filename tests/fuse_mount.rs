@@ -268,6 +268,15 @@ fn wait_port(port: u16) {
     }
 }
 
+/// Send a signal to one process (the shell's builtin `kill`, so procps is not needed).
+/// Returns whether it was delivered.
+fn kill(sig: &str, pid: u32) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("kill {sig} {pid} 2>/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A server process, killed (by pid) when dropped.
 struct Server {
     child: Child,
@@ -279,13 +288,7 @@ impl Server {
         self.child.id()
     }
     fn signal(&self, sig: &str) {
-        assert!(
-            Command::new("kill")
-                .args([sig, &self.pid().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(kill(sig, self.pid()));
     }
     fn stop(&mut self) {
         let _ = self.child.kill();
@@ -295,10 +298,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        kill("-CONT", self.pid());
         self.stop();
     }
 }
@@ -740,13 +740,7 @@ fn fuse_kill9_remount_and_offline() {
     parallel_read(&src, &mp, &small, 2);
     let torn = repo.object_of(&mp.join("corpus/small/f010"));
     let pid = m.pid();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(kill("-KILL", pid));
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         fs::metadata(mp.join("corpus")).is_err(),
@@ -936,13 +930,7 @@ fn fuse_sigterm_unmounts() {
         fs::read(mp.join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
         b"deep leaf\n"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(kill("-TERM", child.id()));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

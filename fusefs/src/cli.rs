@@ -336,6 +336,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         "corrupt:       {} downloads failed verification",
         num("corrupt")?
     );
+    println!("inodes:        {} known to the kernel", get("inodes")?);
     println!("pid:           {}", get("pid")?);
     Ok(ExitCode::SUCCESS)
 }

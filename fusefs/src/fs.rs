@@ -99,7 +99,8 @@ pub struct DepotFs {
     store: Arc<ObjectStore>,
     tree: RwLock<Arc<Tree>>,
     info: MountInfo,
-    nodes: Mutex<HashMap<u64, Arc<Node>>>,
+    /// Known inodes and the kernel's lookup count of each.
+    nodes: Mutex<HashMap<u64, (Arc<Node>, u64)>>,
     open: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     rt: Handle,
@@ -181,7 +182,7 @@ const XATTRS_ANY: [&str; 3] = [
 /// Attribute names offered on regular files.
 const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
 /// Attribute names offered on the root, for `depotfs status`.
-pub const XATTRS_STATUS: [&str; 10] = [
+pub const XATTRS_STATUS: [&str; 11] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -192,6 +193,7 @@ pub const XATTRS_STATUS: [&str; 10] = [
     "user.depotfs.bytes_fetched",
     "user.depotfs.corrupt",
     "user.depotfs.pid",
+    "user.depotfs.inodes",
 ];
 
 impl DepotFs {
@@ -208,7 +210,7 @@ impl DepotFs {
             store,
             tree: RwLock::new(tree),
             info,
-            nodes: Mutex::new(HashMap::from([(1, root)])),
+            nodes: Mutex::new(HashMap::from([(1, (root, 1))])),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             rt,
@@ -240,7 +242,7 @@ impl DepotFs {
             .lock()
             .expect("poisoned")
             .get(&ino)
-            .cloned()
+            .map(|(n, _)| n.clone())
             .ok_or(Error::Stale)
     }
 
@@ -249,7 +251,9 @@ impl DepotFs {
         let mut ino = child_ino(parent, &entry.name);
         loop {
             match nodes.get(&ino) {
-                Some(n) if n.parent == parent && n.entry.name == entry.name => return n.clone(),
+                Some((n, _)) if n.parent == parent && n.entry.name == entry.name => {
+                    return n.clone();
+                }
                 // A 64-bit collision: probe deterministically.
                 Some(_) => ino = ino.wrapping_add(1).max(2),
                 None => break,
@@ -261,7 +265,7 @@ impl DepotFs {
             entry,
             nlink: OnceLock::new(),
         });
-        nodes.insert(ino, n.clone());
+        nodes.insert(ino, (n.clone(), 0));
         n
     }
 
@@ -374,7 +378,49 @@ impl DepotFs {
         err.map_or(Ok(()), Err)
     }
 
-    /// Register a listed entry as an inode (READDIRPLUS counts as a lookup).
+    /// The kernel now holds one more reference to `node` (a LOOKUP or READDIRPLUS reply
+    /// carried it). Re-inserts it if a concurrent FORGET just dropped it.
+    pub fn remember(&self, node: &Arc<Node>) {
+        let mut nodes = self.nodes.lock().expect("poisoned");
+        let slot = nodes.entry(node.ino).or_insert_with(|| (node.clone(), 0));
+        slot.1 += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`; at zero the inode is forgotten (the root
+    /// never is). Inode numbers derive from paths, so a later lookup gets the same number.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == 1 {
+            return;
+        }
+        let mut nodes = self.nodes.lock().expect("poisoned");
+        if let Some(slot) = nodes.get_mut(&ino) {
+            slot.1 = slot.1.saturating_sub(n);
+            if slot.1 == 0 {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Number of inodes held (for tests and status).
+    pub fn inode_count(&self) -> usize {
+        self.nodes.lock().expect("poisoned").len()
+    }
+
+    /// The inode number `e` in directory `parent` has or will have, without registering it
+    /// (a plain READDIR does not count as a lookup).
+    pub fn ino_of(&self, parent: u64, e: &Entry) -> u64 {
+        let nodes = self.nodes.lock().expect("poisoned");
+        let mut ino = child_ino(parent, &e.name);
+        while let Some((n, _)) = nodes.get(&ino) {
+            if n.parent == parent && n.entry.name == e.name {
+                break;
+            }
+            ino = ino.wrapping_add(1).max(2);
+        }
+        ino
+    }
+
+    /// Register a listed entry as an inode (READDIRPLUS; count it with [`Self::remember`]).
     pub fn adopt(&self, parent: u64, e: &Entry) -> Arc<Node> {
         self.register(parent, e.clone())
     }
@@ -524,6 +570,7 @@ impl DepotFs {
                 }
                 "user.depotfs.corrupt" => st.corrupt.load(Ordering::Relaxed).to_string(),
                 "user.depotfs.pid" => std::process::id().to_string(),
+                "user.depotfs.inodes" => self.inode_count().to_string(),
                 _ => return Err(Error::NoAttr),
             };
             return Ok(v.into_bytes());

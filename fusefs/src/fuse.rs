@@ -79,13 +79,18 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_os_string();
+        let fs = self.fs.clone();
         self.fast_or_blocking(
             move |fs, wait| {
                 let n = fs.lookup(parent.0, name_str(&name)?, wait)?;
-                fs.attr(&n, wait)
+                let attr = fs.attr(&n, wait)?;
+                Ok((n, attr))
             },
             move |r| match r {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Ok((n, attr)) => {
+                    reply.entry(&TTL, &attr, Generation(0));
+                    fs.remember(&n);
+                }
                 Err(e) => reply.error(e.to_errno()),
             },
         );
@@ -188,32 +193,25 @@ impl Filesystem for Fuse {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectory,
+        mut reply: ReplyDirectory,
     ) {
-        self.blocking(
-            move |fs| {
-                let mut reply = reply;
-                let r = fs.readdir(ino.0, offset, &mut |item, next| {
-                    Ok(match item {
-                        DirItem::Dot(i, name) => {
-                            reply.add(INodeNo(i), next, fuser::FileType::Directory, name)
-                        }
-                        DirItem::Entry(parent, e) => {
-                            let n = fs.adopt(parent, e);
-                            reply.add(INodeNo(n.ino()), next, file_type(e), &e.name)
-                        }
-                    })
-                });
-                Ok((r, reply))
-            },
-            |r: Result<(Result<()>, ReplyDirectory)>| {
-                let (r, reply) = r.expect("infallible");
-                match r {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(e.to_errno()),
-                }
-            },
-        );
+        let fs = self.fs.clone();
+        self.fs.runtime().spawn_blocking(move || {
+            let r = fs.readdir(ino.0, offset, &mut |item, next| {
+                Ok(match item {
+                    DirItem::Dot(i, name) => {
+                        reply.add(INodeNo(i), next, fuser::FileType::Directory, name)
+                    }
+                    DirItem::Entry(parent, e) => {
+                        reply.add(INodeNo(fs.ino_of(parent, e)), next, file_type(e), &e.name)
+                    }
+                })
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.to_errno()),
+            }
+        });
     }
 
     fn readdirplus(
@@ -222,36 +220,38 @@ impl Filesystem for Fuse {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectoryPlus,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        self.blocking(
-            move |fs| {
-                let mut reply = reply;
-                let r = fs.readdir(ino.0, offset, &mut |item, next| {
-                    let node = match item {
-                        DirItem::Dot(i, name) => (fs.node(i)?, name),
-                        DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str()),
-                    };
-                    let attr = fs.attr(&node.0, Wait::Yes)?;
-                    Ok(reply.add(
-                        INodeNo(node.0.ino()),
-                        next,
-                        node.1,
-                        &TTL,
-                        &attr,
-                        Generation(0),
-                    ))
-                });
-                Ok((r, reply))
-            },
-            |r: Result<(Result<()>, ReplyDirectoryPlus)>| {
-                let (r, reply) = r.expect("infallible");
-                match r {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(e.to_errno()),
+        let fs = self.fs.clone();
+        self.fs.runtime().spawn_blocking(move || {
+            // Entries other than `.` and `..` count as lookups once the reply is sent.
+            let mut sent = Vec::new();
+            let r = fs.readdir(ino.0, offset, &mut |item, next| {
+                let (node, name, counts) = match item {
+                    DirItem::Dot(i, name) => (fs.node(i)?, name, false),
+                    DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
+                };
+                let attr = fs.attr(&node, Wait::Yes)?;
+                let full = reply.add(INodeNo(node.ino()), next, name, &TTL, &attr, Generation(0));
+                if counts && !full {
+                    sent.push(node);
                 }
-            },
-        );
+                Ok(full)
+            });
+            match r {
+                Ok(()) => {
+                    reply.ok();
+                    for n in &sent {
+                        fs.remember(n);
+                    }
+                }
+                Err(e) => reply.error(e.to_errno()),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
