@@ -235,3 +235,94 @@ impl ObjectStore {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn put(public: &Path, kind: ObjectKind, data: &[u8]) -> (ObjectId, std::path::PathBuf) {
+        let enc = object::encode(kind, data, 3);
+        let p = public.join(enc.id.store_path());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &enc.bytes).unwrap();
+        (enc.id, p)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn concurrent_requests_download_once() {
+        let d = tempfile::tempdir().unwrap();
+        let data = b"one object, many readers ".repeat(40_000);
+        let (id, _) = put(&d.path().join("public"), ObjectKind::Chunk, &data);
+        let disk = DiskCache::open(&d.path().join("cache"), 1 << 30).unwrap();
+        // A "remote" backend over the directory: the disk cache is in use.
+        let store = Arc::new(ObjectStore::new(
+            Backend::Local(d.path().join("public")),
+            Some(disk),
+            64 << 20,
+        ));
+        let rt = rt();
+        let len = data.len() as u64;
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                rt.spawn(async move { store.chunk(id, len).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(rt.block_on(t).unwrap().data().len(), data.len());
+        }
+        assert_eq!(store.stats.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn corrupt_download_is_refetched_once_then_refused_and_not_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let (id, path) = put(&d.path().join("public"), ObjectKind::Chunk, &[7u8; 5000]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let disk = DiskCache::open(&d.path().join("cache"), 1 << 30).unwrap();
+        let store = ObjectStore::new(Backend::Local(d.path().join("public")), Some(disk), 1 << 20);
+        let err = rt().block_on(store.chunk(id, 5000)).unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        assert_eq!(err.to_errno(), fuser::Errno::EIO);
+        assert_eq!(store.stats.corrupt.load(Ordering::Relaxed), 2);
+        assert!(!store.disk().unwrap().contains(&id));
+    }
+
+    #[test]
+    fn torn_cache_file_is_discarded_and_refetched() {
+        let d = tempfile::tempdir().unwrap();
+        let data = vec![3u8; 100_000];
+        let (id, path) = put(&d.path().join("public"), ObjectKind::Chunk, &data);
+        let cache = d.path().join("cache");
+        let disk = DiskCache::open(&cache, 1 << 30).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        disk.store(&id, &good[..good.len() / 2]).unwrap();
+        let store = ObjectStore::new(Backend::Local(d.path().join("public")), Some(disk), 1 << 20);
+        let v = rt().block_on(store.chunk(id, data.len() as u64)).unwrap();
+        assert_eq!(v.data(), &data[..]);
+        assert_eq!(store.stats.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(std::fs::read(cache.join(id.store_path())).unwrap(), good);
+    }
+
+    #[test]
+    fn wrong_kind_or_length_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (id, _) = put(&d.path().join("public"), ObjectKind::Chunk, b"abc");
+        let store = ObjectStore::new(Backend::Local(d.path().join("public")), None, 1 << 20);
+        let rt = rt();
+        assert!(rt.block_on(store.dir_node(id)).is_err());
+        assert!(rt.block_on(store.chunk(id, 4)).is_err());
+        assert_eq!(rt.block_on(store.chunk(id, 3)).unwrap().data(), b"abc");
+    }
+}
