@@ -5,13 +5,19 @@
 //!   rollback, verify, gc, serve
 //! - client side (`depotfs-fusefs::cli`): mount, umount, status
 //! - Galaxy (`resolve.rs` here): resolve
+//! - `demo.rs`: the whole job on sample images
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod resolve;
 
 #[derive(Debug, Parser)]
-#[command(name = "depotfs", version, about = "Publish container images as a signed, content-addressed store and mount it lazily on every node")]
+#[command(
+    name = "depotfs",
+    version,
+    about = "Publish container images as a signed, content-addressed store and mount it lazily on every node"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,6 +55,8 @@ enum Cmd {
     Status(depotfs_fusefs::cli::StatusArgs),
     /// Find the container image Galaxy would pick for requirements.
     Resolve(resolve::ResolveArgs),
+    /// Publish sample images, serve, mount, list, resolve and unmount: the whole job.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Status(a) => depotfs_fusefs::cli::status(a),
         Cmd::Resolve(a) => resolve::run(a),
+        Cmd::Demo(a) => demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -299,6 +299,16 @@ fn run_batch(dir: &Path, input: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The image name Galaxy derives for `requirements` (`name` or `name=version` each): for one,
+/// `name:version`; for several, `mulled-v2-<hash>:<hash>` (without the `-<build>` suffix).
+/// Used by `depotfs demo` to name its sample multi-package image.
+pub fn image_name_for(requirements: &[&str]) -> anyhow::Result<String> {
+    let reqs: Vec<Requirement> = requirements.iter().map(|r| Requirement::parse(r)).collect();
+    let targets = galaxy::targets(&reqs)
+        .map_err(|e| anyhow::anyhow!("invalid requirements {requirements:?}: {e}"))?;
+    Ok(galaxy::v2_image_name(&targets))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

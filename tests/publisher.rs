@@ -492,14 +492,15 @@ fn sparse_file_over_4_gib_round_trips() {
             .unwrap();
     }
     run(&["add", s, big.to_str().unwrap()]);
-    let out = bin()
+    let mut child = bin()
         .args(["cat", s, "big.img"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = out.stdout.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let mut h = blake3::Hasher::new();
     let n = std::io::copy(&mut stdout, &mut h).unwrap();
+    assert!(child.wait().unwrap().success());
     assert_eq!(n, len);
     let mut src = fs::File::open(&big).unwrap();
     let mut h2 = blake3::Hasher::new();

@@ -5,10 +5,15 @@
 use std::collections::HashSet;
 
 fn main() {
-    let files: Vec<Vec<u8>> = std::env::args().skip(1).map(|p| std::fs::read(&p).expect("read")).collect();
+    let files: Vec<Vec<u8>> = std::env::args()
+        .skip(1)
+        .map(|p| std::fs::read(&p).expect("read"))
+        .collect();
     let input: usize = files.iter().map(Vec::len).sum();
     println!("{} files, {} MiB", files.len(), input >> 20);
-    println!("| min / avg / max | chunks | mean chunk | unique MiB | dedup saved | mean fetch for a 128 KiB read |");
+    println!(
+        "| min / avg / max | chunks | mean chunk | unique MiB | dedup saved | mean fetch for a 128 KiB read |"
+    );
     println!("|---|---|---|---|---|---|");
     for (min, avg, max) in [
         (16 << 10, 64 << 10, 256 << 10),
