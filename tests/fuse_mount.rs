@@ -1000,3 +1000,47 @@ fn fuse_run_container_from_squashfs_image() {
         "inside the image\n42\n"
     );
 }
+
+/// `--allow-other` lets other users in, with the published permissions enforced by the
+/// kernel (`default_permissions`); without it they are kept out.
+#[test]
+fn fuse_allow_other_and_permissions() {
+    let repo = Repo::with_corpus();
+    fs::set_permissions(repo.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = repo.path().join("cache");
+    let store = repo.store();
+    let open_mp = repo.path().join("open");
+    let closed_mp = repo.path().join("closed");
+    let _open = Mount::new(
+        store.to_str().unwrap(),
+        &open_mp,
+        &["--allow-other", "--cache-dir", cache.to_str().unwrap()],
+    );
+    let _closed = Mount::new(
+        store.to_str().unwrap(),
+        &closed_mp,
+        &["--cache-dir", cache.to_str().unwrap()],
+    );
+    let as_nobody = |args: &[&Path]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let f = Path::new("corpus/small/f000"); // mode 0644
+    let out = as_nobody(&[&open_mp.join(f)]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, fs::read(repo.src().join(f)).unwrap());
+    assert!(
+        !as_nobody(&[&open_mp.join("corpus/private/secret")])
+            .status
+            .success()
+    );
+    assert!(
+        !as_nobody(&[&open_mp.join("corpus/small/f002")])
+            .status
+            .success()
+    ); // 0600
+    assert!(!as_nobody(&[&closed_mp.join(f)]).status.success());
+}

@@ -19,6 +19,12 @@
 //!   directory.
 //! - [`mount`] — manifest check and mount session; [`cli`] — `mount`, `umount`, `status`.
 //!
+//! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
+//! to the blocking pool only when they need a download. Inode numbers derive from paths, so
+//! they are stable across remounts and survive FORGET. The design, the cache layout, the
+//! numbers measured and the plan for issue 5 (failover, revision switching, offline mode,
+//! metrics) are in `fusefs/README.md`.
+//!
 //! Crate choices: `fuser` 0.18 (pure-Rust mount, `Send` replies so requests can be answered
 //! from tasks, multi-threaded sessions with `clone_fd`); `tokio` for the async fetch layer and
 //! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount and ids without
