@@ -508,9 +508,19 @@ fn fuse_nginx_mount_matches_source_lazily() {
         1,
         "mount fetched more than the root directory"
     );
+    // stat walks two directories (one node each), open fetches the chunk list, nothing more.
+    let f = m.path().join("corpus/big/random-5M.sif");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 5 * (1 << 20) + 12345);
+    assert_eq!(
+        m.stat("misses"),
+        3,
+        "stat fetched more than the two directories"
+    );
+    let opened = fs::File::open(&f).unwrap();
+    assert_eq!(m.stat("misses"), 4, "open fetched more than the chunk list");
+    drop(opened);
 
     // A sequential reader gets the next chunks prefetched: read 4 KiB, the next chunks arrive.
-    let f = m.path().join("corpus/big/random-5M.sif");
     let mut head = [0u8; 4096];
     fs::File::open(&f).unwrap().read_exact(&mut head).unwrap();
     let start = Instant::now();
@@ -904,47 +914,49 @@ fn fuse_unresponsive_server_times_out() {
 
 /// `--foreground` mount; SIGTERM unmounts cleanly and the process exits 0.
 #[test]
-fn fuse_sigterm_unmounts() {
+fn fuse_sigterm_and_sigint_unmount() {
     let repo = Repo::with_corpus();
-    let mp = repo.path().join("mnt");
-    fs::create_dir_all(&mp).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("mount")
-        .arg(repo.store())
-        .arg(&mp)
-        .args(["--foreground", "--cache-dir"])
-        .arg(repo.path().join("cache"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = Mount { mp: mp.clone() };
-    let start = Instant::now();
-    while try_xattr(&mp, "user.depotfs.revision").is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "foreground mount never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        fs::read(mp.join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
-        b"deep leaf\n"
-    );
-    assert!(kill("-TERM", child.id()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
+    for sig in ["-TERM", "-INT"] {
+        let mp = repo.path().join(format!("mnt{sig}"));
+        fs::create_dir_all(&mp).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("mount")
+            .arg(repo.store())
+            .arg(&mp)
+            .args(["--foreground", "--cache-dir"])
+            .arg(repo.path().join("cache"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = Mount { mp: mp.clone() };
+        let start = Instant::now();
+        while try_xattr(&mp, "user.depotfs.revision").is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "foreground mount never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mount did not exit on SIGTERM"
+        assert_eq!(
+            fs::read(mp.join("corpus/deep/a/b/c/d/e/leaf.txt")).unwrap(),
+            b"deep leaf\n"
         );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
-    assert!(!mounted(&mp));
-    std::mem::forget(guard);
+        assert!(kill(sig, child.id()));
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mount did not exit on {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{sig}: {status}");
+        assert!(!mounted(&mp), "{sig}: still mounted");
+        std::mem::forget(guard);
+    }
 }
 
 /// Run a container: a squashfs image with busybox-static, published into `all/`; squashfuse
