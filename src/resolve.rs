@@ -257,9 +257,10 @@ fn run_batch(dir: &Path, input: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let mut groups: HashMap<&str, Vec<&str>> = HashMap::new();
+    // Entries per image name in readdir order; sorted (Galaxy's order) on first use.
+    let mut groups: HashMap<&str, (bool, Vec<&str>)> = HashMap::new();
     for n in &names {
-        groups.entry(galaxy::image_name(n)).or_default().push(n);
+        groups.entry(galaxy::image_name(n)).or_default().1.push(n);
     }
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
@@ -283,10 +284,18 @@ fn run_batch(dir: &Path, input: &Path) -> anyhow::Result<ExitCode> {
         let parsed: Vec<Requirement> = reqs.iter().map(|r| Requirement::parse(r)).collect();
         let line_out = match galaxy::targets(&parsed) {
             Ok(targets) => {
-                let group = galaxy::wanted_image(&targets)
-                    .and_then(|w| groups.get(w.as_str()))
-                    .map_or(&[][..], Vec::as_slice);
-                let found = galaxy::best_match(&targets, group);
+                let group =
+                    match galaxy::wanted_image(&targets).and_then(|w| groups.get_mut(w.as_str())) {
+                        Some((sorted, g)) => {
+                            if !*sorted {
+                                *g = galaxy::version_sorted(g);
+                                *sorted = true;
+                            }
+                            g.as_slice()
+                        }
+                        None => &[],
+                    };
+                let found = galaxy::best_match_sorted(&targets, group);
                 serde_json::to_string(&Answer::new(dir, &reqs, &targets, found.as_ref(), None))?
             }
             Err(e) => {

@@ -408,6 +408,11 @@ impl Want<'_> {
 /// `find_best_matching_cached_image` over the entries of one image name (see [`wanted_image`]),
 /// given in directory order. Returns the winning entry and how Galaxy parsed it.
 pub fn best_match<'a>(targets: &[Target], group: &[&'a str]) -> Option<(&'a str, Cached)> {
+    best_match_sorted(targets, &version_sorted(group))
+}
+
+/// [`best_match`] over a group already in [`version_sorted`] order.
+pub fn best_match_sorted<'a>(targets: &[Target], sorted: &[&'a str]) -> Option<(&'a str, Cached)> {
     let want = match targets {
         [] => return None,
         [t] => Want::Single {
@@ -426,9 +431,9 @@ pub fn best_match<'a>(targets: &[Target], group: &[&'a str]) -> Option<(&'a str,
             }
         }
     };
-    version_sorted(group)
-        .into_iter()
-        .find_map(|e| parse_entry(e).filter(|c| want.accepts(c)).map(|c| (e, c)))
+    sorted
+        .iter()
+        .find_map(|e| parse_entry(e).filter(|c| want.accepts(c)).map(|c| (*e, c)))
 }
 
 #[cfg(test)]
