@@ -1056,3 +1056,23 @@ fn fuse_allow_other_and_permissions() {
     ); // 0600
     assert!(!as_nobody(&[&closed_mp.join(f)]).status.success());
 }
+
+/// Two servers: the first one dies, reads continue from the second, which becomes current.
+#[test]
+fn fuse_failover_between_servers() {
+    let repo = Repo::with_corpus();
+    let mut first = nginx(&repo.store(), &repo.path().join("nginx"));
+    let second = depotfs_serve(&repo.store());
+    let cache = repo.path().join("cache");
+    let mut args = http_args(&repo, &cache);
+    args.extend(["--timeout".into(), "3".into()]);
+    let both = format!("{};{}", first.url, second.url);
+    let m = Mount::new(&both, &repo.path().join("mnt"), &strs(&args));
+    let src = repo.src().join("corpus");
+    compare_trees(&src.join("small"), &m.path().join("corpus/small"));
+    assert_eq!(xattr(m.path(), "user.depotfs.host"), first.url);
+    first.stop();
+    compare_trees(&src.join("big"), &m.path().join("corpus/big"));
+    assert_eq!(xattr(m.path(), "user.depotfs.host"), second.url);
+    assert_eq!(xattr(m.path(), "user.depotfs.source"), both);
+}

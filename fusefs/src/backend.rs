@@ -1,8 +1,9 @@
-//! Where objects come from: an HTTP(S) server (or proxy, CDN) serving `public/`, or a local
-//! `public/` directory. Backends move bytes only; verification is the object store's job and
-//! caching the cache's. (Several servers with failover, issue 5, become a list of these.)
+//! Where objects come from: an HTTP(S) server (or proxy, CDN) serving `public/`, a local
+//! `public/` directory, or an ordered list of servers with failover. Backends move bytes
+//! only; verification is the object store's job and caching the cache's.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -23,6 +24,15 @@ pub enum Backend {
     },
     /// A local `public/` directory.
     Local(PathBuf),
+    /// Several servers (mirrors, proxies) serving the same repository. Requests go to the
+    /// current one; when it fails (error, timeout, missing object) the next ones are tried
+    /// in order, and the first that answers becomes current (sticky, as CernVM-FS does).
+    Failover {
+        /// The servers, in order of preference; none of them is itself a `Failover`.
+        servers: Vec<Backend>,
+        /// Index of the server in use.
+        current: AtomicUsize,
+    },
 }
 
 impl Backend {
@@ -48,15 +58,69 @@ impl Backend {
         })
     }
 
+    /// Servers tried in order (`urls` separated by `;` or `,`); one URL is a plain backend.
+    pub fn http_list(urls: &str, timeout: Duration) -> Result<Self> {
+        let mut servers: Vec<Backend> = urls
+            .split([';', ','])
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| Backend::http(u, timeout))
+            .collect::<Result<_>>()?;
+        Ok(match servers.len() {
+            0 => return Err(Error::Io(format!("no server URL in {urls:?}"))),
+            1 => servers.pop().expect("one"),
+            _ => Backend::Failover {
+                servers,
+                current: AtomicUsize::new(0),
+            },
+        })
+    }
+
     /// Is this a local directory (then the disk cache is pointless)?
     pub fn is_local(&self) -> bool {
         matches!(self, Backend::Local(_))
     }
 
+    /// The server currently in use (for `status`).
+    pub fn current(&self) -> String {
+        match self {
+            Backend::Failover { servers, current } => {
+                servers[current.load(Ordering::Relaxed) % servers.len()].describe()
+            }
+            other => other.describe(),
+        }
+    }
+
     /// Fetch `rel` (relative to `public/`). `fresh` asks caches between us and the origin
     /// to revalidate: used for the manifest and to refetch an object that failed verification.
     pub async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
+        let Backend::Failover { servers, current } = self else {
+            return self.get_one(rel, fresh).await;
+        };
+        let first = current.load(Ordering::Relaxed);
+        let mut last_err = None;
+        for k in 0..servers.len() {
+            let i = (first + k) % servers.len();
+            match servers[i].get_one(rel, fresh).await {
+                Ok(bytes) => {
+                    if i != first {
+                        tracing::warn!("switched to {}", servers[i].describe());
+                        current.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(bytes);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("at least two servers"))
+    }
+
+    async fn get_one(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
         match self {
+            Backend::Failover { .. } => unreachable!("servers of a Failover are not Failovers"),
             Backend::Local(dir) => {
                 let p = dir.join(rel);
                 tokio::fs::read(&p).await.map_err(|e| Error::Fetch {
@@ -119,6 +183,11 @@ impl Backend {
         match self {
             Backend::Http { base, .. } => base.clone(),
             Backend::Local(p) => p.display().to_string(),
+            Backend::Failover { servers, .. } => servers
+                .iter()
+                .map(Backend::describe)
+                .collect::<Vec<_>>()
+                .join(";"),
         }
     }
 }

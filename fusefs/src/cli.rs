@@ -17,7 +17,8 @@ use crate::mount::{self, Options};
 /// `depotfs mount`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// HTTP(S) URL of a served `public/`, or a local STORE path.
+    /// HTTP(S) URL of a served `public/` (several, separated by `;`, are tried in order
+    /// with failover), or a local STORE path.
     pub source: String,
     /// Where to mount.
     pub mountpoint: PathBuf,
@@ -310,6 +311,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("revision:      {}", get("revision")?);
     println!("root:          {}", get("root")?);
     println!("source:        {}", get("source")?);
+    println!("server:        {}", get("host")?);
     println!("published:     {}", utc(published));
     if cache_dir.is_empty() {
         println!("cache:         none (local store)");

@@ -182,7 +182,7 @@ const XATTRS_ANY: [&str; 3] = [
 /// Attribute names offered on regular files.
 const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
 /// Attribute names offered on the root, for `depotfs status`.
-pub const XATTRS_STATUS: [&str; 11] = [
+pub const XATTRS_STATUS: [&str; 12] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -194,6 +194,7 @@ pub const XATTRS_STATUS: [&str; 11] = [
     "user.depotfs.corrupt",
     "user.depotfs.pid",
     "user.depotfs.inodes",
+    "user.depotfs.host",
 ];
 
 impl DepotFs {
@@ -571,6 +572,7 @@ impl DepotFs {
                 "user.depotfs.corrupt" => st.corrupt.load(Ordering::Relaxed).to_string(),
                 "user.depotfs.pid" => std::process::id().to_string(),
                 "user.depotfs.inodes" => self.inode_count().to_string(),
+                "user.depotfs.host" => self.store.backend().current(),
                 _ => return Err(Error::NoAttr),
             };
             return Ok(v.into_bytes());

@@ -65,7 +65,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
             .key
             .clone()
             .ok_or_else(|| Error::Manifest("--key is required when mounting over HTTP".into()))?;
-        (Backend::http(&o.source, o.timeout)?, key)
+        (Backend::http_list(&o.source, o.timeout)?, key)
     } else {
         let p = Path::new(&o.source);
         let public = if p.join("public").is_dir() {
