@@ -496,11 +496,13 @@ fn fuse_nginx_mount_matches_source_lazily() {
     let repo = Repo::with_corpus();
     let server = nginx(&repo.store(), &repo.path().join("nginx"));
     let cache = repo.path().join("cache");
-    let m = Mount::new(
-        &server.url,
-        &repo.path().join("mnt"),
-        &strs(&http_args(&repo, &cache)),
-    );
+    let metrics_port = free_port();
+    let mut args = http_args(&repo, &cache);
+    args.extend([
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
 
     // Only the manifest and the root directory have been fetched.
     assert_eq!(
@@ -611,6 +613,35 @@ fn fuse_nginx_mount_matches_source_lazily() {
         assert!(out.contains(k), "status lacks {k}:\n{out}");
     }
     assert!(m.stat("bytes_fetched") > 5 << 20);
+
+    // The same counters, for Prometheus.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let misses = m.stat("misses");
+    for line in [
+        "depotfs_client_revision 1".to_string(),
+        format!("depotfs_client_objects_total{{source=\"network\"}} {misses}"),
+        "# TYPE depotfs_client_fetched_bytes_total counter".to_string(),
+        format!(
+            "depotfs_client_info{{repository=\"test.depotfs.org\",server=\"{}\"}} 1",
+            server.url
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    assert!(http_get(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
 }
 
 fn libc_erofs() -> i32 {

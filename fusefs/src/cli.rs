@@ -41,6 +41,9 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Stay in the foreground (otherwise return once the mount is ready).
     #[arg(long)]
     pub foreground: bool,
@@ -121,6 +124,7 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout.max(1)),
         allow_other: a.allow_other,
         threads: a.threads,
+        metrics_listen: a.metrics_listen,
     };
     let notify = a.notify_stdout;
     let result = mount::prepare(&o).and_then(|p| {
@@ -177,6 +181,9 @@ fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
     }
     if a.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(m) = a.metrics_listen {
+        cmd.arg("--metrics-listen").arg(m.to_string());
     }
     use std::os::unix::process::CommandExt;
     let mut child = cmd

@@ -635,6 +635,52 @@ impl DepotFs {
     }
 }
 
+/// The numbers `status` and `/metrics` report.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Repository name.
+    pub name: String,
+    /// Revision served.
+    pub revision: u64,
+    /// Server in use.
+    pub host: String,
+    /// Objects answered from memory or disk.
+    pub hits: u64,
+    /// Objects downloaded.
+    pub misses: u64,
+    /// Encoded bytes downloaded.
+    pub bytes_fetched: u64,
+    /// Downloads that failed verification.
+    pub corrupt: u64,
+    /// Disk cache use.
+    pub cache_used: u64,
+    /// Disk cache limit.
+    pub cache_limit: u64,
+    /// Inodes held.
+    pub inodes: u64,
+}
+
+impl DepotFs {
+    /// The current numbers.
+    pub fn snapshot(&self) -> Snapshot {
+        let tree = self.tree();
+        let st = &self.store.stats;
+        let (cache_used, cache_limit) = self.store.disk().map_or((0, 0), |d| d.usage());
+        Snapshot {
+            name: tree.manifest.name.clone(),
+            revision: tree.manifest.revision,
+            host: self.store.backend().current(),
+            hits: st.hits.load(Ordering::Relaxed),
+            misses: st.misses.load(Ordering::Relaxed),
+            bytes_fetched: st.bytes_fetched.load(Ordering::Relaxed),
+            corrupt: st.corrupt.load(Ordering::Relaxed),
+            cache_used,
+            cache_limit,
+            inodes: self.inode_count() as u64,
+        }
+    }
+}
+
 /// One item of a directory listing.
 #[derive(Debug)]
 pub enum DirItem<'a> {

@@ -17,7 +17,8 @@
 //!   crash-safe (temp file + rename, verified on load), the rollback guard.
 //! - [`backend`] — moving bytes: HTTP(S) with one `reqwest` client and timeouts, or a local
 //!   directory.
-//! - [`mount`] — manifest check and mount session; [`cli`] — `mount`, `umount`, `status`.
+//! - [`mount`] — manifest check and mount session; [`cli`] — `mount`, `umount`, `status`;
+//!   [`metrics`] — `--metrics-listen`, the counters in the Prometheus text format.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
@@ -39,6 +40,7 @@ mod error;
 pub mod fs;
 pub mod fuse;
 mod lru;
+pub mod metrics;
 pub mod mount;
 pub mod store;
 

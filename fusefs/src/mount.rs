@@ -35,6 +35,8 @@ pub struct Options {
     pub allow_other: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Serve Prometheus metrics here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A verified, ready-to-mount file system.
@@ -110,16 +112,16 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         manifest.name,
         manifest.revision
     );
-    let fs = DepotFs::new(
+    let fs = Arc::new(DepotFs::new(
         store,
         Tree { manifest },
         MountInfo { source },
         runtime.handle().clone(),
-    );
-    Ok(Prepared {
-        fs: Arc::new(fs),
-        runtime,
-    })
+    ));
+    if let Some(addr) = o.metrics_listen {
+        crate::metrics::start(&runtime, addr, fs.clone())?;
+    }
+    Ok(Prepared { fs, runtime })
 }
 
 /// Fetch and verify the manifest. With a disk cache, the last verified manifest of this
