@@ -54,43 +54,59 @@ fn tier<'a>(report: &'a serde_json::Value, name: &str) -> (u64, u64, &'a serde_j
     (n("cases"), n("agree"), t)
 }
 
-#[test]
-fn resolve_agrees_with_galaxy_on_real_listing() {
-    let py = galaxy_python();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("all");
-    let report_path = tmp.path().join("report.json");
-    let out = Command::new(&py)
+/// Run `agreement.py ARGS... --depotfs BIN --report R`, print its output, fail on any
+/// disagreement, and return the report.
+fn agreement(args: &[&std::ffi::OsStr], report_path: &Path) -> serde_json::Value {
+    let out = Command::new(galaxy_python())
         .arg(repo().join("tests/galaxy/agreement.py"))
-        .arg("--populate")
-        .arg(listing())
-        .arg("--dir")
-        .arg(&dir)
+        .args(args)
         .arg("--depotfs")
         .arg(env!("CARGO_BIN_EXE_depotfs"))
-        .args(["--cases", "4000", "--fuzz", "2000", "--cli-cases", "40"])
         .arg("--report")
-        .arg(&report_path)
+        .arg(report_path)
         .output()
         .expect("run tests/galaxy/agreement.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         report_path.exists(),
         "agreement.py wrote no report ({})",
         out.status
     );
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
     assert_eq!(
         report["mismatch_count"], 0,
         "depotfs and Galaxy disagree; first mismatches: {:#}",
         report["mismatches"]
     );
     assert!(out.status.success(), "agreement.py failed: {}", out.status);
+    report
+}
 
+/// Entries of the populated directory: the listing, planted mulled-v2 names, synthetic noise.
+const POPULATED_ENTRIES: u64 = 118_594 + 2_159 + 13;
+
+#[test]
+fn resolve_agrees_with_galaxy_on_real_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("all");
+    let listing = listing();
+    let report = agreement(
+        &[
+            "--populate".as_ref(),
+            listing.as_os_str(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--cases".as_ref(),
+            "4000".as_ref(),
+            "--fuzz".as_ref(),
+            "2000".as_ref(),
+            "--cli-cases".as_ref(),
+            "40".as_ref(),
+        ],
+        &tmp.path().join("report.json"),
+    );
     let (cases, agree, reg) = tier(&report, "registry");
     assert_eq!((cases, agree), (4000, 4000));
     // Both sides of the contract are exercised: found images, misses and rejected input.
@@ -103,7 +119,106 @@ fn resolve_agrees_with_galaxy_on_real_listing() {
     assert!(cases > 5_000 && agree == cases, "{report:#}");
     let (cases, agree, _) = tier(&report, "cli");
     assert!(cases == 40 && agree == cases, "{report:#}");
-    assert_eq!(report["entries"].as_u64(), Some(118_594 + 2_159 + 13));
+    assert_eq!(report["entries"].as_u64(), Some(POPULATED_ENTRIES));
+}
+
+/// Unmounts on drop, so a failed assertion does not leave a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+            .args(["umount", "--lazy"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn depotfs(args: &[&std::ffi::OsStr]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "depotfs {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The same contract on a real depotfs FUSE mount of the published listing: Galaxy and depotfs
+/// list the mount, and writes (Galaxy's mkdir of a missing cache directory) fail with EROFS.
+#[test]
+fn resolve_agrees_with_galaxy_on_depotfs_mount() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse missing: this test mounts depotfs (.ci/run installs fuse3)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let store = tmp.path().join("store");
+    let mnt = tmp.path().join("mnt");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let listing = listing();
+    let out = Command::new(galaxy_python())
+        .arg(repo().join("tests/galaxy/agreement.py"))
+        .arg("--populate")
+        .arg(&listing)
+        .arg("--populate-only")
+        .arg("--dir")
+        .arg(src.join("all"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    depotfs(&[
+        "init".as_ref(),
+        "--name".as_ref(),
+        "galaxy.test".as_ref(),
+        store.as_os_str(),
+    ]);
+    depotfs(&[
+        "add".as_ref(),
+        store.as_os_str(),
+        src.join("all").as_os_str(),
+    ]);
+    depotfs(&[
+        "mount".as_ref(),
+        store.as_os_str(),
+        mnt.as_os_str(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+    ]);
+    let _mounted = Mounted(mnt.clone());
+    let all = mnt.join("all");
+
+    let report = agreement(
+        &[
+            "--dir".as_ref(),
+            all.as_os_str(),
+            "--cases".as_ref(),
+            "1000".as_ref(),
+            "--cli-cases".as_ref(),
+            "20".as_ref(),
+        ],
+        &tmp.path().join("report.json"),
+    );
+    assert_eq!(report["entries"].as_u64(), Some(POPULATED_ENTRIES));
+    let (cases, agree, reg) = tier(&report, "registry");
+    assert_eq!((cases, agree), (1000, 1000));
+    assert!(reg["hits"].as_u64().unwrap() > 500, "{reg}");
+    let (cases, agree, _) = tier(&report, "exhaustive");
+    assert!(cases > 80_000 && agree == cases, "{report:#}");
+
+    // What Galaxy's resolver constructor does when cache_directory is missing on the mount.
+    let err = std::fs::create_dir(all.join("missing")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "mkdir on the mount: {err}"); // EROFS
 }
 
 /// The documented CLI: text output, `--json`, exit status 1 on no match and 2 on bad input,

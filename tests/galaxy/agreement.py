@@ -25,7 +25,8 @@ are hashes, so real mulled entries cannot be targeted) and some noise the real l
 
 Usage:
   agreement.py --dir DIR [--populate LISTING.tsv.gz] --depotfs BIN [--cases 5000]
-               [--seed 1] [--cli-cases 40] [--report report.json]
+               [--seed 1] [--cli-cases 40] [--fuzz N] [--report report.json]
+  agreement.py --dir DIR --populate LISTING.tsv.gz --populate-only   # e.g. to publish DIR
 Exit status 0 when every answer agrees, 1 otherwise. Run with the venv's python
 (tests/galaxy/setup-venv.sh).
 """
@@ -382,7 +383,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--populate", metavar="LISTING.tsv.gz")
-    ap.add_argument("--depotfs", required=True)
+    ap.add_argument("--populate-only", action="store_true", help="with --populate: create DIR and stop")
+    ap.add_argument("--depotfs")
     ap.add_argument("--cases", type=int, default=5000)
     ap.add_argument("--cli-cases", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
@@ -395,6 +397,11 @@ def main():
     if a.populate:
         real, planted, noise = populate(a.populate, a.dir, a.seed)
         report["populated"] = {"listing": real, "planted_mulled": planted, "synthetic_noise": noise}
+        if a.populate_only:
+            print(json.dumps(report))
+            return 0
+    if not a.depotfs:
+        ap.error("--depotfs is required unless --populate-only")
     names = sorted(os.listdir(a.dir))
     report["entries"] = len(names)
     galaxy = Galaxy(a.dir)
