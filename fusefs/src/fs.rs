@@ -2,8 +2,9 @@
 //! attributes, lookup, listing, open files, reads, extended attributes. `fuse.rs` adapts
 //! them to fuser; nothing here touches the network except through [`ObjectStore`].
 //!
-//! Inode numbers are derived from the path (`blake3(parent inode ‖ name)`), so they are
-//! stable across remounts and revisions. Per-open-file state keeps the [`Tree`] (revision)
+//! Inode numbers are derived from the path (`blake3(parent inode ‖ name)`, plus the content
+//! id for files), so they are stable across remounts, and across revisions for everything
+//! that did not change. Per-open-file state keeps the [`Tree`] (revision)
 //! it was opened in, so a future revision switch (issue 5) leaves open files intact.
 
 use std::collections::HashMap;
@@ -147,10 +148,36 @@ impl NodeSource for Nodes<'_> {
     }
 }
 
-fn child_ino(parent: u64, name: &str) -> u64 {
+/// What distinguishes two versions of one path: a file's content object. Directories and
+/// symlinks keep their inode across revisions; a file whose content changes gets a new one,
+/// so the kernel never mixes the page cache of two versions (ready for revision switching).
+fn content_key(e: &Entry) -> Option<ObjectId> {
+    match e.kind {
+        EntryKind::File {
+            content: FileContent::Empty,
+            ..
+        } => Some(ObjectId::of(b"")),
+        EntryKind::File {
+            content: FileContent::Single(id) | FileContent::Chunked(id),
+            ..
+        } => Some(id),
+        _ => None,
+    }
+}
+
+fn same_path_and_content(n: &Node, parent: u64, e: &Entry) -> bool {
+    n.parent == parent && n.entry.name == e.name && content_key(&n.entry) == content_key(e)
+}
+
+/// `blake3(parent inode ‖ name ‖ file content id)`, never 0 or 1.
+fn child_ino(parent: u64, e: &Entry) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(&parent.to_le_bytes());
-    h.update(name.as_bytes());
+    h.update(e.name.as_bytes());
+    if let Some(id) = content_key(e) {
+        h.update(&[0]);
+        h.update(&id.0);
+    }
     let x = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
     // 0 is invalid and 1 is the root.
     x.max(2)
@@ -249,10 +276,10 @@ impl DepotFs {
 
     fn register(&self, parent: u64, entry: Entry) -> Arc<Node> {
         let mut nodes = self.nodes.lock().expect("poisoned");
-        let mut ino = child_ino(parent, &entry.name);
+        let mut ino = child_ino(parent, &entry);
         loop {
             match nodes.get(&ino) {
-                Some((n, _)) if n.parent == parent && n.entry.name == entry.name => {
+                Some((n, _)) if same_path_and_content(n, parent, &entry) => {
                     return n.clone();
                 }
                 // A 64-bit collision: probe deterministically.
@@ -411,9 +438,9 @@ impl DepotFs {
     /// (a plain READDIR does not count as a lookup).
     pub fn ino_of(&self, parent: u64, e: &Entry) -> u64 {
         let nodes = self.nodes.lock().expect("poisoned");
-        let mut ino = child_ino(parent, &e.name);
+        let mut ino = child_ino(parent, e);
         while let Some((n, _)) = nodes.get(&ino) {
-            if n.parent == parent && n.entry.name == e.name {
+            if same_path_and_content(n, parent, e) {
                 break;
             }
             ino = ino.wrapping_add(1).max(2);
