@@ -42,6 +42,13 @@ pub const DIR_ENV: &str = "DEPOTFS_RESOLVE_DIR";
 
 /// Arguments of `depotfs resolve`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Prints the absolute path of the image Galaxy's cached_mulled_singularity \
+resolver (galaxy-tool-util 26.1.2) would pick: one requirement -> name:version--build, exact \
+version, newest build; several -> their mulled-v2 image. Requirement names are lower-cased, \
+directory names are not.\n\nExit status: 0 found, 1 no match, 2 invalid requirement or \
+unreadable directory."
+)]
 pub struct ResolveArgs {
     /// Directory of images, as Galaxy's `cache_directory` [default: $DEPOTFS_RESOLVE_DIR, else
     /// /depotfs/singularity/all]

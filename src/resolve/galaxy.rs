@@ -17,6 +17,11 @@
 //!
 //! Galaxy sorts the whole listing per image name with three stable sorts; entries whose keys are
 //! equal keep directory (readdir) order, and so do they here.
+//!
+//! Known differences, none reachable with the real listing: entry names that are not UTF-8 are
+//! skipped (Python would keep them with surrogate escapes); lower-casing uses Rust's Unicode
+//! tables (Python 3.11 has Unicode 14); a missing directory is an error here where Galaxy
+//! silently resolves nothing.
 
 use std::cmp::Ordering;
 
