@@ -93,6 +93,10 @@ pub fn run(a: ResolveArgs) -> anyhow::Result<ExitCode> {
     let targets = match galaxy::targets(&reqs) {
         Ok(t) if t.is_empty() => {
             // Galaxy resolves nothing for a tool without package requirements.
+            if a.json {
+                let answer = Answer::new(&dir, &a.requirements, &[], None, None);
+                println!("{}", serde_json::to_string(&answer)?);
+            }
             eprintln!(
                 "depotfs resolve: no package name in requirements {shown:?}: nothing to match"
             );
@@ -100,6 +104,10 @@ pub fn run(a: ResolveArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(t) => t,
         Err(e) => {
+            if a.json {
+                let answer = Answer::new(&dir, &a.requirements, &[], None, Some(e.to_string()));
+                println!("{}", serde_json::to_string(&answer)?);
+            }
             eprintln!("depotfs resolve: invalid requirements {shown:?}: {e}");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
