@@ -1107,3 +1107,57 @@ fn fuse_failover_between_servers() {
     assert_eq!(xattr(m.path(), "user.depotfs.host"), second.url);
     assert_eq!(xattr(m.path(), "user.depotfs.source"), both);
 }
+
+/// A new revision is published while mounted: after the manifest TTL the mount serves it
+/// (changed, added and removed files), while a file opened before keeps its old content.
+#[test]
+fn fuse_switches_to_new_revision_open_files_keep_old() {
+    let repo = Repo::with_corpus();
+    let server = nginx(&repo.store(), &repo.path().join("nginx"));
+    let mut args = http_args(&repo, &repo.path().join("cache"));
+    args.extend(["--manifest-ttl".into(), "1".into()]);
+    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    let src = repo.src();
+    let (held, changed) = ("corpus/small/f010", "corpus/small/f011");
+    let old_held = fs::read(src.join(held)).unwrap();
+    let mut handle = fs::File::open(m.path().join(held)).unwrap();
+    assert_eq!(
+        fs::read(m.path().join(changed)).unwrap(),
+        fs::read(src.join(changed)).unwrap()
+    );
+    let old_ino = fs::metadata(m.path().join("corpus/small")).unwrap().ino();
+
+    fs::write(src.join(held), b"held file, new content\n").unwrap();
+    fs::write(src.join(changed), b"changed\n").unwrap();
+    fs::write(src.join("corpus/small/added"), b"added\n").unwrap();
+    fs::remove_file(src.join("corpus/small/f012")).unwrap();
+    // Replace the tree in one new revision (rm stages, add publishes).
+    ok(run(&[&"rm", &repo.store(), &"corpus", &"--no-publish"]));
+    ok(run(&[&"add", &repo.store(), &src.join("corpus")]));
+    let start = Instant::now();
+    while xattr(m.path(), "user.depotfs.revision") != "2" {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "new revision not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // By path first (the kernel's cached entries must have been dropped), then everything.
+    assert!(
+        fs::read(m.path().join(changed)).unwrap() == b"changed\n",
+        "stale after switch"
+    );
+    assert_eq!(
+        fs::read(m.path().join("corpus/small/added")).unwrap(),
+        b"added\n"
+    );
+    assert!(fs::metadata(m.path().join("corpus/small/f012")).is_err());
+    compare_trees(&src, m.path());
+    assert_eq!(
+        fs::metadata(m.path().join("corpus/small")).unwrap().ino(),
+        old_ino
+    );
+    let mut got = Vec::new();
+    handle.read_to_end(&mut got).unwrap();
+    assert!(got == old_held, "an open file changed under its reader");
+}

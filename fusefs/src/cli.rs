@@ -41,6 +41,9 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Seconds between checks for a new revision (default: the manifest's TTL).
+    #[arg(long, value_name = "SECS")]
+    pub manifest_ttl: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -125,6 +128,7 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         allow_other: a.allow_other,
         threads: a.threads,
         metrics_listen: a.metrics_listen,
+        manifest_ttl: a.manifest_ttl,
     };
     let notify = a.notify_stdout;
     let result = mount::prepare(&o).and_then(|p| {
@@ -181,6 +185,9 @@ fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
     }
     if a.allow_other {
         cmd.arg("--allow-other");
+    }
+    if let Some(t) = a.manifest_ttl {
+        cmd.arg("--manifest-ttl").arg(t.to_string());
     }
     if let Some(m) = a.metrics_listen {
         cmd.arg("--metrics-listen").arg(m.to_string());

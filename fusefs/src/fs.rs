@@ -53,6 +53,9 @@ pub struct Node {
     ino: u64,
     parent: u64,
     entry: Entry,
+    /// The revision whose tree `entry` comes from. A directory node of an older revision is
+    /// re-resolved against the current tree when used ([`DepotFs::current_node`]).
+    rev: u64,
     nlink: OnceLock<u32>,
 }
 
@@ -232,6 +235,7 @@ impl DepotFs {
             ino: 1,
             parent: 1,
             entry: tree.root_entry(),
+            rev: tree.manifest.revision,
             nlink: OnceLock::new(),
         });
         DepotFs {
@@ -245,6 +249,39 @@ impl DepotFs {
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
         }
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<ObjectStore> {
+        &self.store
+    }
+
+    /// The manifest being served.
+    pub fn manifest(&self) -> Manifest {
+        self.tree().manifest.clone()
+    }
+
+    /// Serve `manifest`'s tree from now on. Open files keep the tree they were opened in;
+    /// directories known from the old tree are re-resolved when next used. Returns the
+    /// `(parent inode, name)` of every known entry, for the kernel to drop its cached
+    /// dentries.
+    pub fn switch(&self, manifest: Manifest) -> Vec<(u64, String)> {
+        let tree = Arc::new(Tree { manifest });
+        let root = Arc::new(Node {
+            ino: 1,
+            parent: 1,
+            entry: tree.root_entry(),
+            rev: tree.manifest.revision,
+            nlink: OnceLock::new(),
+        });
+        let mut nodes = self.nodes.lock().expect("poisoned");
+        *self.tree.write().expect("poisoned") = tree;
+        nodes.entry(1).or_insert_with(|| (root.clone(), 1)).0 = root.clone();
+        nodes
+            .iter()
+            .filter(|(ino, _)| **ino != 1)
+            .map(|(_, (n, _))| (n.parent, n.entry.name.clone()))
+            .collect()
     }
 
     /// The runtime that answers requests.
@@ -274,12 +311,52 @@ impl DepotFs {
             .ok_or(Error::Stale)
     }
 
-    fn register(&self, parent: u64, entry: Entry) -> Arc<Node> {
+    /// The node of `ino`, as of the current revision: a directory known from an older
+    /// revision is looked up again (its parent first), so lookups and listings see the new
+    /// tree. Files need no update: their inode number includes their content.
+    pub fn current_node(&self, ino: u64, wait: Wait) -> Result<Arc<Node>> {
+        let n = self.node(ino)?;
+        if ino == 1 || !n.entry.is_dir() || n.rev == self.tree().manifest.revision {
+            return Ok(n);
+        }
+        let parent = self.current_node(n.parent, wait)?;
+        let top = Self::dir_tree(&parent)?;
+        let entry = dir::lookup(&self.src(wait), &top, &n.entry.name)?.ok_or(Error::NotFound)?;
+        if !entry.is_dir() {
+            return Err(Error::NotFound);
+        }
+        let fresh = Arc::new(Node {
+            ino,
+            parent: n.parent,
+            entry,
+            rev: parent.rev,
+            nlink: OnceLock::new(),
+        });
+        if let Some(slot) = self.nodes.lock().expect("poisoned").get_mut(&ino)
+            && slot.0.rev < fresh.rev
+        {
+            slot.0 = fresh.clone();
+        }
+        Ok(fresh)
+    }
+
+    fn register(&self, parent_node: &Node, entry: Entry) -> Arc<Node> {
+        let parent = parent_node.ino;
         let mut nodes = self.nodes.lock().expect("poisoned");
         let mut ino = child_ino(parent, &entry);
         loop {
-            match nodes.get(&ino) {
+            match nodes.get_mut(&ino) {
                 Some((n, _)) if same_path_and_content(n, parent, &entry) => {
+                    if n.rev < parent_node.rev && n.entry != entry {
+                        // Same path (and content, for a file) in a newer revision.
+                        *n = Arc::new(Node {
+                            ino,
+                            parent,
+                            entry,
+                            rev: parent_node.rev,
+                            nlink: OnceLock::new(),
+                        });
+                    }
                     return n.clone();
                 }
                 // A 64-bit collision: probe deterministically.
@@ -291,6 +368,7 @@ impl DepotFs {
             ino,
             parent,
             entry,
+            rev: parent_node.rev,
             nlink: OnceLock::new(),
         });
         nodes.insert(ino, (n.clone(), 0));
@@ -306,10 +384,10 @@ impl DepotFs {
 
     /// Look `name` up in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str, wait: Wait) -> Result<Arc<Node>> {
-        let p = self.node(parent)?;
+        let p = self.current_node(parent, wait)?;
         let top = Self::dir_tree(&p)?;
         let entry = dir::lookup(&self.src(wait), &top, name)?.ok_or(Error::NotFound)?;
-        Ok(self.register(parent, entry))
+        Ok(self.register(&p, entry))
     }
 
     /// The attributes of `node`.
@@ -362,7 +440,7 @@ impl DepotFs {
 
     /// `getattr`.
     pub fn getattr(&self, ino: u64, wait: Wait) -> Result<FileAttr> {
-        let n = self.node(ino)?;
+        let n = self.current_node(ino, wait)?;
         self.attr(&n, wait)
     }
 
@@ -382,7 +460,7 @@ impl DepotFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>, u64) -> Result<bool>,
     ) -> Result<()> {
-        let node = self.node(ino)?;
+        let node = self.current_node(ino, Wait::Yes)?;
         let top = Self::dir_tree(&node)?;
         if offset == 0 && add(DirItem::Dot(node.ino, "."), 1)? {
             return Ok(());
@@ -395,7 +473,7 @@ impl DepotFs {
             &self.src(Wait::Yes),
             &top,
             offset.saturating_sub(2),
-            &mut |pos, e| match add(DirItem::Entry(ino, e), pos + 3) {
+            &mut |pos, e| match add(DirItem::Entry(&node, e), pos + 3) {
                 Ok(full) => !full,
                 Err(x) => {
                     err = Some(x);
@@ -436,7 +514,8 @@ impl DepotFs {
 
     /// The inode number `e` in directory `parent` has or will have, without registering it
     /// (a plain READDIR does not count as a lookup).
-    pub fn ino_of(&self, parent: u64, e: &Entry) -> u64 {
+    pub fn ino_of(&self, parent: &Node, e: &Entry) -> u64 {
+        let parent = parent.ino;
         let nodes = self.nodes.lock().expect("poisoned");
         let mut ino = child_ino(parent, e);
         while let Some((n, _)) = nodes.get(&ino) {
@@ -449,7 +528,7 @@ impl DepotFs {
     }
 
     /// Register a listed entry as an inode (READDIRPLUS; count it with [`Self::remember`]).
-    pub fn adopt(&self, parent: u64, e: &Entry) -> Arc<Node> {
+    pub fn adopt(&self, parent: &Node, e: &Entry) -> Arc<Node> {
         self.register(parent, e.clone())
     }
 
@@ -713,6 +792,6 @@ impl DepotFs {
 pub enum DirItem<'a> {
     /// `.` or `..`: the inode it refers to and the name.
     Dot(u64, &'static str),
-    /// A real entry of directory (parent inode, entry).
-    Entry(u64, &'a Entry),
+    /// A real entry of directory (parent, entry).
+    Entry(&'a Node, &'a Entry),
 }

@@ -228,7 +228,7 @@ impl Filesystem for Fuse {
             let mut sent = Vec::new();
             let r = fs.readdir(ino.0, offset, &mut |item, next| {
                 let (node, name, counts) = match item {
-                    DirItem::Dot(i, name) => (fs.node(i)?, name, false),
+                    DirItem::Dot(i, name) => (fs.current_node(i, Wait::Yes)?, name, false),
                     DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
                 };
                 let attr = fs.attr(&node, Wait::Yes)?;

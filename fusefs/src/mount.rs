@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use depotfs_catalog::{Manifest, PublicKey};
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 
 use crate::backend::Backend;
 use crate::cache::DiskCache;
@@ -37,6 +37,8 @@ pub struct Options {
     pub threads: usize,
     /// Serve Prometheus metrics here.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds between manifest checks (default: the manifest's TTL).
+    pub manifest_ttl: Option<u64>,
 }
 
 /// A verified, ready-to-mount file system.
@@ -46,6 +48,8 @@ pub struct Prepared {
     pub fs: Arc<DepotFs>,
     /// The runtime serving it (keep it alive while mounted).
     pub runtime: tokio::runtime::Runtime,
+    /// The repository key, for later manifests.
+    pub key: PublicKey,
 }
 
 fn is_url(s: &str) -> bool {
@@ -121,7 +125,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     if let Some(addr) = o.metrics_listen {
         crate::metrics::start(&runtime, addr, fs.clone())?;
     }
-    Ok(Prepared { fs, runtime })
+    Ok(Prepared { fs, runtime, key })
 }
 
 /// Fetch and verify the manifest. With a disk cache, the last verified manifest of this
@@ -133,18 +137,11 @@ fn fetch_manifest(
     key: &PublicKey,
     disk: &DiskCache,
 ) -> Result<Manifest> {
-    let tag = &blake3::hash(backend.describe().as_bytes()).to_hex()[..16];
-    let saved = Some(disk.dir().join("revisions").join(format!("manifest-{tag}")));
+    let saved = Some(saved_manifest_path(disk, backend));
     match runtime.block_on(backend.get("manifest", true)) {
         Ok(bytes) => {
             let m = Manifest::parse_verified(&bytes, key, None)?;
-            if let Some(p) = &saved {
-                let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
-                if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, p))
-                {
-                    tracing::warn!("saving manifest: {e}");
-                }
-            }
+            save_manifest(disk, backend, &bytes);
             Ok(m)
         }
         Err(e @ (Error::Fetch { .. } | Error::Timeout { .. })) => {
@@ -158,10 +155,64 @@ fn fetch_manifest(
     }
 }
 
+fn saved_manifest_path(disk: &DiskCache, backend: &Backend) -> std::path::PathBuf {
+    let tag = &blake3::hash(backend.describe().as_bytes()).to_hex()[..16];
+    disk.dir().join("revisions").join(format!("manifest-{tag}"))
+}
+
+fn save_manifest(disk: &DiskCache, backend: &Backend, bytes: &[u8]) {
+    let p = saved_manifest_path(disk, backend);
+    let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &p)) {
+        tracing::warn!("saving manifest: {e}");
+    }
+}
+
+/// Check for a newer revision: fetch and verify the manifest (same key, same repository,
+/// higher revision), fetch its root, switch to it and have the kernel drop its cached
+/// entries. A lower revision is refused (rollback).
+async fn refresh(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<()> {
+    let cur = fs.manifest();
+    let store = fs.store();
+    let bytes = store.backend().get("manifest", true).await?;
+    let m = Manifest::parse_verified(&bytes, key, Some(&cur.name))?;
+    if m.revision <= cur.revision {
+        if m.revision < cur.revision {
+            tracing::warn!(
+                "server offers revision {} < {}: refused",
+                m.revision,
+                cur.revision
+            );
+        }
+        return Ok(());
+    }
+    store.dir_node(m.root).await?;
+    if let Some(disk) = store.disk() {
+        disk.accept_revision(&m.name, m.revision)?;
+        save_manifest(disk, store.backend(), &bytes);
+    }
+    tracing::info!(
+        "{}: switching from revision {} to {}",
+        m.name,
+        cur.revision,
+        m.revision
+    );
+    let stale = fs.switch(m);
+    let notifier = notifier.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for (parent, name) in stale {
+            let _ = notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+        }
+        let _ = notifier.inval_inode(INodeNo(1), 0, 0);
+    })
+    .await;
+    Ok(())
+}
+
 /// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
 /// (which unmount). `ready` is called once the kernel has accepted the mount.
 pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()> {
-    let Prepared { fs, runtime } = prepared;
+    let Prepared { fs, runtime, key } = prepared;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -176,8 +227,18 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
     }
     config.n_threads = Some(o.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(Fuse::new(fs), &o.mountpoint, &config)
+    let mut session = fuser::Session::new(Fuse::new(fs.clone()), &o.mountpoint, &config)
         .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    let notifier = session.notifier();
+    let ttl = Duration::from_secs(o.manifest_ttl.unwrap_or(fs.manifest().ttl).max(1));
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(ttl).await;
+            if let Err(e) = refresh(&fs, &key, &notifier).await {
+                tracing::warn!("checking for a new revision: {e}");
+            }
+        }
+    });
     let mut unmounter = session.unmount_callable();
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
