@@ -4,8 +4,8 @@
 //!
 //! Inode numbers are derived from the path (`blake3(parent inode ‖ name)`, plus the content
 //! id for files), so they are stable across remounts, and across revisions for everything
-//! that did not change. Per-open-file state keeps the [`Tree`] (revision)
-//! it was opened in, so a future revision switch (issue 5) leaves open files intact.
+//! that did not change. Per-open-file state keeps the [`Tree`] (revision) it was opened in,
+//! so switching to a new revision ([`DepotFs::switch`]) leaves open files intact.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
