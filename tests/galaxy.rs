@@ -337,6 +337,120 @@ fn galaxy_resolves_on_a_depotfs_mount() {
     assert!(cases > 80_000 && agree == cases, "{report:#}");
 }
 
+/// A Galaxy registry with the `dir_mtime` cacher stays alive while a new image is published:
+/// once the mount shows the new revision (it re-reads the manifest every second here), the
+/// directory's mtime has moved and Galaxy resolves the new image without a restart.
+#[test]
+fn galaxy_sees_a_new_publish_without_restart() {
+    use std::io::{BufRead, BufReader, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for n in ["samtools:1.9--h91753b0_8", "bwa:0.7.17--h5bf99c6_8"] {
+        std::fs::write(src.join(n), n).unwrap();
+    }
+    let store = tmp.path().join("store");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    depotfs(&[
+        "init".as_ref(),
+        store.as_os_str(),
+        "--name".as_ref(),
+        "galaxy.live".as_ref(),
+    ]);
+    let mut add: Vec<&std::ffi::OsStr> = vec![
+        "add".as_ref(),
+        store.as_os_str(),
+        "--to".as_ref(),
+        "all".as_ref(),
+    ];
+    let files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    add.extend(files.iter().map(|f| f.as_os_str()));
+    depotfs(&add);
+    depotfs(&[
+        "mount".as_ref(),
+        store.as_os_str(),
+        mnt.as_os_str(),
+        "--cache-dir".as_ref(),
+        tmp.path().join("cache").as_os_str(),
+        "--manifest-ttl".as_ref(),
+        "1".as_ref(),
+    ]);
+    let _mounted = Mounted(mnt.clone());
+    let all = mnt.join("all");
+    let mut galaxy = Command::new(galaxy_python())
+        .arg(repo().join("tests/galaxy/on_mount.py"))
+        .args(["live", "--dir", all.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_galaxy = galaxy.stdin.take().unwrap();
+    let mut from_galaxy = BufReader::new(galaxy.stdout.take().unwrap());
+    let mut ask = |reqs: &str| -> serde_json::Value {
+        writeln!(to_galaxy, "{reqs}").unwrap();
+        let mut line = String::new();
+        from_galaxy.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("galaxy said {line:?}: {e}"))
+    };
+    let before = ask("samtools=1.9");
+    assert_eq!(
+        before["answer"],
+        all.join("samtools:1.9--h91753b0_8").to_str().unwrap()
+    );
+    assert!(ask("newtool=2.0")["answer"].is_null());
+
+    let new = tmp.path().join("newtool:2.0--h0_0");
+    std::fs::write(&new, b"a new image").unwrap();
+    depotfs(&[
+        "add".as_ref(),
+        store.as_os_str(),
+        "--to".as_ref(),
+        "all".as_ref(),
+        new.as_os_str(),
+    ]);
+    // Wait for the mount to show the new revision (revision 2: 0 init, 1 first add, 2 this).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+            .arg("status")
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&st.stdout).into_owned();
+        if text
+            .lines()
+            .any(|l| l.starts_with("revision:") && l.trim_end().ends_with(" 2"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mount never showed revision 2:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let after = ask("newtool=2.0");
+    assert_eq!(
+        after["answer"],
+        all.join("newtool:2.0--h0_0").to_str().unwrap(),
+        "{after}"
+    );
+    assert!(
+        after["dir_mtime_ns"].as_u64().unwrap() >= before["dir_mtime_ns"].as_u64().unwrap() + 1000,
+        "all/ mtime must move by at least 1 µs: {before} -> {after}"
+    );
+    assert_eq!(
+        std::fs::read(all.join("newtool:2.0--h0_0")).unwrap(),
+        b"a new image"
+    );
+    drop(to_galaxy);
+    galaxy.wait().unwrap();
+}
+
 /// The documented CLI: text output, `--json`, exit status 1 on no match and 2 on bad input,
 /// `$DEPOTFS_RESOLVE_DIR`. Needs no Python.
 #[test]

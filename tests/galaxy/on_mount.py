@@ -3,6 +3,8 @@
 
   on_mount.py name REQ...                      Galaxy's v2_image_name for the requirements
   on_mount.py resolve --dir DIR REQSET...      REQSET = "samtools=1.9" or "bwa=0.7.17,samtools=1.9"
+  on_mount.py live --dir DIR                   one registry kept alive: resolve each REQSET read
+                                               from stdin, print {"answer", "dir_mtime_ns"} per line
 
 `resolve` builds a ContainerRegistry from a container_resolvers config the way Galaxy does,
 with two cached_mulled_singularity resolvers: the first names a cache directory that does not
@@ -70,6 +72,11 @@ def main():
             reg = registry([d])
         out["resolved"] = {r: resolve(reg, r) for r in reqsets}
         print(json.dumps(out))
+    elif cmd == "live":
+        reg = registry([d])
+        for line in sys.stdin:
+            answer = resolve(reg, line.strip())
+            print(json.dumps({"answer": answer, "dir_mtime_ns": os.stat(d).st_mtime_ns}), flush=True)
 
 
 if __name__ == "__main__":
