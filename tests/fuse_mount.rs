@@ -1115,7 +1115,7 @@ fn fuse_switches_to_new_revision_open_files_keep_old() {
     let repo = Repo::with_corpus();
     let server = nginx(&repo.store(), &repo.path().join("nginx"));
     let mut args = http_args(&repo, &repo.path().join("cache"));
-    args.extend(["--manifest-ttl".into(), "1".into()]);
+    args.extend(["--ttl".into(), "1".into()]);
     let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
     let src = repo.src();
     let (held, changed) = ("corpus/small/f010", "corpus/small/f011");

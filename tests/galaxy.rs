@@ -376,7 +376,7 @@ fn galaxy_sees_a_new_publish_without_restart() {
         mnt.as_os_str(),
         "--cache-dir".as_ref(),
         tmp.path().join("cache").as_os_str(),
-        "--manifest-ttl".as_ref(),
+        "--ttl".as_ref(),
         "1".as_ref(),
     ]);
     let _mounted = Mounted(mnt.clone());

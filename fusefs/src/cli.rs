@@ -42,7 +42,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
     /// Seconds between checks for a new revision (default: the manifest's TTL).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long = "ttl", visible_alias = "manifest-ttl", value_name = "SECS")]
     pub manifest_ttl: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -187,7 +187,7 @@ fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
         cmd.arg("--allow-other");
     }
     if let Some(t) = a.manifest_ttl {
-        cmd.arg("--manifest-ttl").arg(t.to_string());
+        cmd.arg("--ttl").arg(t.to_string());
     }
     if let Some(m) = a.metrics_listen {
         cmd.arg("--metrics-listen").arg(m.to_string());
