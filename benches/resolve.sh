@@ -9,7 +9,7 @@
 # (bash tests/galaxy/setup-venv.sh). Env: DEPOTFS=binary (default: target/release/depotfs, built
 # here), GALAXY_VENV, RUNS (hyperfine runs, default 30).
 # Prints hyperfine tables and Galaxy's own in-process phase timings; paste them, with date,
-# machine and command, into benches/RESULTS-galaxy.md.
+# machine and command, into benches/RESULTS.md (Galaxy section).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${GALAXY_VENV:-$repo/target/galaxy-venv}"
