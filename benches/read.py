@@ -23,6 +23,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,9 +87,10 @@ class Depotfs:
         subprocess.run([BIN, "mount", self.url, self.mnt, "--key", self.key, "--cache-dir", self.cache,
                         "--cache-size", "8G"], check=True, env=ENV)
 
-    def fetched(self):
+    def counter(self, name):
+        """A status counter in bytes: name is "fetched" or "read"."""
         out = subprocess.run([BIN, "status", self.mnt], capture_output=True, text=True, env=ENV).stdout
-        m = re.search(r"fetched:\s+([\d.]+) (B|KiB|MiB|GiB)", out)
+        m = re.search(name + r":\s+([\d.]+) (B|KiB|MiB|GiB)", out)
         unit = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[m.group(2)]
         return float(m.group(1)) * unit
 
@@ -100,8 +102,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", default="/tmp/depotfs-read")
+    ap.add_argument("--sections", default="read,ls,container", help="comma list of read, ls, container")
     a = ap.parse_args()
     w = a.work
+    sections = a.sections.split(",")
     os.makedirs(w, exist_ok=True)
     if "DEPOTFS_BIN" not in os.environ:
         sh("cargo", "build", "--release", "--bin", "depotfs", cwd=REPO)
@@ -162,14 +166,16 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}
     os.makedirs(sq, exist_ok=True)
     rows = {}
 
-    def rec(name, xs, unit):
+    def record(name, xs, unit):
         rows[name] = (stat3(xs), unit)
+
+    rec = record
 
     GiB = os.path.getsize(big)
     try:
         # --- 1 GiB sequential read ----------------------------------------------------------
         r = {k: [] for k in ["dc", "dw", "dh", "plain_c", "plain_h", "sqf", "casync"]}
-        for _ in range(a.reps):
+        for _ in range(a.reps if "read" in sections else 0):
             d.mount(fresh=True)
             drop()
             r["dc"].append(timed(lambda: read_all(os.path.join(d.mnt, "all", "big:1.0--0"))))
@@ -200,6 +206,7 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}
                 umount(cam)
                 p.wait()
         mibps = lambda xs: [GiB / (1 << 20) / x for x in xs]
+        rec = record if "read" in sections else (lambda *_: None)
         rec("read 1 GiB: depotfs cold over HTTP (nginx)", mibps(r["dc"]), "MiB/s")
         rec("read 1 GiB: depotfs warm (local cache, page cache dropped)", mibps(r["dw"]), "MiB/s")
         rec("read 1 GiB: depotfs hot (page cache)", mibps(r["dh"]), "MiB/s")
@@ -214,7 +221,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}
 
         l = {k: [] for k in ["d_f_fresh", "d_f_warm", "d_l_warm", "e_f_cold", "e_f_warm", "e_l_warm",
                              "sqll_f", "sqll_l", "sq_l"]}
-        for _ in range(a.reps):
+        rec = record if "ls" in sections else (lambda *_: None)
+        for _ in range(a.reps if "ls" in sections else 0):
             d.mount(fresh=True)
             l["d_f_fresh"].append(ls(["-f"], os.path.join(d.mnt, "names", "all")))
             l["d_f_warm"].append(ls(["-f"], os.path.join(d.mnt, "names", "all")))
@@ -258,18 +266,21 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}
             sh("chroot", root, "/bin/busybox", "sh", "-c", script)
             umount(root)
 
-        c_d, c_l, fetched = [], [], []
-        for _ in range(a.reps):
+        c_d, c_l, fetched, read = [], [], [], []
+        rec = record if "container" in sections else (lambda *_: None)
+        for _ in range(a.reps if "container" in sections else 0):
             d.mount(fresh=True)
             drop()
             c_d.append(timed(lambda: start(os.path.join(d.mnt, "all", ct_name))))
-            fetched.append(d.fetched())
+            fetched.append(d.counter("fetched"))
+            read.append(d.counter("read"))
             d.umount()
             drop()
             c_l.append(timed(lambda: start(ct_image)))
         rec(f"container start, image on depotfs, cold over HTTP ({os.path.getsize(ct_image) >> 20} MiB image)", c_d, "s")
         rec("container start, local image, cold", c_l, "s")
         rec("container start: bytes fetched by depotfs", [x / (1 << 20) for x in fetched], "MiB")
+        rec("container start: bytes read from the image (through depotfs)", [x / (1 << 20) for x in read], "MiB")
     finally:
         d.umount()
         umount(sq)
@@ -280,22 +291,31 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"## Client reads — {date}\n")
     print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}. "
-          f"Command: `python3 benches/read.py --reps {a.reps}` (release build). "
+          f"Command: `python3 benches/read.py {' '.join(sys.argv[1:])}` (release build). "
           "Cold = page cache dropped (and, for depotfs, an empty cache directory).\n")
     print("| measurement | median | min | max | unit |")
     print("|---|---|---|---|---|")
     for name, ((med, lo, hi), unit) in rows.items():
         print(f"| {name} | {med:.3g} | {lo:.3g} | {hi:.3g} | {unit} |")
-    rat = lambda a_, b_: rows[a_][0][0] / rows[b_][0][0]
+    ratios = [
+        ("depotfs cold / casync mount cold", "read 1 GiB: depotfs cold over HTTP (nginx)",
+         "read 1 GiB: casync mount cold over HTTP (nginx)", "target ≥ 5x"),
+        ("depotfs warm / squashfuse local cold", "read 1 GiB: depotfs warm (local cache, page cache dropped)",
+         "read 1 GiB: squashfuse, local image, cold", "target ≥ 1.0x"),
+        ("depotfs hot / plain file hot", "read 1 GiB: depotfs hot (page cache)",
+         "read 1 GiB: plain local file, hot", "target ≥ 0.9x"),
+        ("ls -f warm, depotfs / squashfuse_ll", "ls -f all/: depotfs warm", "ls -f all/: squashfuse_ll warm",
+         "target ≤ 1.2x"),
+        ("ls -l warm, depotfs / ext4", "ls -l all/: depotfs warm", "ls -l all/: ext4 warm", "target ≤ 1.5x"),
+        ("container start, depotfs cold / local", next((k for k in rows if k.startswith("container start, image")), ""),
+         "container start, local image, cold", "target ≤ 1.5x"),
+        ("container start, bytes fetched / bytes read", "container start: bytes fetched by depotfs",
+         "container start: bytes read from the image (through depotfs)", "target ≤ 3x"),
+    ]
     print("\nRatios (medians):\n")
-    print(f"- depotfs cold / casync mount cold: {rat('read 1 GiB: depotfs cold over HTTP (nginx)', 'read 1 GiB: casync mount cold over HTTP (nginx)'):.2f}x (target ≥ 5x)")
-    print(f"- depotfs warm / squashfuse local cold: {rat('read 1 GiB: depotfs warm (local cache, page cache dropped)', 'read 1 GiB: squashfuse, local image, cold'):.2f}x (target ≥ 1.0x)")
-    print(f"- depotfs hot / plain file hot: {rat('read 1 GiB: depotfs hot (page cache)', 'read 1 GiB: plain local file, hot'):.2f}x (target ≥ 0.9x)")
-    print(f"- ls -f warm, depotfs / squashfuse_ll: {rat('ls -f all/: depotfs warm', 'ls -f all/: squashfuse_ll warm'):.2f}x (target ≤ 1.2x)")
-    print(f"- ls -l warm, depotfs / ext4: {rat('ls -l all/: depotfs warm', 'ls -l all/: ext4 warm'):.2f}x (target ≤ 1.5x)")
-    print(f"- container start, depotfs cold / local: {rat(next(k for k in rows if k.startswith('container start, image on depotfs')), 'container start, local image, cold'):.2f}x (target ≤ 1.5x)")
-    print(f"- container start, bytes fetched / image size: {rows['container start: bytes fetched by depotfs'][0][0] * (1 << 20) / os.path.getsize(ct_image):.2f}")
-
+    for label, num, den, target in ratios:
+        if num in rows and den in rows:
+            print(f"- {label}: {rows[num][0][0] / rows[den][0][0]:.2f}x ({target})")
 
 if __name__ == "__main__":
     main()

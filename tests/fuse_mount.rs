@@ -609,10 +609,13 @@ fn fuse_nginx_mount_matches_source_lazily() {
         "cache:",
         "hit rate:",
         "fetched:",
+        "read:",
     ] {
         assert!(out.contains(k), "status lacks {k}:\n{out}");
     }
     assert!(m.stat("bytes_fetched") > 5 << 20);
+    // Every file was read in full above: bytes returned to readers are counted too.
+    assert!(m.stat("bytes_read") > 5 << 20);
 
     // The same counters, for Prometheus.
     let metrics = http_get(metrics_port, "/metrics");

@@ -349,6 +349,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("hit rate:      {rate:.1} % ({hits} hits, {misses} downloads)");
     println!("fetched:       {}", human(num("bytes_fetched")?));
     println!(
+        "read:          {} returned to readers",
+        human(num("bytes_read")?)
+    );
+    println!(
         "corrupt:       {} downloads failed verification",
         num("corrupt")?
     );

@@ -212,7 +212,7 @@ const XATTRS_ANY: [&str; 3] = [
 /// Attribute names offered on regular files.
 const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
 /// Attribute names offered on the root, for `depotfs status`.
-pub const XATTRS_STATUS: [&str; 12] = [
+pub const XATTRS_STATUS: [&str; 13] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -221,6 +221,7 @@ pub const XATTRS_STATUS: [&str; 12] = [
     "user.depotfs.hits",
     "user.depotfs.misses",
     "user.depotfs.bytes_fetched",
+    "user.depotfs.bytes_read",
     "user.depotfs.corrupt",
     "user.depotfs.pid",
     "user.depotfs.inodes",
@@ -585,6 +586,22 @@ impl DepotFs {
         }
         let end = of.size.min(offset + size as u64);
         let sequential = of.next_offset.swap(end, Ordering::Relaxed) == offset;
+        let data = self.read_range(&of, offset, end, sequential).await?;
+        self.store
+            .stats
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// The bytes `offset..end` of open file `of`.
+    async fn read_range(
+        &self,
+        of: &OpenFile,
+        offset: u64,
+        end: u64,
+        sequential: bool,
+    ) -> Result<Vec<u8>> {
         match &of.content {
             Content::Empty => Ok(Vec::new()),
             Content::Single(id) => {
@@ -603,7 +620,7 @@ impl DepotFs {
                     i += 1;
                 }
                 if sequential {
-                    self.prefetch(&of, c, i);
+                    self.prefetch(of, c, i);
                 }
                 Ok(out)
             }
@@ -675,6 +692,7 @@ impl DepotFs {
                 "user.depotfs.bytes_fetched" => {
                     st.bytes_fetched.load(Ordering::Relaxed).to_string()
                 }
+                "user.depotfs.bytes_read" => st.bytes_read.load(Ordering::Relaxed).to_string(),
                 "user.depotfs.corrupt" => st.corrupt.load(Ordering::Relaxed).to_string(),
                 "user.depotfs.pid" => std::process::id().to_string(),
                 "user.depotfs.inodes" => self.inode_count().to_string(),
@@ -756,6 +774,8 @@ pub struct Snapshot {
     pub misses: u64,
     /// Encoded bytes downloaded.
     pub bytes_fetched: u64,
+    /// File bytes returned to readers.
+    pub bytes_read: u64,
     /// Downloads that failed verification.
     pub corrupt: u64,
     /// Disk cache use.
@@ -779,6 +799,7 @@ impl DepotFs {
             hits: st.hits.load(Ordering::Relaxed),
             misses: st.misses.load(Ordering::Relaxed),
             bytes_fetched: st.bytes_fetched.load(Ordering::Relaxed),
+            bytes_read: st.bytes_read.load(Ordering::Relaxed),
             corrupt: st.corrupt.load(Ordering::Relaxed),
             cache_used,
             cache_limit,

@@ -104,6 +104,12 @@ pub fn render(fs: &DepotFs) -> String {
         &[("", s.bytes_fetched)],
     );
     metric(
+        "read_bytes_total",
+        "counter",
+        "File bytes returned to readers.",
+        &[("", s.bytes_read)],
+    );
+    metric(
         "corrupt_total",
         "counter",
         "Downloads that failed verification.",

@@ -43,6 +43,8 @@ pub struct Stats {
     pub misses: AtomicU64,
     /// Encoded bytes downloaded.
     pub bytes_fetched: AtomicU64,
+    /// File bytes returned to readers (to compare with what was fetched).
+    pub bytes_read: AtomicU64,
     /// Downloads that failed verification.
     pub corrupt: AtomicU64,
 }
