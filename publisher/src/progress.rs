@@ -47,16 +47,6 @@ impl Progress {
         }
     }
 
-    /// A progress that reports nothing.
-    pub fn hidden() -> Self {
-        let mut p = Self::new("", 0, 0);
-        if let Some(b) = p.bar.take() {
-            b.finish_and_clear();
-        }
-        p.total_files = u64::MAX;
-        p
-    }
-
     /// `n` more bytes done.
     pub fn bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
@@ -68,7 +58,7 @@ impl Progress {
     /// One more file done.
     pub fn file_done(&self) {
         let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.bar.is_some() || self.total_files == u64::MAX {
+        if self.bar.is_some() {
             return;
         }
         let mut last = self.last_log.lock().expect("not poisoned");
@@ -84,11 +74,6 @@ impl Progress {
                 bytes as f64 / (1 << 20) as f64 / self.start.elapsed().as_secs_f64()
             );
         }
-    }
-
-    /// Bytes done so far.
-    pub fn done_bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Stop the bar.
