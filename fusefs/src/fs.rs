@@ -228,17 +228,22 @@ pub const XATTRS_STATUS: [&str; 13] = [
     "user.depotfs.host",
 ];
 
+/// The node of the root directory (inode 1) of `tree`.
+fn root_node(tree: &Tree) -> Arc<Node> {
+    Arc::new(Node {
+        ino: 1,
+        parent: 1,
+        entry: tree.root_entry(),
+        rev: tree.manifest.revision,
+        nlink: OnceLock::new(),
+    })
+}
+
 impl DepotFs {
     /// A file system serving `tree` from `store`; blocking work waits on `rt`.
     pub fn new(store: Arc<ObjectStore>, tree: Tree, info: MountInfo, rt: Handle) -> Self {
         let tree = Arc::new(tree);
-        let root = Arc::new(Node {
-            ino: 1,
-            parent: 1,
-            entry: tree.root_entry(),
-            rev: tree.manifest.revision,
-            nlink: OnceLock::new(),
-        });
+        let root = root_node(&tree);
         DepotFs {
             store,
             tree: RwLock::new(tree),
@@ -268,13 +273,7 @@ impl DepotFs {
     /// dentries.
     pub fn switch(&self, manifest: Manifest) -> Vec<(u64, String)> {
         let tree = Arc::new(Tree { manifest });
-        let root = Arc::new(Node {
-            ino: 1,
-            parent: 1,
-            entry: tree.root_entry(),
-            rev: tree.manifest.revision,
-            nlink: OnceLock::new(),
-        });
+        let root = root_node(&tree);
         let mut nodes = self.nodes.lock().expect("poisoned");
         *self.tree.write().expect("poisoned") = tree;
         nodes.entry(1).or_insert_with(|| (root.clone(), 1)).0 = root.clone();
