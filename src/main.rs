@@ -2,8 +2,8 @@
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
 //! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, log, ls, cat,
-//!   rollback, verify, gc, serve
-//! - client side (`depotfs-fusefs::cli`): mount, umount, status
+//!   rollback, verify, gc, serve, replicate
+//! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
 
@@ -47,10 +47,14 @@ enum Cmd {
     Gc(depotfs_publisher::cli::GcArgs),
     /// Serve STORE/public over HTTP.
     Serve(depotfs_publisher::cli::ServeArgs),
+    /// Make or update a mirror of a served repository (stratum 1).
+    Replicate(depotfs_publisher::cli::ReplicateArgs),
     /// Mount a repository (HTTP URL or local STORE).
     Mount(depotfs_fusefs::cli::MountArgs),
     /// Unmount a depotfs mount.
     Umount(depotfs_fusefs::cli::UmountArgs),
+    /// Ask a mount to check for a new revision now.
+    Remount(depotfs_fusefs::cli::RemountArgs),
     /// Show a mount's revision, source and cache.
     Status(depotfs_fusefs::cli::StatusArgs),
     /// Find the container image Galaxy would pick for requirements.
@@ -80,8 +84,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Verify(a) => depotfs_publisher::cli::verify(a),
         Cmd::Gc(a) => depotfs_publisher::cli::gc(a),
         Cmd::Serve(a) => depotfs_publisher::cli::serve(a),
+        Cmd::Replicate(a) => depotfs_publisher::cli::replicate(a),
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
+        Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),
         Cmd::Status(a) => depotfs_fusefs::cli::status(a),
         Cmd::Resolve(a) => resolve::run(a),
         Cmd::Demo(a) => demo::run(a),

@@ -68,6 +68,18 @@ pub struct UmountArgs {
     pub lazy: bool,
 }
 
+/// `depotfs remount`.
+#[derive(Debug, clap::Args)]
+pub struct RemountArgs {
+    /// The mountpoint whose revision check should run now.
+    pub mountpoint: PathBuf,
+}
+
+/// `depotfs remount`: ask a mount to check for a new revision now.
+pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
+    bail!("remount {}: not implemented yet", a.mountpoint.display())
+}
+
 /// `depotfs status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

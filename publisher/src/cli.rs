@@ -127,6 +127,27 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 }
 
+/// `depotfs replicate`.
+#[derive(Debug, clap::Args)]
+pub struct ReplicateArgs {
+    /// URL of the source's served `public/` (the origin or another replica).
+    pub source_url: String,
+    /// The mirror directory to create or update (serve it with any web server).
+    pub dest_dir: PathBuf,
+    /// The repository's public key file.
+    #[arg(long)]
+    pub key: PathBuf,
+}
+
+/// `depotfs replicate`
+pub fn replicate(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "replicate {} -> {}: not implemented yet",
+        a.source_url,
+        a.dest_dir.display()
+    )
+}
+
 fn time(ns: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
