@@ -53,6 +53,10 @@ pub struct ChunkRef {
 pub struct ChunkList {
     /// The chunks, in file order.
     pub chunks: Vec<ChunkRef>,
+    /// Access list for prefetch: indices into `chunks` in the order a recorded container start
+    /// first read them (`depotfs add --trace`), no index twice. Empty when nothing was
+    /// recorded. A client that opens the file may fetch these in the background.
+    pub prefetch: Vec<u32>,
 }
 
 /// A chunk located by [`ChunkList::offsets`]: its index, file offset and reference.
@@ -80,10 +84,26 @@ impl ChunkList {
                 what: "not a chunk list".into(),
             });
         }
-        postcard::from_bytes(v.data()).map_err(|e| Error::BadObject {
+        let list: ChunkList = postcard::from_bytes(v.data()).map_err(|e| Error::BadObject {
             id: v.id(),
             what: format!("chunk list: {e}"),
-        })
+        })?;
+        let mut seen = vec![false; list.chunks.len()];
+        for &i in &list.prefetch {
+            match seen.get_mut(i as usize) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return Err(Error::BadObject {
+                        id: v.id(),
+                        what: format!(
+                            "chunk list: prefetch index {i} repeated or beyond its {} chunks",
+                            list.chunks.len()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(list)
     }
 
     /// Total length of the file.
@@ -196,6 +216,7 @@ mod tests {
                     len,
                 })
                 .collect(),
+            prefetch: Vec::new(),
         };
         let offs = list.offsets();
         assert_eq!(offs, vec![0, 10, 30, 60]);

@@ -253,6 +253,7 @@ pub fn store_file(
     chunks.sort_by_key(|c| c.0);
     let list = ChunkList {
         chunks: chunks.into_iter().map(|c| c.1).collect(),
+        prefetch: Vec::new(),
     };
     let total = list.total_len();
     if total != walked_size {
