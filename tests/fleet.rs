@@ -1103,6 +1103,13 @@ fn fleet_prometheus_scrapes_mount_and_serve() {
     wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), || {
         prom.alive(&log)
     });
+    // The API answers 503 until the TSDB is open.
+    poll(Duration::from_secs(60), "Prometheus ready", || {
+        if let Err(e) = prom.alive(&log) {
+            panic!("prometheus exited: {e}");
+        }
+        http_get(&format!("http://127.0.0.1:{port}/-/ready")).ok()
+    });
     let api = |path: &str| -> serde_json::Value {
         let text = http_get(&format!("http://127.0.0.1:{port}{path}"))
             .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(&log).unwrap_or_default()));
