@@ -622,11 +622,11 @@ fn fuse_nginx_mount_matches_source_lazily() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     let misses = m.stat("misses");
     for line in [
-        "depotfs_client_revision 1".to_string(),
-        format!("depotfs_client_objects_total{{source=\"network\"}} {misses}"),
-        "# TYPE depotfs_client_fetched_bytes_total counter".to_string(),
+        "depotfs_revision 1".to_string(),
+        format!("depotfs_cache_misses_total {misses}"),
+        "# TYPE depotfs_fetched_bytes_total counter".to_string(),
         format!(
-            "depotfs_client_info{{repository=\"test.depotfs.org\",server=\"{}\"}} 1",
+            "depotfs_current_server_info{{server=\"{}\",proxy=\"DIRECT\"}} 1",
             server.url
         ),
     ] {

@@ -1,79 +1,269 @@
-//! Where objects come from: an HTTP(S) server (or proxy, CDN) serving `public/`, a local
-//! `public/` directory, or an ordered list of servers with failover. Backends move bytes
-//! only; verification is the object store's job and caching the cache's.
+//! Where objects come from: HTTP(S) servers serving `public/` (mirrors, reached directly or
+//! through HTTP proxies), or a local `public/` directory. Backends move bytes only;
+//! verification is the object store's job and caching the cache's.
+//!
+//! # Routes, failover and failback
+//!
+//! An HTTP backend has an ordered list of servers and an ordered list of proxies (a proxy
+//! URL, or `DIRECT` for none); a *route* is a (server, proxy) pair. Requests go over the
+//! current route (sticky, as CernVM-FS does). A failed attempt is classified:
+//!
+//! - **proxy failure** — the proxy could not be reached or timed out: the next proxy is
+//!   tried with the same server;
+//! - **server failure** — the server could not be reached DIRECT, a proxy answered a gateway
+//!   error (502/503/504), the server answered an error status (404 or 5xx for an object that
+//!   must exist), or the object failed verification ([`Backend::corrupt`]): the next server
+//!   is tried with the same proxy.
+//!
+//! Each switch is logged at warn with its reason and counted
+//! (`depotfs_failovers_total{kind}`). After `failback_after` on a fallback route the
+//! preferred proxy and server are tried again (CernVM-FS's PROXY_RESET_AFTER and
+//! HOST_RESET_AFTER).
+//!
+//! # Bounds and offline mode
+//!
+//! One attempt is bounded by `timeout` (connecting by `connect_timeout`). A request tries
+//! every route once per pass, and makes `retries` more passes after an exponential backoff
+//! ([`backoff`]); the whole request is bounded by [`NetOptions::request_bound`]. When a
+//! request has failed on every route the backend is **offline**: further object requests
+//! wait at most [`OFFLINE_WAIT`] for a probe (the mount's manifest check, see `mount.rs`)
+//! to find a server that answers, and otherwise fail at once (EIO). Cached data stays
+//! readable; the first successful fetch brings the backend back online.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
+
+/// The proxy word for "no proxy".
+pub const DIRECT: &str = "DIRECT";
+
+/// How long a request made while offline waits for a probe to find a server.
+pub const OFFLINE_WAIT: Duration = Duration::from_secs(2);
+
+/// Upper bounds (seconds) of the `depotfs_fetch_duration_seconds` histogram buckets.
+pub const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Backoff before pass `pass` (1-based) of a request: 0.25 s doubling, capped at 4 s.
+pub fn backoff(pass: u32) -> Duration {
+    Duration::from_millis(250u64 << pass.saturating_sub(1).min(4))
+}
+
+/// How an HTTP backend reaches its servers.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    /// Server base URLs (`public/`), in order of preference.
+    pub servers: Vec<String>,
+    /// Proxy URLs or [`DIRECT`], in order of preference.
+    pub proxies: Vec<String>,
+    /// Bound of a TCP (and TLS) connect.
+    pub connect_timeout: Duration,
+    /// Bound of one attempt (one request on one route, body included).
+    pub timeout: Duration,
+    /// Extra passes over all routes after the first.
+    pub retries: u32,
+    /// Time on a fallback route after which the preferred one is tried again.
+    pub failback_after: Duration,
+}
+
+impl NetOptions {
+    /// The longest a request can take before it fails (EIO):
+    /// `(retries + 1) × servers × proxies × timeout + Σ backoff(1..=retries)`.
+    pub fn request_bound(&self) -> Duration {
+        let routes = (self.servers.len() * self.proxies.len()).max(1) as u32;
+        let attempts = self.timeout * routes * (self.retries + 1);
+        attempts + (1..=self.retries).map(backoff).sum::<Duration>()
+    }
+}
+
+/// Counters of one route.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Attempts by result: ok, error, timeout, corrupt (see [`RESULTS`]).
+    pub results: [AtomicU64; 4],
+    /// Attempts per histogram bucket (not cumulative; the last one is `+Inf`).
+    pub buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of attempt durations, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+/// The `result` label values, in the order of [`RouteStats::results`].
+pub const RESULTS: [&str; 4] = ["ok", "error", "timeout", "corrupt"];
+
+impl RouteStats {
+    fn record(&self, result: usize, took: Duration) {
+        self.results[result].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One proxy and the client that goes through it.
+#[derive(Debug)]
+struct Proxy {
+    /// The URL, or [`DIRECT`].
+    label: String,
+    client: reqwest::Client,
+}
+
+/// An HTTP backend: servers × proxies, with failover, failback and offline mode.
+#[derive(Debug)]
+pub struct Http {
+    opts: NetOptions,
+    proxies: Vec<Proxy>,
+    cur_server: AtomicUsize,
+    cur_proxy: AtomicUsize,
+    /// When the current server / proxy became current, ms since `epoch`.
+    server_since: AtomicU64,
+    proxy_since: AtomicU64,
+    epoch: Instant,
+    /// Bounds concurrent requests so prefetch cannot flood the servers.
+    permits: tokio::sync::Semaphore,
+    /// Index `server * proxies + proxy`.
+    routes: Vec<RouteStats>,
+    /// Failovers: `[proxy, server]`.
+    failovers: [AtomicU64; 2],
+    /// Unix seconds since the backend is offline, `None` while online.
+    offline: tokio::sync::watch::Sender<Option<u64>>,
+    /// Wakes the prober (see [`Backend::probe_wanted`]).
+    probe: tokio::sync::Notify,
+}
+
+/// Which side of a route failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Proxy,
+    Server,
+}
+
+/// A failed attempt.
+#[derive(Debug)]
+struct Failure {
+    side: Side,
+    /// For the log line, e.g. `HTTP 502 via proxy http://…`.
+    reason: String,
+    error: Error,
+}
+
+/// Downloaded bytes and the server that sent them.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Index of the server (HTTP backends), to report a verification failure against.
+    pub server: Option<usize>,
+}
 
 /// One source of `public/` files.
 #[derive(Debug)]
 pub enum Backend {
-    /// `base` is the URL of `public/`, ending in `/`.
-    Http {
-        /// Base URL.
-        base: String,
-        /// One client: connection reuse, HTTP/2 when offered.
-        client: reqwest::Client,
-        /// Per-request timeout.
-        timeout: Duration,
-        /// Bounds concurrent requests so prefetch cannot flood the server.
-        permits: tokio::sync::Semaphore,
-    },
+    /// HTTP(S) servers, directly or through proxies.
+    Http(Box<Http>),
     /// A local `public/` directory.
     Local(PathBuf),
-    /// Several servers (mirrors, proxies) serving the same repository. Requests go to the
-    /// current one; when it fails (error, timeout, missing object) the next ones are tried
-    /// in order, and the first that answers becomes current (sticky, as CernVM-FS does).
-    Failover {
-        /// The servers, in order of preference; none of them is itself a `Failover`.
-        servers: Vec<Backend>,
-        /// Index of the server in use.
-        current: AtomicUsize,
-    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The most specific cause of a reqwest error, e.g. `connection refused`.
+fn cause(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connect refused".into(),
+                _ => io.to_string(),
+            };
+        }
+        last = s.to_string();
+        source = s.source();
+    }
+    last
 }
 
 impl Backend {
-    /// An HTTP backend for `url` (the served `public/`).
-    pub fn http(url: &str, timeout: Duration) -> Result<Self> {
-        let mut base = url.to_string();
-        if !base.ends_with('/') {
-            base.push('/');
+    /// An HTTP backend over `o.servers` × `o.proxies` (one reqwest client per proxy; proxy
+    /// settings in the environment are ignored).
+    pub fn http(mut o: NetOptions) -> Result<Self> {
+        if o.servers.is_empty() {
+            return Err(Error::Io("no server URL given".into()));
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .read_timeout(timeout)
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Io(format!("HTTP client: {e}")))?;
-        Ok(Backend::Http {
-            base,
-            client,
-            timeout,
+        for s in &mut o.servers {
+            if !s.ends_with('/') {
+                s.push('/');
+            }
+        }
+        if o.proxies.is_empty() {
+            o.proxies.push(DIRECT.into());
+        }
+        let proxies = o
+            .proxies
+            .iter()
+            .map(|label| {
+                let b = reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(o.connect_timeout.min(o.timeout))
+                    .timeout(o.timeout)
+                    .read_timeout(o.timeout)
+                    .pool_max_idle_per_host(64)
+                    .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")));
+                let b = if label.eq_ignore_ascii_case(DIRECT) {
+                    b
+                } else {
+                    let p = reqwest::Proxy::all(label.as_str())
+                        .map_err(|e| Error::Io(format!("proxy {label:?}: {e}")))?;
+                    b.proxy(p)
+                };
+                let client = b
+                    .build()
+                    .map_err(|e| Error::Io(format!("HTTP client for proxy {label}: {e}")))?;
+                let label = if label.eq_ignore_ascii_case(DIRECT) {
+                    DIRECT.to_string()
+                } else {
+                    label.clone()
+                };
+                Ok(Proxy { label, client })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let routes = (0..o.servers.len() * proxies.len())
+            .map(|_| RouteStats::default())
+            .collect();
+        Ok(Backend::Http(Box::new(Http {
+            opts: o,
+            proxies,
+            cur_server: AtomicUsize::new(0),
+            cur_proxy: AtomicUsize::new(0),
+            server_since: AtomicU64::new(0),
+            proxy_since: AtomicU64::new(0),
+            epoch: Instant::now(),
             permits: tokio::sync::Semaphore::new(32),
-        })
+            routes,
+            failovers: Default::default(),
+            offline: tokio::sync::watch::Sender::new(None),
+            probe: tokio::sync::Notify::new(),
+        })))
     }
 
-    /// Servers tried in order (`urls` separated by `;` or `,`); one URL is a plain backend.
-    pub fn http_list(urls: &str, timeout: Duration) -> Result<Self> {
-        let mut servers: Vec<Backend> = urls
-            .split([';', ','])
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| Backend::http(u, timeout))
-            .collect::<Result<_>>()?;
-        Ok(match servers.len() {
-            0 => return Err(Error::Io(format!("no server URL in {urls:?}"))),
-            1 => servers.pop().expect("one"),
-            _ => Backend::Failover {
-                servers,
-                current: AtomicUsize::new(0),
-            },
-        })
+    /// The HTTP side, if this is an HTTP backend.
+    pub fn net(&self) -> Option<&Http> {
+        match self {
+            Backend::Http(h) => Some(h),
+            Backend::Local(_) => None,
+        }
     }
 
     /// Is this a local directory (then the disk cache is pointless)?
@@ -84,110 +274,426 @@ impl Backend {
     /// The server currently in use (for `status`).
     pub fn current(&self) -> String {
         match self {
-            Backend::Failover { servers, current } => {
-                servers[current.load(Ordering::Relaxed) % servers.len()].describe()
-            }
-            other => other.describe(),
+            Backend::Http(h) => h.opts.servers[h.cur_server.load(Ordering::Relaxed)].clone(),
+            Backend::Local(p) => p.display().to_string(),
         }
     }
 
-    /// Fetch `rel` (relative to `public/`). `fresh` asks caches between us and the origin
-    /// to revalidate: used for the manifest and to refetch an object that failed verification.
-    pub async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
-        let Backend::Failover { servers, current } = self else {
-            return self.get_one(rel, fresh).await;
-        };
-        let first = current.load(Ordering::Relaxed);
-        let mut last_err = None;
-        for k in 0..servers.len() {
-            let i = (first + k) % servers.len();
-            match servers[i].get_one(rel, fresh).await {
-                Ok(bytes) => {
-                    if i != first {
-                        tracing::warn!("switched to {}", servers[i].describe());
-                        current.store(i, Ordering::Relaxed);
-                    }
-                    return Ok(bytes);
-                }
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.expect("at least two servers"))
-    }
-
-    async fn get_one(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
+    /// The proxy currently in use, or [`DIRECT`].
+    pub fn current_proxy(&self) -> String {
         match self {
-            Backend::Failover { .. } => unreachable!("servers of a Failover are not Failovers"),
+            Backend::Http(h) => h.proxies[h.cur_proxy.load(Ordering::Relaxed)].label.clone(),
+            Backend::Local(_) => DIRECT.into(),
+        }
+    }
+
+    /// Unix seconds since the backend is offline, or `None`.
+    pub fn offline_since(&self) -> Option<u64> {
+        self.net().and_then(|h| *h.offline.borrow())
+    }
+
+    /// Fetch object `rel` (relative to `public/`). `fresh` asks caches between us and the
+    /// origin to revalidate: used to refetch an object that failed verification. While
+    /// offline this fails within [`OFFLINE_WAIT`] unless a probe finds a server.
+    pub async fn get(&self, rel: &str, fresh: bool) -> Result<Fetched> {
+        match self {
             Backend::Local(dir) => {
                 let p = dir.join(rel);
-                tokio::fs::read(&p).await.map_err(|e| Error::Fetch {
+                let bytes = tokio::fs::read(&p).await.map_err(|e| Error::Fetch {
                     what: p.display().to_string(),
                     message: e.to_string(),
+                })?;
+                Ok(Fetched {
+                    bytes,
+                    server: None,
                 })
             }
-            Backend::Http {
-                base,
-                client,
-                timeout,
-                permits,
-            } => {
-                let _permit = permits.acquire().await.expect("semaphore never closed");
-                let url = format!("{base}{rel}");
-                let secs = timeout.as_secs();
-                let fail = |e: reqwest::Error| {
-                    if e.is_timeout() {
-                        Error::Timeout {
-                            what: url.clone(),
-                            secs,
-                        }
-                    } else {
-                        Error::Fetch {
-                            what: url.clone(),
-                            message: e.to_string(),
-                        }
+            Backend::Http(h) => {
+                if h.offline.borrow().is_some() {
+                    h.probe.notify_one();
+                    let mut rx = h.offline.subscribe();
+                    let back = tokio::time::timeout(OFFLINE_WAIT, rx.wait_for(Option::is_none));
+                    if !matches!(back.await, Ok(Ok(_))) {
+                        return Err(Error::Offline(rel.to_string()));
                     }
-                };
-                let mut req = client.get(&url);
-                if fresh {
-                    req = req
-                        .header("Cache-Control", "no-cache")
-                        .header("Pragma", "no-cache");
                 }
-                // The whole exchange, body included, is bounded by the timeout.
-                let work = async {
-                    let resp = req.send().await.map_err(fail)?;
-                    if !resp.status().is_success() {
-                        return Err(Error::Fetch {
-                            what: url.clone(),
-                            message: format!("HTTP {}", resp.status()),
-                        });
-                    }
-                    Ok(resp.bytes().await.map_err(fail)?.to_vec())
-                };
-                match tokio::time::timeout(*timeout, work).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout {
-                        what: url.clone(),
-                        secs,
-                    }),
-                }
+                h.fetch(rel, fresh, h.opts.retries).await
             }
         }
+    }
+
+    /// Fetch the manifest, bypassing caches between us and the origin. Also the probe of
+    /// offline mode: it is tried even while offline, in one pass over the routes, and brings
+    /// the backend back online when a server answers.
+    pub async fn get_manifest(&self) -> Result<Vec<u8>> {
+        match self {
+            Backend::Local(_) => Ok(self.get("manifest", true).await?.bytes),
+            Backend::Http(h) => Ok(h.fetch("manifest", true, 0).await?.bytes),
+        }
+    }
+
+    /// Fetch the manifest at mount time, with every retry (the backend is not offline yet).
+    pub async fn get_manifest_patiently(&self) -> Result<Vec<u8>> {
+        match self {
+            Backend::Local(_) => self.get_manifest().await,
+            Backend::Http(h) => Ok(h.fetch("manifest", true, h.opts.retries).await?.bytes),
+        }
+    }
+
+    /// Waits until a request made while offline asks for a probe.
+    pub async fn probe_wanted(&self) {
+        match self {
+            Backend::Http(h) => h.probe.notified().await,
+            Backend::Local(_) => std::future::pending().await,
+        }
+    }
+
+    /// Mark the backend offline (mounting from a warm cache with no server answering).
+    pub fn set_offline(&self) {
+        if let Backend::Http(h) = self {
+            h.go_offline();
+        }
+    }
+
+    /// An object from `server` failed verification: count it against the route and move
+    /// to the next server, so the refetch goes elsewhere.
+    pub fn corrupt(&self, server: Option<usize>, reason: &str) {
+        let (Backend::Http(h), Some(s)) = (self, server) else {
+            return;
+        };
+        let p = h.cur_proxy.load(Ordering::Relaxed);
+        h.route(s, p).results[3].fetch_add(1, Ordering::Relaxed);
+        let n = h.opts.servers.len();
+        let next = (n > 1).then_some((s + 1) % n);
+        h.switch(
+            Side::Server,
+            s,
+            next,
+            &format!("object failed verification: {reason}"),
+        );
     }
 
     /// For `status` and the `user.depotfs.source` attribute.
     pub fn describe(&self) -> String {
         match self {
-            Backend::Http { base, .. } => base.clone(),
+            Backend::Http(h) => h.opts.servers.join(";"),
             Backend::Local(p) => p.display().to_string(),
-            Backend::Failover { servers, .. } => servers
-                .iter()
-                .map(Backend::describe)
-                .collect::<Vec<_>>()
-                .join(";"),
         }
+    }
+}
+
+impl Http {
+    /// The options in force.
+    pub fn options(&self) -> &NetOptions {
+        &self.opts
+    }
+
+    /// The proxy labels, in order.
+    pub fn proxy_labels(&self) -> Vec<&str> {
+        self.proxies.iter().map(|p| p.label.as_str()).collect()
+    }
+
+    /// The counters of route (`server`, `proxy`).
+    pub fn route(&self, server: usize, proxy: usize) -> &RouteStats {
+        &self.routes[server * self.proxies.len() + proxy]
+    }
+
+    /// Failovers so far: `(proxy, server)`.
+    pub fn failovers(&self) -> (u64, u64) {
+        (
+            self.failovers[0].load(Ordering::Relaxed),
+            self.failovers[1].load(Ordering::Relaxed),
+        )
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Back to the preferred proxy and server once `failback_after` has passed.
+    fn failback(&self) {
+        let after = self.opts.failback_after.as_millis() as u64;
+        let now = self.now_ms();
+        for (cur, since, what) in [
+            (&self.cur_proxy, &self.proxy_since, "proxy"),
+            (&self.cur_server, &self.server_since, "server"),
+        ] {
+            let c = cur.load(Ordering::Relaxed);
+            if c != 0
+                && now.saturating_sub(since.load(Ordering::Relaxed)) >= after
+                && cur
+                    .compare_exchange(c, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                since.store(now, Ordering::Relaxed);
+                let name = if what == "proxy" {
+                    &self.proxies[0].label
+                } else {
+                    &self.opts.servers[0]
+                };
+                tracing::info!(
+                    "{}s on a fallback {what}: trying the preferred {what} {name} again",
+                    self.opts.failback_after.as_secs()
+                );
+            }
+        }
+    }
+
+    /// Make `to` the current server or proxy if `from` still is, counting and logging it.
+    fn switch(&self, side: Side, from: usize, to: Option<usize>, reason: &str) {
+        let (cur, since, names, k): (_, _, Vec<&str>, _) = match side {
+            Side::Proxy => (
+                &self.cur_proxy,
+                &self.proxy_since,
+                self.proxies.iter().map(|p| p.label.as_str()).collect(),
+                0,
+            ),
+            Side::Server => (
+                &self.cur_server,
+                &self.server_since,
+                self.opts.servers.iter().map(String::as_str).collect(),
+                1,
+            ),
+        };
+        let what = if side == Side::Proxy {
+            "proxy"
+        } else {
+            "server"
+        };
+        let Some(to) = to else {
+            tracing::warn!(
+                "{what} {} failed ({reason}); no other {what} left to try",
+                names[from]
+            );
+            return;
+        };
+        if cur
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            since.store(self.now_ms(), Ordering::Relaxed);
+            self.failovers[k].fetch_add(1, Ordering::Relaxed);
+            let target = if side == Side::Proxy {
+                names[to].to_string()
+            } else {
+                format!("server {}", names[to])
+            };
+            tracing::warn!(
+                "{what} {} failed ({reason}); switching to {target}",
+                names[from]
+            );
+        }
+    }
+
+    fn go_offline(&self) {
+        let now = unix_now();
+        let changed = self.offline.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(now);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!("all servers unreachable; serving from cache");
+        }
+    }
+
+    fn go_online(&self, server: usize) {
+        let mut since = None;
+        self.offline.send_if_modified(|v| {
+            since = v.take();
+            since.is_some()
+        });
+        if let Some(t) = since {
+            tracing::warn!(
+                "server {} answers again; leaving offline mode after {} s",
+                self.opts.servers[server],
+                unix_now().saturating_sub(t)
+            );
+        }
+    }
+
+    /// Try the routes, `1 + retries` passes, within the request bound.
+    async fn fetch(&self, rel: &str, fresh: bool, retries: u32) -> Result<Fetched> {
+        let bound = NetOptions {
+            retries,
+            ..self.opts.clone()
+        }
+        .request_bound();
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            self.failback();
+            let mut last = None;
+            for pass in 0..=retries {
+                if pass > 0 {
+                    tokio::time::sleep(backoff(pass)).await;
+                }
+                if let Some(f) = self.pass(rel, fresh, &mut last).await {
+                    return Ok(f);
+                }
+            }
+            Err(last.expect("at least one attempt"))
+        };
+        let result = match tokio::time::timeout(bound, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: rel.to_string(),
+                secs: bound.as_secs(),
+            }),
+        };
+        if result.is_err() {
+            self.go_offline();
+        }
+        result
+    }
+
+    /// One pass: every route at most once, starting with the current one.
+    async fn pass(&self, rel: &str, fresh: bool, last: &mut Option<Error>) -> Option<Fetched> {
+        let pick = |bad: &[bool], from: usize| {
+            (0..bad.len())
+                .map(|k| (from + k) % bad.len())
+                .find(|&i| !bad[i])
+        };
+        let mut bad_s = vec![false; self.opts.servers.len()];
+        let mut bad_p = vec![false; self.proxies.len()];
+        loop {
+            let s = pick(&bad_s, self.cur_server.load(Ordering::Relaxed))?;
+            let p = pick(&bad_p, self.cur_proxy.load(Ordering::Relaxed))?;
+            match self.attempt(s, p, rel, fresh).await {
+                Ok(bytes) => {
+                    self.cur_server.store(s, Ordering::Relaxed);
+                    self.cur_proxy.store(p, Ordering::Relaxed);
+                    self.go_online(s);
+                    return Some(Fetched {
+                        bytes,
+                        server: Some(s),
+                    });
+                }
+                Err(f) => {
+                    let (bad, from) = match f.side {
+                        Side::Proxy => (&mut bad_p, p),
+                        Side::Server => (&mut bad_s, s),
+                    };
+                    bad[from] = true;
+                    let next = pick(bad, from);
+                    self.switch(f.side, from, next, &f.reason);
+                    *last = Some(f.error);
+                }
+            }
+        }
+    }
+
+    /// One request on route (`s`, `p`).
+    async fn attempt(
+        &self,
+        s: usize,
+        p: usize,
+        rel: &str,
+        fresh: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        let proxy = &self.proxies[p];
+        let direct = proxy.label == DIRECT;
+        let url = format!("{}{rel}", self.opts.servers[s]);
+        let secs = self.opts.timeout.as_secs();
+        let start = Instant::now();
+        let via = if direct {
+            String::new()
+        } else {
+            format!(" via proxy {}", proxy.label)
+        };
+        let timed_out = || Failure {
+            side: if direct { Side::Server } else { Side::Proxy },
+            reason: format!("no answer within {secs} s{via}"),
+            error: Error::Timeout {
+                what: url.clone(),
+                secs,
+            },
+        };
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                return timed_out();
+            }
+            let side = if e.is_connect() && !direct {
+                Side::Proxy
+            } else {
+                Side::Server
+            };
+            Failure {
+                side,
+                reason: format!(
+                    "{}{}",
+                    cause(&e),
+                    if side == Side::Server { &via } else { "" }
+                ),
+                error: Error::Fetch {
+                    what: url.clone(),
+                    message: format!("{}{via}", cause(&e)),
+                },
+            }
+        };
+        let mut req = proxy.client.get(&url);
+        if fresh {
+            req = req
+                .header("Cache-Control", "no-cache")
+                .header("Pragma", "no-cache");
+        }
+        let work = async {
+            let resp = req.send().await.map_err(failed)?;
+            let status = resp.status();
+            if !status.is_success() {
+                let message = format!("HTTP {}{via}", status.as_u16());
+                return Err(Failure {
+                    side: Side::Server,
+                    reason: message.clone(),
+                    error: Error::Fetch {
+                        what: url.clone(),
+                        message,
+                    },
+                });
+            }
+            Ok(resp.bytes().await.map_err(failed)?.to_vec())
+        };
+        let r = match tokio::time::timeout(self.opts.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out()),
+        };
+        let result = match &r {
+            Ok(_) => 0,
+            Err(Failure {
+                error: Error::Timeout { .. },
+                ..
+            }) => 2,
+            Err(_) => 1,
+        };
+        self.route(s, p).record(result, start.elapsed());
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_formula() {
+        let o = NetOptions {
+            servers: vec!["a".into(), "b".into()],
+            proxies: vec![DIRECT.into()],
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            retries: 2,
+            failback_after: Duration::from_secs(300),
+        };
+        // 3 passes × 2 routes × 3 s + 0.25 s + 0.5 s
+        assert_eq!(o.request_bound(), Duration::from_millis(18_750));
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(3), Duration::from_secs(1));
+        assert_eq!(backoff(30), Duration::from_secs(4));
     }
 }

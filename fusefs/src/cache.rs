@@ -43,6 +43,8 @@ pub struct DiskCache {
     dir: PathBuf,
     index: Mutex<Lru<ObjectId, ()>>,
     tmp_seq: AtomicU64,
+    /// Objects evicted to stay within the limit since open.
+    evictions: AtomicU64,
 }
 
 fn parse_object_path(sub: &str, file: &str) -> Option<ObjectId> {
@@ -95,6 +97,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             index: Mutex::new(Lru::new(limit)),
             tmp_seq: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         };
         let mut evict = Vec::new();
         {
@@ -107,6 +110,11 @@ impl DiskCache {
             let _ = fs::remove_file(cache.path(&id));
         }
         Ok(cache)
+    }
+
+    /// Objects evicted since the cache was opened.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// The cache directory.
@@ -148,6 +156,7 @@ impl DiskCache {
     fn adopt(&self, id: &ObjectId, len: u64) {
         let evicted = self.index.lock().expect("poisoned").insert(*id, (), len);
         for (old, ()) in evicted {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(self.path(&old));
         }
     }

@@ -1,4 +1,4 @@
-//! Command-line entry points of the client side: `mount`, `umount`, `status`.
+//! Command-line entry points of the client side: `mount`, `umount`, `remount`, `status`.
 //!
 //! `status` asks the mount itself: the root of every depotfs mount answers the
 //! `user.depotfs.*` attributes listed in [`crate::fs::XATTRS_STATUS`] (see `getfattr -d -m -
@@ -16,12 +16,28 @@ use crate::mount::{self, Options};
 
 /// `depotfs mount`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+Request bound: a request no route can serve fails with EIO after at most
+  (retries + 1) x servers x proxies x timeout + backoff,
+where backoff = 0.25 s, 0.5 s, 1 s, ... (capped at 4 s) before each retry pass; e.g. one
+server, DIRECT, the defaults (--timeout 30, --retries 2): 3 x 30 s + 0.75 s = 90.75 s.
+`depotfs status` shows the bound in force. Once every route has failed the mount is offline:
+uncached reads fail (EIO) within 2 s, cached files keep working, a probe every 5 s (and the
+revision check) brings it back online when a server answers.")]
 pub struct MountArgs {
-    /// HTTP(S) URL of a served `public/` (several, separated by `;`, are tried in order
-    /// with failover), or a local STORE path.
-    pub source: String,
-    /// Where to mount.
-    pub mountpoint: PathBuf,
+    /// `[SOURCE] MOUNTPOINT`. SOURCE: HTTP(S) URL of a served `public/` (several, separated
+    /// by `,` or `;`, are tried in order with failover), or a local STORE path. With
+    /// `--server`, only MOUNTPOINT.
+    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub paths: Vec<String>,
+    /// A server URL (a served `public/`); repeat for mirrors, tried in order (sticky
+    /// failover, back to the first after --failback-after).
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+    /// An HTTP proxy URL, or `DIRECT` for none; repeat for fallbacks, tried in order.
+    /// Default: DIRECT only (`http_proxy` and similar variables are ignored).
+    #[arg(long = "proxy", value_name = "URL|DIRECT")]
+    pub proxies: Vec<String>,
     /// The repository's public key file (`repo.pub`). Required over HTTP; for a local store
     /// it defaults to the store's own `public/repo.pub`.
     #[arg(long)]
@@ -35,9 +51,18 @@ pub struct MountArgs {
     /// Decompressed chunks kept in memory, e.g. `256M`.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub mem_size: u64,
-    /// Seconds before an unanswered request fails with EIO.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds one attempt (one request over one server/proxy route, body included) may take.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
+    /// Seconds a TCP connect may take.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub connect_timeout: u64,
+    /// Extra passes over all routes after the first fails, with exponential backoff.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+    /// Seconds on a fallback proxy or server before the preferred one is tried again.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub failback_after: u64,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
@@ -58,6 +83,23 @@ pub struct MountArgs {
     pub notify_stdout: bool,
 }
 
+impl MountArgs {
+    /// SOURCE (the servers joined by `,` with `--server`) and MOUNTPOINT.
+    fn source_and_mountpoint(&self) -> anyhow::Result<(String, PathBuf)> {
+        match (self.servers.is_empty(), self.paths.as_slice()) {
+            (true, [source, mp]) => Ok((source.clone(), PathBuf::from(mp))),
+            (false, [mp]) => Ok((self.servers.join(","), PathBuf::from(mp))),
+            (true, _) => {
+                bail!("depotfs mount: give SOURCE and MOUNTPOINT (or --server URL and MOUNTPOINT)")
+            }
+            (false, _) => bail!(
+                "depotfs mount: with --server, give only MOUNTPOINT (got {:?})",
+                self.paths
+            ),
+        }
+    }
+}
+
 /// `depotfs umount`.
 #[derive(Debug, clap::Args)]
 pub struct UmountArgs {
@@ -75,9 +117,59 @@ pub struct RemountArgs {
     pub mountpoint: PathBuf,
 }
 
-/// `depotfs remount`: ask a mount to check for a new revision now.
+/// `depotfs remount`: ask a mount to check for a new revision now, and wait for the answer.
+///
+/// The mount's process (`user.depotfs.pid` of the mount root) gets SIGUSR1 and runs one
+/// revision check; when `user.depotfs.checks` has grown, `user.depotfs.last_check` holds
+/// the outcome. Prints `revision 7 (new, was 6)` or `revision 7 (unchanged)`; exits 1
+/// with the reason when the check failed (refused manifest, no server answered).
 pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
-    bail!("remount {}: not implemented yet", a.mountpoint.display())
+    let mp = absolute(&a.mountpoint)?;
+    let pid: i32 = xattr(&mp, "user.depotfs.pid")?
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: user.depotfs.pid is not a number", mp.display()))?;
+    let checks = |mp: &Path| -> anyhow::Result<u64> {
+        Ok(xattr(mp, "user.depotfs.checks")?
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    };
+    let before = checks(&mp)?;
+    let bound_ms: u64 = xattr(&mp, "user.depotfs.request_bound_ms")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let pid = rustix::process::Pid::from_raw(pid)
+        .with_context(|| format!("{}: bad mount pid {pid}", mp.display()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+        .with_context(|| format!("signalling mount process {pid:?} of {}", mp.display()))?;
+    // A check fetches the manifest (one pass over the routes) and the new root; another
+    // check may be running first.
+    let limit = Duration::from_millis(2 * bound_ms) + Duration::from_secs(30);
+    let start = Instant::now();
+    while checks(&mp)? <= before {
+        if start.elapsed() > limit {
+            bail!(
+                "{}: no answer from the mount within {} s",
+                mp.display(),
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = xattr(&mp, "user.depotfs.last_check")?;
+    let words: Vec<&str> = last.split_whitespace().collect();
+    match words.as_slice() {
+        ["new", now, was] => println!("revision {now} (new, was {was})"),
+        ["unchanged", now] => println!("revision {now} (unchanged)"),
+        _ => {
+            let why = last.strip_prefix("error ").unwrap_or(&last);
+            eprintln!("depotfs remount {}: check failed: {why}", mp.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `depotfs status`.
@@ -120,23 +212,29 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// Mount.
 pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
-    a.mountpoint = absolute(&a.mountpoint)?;
+    let (mut source, mountpoint) = a.source_and_mountpoint()?;
+    let mountpoint = absolute(&mountpoint)?;
     a.cache_dir = absolute(&a.cache_dir)?;
     a.key = a.key.as_deref().map(absolute).transpose()?;
-    if !a.source.starts_with("http://") && !a.source.starts_with("https://") {
-        a.source = absolute(Path::new(&a.source))?.display().to_string();
+    if a.servers.is_empty() && !source.starts_with("http://") && !source.starts_with("https://") {
+        source = absolute(Path::new(&source))?.display().to_string();
     }
     if !a.foreground {
-        return launch_background(&a);
+        return launch_background(&a, &source, &mountpoint);
     }
     let o = Options {
-        source: a.source.clone(),
-        mountpoint: a.mountpoint.clone(),
+        source,
+        servers: a.servers.clone(),
+        proxies: a.proxies.clone(),
+        mountpoint,
         key: a.key.clone(),
         cache_dir: a.cache_dir.clone(),
         cache_size: a.cache_size,
         mem_size: a.mem_size,
         timeout: Duration::from_secs(a.timeout.max(1)),
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        retries: a.retries,
+        failback_after: Duration::from_secs(a.failback_after),
         allow_other: a.allow_other,
         threads: a.threads,
         metrics_listen: a.metrics_listen,
@@ -164,11 +262,10 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
 /// Start `depotfs mount --foreground` as a detached process and wait until it reports the
 /// mount ready (exit 0) or failed (its reason, non-zero). Its log goes to
 /// `CACHE_DIR/logs/`.
-fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
+fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::Result<ExitCode> {
     let logs = a.cache_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let tag: String = a
-        .mountpoint
+    let tag: String = mountpoint
         .display()
         .to_string()
         .chars()
@@ -178,9 +275,17 @@ fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("mount")
-        .arg(&a.source)
-        .arg(&a.mountpoint)
+    cmd.arg("mount");
+    if a.servers.is_empty() {
+        cmd.arg(source);
+    }
+    for s in &a.servers {
+        cmd.arg("--server").arg(s);
+    }
+    for p in &a.proxies {
+        cmd.arg("--proxy").arg(p);
+    }
+    cmd.arg(mountpoint)
         .arg("--cache-dir")
         .arg(&a.cache_dir)
         .arg("--cache-size")
@@ -189,6 +294,12 @@ fn launch_background(a: &MountArgs) -> anyhow::Result<ExitCode> {
         .arg(a.mem_size.to_string())
         .arg("--timeout")
         .arg(a.timeout.to_string())
+        .arg("--connect-timeout")
+        .arg(a.connect_timeout.to_string())
+        .arg("--retries")
+        .arg(a.retries.to_string())
+        .arg("--failback-after")
+        .arg(a.failback_after.to_string())
         .arg("--threads")
         .arg(a.threads.to_string())
         .args(["--foreground", "--notify-stdout"]);
@@ -333,12 +444,53 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let (used, limit) = (num("cache_used")?, num("cache_limit")?);
     let published: i64 = get("published_ns")?.trim().parse().unwrap_or(0);
     let cache_dir = get("cache_dir")?;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let age = (now_ns - published).max(0) / 1_000_000_000;
     println!("repository:    {}", get("name")?);
-    println!("revision:      {}", get("revision")?);
+    println!(
+        "revision:      {} (published {age} s ago)",
+        get("revision")?
+    );
     println!("root:          {}", get("root")?);
     println!("source:        {}", get("source")?);
     println!("server:        {}", get("host")?);
+    println!("proxy:         {} (of {})", get("proxy")?, get("proxies")?);
     println!("published:     {}", utc(published));
+    let offline: i64 = get("offline_since")?.trim().parse().unwrap_or(0);
+    if offline > 0 {
+        println!(
+            "state:         OFFLINE since {} (serving from cache)",
+            utc(offline * 1_000_000_000)
+        );
+    } else {
+        println!("state:         online");
+    }
+    let failovers = get("failovers")?;
+    let mut f = failovers.split_whitespace();
+    println!(
+        "failovers:     {} proxy, {} server",
+        f.next().unwrap_or("0"),
+        f.next().unwrap_or("0")
+    );
+    let refused = get("manifest_refused")?;
+    println!(
+        "refused:       {} manifests refused",
+        if refused.is_empty() { "no" } else { &refused }
+    );
+    println!(
+        "last check:    {} ({} checks)",
+        get("last_check")?,
+        get("checks")?
+    );
+    let bound_ms = num("request_bound_ms")?;
+    if bound_ms > 0 {
+        println!(
+            "request bound: {:.2} s before EIO when no route answers",
+            bound_ms as f64 / 1000.0
+        );
+    }
     if cache_dir.is_empty() {
         println!("cache:         none (local store)");
     } else {
@@ -365,8 +517,12 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         human(num("bytes_read")?)
     );
     println!(
-        "corrupt:       {} downloads failed verification",
+        "verification:  {} downloads failed verification",
         num("corrupt")?
+    );
+    println!(
+        "evictions:     {} objects evicted from the cache",
+        num("evictions")?
     );
     println!("inodes:        {} known to the kernel", get("inodes")?);
     println!("pid:           {}", get("pid")?);

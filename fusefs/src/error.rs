@@ -44,6 +44,10 @@ pub enum Error {
         /// The timeout.
         secs: u64,
     },
+    /// Every route failed a moment ago and no probe has found a server since: an object
+    /// that is not cached cannot be had now.
+    #[error("fetching {0}: offline (all servers unreachable)")]
+    Offline(String),
     /// An object failed verification even after a fresh download.
     #[error("corrupt object: {0}")]
     Corrupt(String),
@@ -79,6 +83,7 @@ impl Error {
             Error::WouldBlock => Errno::EAGAIN,
             Error::Fetch { .. }
             | Error::Timeout { .. }
+            | Error::Offline(_)
             | Error::Corrupt(_)
             | Error::Manifest(_)
             | Error::Io(_) => Errno::EIO,

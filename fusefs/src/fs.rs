@@ -696,7 +696,7 @@ impl DepotFs {
                 "user.depotfs.pid" => std::process::id().to_string(),
                 "user.depotfs.inodes" => self.inode_count().to_string(),
                 "user.depotfs.host" => self.store.backend().current(),
-                _ => return Err(Error::NoAttr),
+                other => self.store.net_xattr(other).ok_or(Error::NoAttr)?,
             };
             return Ok(v.into_bytes());
         }
@@ -738,6 +738,7 @@ impl DepotFs {
         }
         if ino == 1 {
             names.extend(XATTRS_STATUS);
+            names.extend(crate::store::XATTRS_NET);
         }
         let mut out = Vec::new();
         for n in names {

@@ -5,10 +5,13 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::backend::{BUCKETS, Http, RESULTS};
 use crate::error::{Error, Result};
 use crate::fs::DepotFs;
 
@@ -58,80 +61,237 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The exposition text.
+/// Writes families: one HELP and TYPE line each, then its samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{name}{labels} {v}");
+    }
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", v);
+    }
+}
+
+/// The exposition text (Prometheus text format 0.0.4). The names are listed in
+/// `fusefs/README.md`; the fleet tests rely on them.
 pub fn render(fs: &DepotFs) -> String {
     let s = fs.snapshot();
-    let mut o = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(
-            o,
-            "# HELP depotfs_client_{name} {help}\n# TYPE depotfs_client_{name} {kind}"
-        );
-        for (labels, v) in samples {
-            let _ = writeln!(o, "depotfs_client_{name}{labels} {v}");
-        }
-    };
-    let info = format!(
-        "{{repository=\"{}\",server=\"{}\"}}",
-        label(&s.name),
-        label(&s.host)
-    );
-    metric(
-        "info",
+    let m = fs.manifest();
+    let store = fs.store();
+    let backend = store.backend();
+    let mut o = Out(String::new());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let published = m.published_ns as f64 / 1e9;
+    o.family(
+        "depotfs_info",
         "gauge",
-        "The mounted repository and the server in use.",
-        &[(&info, 1)],
+        "The mounted repository and its servers.",
     );
-    metric(
-        "revision",
+    o.sample(
+        "depotfs_info",
+        &format!(
+            "{{repository=\"{}\",source=\"{}\"}}",
+            label(&s.name),
+            label(&backend.describe())
+        ),
+        1,
+    );
+    o.one(
+        "depotfs_revision",
         "gauge",
         "Revision being served.",
-        &[("", s.revision)],
+        s.revision,
     );
-    metric(
-        "objects_total",
+    o.one(
+        "depotfs_revision_timestamp_seconds",
+        "gauge",
+        "When the revision being served was published (Unix time).",
+        published,
+    );
+    o.one(
+        "depotfs_revision_age_seconds",
+        "gauge",
+        "Seconds since the revision being served was published.",
+        (now - published).max(0.0),
+    );
+    o.one(
+        "depotfs_cache_hits_total",
         "counter",
-        "Objects requested, by where they came from.",
-        &[
-            ("{source=\"cache\"}", s.hits),
-            ("{source=\"network\"}", s.misses),
-        ],
+        "Objects answered from memory or the disk cache.",
+        s.hits,
     );
-    metric(
-        "fetched_bytes_total",
+    o.one(
+        "depotfs_cache_misses_total",
         "counter",
-        "Encoded bytes downloaded.",
-        &[("", s.bytes_fetched)],
+        "Objects downloaded.",
+        s.misses,
     );
-    metric(
-        "read_bytes_total",
-        "counter",
-        "File bytes returned to readers.",
-        &[("", s.bytes_read)],
-    );
-    metric(
-        "corrupt_total",
-        "counter",
-        "Downloads that failed verification.",
-        &[("", s.corrupt)],
-    );
-    metric(
-        "cache_bytes",
+    o.one(
+        "depotfs_cache_bytes",
         "gauge",
         "Bytes in the disk cache.",
-        &[("", s.cache_used)],
+        s.cache_used,
     );
-    metric(
-        "cache_limit_bytes",
+    o.one(
+        "depotfs_cache_limit_bytes",
         "gauge",
         "Disk cache limit.",
-        &[("", s.cache_limit)],
+        s.cache_limit,
     );
-    metric(
-        "inodes",
+    o.one(
+        "depotfs_cache_evictions_total",
+        "counter",
+        "Objects evicted from the disk cache to stay within its limit.",
+        store.disk().map_or(0, |d| d.evictions()),
+    );
+    o.one(
+        "depotfs_fetched_bytes_total",
+        "counter",
+        "Encoded bytes downloaded.",
+        s.bytes_fetched,
+    );
+    o.one(
+        "depotfs_read_bytes_total",
+        "counter",
+        "File bytes returned to readers.",
+        s.bytes_read,
+    );
+    o.one(
+        "depotfs_verification_failures_total",
+        "counter",
+        "Downloads that failed verification.",
+        s.corrupt,
+    );
+    o.one(
+        "depotfs_inodes",
         "gauge",
         "Inodes known to the kernel.",
-        &[("", s.inodes)],
+        s.inodes,
     );
-    o
+    o.one(
+        "depotfs_offline",
+        "gauge",
+        "1 while every server is unreachable and only cached data is served.",
+        u8::from(backend.offline_since().is_some()),
+    );
+    o.family(
+        "depotfs_manifest_refused_total",
+        "counter",
+        "Manifests refused at a revision check, by reason.",
+    );
+    {
+        let refused = store.stats.manifest_refused.lock().expect("poisoned");
+        for reason in ["older", "signature", "name"] {
+            if !refused.contains_key(reason) {
+                o.sample(
+                    "depotfs_manifest_refused_total",
+                    &format!("{{reason=\"{reason}\"}}"),
+                    0,
+                );
+            }
+        }
+        for (reason, n) in refused.iter() {
+            o.sample(
+                "depotfs_manifest_refused_total",
+                &format!("{{reason=\"{}\"}}", label(reason)),
+                n,
+            );
+        }
+    }
+    o.family(
+        "depotfs_current_server_info",
+        "gauge",
+        "The route in use: 1 for the current server and proxy.",
+    );
+    o.sample(
+        "depotfs_current_server_info",
+        &format!(
+            "{{server=\"{}\",proxy=\"{}\"}}",
+            label(&backend.current()),
+            label(&backend.current_proxy())
+        ),
+        1,
+    );
+    if let Some(net) = backend.net() {
+        render_net(&mut o, net);
+    }
+    o.0
+}
+
+/// Per-route fetch counters and durations, and failovers.
+fn render_net(o: &mut Out, net: &Http) {
+    let (pf, sf) = net.failovers();
+    o.family(
+        "depotfs_failovers_total",
+        "counter",
+        "Switches to another proxy or server after a failure.",
+    );
+    o.sample("depotfs_failovers_total", "{kind=\"proxy\"}", pf);
+    o.sample("depotfs_failovers_total", "{kind=\"server\"}", sf);
+    let routes: Vec<(usize, usize, String)> = net
+        .options()
+        .servers
+        .iter()
+        .enumerate()
+        .flat_map(|(si, server)| {
+            net.proxy_labels()
+                .into_iter()
+                .enumerate()
+                .map(move |(pi, proxy)| {
+                    (
+                        si,
+                        pi,
+                        format!("server=\"{}\",proxy=\"{}\"", label(server), label(proxy)),
+                    )
+                })
+        })
+        .collect();
+    o.family(
+        "depotfs_fetches_total",
+        "counter",
+        "Fetch attempts by route and result.",
+    );
+    for (si, pi, l) in &routes {
+        let r = net.route(*si, *pi);
+        for (k, result) in RESULTS.iter().enumerate() {
+            o.sample(
+                "depotfs_fetches_total",
+                &format!("{{{l},result=\"{result}\"}}"),
+                r.results[k].load(Ordering::Relaxed),
+            );
+        }
+    }
+    let h = "depotfs_fetch_duration_seconds";
+    o.family(h, "histogram", "Duration of fetch attempts by route.");
+    for (si, pi, l) in &routes {
+        let r = net.route(*si, *pi);
+        let mut cumulative = 0;
+        for (k, le) in BUCKETS.iter().enumerate() {
+            cumulative += r.buckets[k].load(Ordering::Relaxed);
+            o.sample(
+                &format!("{h}_bucket"),
+                &format!("{{{l},le=\"{le}\"}}"),
+                cumulative,
+            );
+        }
+        cumulative += r.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        o.sample(
+            &format!("{h}_bucket"),
+            &format!("{{{l},le=\"+Inf\"}}"),
+            cumulative,
+        );
+        o.sample(
+            &format!("{h}_sum"),
+            &format!("{{{l}}}"),
+            r.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        o.sample(&format!("{h}_count"), &format!("{{{l}}}"), cumulative);
+    }
 }

@@ -1,4 +1,8 @@
-//! Assembling a mount: backend, manifest check, cache, session, signals.
+//! Assembling a mount: backend, manifest check, cache, session, signals, and the revision
+//! checks: every TTL, every [`PROBE_INTERVAL`] while offline (the check's manifest fetch is
+//! the offline probe), and on SIGUSR1 (`depotfs remount`). A check's outcome is counted in
+//! `user.depotfs.checks` and described in `user.depotfs.last_check`, which is how
+//! `depotfs remount` learns it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,7 +11,7 @@ use std::time::Duration;
 use depotfs_catalog::{Manifest, PublicKey};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, NetOptions};
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::fs::{DepotFs, MountInfo, Tree};
@@ -17,8 +21,19 @@ use crate::store::ObjectStore;
 /// Everything needed to mount.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// URL of a served `public/`, or a local STORE (or its `public/`) path.
+    /// URL of a served `public/` (several separated by `,` or `;`), or a local STORE (or its
+    /// `public/`) path. Ignored when `servers` is not empty.
     pub source: String,
+    /// Server URLs (`--server`), in order of preference.
+    pub servers: Vec<String>,
+    /// Proxy URLs or `DIRECT` (`--proxy`), in order of preference; empty means DIRECT.
+    pub proxies: Vec<String>,
+    /// Bound of a connect.
+    pub connect_timeout: Duration,
+    /// Extra passes over all routes after the first.
+    pub retries: u32,
+    /// Time on a fallback route before the preferred one is tried again.
+    pub failback_after: Duration,
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// The repository's public key file (defaults to a local store's own `public/repo.pub`).
@@ -29,7 +44,7 @@ pub struct Options {
     pub cache_size: u64,
     /// Decompressed chunks kept in memory, bytes.
     pub mem_size: u64,
-    /// Network timeout.
+    /// Bound of one attempt (one request on one route).
     pub timeout: Duration,
     /// Let other users access the mount.
     pub allow_other: bool,
@@ -56,6 +71,36 @@ fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
+/// How often an offline mount probes for a server.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Options {
+    /// The network settings, if the source is HTTP.
+    pub fn net(&self) -> Option<NetOptions> {
+        let servers: Vec<String> = if self.servers.is_empty() {
+            if !is_url(&self.source) {
+                return None;
+            }
+            self.source
+                .split([';', ','])
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect()
+        } else {
+            self.servers.clone()
+        };
+        Some(NetOptions {
+            servers,
+            proxies: self.proxies.clone(),
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            retries: self.retries,
+            failback_after: self.failback_after,
+        })
+    }
+}
+
 /// Open the source, check the manifest (signature, name, revision) and fetch the root
 /// directory: everything that must hold before anything is served.
 pub fn prepare(o: &Options) -> Result<Prepared> {
@@ -66,12 +111,12 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         .thread_name("depotfs-io")
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    let (backend, key_path) = if is_url(&o.source) {
+    let (backend, key_path) = if let Some(net) = o.net() {
         let key = o
             .key
             .clone()
             .ok_or_else(|| Error::Manifest("--key is required when mounting over HTTP".into()))?;
-        (Backend::http_list(&o.source, o.timeout)?, key)
+        (Backend::http(net)?, key)
     } else {
         let p = Path::new(&o.source);
         let public = if p.join("public").is_dir() {
@@ -138,17 +183,21 @@ fn fetch_manifest(
     disk: &DiskCache,
 ) -> Result<Manifest> {
     let saved = Some(saved_manifest_path(disk, backend));
-    match runtime.block_on(backend.get("manifest", true)) {
+    match runtime.block_on(backend.get_manifest_patiently()) {
         Ok(bytes) => {
             let m = Manifest::parse_verified(&bytes, key, None)?;
             save_manifest(disk, backend, &bytes);
             Ok(m)
         }
-        Err(e @ (Error::Fetch { .. } | Error::Timeout { .. })) => {
+        Err(e @ (Error::Fetch { .. } | Error::Timeout { .. } | Error::Offline(_))) => {
             let Some(bytes) = saved.and_then(|p| std::fs::read(p).ok()) else {
                 return Err(e);
             };
-            tracing::warn!("{e}; offline: using the last verified manifest from the cache");
+            backend.set_offline();
+            tracing::warn!(
+                "{e}; starting offline: using the last verified manifest from the cache \
+                 (cached files are readable; the mount leaves offline mode when a server answers)"
+            );
             Ok(Manifest::parse_verified(&bytes, key, None)?)
         }
         Err(e) => Err(e),
@@ -168,23 +217,74 @@ fn save_manifest(disk: &DiskCache, backend: &Backend, bytes: &[u8]) {
     }
 }
 
+/// What a revision check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Switched to revision `now` from `was`.
+    New {
+        /// The revision now served.
+        now: u64,
+        /// The revision served before.
+        was: u64,
+    },
+    /// The server offers the revision already served.
+    Unchanged(u64),
+}
+
+/// Why a manifest was refused, for `depotfs_manifest_refused_total{reason}`.
+fn refusal_reason(message: &str) -> &'static str {
+    if message.contains("signature") || message.contains("key") {
+        "signature"
+    } else if message.contains("is for repository") {
+        "name"
+    } else if message.contains("format") {
+        "format"
+    } else {
+        "malformed"
+    }
+}
+
 /// Check for a newer revision: fetch and verify the manifest (same key, same repository,
 /// higher revision), fetch its root, switch to it and have the kernel drop its cached
-/// entries. A lower revision is refused (rollback).
-async fn refresh(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<()> {
+/// entries. An older revision (replay, rollback), a bad signature or another repository's
+/// manifest is refused with [`Error::Manifest`], counted by reason, and the mount stays on
+/// its revision.
+async fn check(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<Checked> {
     let cur = fs.manifest();
     let store = fs.store();
-    let bytes = store.backend().get("manifest", true).await?;
-    let m = Manifest::parse_verified(&bytes, key, Some(&cur.name))?;
-    if m.revision <= cur.revision {
-        if m.revision < cur.revision {
-            tracing::warn!(
-                "server offers revision {} < {}: refused",
-                m.revision,
-                cur.revision
-            );
+    let bytes = store.backend().get_manifest().await?;
+    let refuse = |reason: &str, message: String| {
+        *store
+            .stats
+            .manifest_refused
+            .lock()
+            .expect("poisoned")
+            .entry(reason.to_string())
+            .or_default() += 1;
+        tracing::warn!(
+            "manifest refused ({reason}): {message}; staying on revision {}",
+            cur.revision
+        );
+        Error::Manifest(message)
+    };
+    let m = match Manifest::parse_verified(&bytes, key, Some(&cur.name)) {
+        Ok(m) => m,
+        Err(e) => {
+            let message = e.to_string();
+            return Err(refuse(refusal_reason(&message), message));
         }
-        return Ok(());
+    };
+    if m.revision < cur.revision {
+        return Err(refuse(
+            "older",
+            format!(
+                "the server offers revision {} of {}, older than revision {} in use (replay or rollback refused)",
+                m.revision, m.name, cur.revision
+            ),
+        ));
+    }
+    if m.revision == cur.revision {
+        return Ok(Checked::Unchanged(m.revision));
     }
     store.dir_node(m.root).await?;
     if let Some(disk) = store.disk() {
@@ -197,6 +297,7 @@ async fn refresh(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<(
         cur.revision,
         m.revision
     );
+    let (now, was) = (m.revision, cur.revision);
     let stale = fs.switch(m);
     let notifier = notifier.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -206,7 +307,37 @@ async fn refresh(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<(
         let _ = notifier.inval_inode(INodeNo(1), 0, 0);
     })
     .await;
-    Ok(())
+    Ok(Checked::New { now, was })
+}
+
+/// Runs revision checks one at a time and records their outcomes.
+struct Checker {
+    fs: Arc<DepotFs>,
+    key: PublicKey,
+    notifier: Notifier,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Checker {
+    async fn run(&self, why: &str) {
+        let _one = self.one_at_a_time.lock().await;
+        let outcome = check(&self.fs, &self.key, &self.notifier).await;
+        let text = match &outcome {
+            Ok(Checked::New { now, was }) => format!("new {now} {was}"),
+            Ok(Checked::Unchanged(r)) => format!("unchanged {r}"),
+            Err(e) => {
+                if !matches!(e, Error::Manifest(_)) {
+                    tracing::warn!("checking for a new revision ({why}): {e}");
+                }
+                format!("error {e}")
+            }
+        };
+        let stats = &self.fs.store().stats;
+        *stats.last_check.lock().expect("poisoned") = text;
+        stats
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
@@ -231,12 +362,47 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
         .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
     let notifier = session.notifier();
     let ttl = Duration::from_secs(o.manifest_ttl.unwrap_or(fs.manifest().ttl).max(1));
+    let checker = Arc::new(Checker {
+        fs: fs.clone(),
+        key,
+        notifier,
+        one_at_a_time: tokio::sync::Mutex::new(()),
+    });
+    let c = checker.clone();
     runtime.spawn(async move {
         loop {
             tokio::time::sleep(ttl).await;
-            if let Err(e) = refresh(&fs, &key, &notifier).await {
-                tracing::warn!("checking for a new revision: {e}");
+            c.run("TTL").await;
+        }
+    });
+    // Offline: probe every PROBE_INTERVAL, and when a request wants an object (at most
+    // twice a second).
+    let c = checker.clone();
+    runtime.spawn(async move {
+        loop {
+            let backend = c.fs.store().backend();
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = backend.probe_wanted() => {}
             }
+            if backend.offline_since().is_some() {
+                c.run("offline probe").await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    // `depotfs remount`: check now.
+    // The handler is installed before the mount is reported ready: SIGUSR1's default
+    // action would end the process.
+    let mut usr1 = {
+        let _rt = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .map_err(|e| Error::io("installing the SIGUSR1 handler", e))?
+    };
+    let c = checker;
+    runtime.spawn(async move {
+        while usr1.recv().await.is_some() {
+            c.run("remount").await;
         }
     });
     let mut unmounter = session.unmount_callable();

@@ -17,10 +17,23 @@ use depotfs_catalog::object::{self, ObjectKind, Verified};
 use depotfs_catalog::{ChunkList, DirNode, ObjectId};
 use tokio::sync::OnceCell;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DIRECT};
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::lru::Lru;
+
+/// Attributes of the mount root answered by [`ObjectStore::net_xattr`].
+pub const XATTRS_NET: [&str; 9] = [
+    "user.depotfs.proxy",
+    "user.depotfs.proxies",
+    "user.depotfs.offline_since",
+    "user.depotfs.failovers",
+    "user.depotfs.manifest_refused",
+    "user.depotfs.request_bound_ms",
+    "user.depotfs.checks",
+    "user.depotfs.last_check",
+    "user.depotfs.evictions",
+];
 
 /// Largest chunk list accepted (a 10 GiB file has ~10k chunks of 36 bytes).
 const CHUNK_LIST_MAX: u64 = 64 << 20;
@@ -47,6 +60,12 @@ pub struct Stats {
     pub bytes_read: AtomicU64,
     /// Downloads that failed verification.
     pub corrupt: AtomicU64,
+    /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
+    pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Revision checks finished (TTL, probe or `depotfs remount`).
+    pub checks: AtomicU64,
+    /// The outcome of the last check: `new REV OLD`, `unchanged REV` or `error REASON`.
+    pub last_check: Mutex<String>,
 }
 
 type Shared = Arc<OnceCell<Result<Arc<Verified>>>>;
@@ -83,6 +102,34 @@ impl ObjectStore {
     /// The backend (for the manifest and `describe`).
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The value of a network and revision-check attribute of the mount root (see
+    /// [`XATTRS_NET`]), `None` for other names.
+    pub fn net_xattr(&self, name: &str) -> Option<String> {
+        let b = &self.backend;
+        let net = b.net();
+        let (pf, sf) = net.map_or((0, 0), |h| h.failovers());
+        Some(match name.strip_prefix("user.depotfs.")? {
+            "proxy" => b.current_proxy(),
+            "offline_since" => b.offline_since().unwrap_or(0).to_string(),
+            "failovers" => format!("{pf} {sf}"),
+            "manifest_refused" => {
+                let r = self.stats.manifest_refused.lock().expect("poisoned");
+                r.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            "request_bound_ms" => net
+                .map_or(0, |h| h.options().request_bound().as_millis())
+                .to_string(),
+            "checks" => self.stats.checks.load(Ordering::Relaxed).to_string(),
+            "last_check" => self.stats.last_check.lock().expect("poisoned").clone(),
+            "proxies" => net.map_or(DIRECT.into(), |h| h.proxy_labels().join(";")),
+            "evictions" => self.disk.as_ref().map_or(0, |d| d.evictions()).to_string(),
+            _ => return None,
+        })
     }
 
     /// The disk cache, if any.
@@ -208,7 +255,8 @@ impl ObjectStore {
         let path = id.store_path();
         let mut last_err = None;
         for fresh in [false, true] {
-            let bytes = self.backend.get(&path, fresh).await?;
+            let fetched = self.backend.get(&path, fresh).await?;
+            let bytes = fetched.bytes;
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .bytes_fetched
@@ -226,8 +274,11 @@ impl ObjectStore {
                     self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         "object {id} from {} failed verification: {e}",
-                        self.backend.describe()
+                        self.backend.current()
                     );
+                    // The refetch goes to the next server (if there is one).
+                    self.backend
+                        .corrupt(fetched.server, &format!("object {id}"));
                     last_err = Some(e);
                 }
             }
