@@ -722,6 +722,7 @@ fn fleet_corrupt_object_on_first_mirror_is_fetched_from_second() {
     let (got, _) = read_within(&m.path("images/small.txt"), Duration::from_secs(60));
     assert_same(&got.expect("read small.txt"), &want, "small.txt");
     assert!(m.metric("depotfs_verification_failures_total", &[]) >= 1.0);
+    assert!(m.metric("depotfs_fetches_total", &[("result", "corrupt")]) >= 1.0);
     let rel = format!("/{}", obj.strip_prefix(&p1).unwrap().display());
     assert!(
         m1.requests().contains(&rel),
@@ -935,8 +936,12 @@ fn fleet_replayed_and_foreign_manifests_are_refused() {
     let foreign = fs::read(other.join("public/manifest")).unwrap();
     assert!(manifest_revision(&String::from_utf8_lossy(&foreign)) > current);
 
-    for (what, manifest) in [("replayed", &old_manifest), ("foreign", &foreign)] {
-        let refused = |m: &Mount| m.metric("depotfs_manifest_refused_total", &[]);
+    // The reasons `depotfs_manifest_refused_total{reason}` counts them under.
+    for (what, manifest, reason) in [
+        ("replayed", &old_manifest, "older"),
+        ("foreign", &foreign, "signature"),
+    ] {
+        let refused = |m: &Mount| m.metric("depotfs_manifest_refused_total", &[("reason", reason)]);
         let (hand0, ttl0) = (refused(&by_hand), refused(&by_ttl));
         put_manifest(&public, manifest);
         let out = depotfs(&["remount", by_hand.mp.to_str().unwrap()]);
