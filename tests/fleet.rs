@@ -1186,3 +1186,59 @@ fn fleet_prometheus_scrapes_mount_and_serve() {
         );
     }
 }
+
+/// The shipped configs as the tools themselves read them: `squid -k parse` without errors or
+/// warnings, `promtool check config` and `check rules`, and the rules' unit tests
+/// (`deploy/prometheus/depotfs.rules.test.yml`).
+#[test]
+fn fleet_shipped_configs_pass_their_tools_checks() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let run = |bin: &Path, args: &[&str], dir: &Path| -> String {
+        let out = Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}\n{text}",
+            bin.display(),
+            out.status
+        );
+        text
+    };
+    let squid = binary("squid", "squid");
+    let parsed = run(
+        &squid,
+        &["-k", "parse", "-f", "depotfs.conf"],
+        &deploy.join("squid"),
+    );
+    let bad: Vec<&str> = parsed
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_uppercase();
+            l.contains("WARNING") || l.contains("ERROR") || l.contains("FATAL")
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "squid -k parse deploy/squid/depotfs.conf:\n{}",
+        bad.join("\n")
+    );
+
+    let promtool = binary("promtool", "prometheus");
+    let dir = deploy.join("prometheus");
+    run(&promtool, &["check", "config", "prometheus.yml"], &dir);
+    run(&promtool, &["check", "rules", "depotfs.rules.yml"], &dir);
+    let tested = run(
+        &promtool,
+        &["test", "rules", "depotfs.rules.test.yml"],
+        &dir,
+    );
+    assert!(tested.contains("SUCCESS"), "promtool test rules:\n{tested}");
+}
