@@ -486,16 +486,19 @@ struct Mount {
 }
 
 impl Mount {
-    /// `depotfs mount SOURCE MP --key --cache-dir --metrics-listen` plus `extra`.
+    /// `depotfs mount SOURCE MP --key --cache-dir --metrics-listen` plus `extra`; `source`
+    /// "" leaves SOURCE out (`extra` names the servers with `--server`).
     fn new(fleet: &Fleet, name: &str, source: &str, extra: &[&str]) -> Mount {
         let mp = fleet.path().join(name).join("mnt");
         let cache = fleet.path().join(name).join("cache");
         fs::create_dir_all(&mp).unwrap();
         let metrics = free_port();
         let listen = format!("127.0.0.1:{metrics}");
-        let mut args = vec![
-            "mount",
-            source,
+        let mut args = vec!["mount"];
+        if !source.is_empty() {
+            args.push(source);
+        }
+        args.extend([
             mp.to_str().unwrap(),
             "--key",
             &fleet.key,
@@ -503,7 +506,7 @@ impl Mount {
             cache.to_str().unwrap(),
             "--metrics-listen",
             &listen,
-        ];
+        ]);
         args.extend_from_slice(extra);
         let out = depotfs(&args);
         let m = Mount {
@@ -984,11 +987,23 @@ fn fleet_all_servers_down_then_back() {
     let fleet = Fleet::new(false);
     let mut m1 = Nginx::start(&fleet.mirror("mirror1"), &fleet.path().join("nginx1"));
     let mut m2 = Nginx::start(&fleet.mirror("mirror2"), &fleet.path().join("nginx2"));
+    let (u1, u2) = (m1.url(), m2.url());
     let m = Mount::new(
         &fleet,
         "client",
-        &format!("{};{}", m1.url(), m2.url()),
-        &["--timeout", "2", "--connect-timeout", "1", "--retries", "1"],
+        "",
+        &[
+            "--server",
+            &u1,
+            "--server",
+            &u2,
+            "--timeout",
+            "2",
+            "--connect-timeout",
+            "1",
+            "--retries",
+            "1",
+        ],
     );
     let limit = Duration::from_secs(30);
     let (got, _) = read_within(&m.path("images/tool-b.sif"), limit);
