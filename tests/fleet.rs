@@ -6,10 +6,12 @@
 //! mount's `--metrics-listen` endpoint.
 //!
 //! Covers: server failover in the middle of a large read, a corrupt object on the preferred
-//! mirror, cache hits in squid for a second client, failover past a dead proxy, a new
-//! revision under an open file (TTL and `depotfs remount`), replayed and foreign manifests,
-//! all servers down (cached reads work, uncached ones fail in bounded time, recovery without
-//! remount), and Prometheus scraping a mount.
+//! mirror, cache hits in squid for a second client, one upstream fetch per object for six
+//! simultaneous clients (collapsed forwarding), failover past a dead proxy, a new revision
+//! under an open file (TTL and `depotfs remount`), replayed and foreign manifests, all servers
+//! down (cached reads work, uncached ones fail within the request bound, recovery without
+//! remount), Prometheus scraping a mount and `depotfs serve`, and the shipped configs passing
+//! `squid -k parse` and `promtool` (including the alert rules' unit tests).
 //!
 //! Needs root (or fusermount3), /dev/fuse and the Debian packages `nginx`, `squid` and
 //! `prometheus` (`.ci/run` installs them); a missing one fails the test with its name.
