@@ -222,12 +222,16 @@ impl Mount {
         String::from_utf8(ok(run(&[&"status", &self.mp])).stdout).unwrap()
     }
     fn xattr(&self, name: &str) -> String {
+        self.xattr_of("", name)
+    }
+    /// `user.depotfs.NAME` of `rel` under the mountpoint.
+    fn xattr_of(&self, rel: &str, name: &str) -> String {
         let out = Command::new("python3")
             .args([
                 "-c",
                 "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
             ])
-            .arg(&self.mp)
+            .arg(self.mp.join(rel))
             .arg(format!("user.depotfs.{name}"))
             .output()
             .unwrap();
@@ -588,4 +592,50 @@ fn net_remount_new_revision_and_replay_refused() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "revision 2 (unchanged)"
     );
+}
+
+/// An object that fails verification on the first server is refetched from the second, not
+/// from the same one again; the failure is counted against the route and as a server
+/// failover.
+#[test]
+fn net_corrupt_object_refetched_from_next_server() {
+    let repo = Repo::new();
+    let mirror = repo.path().join("mirror");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(repo.store())
+        .arg(&mirror)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let s1 = Server::start(&repo.store(), free_port());
+    let s2 = Server::start(&mirror, free_port());
+    let (u1, u2) = (s1.url(), s2.url());
+    let m = Mount::new(&repo, "mnt", &["--server", &u1, "--server", &u2]);
+    let hash = m.xattr_of("d/f05", "hash");
+    let object = repo
+        .store()
+        .join("public/objects")
+        .join(&hash[..2])
+        .join(&hash[2..]);
+    let mut bytes = fs::read(&object).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&object, &bytes).unwrap();
+    let before = s2.object_requests();
+
+    assert_eq!(m.read("f05").unwrap(), fs::read(repo.src("f05")).unwrap());
+    let mt = m.metrics();
+    assert_eq!(metric(&mt, "depotfs_verification_failures_total"), 1.0);
+    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
+    let corrupt =
+        format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"corrupt\"}}");
+    assert_eq!(metric(&mt, &corrupt), 1.0);
+    assert_eq!(
+        s2.object_requests(),
+        before + 1,
+        "refetched from the mirror"
+    );
+    assert_eq!(m.xattr("host"), u2);
+    let line = format!("server {u1} failed (object failed verification: object {hash}");
+    assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
 }

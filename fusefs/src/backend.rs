@@ -126,7 +126,7 @@ pub struct Http {
     server_since: AtomicU64,
     proxy_since: AtomicU64,
     epoch: Instant,
-    /// Bounds concurrent requests so prefetch cannot flood the servers.
+    /// Bounds concurrent attempts so prefetch cannot flood the servers.
     permits: tokio::sync::Semaphore,
     /// Index `server * proxies + proxy`.
     routes: Vec<RouteStats>,
@@ -543,11 +543,6 @@ impl Http {
         }
         .request_bound();
         let work = async {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
             self.failback();
             let mut last = None;
             for pass in 0..=retries {
@@ -633,7 +628,6 @@ impl Http {
         let direct = proxy.label == DIRECT;
         let url = format!("{}{rel}", self.opts.servers[s]);
         let secs = self.opts.timeout.as_secs();
-        let start = Instant::now();
         let via = if direct {
             String::new()
         } else {
@@ -675,6 +669,12 @@ impl Http {
                 .header("Cache-Control", "no-cache")
                 .header("Pragma", "no-cache");
         }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let start = Instant::now();
         let work = async {
             let resp = req.send().await.map_err(failed)?;
             let status = resp.status();
