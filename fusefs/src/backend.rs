@@ -25,9 +25,9 @@
 //! One attempt is bounded by `timeout` (connecting by `connect_timeout`). A request tries
 //! every route once per pass, and makes `retries` more passes after an exponential backoff
 //! ([`backoff`]); the whole request is bounded by [`NetOptions::request_bound`]. When a
-//! request has failed on every route the backend is **offline**: further object requests
-//! wait at most [`OFFLINE_WAIT`] for a probe (the mount's manifest check, see `mount.rs`)
-//! to find a server that answers, and otherwise fail at once (EIO). Cached data stays
+//! request has failed on every route the backend is **offline**: a further object request
+//! asks for a probe (the mount's manifest check, see `mount.rs`) and waits for it to finish,
+//! at most [`OFFLINE_WAIT`]; unless the probe found a server it then fails (EIO). Cached data stays
 //! readable; the first successful fetch brings the backend back online.
 
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 /// The proxy word for "no proxy".
 pub const DIRECT: &str = "DIRECT";
 
-/// How long a request made while offline waits for a probe to find a server.
+/// The longest a request made while offline waits for the probe it asked for.
 pub const OFFLINE_WAIT: Duration = Duration::from_secs(2);
 
 /// Upper bounds (seconds) of the `depotfs_fetch_duration_seconds` histogram buckets.
@@ -126,7 +126,7 @@ pub struct Http {
     server_since: AtomicU64,
     proxy_since: AtomicU64,
     epoch: Instant,
-    /// Bounds concurrent requests so prefetch cannot flood the servers.
+    /// Bounds concurrent attempts so prefetch cannot flood the servers.
     permits: tokio::sync::Semaphore,
     /// Index `server * proxies + proxy`.
     routes: Vec<RouteStats>,
@@ -136,6 +136,8 @@ pub struct Http {
     offline: tokio::sync::watch::Sender<Option<u64>>,
     /// Wakes the prober (see [`Backend::probe_wanted`]).
     probe: tokio::sync::Notify,
+    /// Probes finished (see [`Backend::probe_finished`]).
+    probes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Which side of a route failed.
@@ -255,6 +257,7 @@ impl Backend {
             failovers: Default::default(),
             offline: tokio::sync::watch::Sender::new(None),
             probe: tokio::sync::Notify::new(),
+            probes: tokio::sync::watch::Sender::new(0),
         })))
     }
 
@@ -310,10 +313,20 @@ impl Backend {
             }
             Backend::Http(h) => {
                 if h.offline.borrow().is_some() {
+                    // Ask for a probe and wait for the next one to finish (or for any
+                    // success), at most OFFLINE_WAIT.
+                    let mut online = h.offline.subscribe();
+                    let mut probes = h.probes.subscribe();
+                    let seen = *probes.borrow_and_update();
                     h.probe.notify_one();
-                    let mut rx = h.offline.subscribe();
-                    let back = tokio::time::timeout(OFFLINE_WAIT, rx.wait_for(Option::is_none));
-                    if !matches!(back.await, Ok(Ok(_))) {
+                    let _ = tokio::time::timeout(OFFLINE_WAIT, async {
+                        tokio::select! {
+                            _ = online.wait_for(Option::is_none) => {}
+                            _ = probes.wait_for(|g| *g > seen) => {}
+                        }
+                    })
+                    .await;
+                    if h.offline.borrow().is_some() {
                         return Err(Error::Offline(rel.to_string()));
                     }
                 }
@@ -345,6 +358,13 @@ impl Backend {
         match self {
             Backend::Http(h) => h.probe.notified().await,
             Backend::Local(_) => std::future::pending().await,
+        }
+    }
+
+    /// A probe (revision check) has finished: requests waiting while offline look again.
+    pub fn probe_finished(&self) {
+        if let Backend::Http(h) = self {
+            h.probes.send_modify(|g| *g += 1);
         }
     }
 
@@ -523,11 +543,6 @@ impl Http {
         }
         .request_bound();
         let work = async {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
             self.failback();
             let mut last = None;
             for pass in 0..=retries {
@@ -563,8 +578,20 @@ impl Http {
         let mut bad_s = vec![false; self.opts.servers.len()];
         let mut bad_p = vec![false; self.proxies.len()];
         loop {
-            let s = pick(&bad_s, self.cur_server.load(Ordering::Relaxed))?;
             let p = pick(&bad_p, self.cur_proxy.load(Ordering::Relaxed))?;
+            let Some(s) = pick(&bad_s, self.cur_server.load(Ordering::Relaxed)) else {
+                // Every server failed through this proxy (e.g. it answers 502 for all):
+                // the servers get another chance through the next proxy.
+                bad_p[p] = true;
+                let next = pick(&bad_p, p)?;
+                tracing::warn!(
+                    "every server failed via {}; trying them via {}",
+                    self.proxies[p].label,
+                    self.proxies[next].label
+                );
+                bad_s.fill(false);
+                continue;
+            };
             match self.attempt(s, p, rel, fresh).await {
                 Ok(bytes) => {
                     self.cur_server.store(s, Ordering::Relaxed);
@@ -601,7 +628,6 @@ impl Http {
         let direct = proxy.label == DIRECT;
         let url = format!("{}{rel}", self.opts.servers[s]);
         let secs = self.opts.timeout.as_secs();
-        let start = Instant::now();
         let via = if direct {
             String::new()
         } else {
@@ -643,6 +669,12 @@ impl Http {
                 .header("Cache-Control", "no-cache")
                 .header("Pragma", "no-cache");
         }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let start = Instant::now();
         let work = async {
             let resp = req.send().await.map_err(failed)?;
             let status = resp.status();

@@ -135,7 +135,12 @@ pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
             .parse()
             .unwrap_or(0))
     };
-    let before = checks(&mp)?;
+    // Checks run one at a time: once as many have finished as had started before the
+    // signal, plus one, a check that began after the signal has finished.
+    let started: u64 = xattr(&mp, "user.depotfs.checks_started")?
+        .trim()
+        .parse()
+        .unwrap_or(0);
     let bound_ms: u64 = xattr(&mp, "user.depotfs.request_bound_ms")
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -148,7 +153,7 @@ pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
     // check may be running first.
     let limit = Duration::from_millis(2 * bound_ms) + Duration::from_secs(30);
     let start = Instant::now();
-    while checks(&mp)? <= before {
+    while checks(&mp)? <= started {
         if start.elapsed() > limit {
             bail!(
                 "{}: no answer from the mount within {} s",

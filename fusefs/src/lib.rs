@@ -15,16 +15,18 @@
 //!   chunk lists and decompressed chunks, single-flight downloads, refetch-once on corruption.
 //! - [`cache`] — the disk cache: content-addressed files, LRU eviction to a byte limit,
 //!   crash-safe (temp file + rename, verified on load), the rollback guard.
-//! - [`backend`] — moving bytes: HTTP(S) with one `reqwest` client and timeouts, or a local
-//!   directory.
-//! - [`mount`] — manifest check and mount session; [`cli`] — `mount`, `umount`, `status`;
-//!   [`metrics`] — `--metrics-listen`, the counters in the Prometheus text format.
+//! - [`backend`] — moving bytes: HTTP(S) servers × proxies (one `reqwest` client per
+//!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
+//!   mode; or a local directory.
+//! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
+//!   SIGUSR1); [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
+//!   `--metrics-listen`, the counters in the Prometheus text format.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
 //! they are stable across remounts and survive FORGET. The design, the cache layout, the
-//! numbers measured and the plan for issue 5 (failover, revision switching, offline mode,
-//! metrics) are in `fusefs/README.md`.
+//! numbers measured and the issue-5 networking (routes, failover, bounds, offline mode,
+//! remount, metric names) are in `fusefs/README.md`.
 //!
 //! Crate choices: `fuser` 0.18 (pure-Rust mount, `Send` replies so requests can be answered
 //! from tasks, multi-threaded sessions with `clone_fd`); `tokio` for the async fetch layer and

@@ -321,6 +321,10 @@ struct Checker {
 impl Checker {
     async fn run(&self, why: &str) {
         let _one = self.one_at_a_time.lock().await;
+        let stats = &self.fs.store().stats;
+        stats
+            .checks_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = check(&self.fs, &self.key, &self.notifier).await;
         let text = match &outcome {
             Ok(Checked::New { now, was }) => format!("new {now} {was}"),
@@ -332,8 +336,8 @@ impl Checker {
                 format!("error {e}")
             }
         };
-        let stats = &self.fs.store().stats;
         *stats.last_check.lock().expect("poisoned") = text;
+        self.fs.store().backend().probe_finished();
         stats
             .checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -23,13 +23,14 @@ use crate::error::{Error, Result};
 use crate::lru::Lru;
 
 /// Attributes of the mount root answered by [`ObjectStore::net_xattr`].
-pub const XATTRS_NET: [&str; 9] = [
+pub const XATTRS_NET: [&str; 10] = [
     "user.depotfs.proxy",
     "user.depotfs.proxies",
     "user.depotfs.offline_since",
     "user.depotfs.failovers",
     "user.depotfs.manifest_refused",
     "user.depotfs.request_bound_ms",
+    "user.depotfs.checks_started",
     "user.depotfs.checks",
     "user.depotfs.last_check",
     "user.depotfs.evictions",
@@ -62,7 +63,9 @@ pub struct Stats {
     pub corrupt: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
     pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
-    /// Revision checks finished (TTL, probe or `depotfs remount`).
+    /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
+    pub checks_started: AtomicU64,
+    /// Revision checks finished.
     pub checks: AtomicU64,
     /// The outcome of the last check: `new REV OLD`, `unchanged REV` or `error REASON`.
     pub last_check: Mutex<String>,
@@ -125,6 +128,11 @@ impl ObjectStore {
                 .map_or(0, |h| h.options().request_bound().as_millis())
                 .to_string(),
             "checks" => self.stats.checks.load(Ordering::Relaxed).to_string(),
+            "checks_started" => self
+                .stats
+                .checks_started
+                .load(Ordering::Relaxed)
+                .to_string(),
             "last_check" => self.stats.last_check.lock().expect("poisoned").clone(),
             "proxies" => net.map_or(DIRECT.into(), |h| h.proxy_labels().join(";")),
             "evictions" => self.disk.as_ref().map_or(0, |d| d.evictions()).to_string(),
