@@ -622,6 +622,10 @@ fn net_corrupt_object_refetched_from_next_server() {
     *bytes.last_mut().unwrap() ^= 1;
     fs::write(&object, &bytes).unwrap();
     let before = s2.object_requests();
+    let ok_before = metric(
+        &m.metrics(),
+        &format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"ok\"}}"),
+    );
 
     assert_eq!(m.read("f05").unwrap(), fs::read(repo.src("f05")).unwrap());
     let mt = m.metrics();
@@ -630,6 +634,12 @@ fn net_corrupt_object_refetched_from_next_server() {
     let corrupt =
         format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"corrupt\"}}");
     assert_eq!(metric(&mt, &corrupt), 1.0);
+    let fine = corrupt.replace("corrupt", "ok");
+    assert_eq!(
+        metric(&mt, &fine),
+        ok_before,
+        "the bad download is not counted as ok"
+    );
     assert_eq!(
         s2.object_requests(),
         before + 1,
