@@ -634,7 +634,7 @@ impl Http {
         };
         let timed_out = || Failure {
             side: if direct { Side::Server } else { Side::Proxy },
-            reason: format!("no answer within {secs} s{via}"),
+            reason: format!("no answer within {secs} s"),
             error: Error::Timeout {
                 what: url.clone(),
                 secs,
