@@ -453,6 +453,36 @@ fn net_proxy_failure_vs_server_failure() {
         assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
         assert!(m.status().contains("proxy:         DIRECT"));
     }
+    {
+        // A proxy that accepts connections and never answers: a timeout is a proxy failure.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = format!("http://{}", listener.local_addr().unwrap());
+        let m = Mount::new(
+            &repo,
+            "mnt-silent-proxy",
+            &[
+                &s1.url(),
+                "--proxy",
+                &silent,
+                "--proxy",
+                "DIRECT",
+                "--timeout",
+                "1",
+            ],
+        );
+        assert_eq!(m.read("f02").unwrap(), fs::read(repo.src("f02")).unwrap());
+        let mt = m.metrics();
+        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 1.0);
+        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 0.0);
+        let timeouts = format!(
+            "depotfs_fetches_total{{server=\"{}\",proxy=\"{silent}\",result=\"timeout\"}}",
+            s1.url()
+        );
+        assert_eq!(metric(&mt, &timeouts), 1.0);
+        let line = format!("proxy {silent} failed (no answer within 1 s); switching to DIRECT");
+        assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
+        drop(listener);
+    }
     let bad = format!("http://127.0.0.1:{}", bad_gateway_proxy());
     let (u1, u2) = (s1.url(), s2.url());
     let m = Mount::new(
@@ -590,6 +620,22 @@ fn net_remount_new_revision_and_replay_refused() {
     );
     assert_eq!(metric(&mt, "depotfs_revision"), 2.0);
     assert!(m.log().contains("manifest refused (older)"), "{}", m.log());
+    // A forged manifest (one hex digit of the signature changed).
+    let text = String::from_utf8(new.clone()).unwrap();
+    let at = text.find("\nsignature ").unwrap() + "\nsignature ".len();
+    let mut forged = text.into_bytes();
+    forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+    fs::write(&manifest, &forged).unwrap();
+    let out = run(&[&"remount", &m.mp]);
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("signature does not verify"), "{why}");
+    let mt = m.metrics();
+    assert_eq!(
+        metric(&mt, "depotfs_manifest_refused_total{reason=\"signature\"}"),
+        1.0
+    );
+    assert_eq!(m.xattr("revision"), "2");
     fs::write(&manifest, new).unwrap();
     let out = ok(run(&[&"remount", &m.mp]));
     assert_eq!(
