@@ -330,6 +330,24 @@ fn check_exposition(text: &str) -> Metrics {
     samples
 }
 
+/// `depotfs_failovers_total` as (proxy, server).
+fn failovers(m: &Metrics) -> (f64, f64) {
+    (
+        metric(m, "depotfs_failovers_total{kind=\"proxy\"}"),
+        metric(m, "depotfs_failovers_total{kind=\"server\"}"),
+    )
+}
+
+/// `depotfs_fetches_total` of one route and result.
+fn fetches(m: &Metrics, server: &str, proxy: &str, result: &str) -> f64 {
+    metric(
+        m,
+        &format!(
+            "depotfs_fetches_total{{server=\"{server}\",proxy=\"{proxy}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
 fn metric(m: &Metrics, series: &str) -> f64 {
     *m.get(series)
         .unwrap_or_else(|| panic!("no {series} in {m:#?}"))
@@ -384,8 +402,7 @@ fn net_server_failover_and_failback() {
     );
     assert_eq!(m.read("f01").unwrap(), fs::read(repo.src("f01")).unwrap());
     let mt = m.metrics();
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 0.0);
+    assert_eq!(failovers(&mt), (0.0, 1.0));
     let info = format!("depotfs_current_server_info{{server=\"{u2}\",proxy=\"DIRECT\"}}");
     assert_eq!(metric(&mt, &info), 1.0);
     let line = format!("server {u1} failed (connect refused); switching to server {u2}");
@@ -437,18 +454,13 @@ fn net_proxy_failure_vs_server_failure() {
         );
         assert_eq!(m.read("f00").unwrap(), fs::read(repo.src("f00")).unwrap());
         let mt = m.metrics();
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 1.0);
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 0.0);
+        assert_eq!(failovers(&mt), (1.0, 0.0));
         let info = format!(
             "depotfs_current_server_info{{server=\"{}\",proxy=\"DIRECT\"}}",
             s1.url()
         );
         assert_eq!(metric(&mt, &info), 1.0);
-        let failed = format!(
-            "depotfs_fetches_total{{server=\"{}\",proxy=\"{dead}\",result=\"error\"}}",
-            s1.url()
-        );
-        assert!(metric(&mt, &failed) >= 1.0);
+        assert!(fetches(&mt, &s1.url(), &dead, "error") >= 1.0);
         let line = format!("proxy {dead} failed (connect refused); switching to DIRECT");
         assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
         assert!(m.status().contains("proxy:         DIRECT"));
@@ -472,13 +484,8 @@ fn net_proxy_failure_vs_server_failure() {
         );
         assert_eq!(m.read("f02").unwrap(), fs::read(repo.src("f02")).unwrap());
         let mt = m.metrics();
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 1.0);
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 0.0);
-        let timeouts = format!(
-            "depotfs_fetches_total{{server=\"{}\",proxy=\"{silent}\",result=\"timeout\"}}",
-            s1.url()
-        );
-        assert_eq!(metric(&mt, &timeouts), 1.0);
+        assert_eq!(failovers(&mt), (1.0, 0.0));
+        assert_eq!(fetches(&mt, &s1.url(), &silent, "timeout"), 1.0);
         let line = format!("proxy {silent} failed (no answer within 1 s); switching to DIRECT");
         assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
         drop(listener);
@@ -494,8 +501,7 @@ fn net_proxy_failure_vs_server_failure() {
     );
     assert_eq!(m.read("f01").unwrap(), fs::read(repo.src("f01")).unwrap());
     let mt = m.metrics();
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 0.0);
+    assert_eq!(failovers(&mt), (0.0, 1.0));
     let line = format!("server {u1} failed (HTTP 502 via proxy {bad}); switching to server {u2}");
     assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
 }
@@ -672,21 +678,15 @@ fn net_corrupt_object_refetched_from_next_server() {
     *bytes.last_mut().unwrap() ^= 1;
     fs::write(&object, &bytes).unwrap();
     let before = s2.object_requests();
-    let ok_before = metric(
-        &m.metrics(),
-        &format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"ok\"}}"),
-    );
+    let ok_before = fetches(&m.metrics(), &u1, "DIRECT", "ok");
 
     assert_eq!(m.read("f05").unwrap(), fs::read(repo.src("f05")).unwrap());
     let mt = m.metrics();
     assert_eq!(metric(&mt, "depotfs_verification_failures_total"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    let corrupt =
-        format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"corrupt\"}}");
-    assert_eq!(metric(&mt, &corrupt), 1.0);
-    let fine = corrupt.replace("corrupt", "ok");
+    assert_eq!(failovers(&mt), (0.0, 1.0));
+    assert_eq!(fetches(&mt, &u1, "DIRECT", "corrupt"), 1.0);
     assert_eq!(
-        metric(&mt, &fine),
+        fetches(&mt, &u1, "DIRECT", "ok"),
         ok_before,
         "the bad download is not counted as ok"
     );
