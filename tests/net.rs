@@ -330,6 +330,24 @@ fn check_exposition(text: &str) -> Metrics {
     samples
 }
 
+/// `depotfs_failovers_total` as (proxy, server).
+fn failovers(m: &Metrics) -> (f64, f64) {
+    (
+        metric(m, "depotfs_failovers_total{kind=\"proxy\"}"),
+        metric(m, "depotfs_failovers_total{kind=\"server\"}"),
+    )
+}
+
+/// `depotfs_fetches_total` of one route and result.
+fn fetches(m: &Metrics, server: &str, proxy: &str, result: &str) -> f64 {
+    metric(
+        m,
+        &format!(
+            "depotfs_fetches_total{{server=\"{server}\",proxy=\"{proxy}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
 fn metric(m: &Metrics, series: &str) -> f64 {
     *m.get(series)
         .unwrap_or_else(|| panic!("no {series} in {m:#?}"))
@@ -384,8 +402,7 @@ fn net_server_failover_and_failback() {
     );
     assert_eq!(m.read("f01").unwrap(), fs::read(repo.src("f01")).unwrap());
     let mt = m.metrics();
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 0.0);
+    assert_eq!(failovers(&mt), (0.0, 1.0));
     let info = format!("depotfs_current_server_info{{server=\"{u2}\",proxy=\"DIRECT\"}}");
     assert_eq!(metric(&mt, &info), 1.0);
     let line = format!("server {u1} failed (connect refused); switching to server {u2}");
@@ -394,22 +411,26 @@ fn net_server_failover_and_failback() {
 
     first.restart();
     let before = first.object_requests();
-    let mut i = 2;
-    poll(
-        Duration::from_secs(20),
-        "failback to the first server",
-        || {
-            // Each read is an uncached object: the request after the failback delay goes to
-            // the first server again.
-            assert!(i < 40, "ran out of uncached files");
-            assert_eq!(
-                m.read(&format!("f{i:02}")).unwrap(),
-                fs::read(repo.src(&format!("f{i:02}"))).unwrap()
-            );
-            i += 1;
-            first.object_requests() > before && m.xattr("host") == u1
-        },
-    );
+    // Each read is of an uncached object, so it goes to the network: once the failback
+    // delay (2 s) has passed, to the first server again.
+    let start = Instant::now();
+    for i in 2.. {
+        assert!(
+            i < 40,
+            "ran out of uncached files after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no failback to the first server"
+        );
+        let f = format!("f{i:02}");
+        assert_eq!(m.read(&f).unwrap(), fs::read(repo.src(&f)).unwrap());
+        if first.object_requests() > before && m.xattr("host") == u1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     assert!(
         m.log().contains("trying the preferred server"),
         "{}",
@@ -433,21 +454,41 @@ fn net_proxy_failure_vs_server_failure() {
         );
         assert_eq!(m.read("f00").unwrap(), fs::read(repo.src("f00")).unwrap());
         let mt = m.metrics();
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 1.0);
-        assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 0.0);
+        assert_eq!(failovers(&mt), (1.0, 0.0));
         let info = format!(
             "depotfs_current_server_info{{server=\"{}\",proxy=\"DIRECT\"}}",
             s1.url()
         );
         assert_eq!(metric(&mt, &info), 1.0);
-        let failed = format!(
-            "depotfs_fetches_total{{server=\"{}\",proxy=\"{dead}\",result=\"error\"}}",
-            s1.url()
-        );
-        assert!(metric(&mt, &failed) >= 1.0);
+        assert!(fetches(&mt, &s1.url(), &dead, "error") >= 1.0);
         let line = format!("proxy {dead} failed (connect refused); switching to DIRECT");
         assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
         assert!(m.status().contains("proxy:         DIRECT"));
+    }
+    {
+        // A proxy that accepts connections and never answers: a timeout is a proxy failure.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = format!("http://{}", listener.local_addr().unwrap());
+        let m = Mount::new(
+            &repo,
+            "mnt-silent-proxy",
+            &[
+                &s1.url(),
+                "--proxy",
+                &silent,
+                "--proxy",
+                "DIRECT",
+                "--timeout",
+                "1",
+            ],
+        );
+        assert_eq!(m.read("f02").unwrap(), fs::read(repo.src("f02")).unwrap());
+        let mt = m.metrics();
+        assert_eq!(failovers(&mt), (1.0, 0.0));
+        assert_eq!(fetches(&mt, &s1.url(), &silent, "timeout"), 1.0);
+        let line = format!("proxy {silent} failed (no answer within 1 s); switching to DIRECT");
+        assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
+        drop(listener);
     }
     let bad = format!("http://127.0.0.1:{}", bad_gateway_proxy());
     let (u1, u2) = (s1.url(), s2.url());
@@ -460,8 +501,7 @@ fn net_proxy_failure_vs_server_failure() {
     );
     assert_eq!(m.read("f01").unwrap(), fs::read(repo.src("f01")).unwrap());
     let mt = m.metrics();
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"proxy\"}"), 0.0);
+    assert_eq!(failovers(&mt), (0.0, 1.0));
     let line = format!("server {u1} failed (HTTP 502 via proxy {bad}); switching to server {u2}");
     assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
 }
@@ -586,6 +626,22 @@ fn net_remount_new_revision_and_replay_refused() {
     );
     assert_eq!(metric(&mt, "depotfs_revision"), 2.0);
     assert!(m.log().contains("manifest refused (older)"), "{}", m.log());
+    // A forged manifest (one hex digit of the signature changed).
+    let text = String::from_utf8(new.clone()).unwrap();
+    let at = text.find("\nsignature ").unwrap() + "\nsignature ".len();
+    let mut forged = text.into_bytes();
+    forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+    fs::write(&manifest, &forged).unwrap();
+    let out = run(&[&"remount", &m.mp]);
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("signature does not verify"), "{why}");
+    let mt = m.metrics();
+    assert_eq!(
+        metric(&mt, "depotfs_manifest_refused_total{reason=\"signature\"}"),
+        1.0
+    );
+    assert_eq!(m.xattr("revision"), "2");
     fs::write(&manifest, new).unwrap();
     let out = ok(run(&[&"remount", &m.mp]));
     assert_eq!(
@@ -622,14 +678,18 @@ fn net_corrupt_object_refetched_from_next_server() {
     *bytes.last_mut().unwrap() ^= 1;
     fs::write(&object, &bytes).unwrap();
     let before = s2.object_requests();
+    let ok_before = fetches(&m.metrics(), &u1, "DIRECT", "ok");
 
     assert_eq!(m.read("f05").unwrap(), fs::read(repo.src("f05")).unwrap());
     let mt = m.metrics();
     assert_eq!(metric(&mt, "depotfs_verification_failures_total"), 1.0);
-    assert_eq!(metric(&mt, "depotfs_failovers_total{kind=\"server\"}"), 1.0);
-    let corrupt =
-        format!("depotfs_fetches_total{{server=\"{u1}\",proxy=\"DIRECT\",result=\"corrupt\"}}");
-    assert_eq!(metric(&mt, &corrupt), 1.0);
+    assert_eq!(failovers(&mt), (0.0, 1.0));
+    assert_eq!(fetches(&mt, &u1, "DIRECT", "corrupt"), 1.0);
+    assert_eq!(
+        fetches(&mt, &u1, "DIRECT", "ok"),
+        ok_before,
+        "the bad download is not counted as ok"
+    );
     assert_eq!(
         s2.object_requests(),
         before + 1,

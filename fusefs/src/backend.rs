@@ -161,8 +161,9 @@ struct Failure {
 pub struct Fetched {
     /// The bytes.
     pub bytes: Vec<u8>,
-    /// Index of the server (HTTP backends), to report a verification failure against.
-    pub server: Option<usize>,
+    /// The route (server, proxy) it came over (HTTP backends), to report a verification
+    /// failure against.
+    pub route: Option<(usize, usize)>,
 }
 
 /// One source of `public/` files.
@@ -306,10 +307,7 @@ impl Backend {
                     what: p.display().to_string(),
                     message: e.to_string(),
                 })?;
-                Ok(Fetched {
-                    bytes,
-                    server: None,
-                })
+                Ok(Fetched { bytes, route: None })
             }
             Backend::Http(h) => {
                 if h.offline.borrow().is_some() {
@@ -375,14 +373,15 @@ impl Backend {
         }
     }
 
-    /// An object from `server` failed verification: count it against the route and move
-    /// to the next server, so the refetch goes elsewhere.
-    pub fn corrupt(&self, server: Option<usize>, reason: &str) {
-        let (Backend::Http(h), Some(s)) = (self, server) else {
+    /// An object that came over `route` failed verification: recount that attempt from
+    /// `ok` to `corrupt` and move to the next server, so the refetch goes elsewhere.
+    pub fn corrupt(&self, route: Option<(usize, usize)>, reason: &str) {
+        let (Backend::Http(h), Some((s, p))) = (self, route) else {
             return;
         };
-        let p = h.cur_proxy.load(Ordering::Relaxed);
-        h.route(s, p).results[3].fetch_add(1, Ordering::Relaxed);
+        let stats = h.route(s, p);
+        stats.results[0].fetch_sub(1, Ordering::Relaxed);
+        stats.results[3].fetch_add(1, Ordering::Relaxed);
         let n = h.opts.servers.len();
         let next = (n > 1).then_some((s + 1) % n);
         h.switch(
@@ -599,7 +598,7 @@ impl Http {
                     self.go_online(s);
                     return Some(Fetched {
                         bytes,
-                        server: Some(s),
+                        route: Some((s, p)),
                     });
                 }
                 Err(f) => {
@@ -635,7 +634,7 @@ impl Http {
         };
         let timed_out = || Failure {
             side: if direct { Side::Server } else { Side::Proxy },
-            reason: format!("no answer within {secs} s{via}"),
+            reason: format!("no answer within {secs} s"),
             error: Error::Timeout {
                 what: url.clone(),
                 secs,

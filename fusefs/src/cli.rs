@@ -25,11 +25,11 @@ server, DIRECT, the defaults (--timeout 30, --retries 2): 3 x 30 s + 0.75 s = 90
 uncached reads fail (EIO) within 2 s, cached files keep working, a probe every 5 s (and the
 revision check) brings it back online when a server answers.")]
 pub struct MountArgs {
-    /// `[SOURCE] MOUNTPOINT`. SOURCE: HTTP(S) URL of a served `public/` (several, separated
-    /// by `,` or `;`, are tried in order with failover), or a local STORE path. With
-    /// `--server`, only MOUNTPOINT.
-    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
-    pub paths: Vec<String>,
+    /// HTTP(S) URL of a served `public/` (several, separated by `,` or `;`, are tried in
+    /// order with failover), or a local STORE path. Left out with `--server`.
+    pub source: Option<String>,
+    /// Where to mount.
+    pub mountpoint: Option<PathBuf>,
     /// A server URL (a served `public/`); repeat for mirrors, tried in order (sticky
     /// failover, back to the first after --failback-after).
     #[arg(long = "server", value_name = "URL")]
@@ -86,15 +86,16 @@ pub struct MountArgs {
 impl MountArgs {
     /// SOURCE (the servers joined by `,` with `--server`) and MOUNTPOINT.
     fn source_and_mountpoint(&self) -> anyhow::Result<(String, PathBuf)> {
-        match (self.servers.is_empty(), self.paths.as_slice()) {
-            (true, [source, mp]) => Ok((source.clone(), PathBuf::from(mp))),
-            (false, [mp]) => Ok((self.servers.join(","), PathBuf::from(mp))),
-            (true, _) => {
-                bail!("depotfs mount: give SOURCE and MOUNTPOINT (or --server URL and MOUNTPOINT)")
+        match (self.servers.is_empty(), &self.source, &self.mountpoint) {
+            (true, Some(source), Some(mp)) => Ok((source.clone(), mp.clone())),
+            (false, Some(mp), None) => Ok((self.servers.join(","), PathBuf::from(mp))),
+            (true, _, _) => {
+                bail!("mount: give SOURCE and MOUNTPOINT (or --server URL and MOUNTPOINT)")
             }
-            (false, _) => bail!(
-                "depotfs mount: with --server, give only MOUNTPOINT (got {:?})",
-                self.paths
+            (false, _, _) => bail!(
+                "mount: with --server URL, give only MOUNTPOINT (got {:?} {:?})",
+                self.source.as_deref().unwrap_or(""),
+                self.mountpoint.as_deref().unwrap_or(Path::new(""))
             ),
         }
     }

@@ -285,8 +285,7 @@ impl ObjectStore {
                         self.backend.current()
                     );
                     // The refetch goes to the next server (if there is one).
-                    self.backend
-                        .corrupt(fetched.server, &format!("object {id}"));
+                    self.backend.corrupt(fetched.route, &format!("object {id}"));
                     last_err = Some(e);
                 }
             }
