@@ -127,7 +127,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 }
 
-/// `depotfs replicate`.
+/// `depotfs replicate SOURCE_URL DEST_DIR --key PUBKEY [--jobs N] [--name NAME] [--full]`.
 #[derive(Debug, clap::Args)]
 pub struct ReplicateArgs {
     /// URL of the source's served `public/` (the origin or another replica).
@@ -137,15 +137,35 @@ pub struct ReplicateArgs {
     /// The repository's public key file.
     #[arg(long)]
     pub key: PathBuf,
+    /// Objects fetched in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+    /// Repository name the source must have (default: the mirror's current one; any on the
+    /// first run).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also descend into objects already present and verify them, refetching damaged ones
+    /// (after a power loss; a normal run trusts that a present object's subtree is complete).
+    #[arg(long)]
+    pub full: bool,
+    /// Seconds before a request fails.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
-/// `depotfs replicate`
+/// `depotfs replicate`: make or update a mirror; prints one report line.
 pub fn replicate(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "replicate {} -> {}: not implemented yet",
-        a.source_url,
-        a.dest_dir.display()
-    )
+    let report = crate::replicate::run(&crate::replicate::Options {
+        source_url: a.source_url,
+        dest: a.dest_dir,
+        key: a.key,
+        name: a.name,
+        jobs: a.jobs,
+        full: a.full,
+        timeout: Duration::from_secs(a.timeout),
+    })?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn time(ns: i64) -> String {
