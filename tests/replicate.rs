@@ -1,7 +1,8 @@
 //! `depotfs replicate` against a real `depotfs serve` source: a mirror holds exactly the
 //! objects of the revisions it replicated, byte for byte; a second run fetches only what is
 //! new (counted by the report and by the source's own `/metrics`); nginx with the shipped
-//! `deploy/nginx/depotfs.conf` serves the mirror to a real FUSE mount; corrupt, missing,
+//! `deploy/nginx/depotfs.conf` serves the mirror to a real FUSE mount made by the shipped
+//! mount(8) helper `deploy/autofs/mount.depotfs`; corrupt, missing,
 //! wrongly signed and replayed sources are refused with the mirror unchanged; `kill -9`
 //! mid-run leaves the previous revision served and every present object complete below.
 //!
@@ -406,15 +407,21 @@ fn mirror_is_exact_incremental_and_mountable() {
     let mnt = s.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     let cache = s.path().join("cache");
-    ok(depotfs(&[
-        OsStr::new("mount"),
-        OsStr::new(&web.url()),
-        mnt.as_os_str(),
-        OsStr::new("--key"),
-        s.key().as_os_str(),
-        OsStr::new("--cache-dir"),
-        cache.as_os_str(),
-    ]));
+    // Mounted through the mount(8) helper autofs uses (deploy/autofs/mount.depotfs).
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/autofs/mount.depotfs");
+    let opts = format!(
+        "key={},cache_dir={},nosuid,nodev",
+        s.key().display(),
+        cache.display()
+    );
+    let out = Command::new(helper)
+        .env("DEPOTFS", BIN)
+        .arg(web.url())
+        .arg(&mnt)
+        .args(["-n", "-o", &opts])
+        .output()
+        .unwrap();
+    ok(out);
     let compared = std::panic::catch_unwind(|| {
         compare(&img1, &mnt.join("img1")) + compare(&img2, &mnt.join("img2"))
     });

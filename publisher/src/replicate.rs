@@ -68,7 +68,7 @@ pub enum ReplicateError {
         /// Where it came from.
         url: String,
         /// What is wrong.
-        source: depotfs_catalog::Error,
+        source: Box<depotfs_catalog::Error>,
     },
     /// A manifest (the source's or the mirror's) is not acceptable.
     #[error("{what}: {message}")]
@@ -487,7 +487,7 @@ async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) ->
         object::decode(id, kind, &bytes, max_len).map_err(|source| ReplicateError::BadObject {
             id,
             url: url.clone(),
-            source,
+            source: Box::new(source),
         })?;
     ensure_children(&walk, &v, &url).await?;
     walk.mirror.write_atomic(&dest, &bytes, false)?;
@@ -540,7 +540,7 @@ async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> 
     let kids = children(v).map_err(|source| ReplicateError::BadObject {
         id: v.id(),
         url: from.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let mut set = JoinSet::new();
     for (id, kind, max) in kids {
