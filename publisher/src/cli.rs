@@ -24,7 +24,7 @@ pub struct InitArgs {
     pub name: String,
 }
 
-/// `depotfs add STORE [--to DIR] [--from-list FILE] [--no-publish] PATH...`
+/// `depotfs add STORE [--to DIR] [--from-list FILE] [--trace FILE] [--no-publish] [PATH...]`
 #[derive(Debug, clap::Args)]
 pub struct AddArgs {
     /// The repository.
@@ -37,6 +37,11 @@ pub struct AddArgs {
     /// Read more paths from FILE, one per line.
     #[arg(long)]
     pub from_list: Option<PathBuf>,
+    /// A recorded access trace (`depotfs mount --record`: lines of PATH<TAB>OFFSET<TAB>LENGTH,
+    /// PATH relative to the repository root): after adding PATHs, give every traced chunked
+    /// file a prefetch list of the chunks it read, in first-read order.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Stage only; publish later with `depotfs publish`.
     #[arg(long)]
     pub no_publish: bool,
@@ -201,12 +206,42 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
                 .map(PathBuf::from),
         );
     }
-    if paths.is_empty() {
-        anyhow::bail!("nothing to add: give PATHs or --from-list FILE");
+    if paths.is_empty() && a.trace.is_none() {
+        anyhow::bail!("nothing to add: give PATHs, --from-list FILE or --trace FILE");
     }
+    // A malformed trace stops everything before anything is staged.
+    let trace = a.trace.as_deref().map(ingest::parse_trace).transpose()?;
     let to = db::normalize(&a.to)?;
     let repo = Repo::open(&a.store)?;
-    let plan = ingest::plan(&paths, &to)?;
+    let mut files = 0;
+    if !paths.is_empty() {
+        files = add_paths(&repo, &paths, &to)?;
+    }
+    if let Some(reads) = &trace {
+        let r = repo.stage_trace(reads)?;
+        println!(
+            "trace: {} reads over {} chunked files, {} prefetch chunks, {} chunk lists changed, {} paths skipped",
+            reads.len(),
+            r.files,
+            r.chunks,
+            r.changed,
+            r.skipped.len()
+        );
+    }
+    if a.no_publish {
+        println!(
+            "staged {files} files; publish with `depotfs publish {}`",
+            a.store.display()
+        );
+    } else {
+        report_publish(repo.publish(None)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Store `paths` under `to` and stage them; returns the number of files.
+fn add_paths(repo: &Repo, paths: &[PathBuf], to: &str) -> anyhow::Result<u64> {
+    let plan = ingest::plan(paths, to)?;
     let (files, bytes) = plan.iter().fold((0u64, 0u64), |(f, b), p| match p {
         ingest::Planned::File { size, .. } => (f + 1, b + size),
         _ => (f, b),
@@ -222,16 +257,8 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
         bytes >> 20,
         bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
     );
-    repo.stage_add(&to, nodes)?;
-    if a.no_publish {
-        println!(
-            "staged {files} files; publish with `depotfs publish {}`",
-            a.store.display()
-        );
-    } else {
-        report_publish(repo.publish(None)?);
-    }
-    Ok(ExitCode::SUCCESS)
+    repo.stage_add(to, nodes)?;
+    Ok(files)
 }
 
 fn report_publish(r: Option<(u64, db::RevisionRecord)>) {
