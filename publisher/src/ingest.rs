@@ -345,9 +345,14 @@ pub fn prefetch_order(list: &ChunkList, reads: impl IntoIterator<Item = (u64, u6
         ) else {
             continue;
         };
-        for i in first.index..=last.index {
-            if !seen[i] {
-                seen[i] = true;
+        for (i, s) in seen
+            .iter_mut()
+            .enumerate()
+            .take(last.index + 1)
+            .skip(first.index)
+        {
+            if !*s {
+                *s = true;
                 out.push(i as u32);
             }
         }
