@@ -8,6 +8,7 @@
 //!
 //! Needs nginx, /dev/fuse and root (as tests/fuse_mount.rs).
 
+mod cli_run;
 mod http_suite;
 
 use std::collections::BTreeSet;
@@ -19,40 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli_run::{BIN, depotfs, fails, ok_stdout as ok};
 use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
 use http_suite::{free_port, random_bytes, wait_listening};
-
-const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
-
-fn depotfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running depotfs")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "depotfs failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The stderr of a run that must fail.
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "depotfs succeeded but should not have\nstdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Send `sig` to one process (the shell builtin, so procps is not needed).
 fn signal(sig: &str, pid: u32) {

@@ -4,37 +4,18 @@
 //! with a warning naming them; a malformed trace is refused naming FILE:LINE, and nothing is
 //! published.
 
+mod cli_run;
 mod http_suite;
 
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use cli_run::{depotfs, ok};
 use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
 use http_suite::random_bytes;
-
-const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
-
-fn depotfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running depotfs")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "depotfs failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn manifest(store: &Path) -> Manifest {
     let public = store.join("public");

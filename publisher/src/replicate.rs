@@ -28,7 +28,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::store;
 
 /// Largest chunk-list plaintext accepted (the same bound the readers use).
 const CHUNK_LIST_MAX: u64 = crate::reader::CHUNK_LIST_MAX;
@@ -86,9 +88,9 @@ pub enum ReplicateError {
         /// What is wrong.
         message: String,
     },
-    /// Another `depotfs replicate` is updating this mirror.
-    #[error("{0} is locked by another depotfs replicate (pid {1})")]
-    Locked(PathBuf, String),
+    /// The mirror is locked by another run, or its state directory is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
     /// Local I/O on the mirror failed.
     #[error("{path}: {source}")]
     Io {
@@ -310,10 +312,6 @@ struct Mirror {
     counter: Arc<AtomicU64>,
 }
 
-/// Holds the mirror's flock until dropped.
-#[derive(Debug)]
-struct MirrorLock(#[allow(dead_code)] File);
-
 impl Mirror {
     /// Create the skeleton if needed.
     fn open(root: &Path) -> Result<Self> {
@@ -337,25 +335,11 @@ impl Mirror {
         self.root.join(STATE_DIR).join("tmp")
     }
 
-    fn lock(&self) -> Result<MirrorLock> {
-        let path = self.root.join(STATE_DIR).join("lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            let pid = fs::read_to_string(&path).unwrap_or_default();
-            return Err(ReplicateError::Locked(
-                self.root.clone(),
-                pid.trim().to_string(),
-            ));
-        }
-        file.set_len(0).map_err(io(&path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(MirrorLock(file))
+    /// Take the mirror's lock (`DEST/.depotfs-replicate/lock`, the publisher's flock).
+    fn lock(&self) -> Result<store::Lock> {
+        Ok(store::Lock::acquire(&store::Layout::new(
+            self.root.join(STATE_DIR),
+        ))?)
     }
 
     /// Remove temporary files an interrupted run left behind (we hold the lock).
