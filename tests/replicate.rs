@@ -6,6 +6,8 @@
 //! wrongly signed and replayed sources are refused with the mirror unchanged; `kill -9`
 //! mid-run leaves the previous revision served and every present object complete below.
 //!
+//! Also checks the shipped systemd units with `systemd-analyze verify` where it is installed.
+//!
 //! Needs nginx, /dev/fuse and root (as tests/fuse_mount.rs).
 
 mod cli_run;
@@ -567,4 +569,43 @@ fn kill9_mid_run_keeps_the_old_revision_and_a_rerun_completes() {
         0,
         "temporary files left behind"
     );
+}
+
+/// The shipped systemd units pass `systemd-analyze verify` (as instances of the templates);
+/// the only complaint allowed is that `/usr/local/bin/depotfs` is not installed here.
+#[test]
+fn systemd_units_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze not installed: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    let mut units = Vec::new();
+    for u in [
+        "depotfs-replicate@.service",
+        "depotfs-replicate@.timer",
+        "depotfs-mount@.service",
+    ] {
+        let inst = dir.path().join(u.replace("@.", "@test."));
+        fs::copy(src.join(u), &inst).unwrap();
+        units.push(inst);
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let missing_binary = "Command /usr/local/bin/depotfs is not executable";
+    let complaints: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains(missing_binary))
+        .collect();
+    assert!(complaints.is_empty(), "systemd-analyze verify:\n{text}");
 }
