@@ -24,7 +24,7 @@ pub struct InitArgs {
     pub name: String,
 }
 
-/// `depotfs add STORE [--to DIR] [--from-list FILE] [--no-publish] PATH...`
+/// `depotfs add STORE [--to DIR] [--from-list FILE] [--trace FILE] [--no-publish] [PATH...]`
 #[derive(Debug, clap::Args)]
 pub struct AddArgs {
     /// The repository.
@@ -37,6 +37,11 @@ pub struct AddArgs {
     /// Read more paths from FILE, one per line.
     #[arg(long)]
     pub from_list: Option<PathBuf>,
+    /// A recorded access trace (`depotfs mount --record`: lines of PATH<TAB>OFFSET<TAB>LENGTH,
+    /// PATH relative to the repository root): after adding PATHs, give every traced chunked
+    /// file a prefetch list of the chunks it read, in first-read order.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Stage only; publish later with `depotfs publish`.
     #[arg(long)]
     pub no_publish: bool,
@@ -127,7 +132,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 }
 
-/// `depotfs replicate`.
+/// `depotfs replicate SOURCE_URL DEST_DIR --key PUBKEY [--jobs N] [--name NAME] [--full]`.
 #[derive(Debug, clap::Args)]
 pub struct ReplicateArgs {
     /// URL of the source's served `public/` (the origin or another replica).
@@ -137,15 +142,35 @@ pub struct ReplicateArgs {
     /// The repository's public key file.
     #[arg(long)]
     pub key: PathBuf,
+    /// Objects fetched in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+    /// Repository name the source must have (default: the mirror's current one; any on the
+    /// first run).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also descend into objects already present and verify them, refetching damaged ones
+    /// (after a power loss; a normal run trusts that a present object's subtree is complete).
+    #[arg(long)]
+    pub full: bool,
+    /// Seconds before a request fails.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
-/// `depotfs replicate`
+/// `depotfs replicate`: make or update a mirror; prints one report line.
 pub fn replicate(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "replicate {} -> {}: not implemented yet",
-        a.source_url,
-        a.dest_dir.display()
-    )
+    let report = crate::replicate::run(&crate::replicate::Options {
+        source_url: a.source_url,
+        dest: a.dest_dir,
+        key: a.key,
+        name: a.name,
+        jobs: a.jobs,
+        full: a.full,
+        timeout: Duration::from_secs(a.timeout),
+    })?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn time(ns: i64) -> String {
@@ -181,12 +206,42 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
                 .map(PathBuf::from),
         );
     }
-    if paths.is_empty() {
-        anyhow::bail!("nothing to add: give PATHs or --from-list FILE");
+    if paths.is_empty() && a.trace.is_none() {
+        anyhow::bail!("nothing to add: give PATHs, --from-list FILE or --trace FILE");
     }
+    // A malformed trace stops everything before anything is staged.
+    let trace = a.trace.as_deref().map(ingest::parse_trace).transpose()?;
     let to = db::normalize(&a.to)?;
     let repo = Repo::open(&a.store)?;
-    let plan = ingest::plan(&paths, &to)?;
+    let mut files = 0;
+    if !paths.is_empty() {
+        files = add_paths(&repo, &paths, &to)?;
+    }
+    if let Some(reads) = &trace {
+        let r = repo.stage_trace(reads)?;
+        println!(
+            "trace: {} reads over {} chunked files, {} prefetch chunks, {} chunk lists changed, {} paths skipped",
+            reads.len(),
+            r.files,
+            r.chunks,
+            r.changed,
+            r.skipped.len()
+        );
+    }
+    if a.no_publish {
+        println!(
+            "staged {files} files; publish with `depotfs publish {}`",
+            a.store.display()
+        );
+    } else {
+        report_publish(repo.publish(None)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Store `paths` under `to` and stage them; returns the number of files.
+fn add_paths(repo: &Repo, paths: &[PathBuf], to: &str) -> anyhow::Result<u64> {
+    let plan = ingest::plan(paths, to)?;
     let (files, bytes) = plan.iter().fold((0u64, 0u64), |(f, b), p| match p {
         ingest::Planned::File { size, .. } => (f + 1, b + size),
         _ => (f, b),
@@ -202,16 +257,8 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
         bytes >> 20,
         bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
     );
-    repo.stage_add(&to, nodes)?;
-    if a.no_publish {
-        println!(
-            "staged {files} files; publish with `depotfs publish {}`",
-            a.store.display()
-        );
-    } else {
-        report_publish(repo.publish(None)?);
-    }
-    Ok(ExitCode::SUCCESS)
+    repo.stage_add(to, nodes)?;
+    Ok(files)
 }
 
 fn report_publish(r: Option<(u64, db::RevisionRecord)>) {

@@ -277,3 +277,142 @@ fn put_data(objects: &Objects, data: &[u8]) -> Result<ObjectId> {
     }
     Ok(id)
 }
+
+/// One read of a recorded access trace (`depotfs add --trace FILE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRead {
+    /// Repository path of the file read (normalized).
+    pub path: String,
+    /// First byte read.
+    pub offset: u64,
+    /// Bytes read.
+    pub len: u64,
+}
+
+/// Parse an access trace: UTF-8 text, one read per line, `PATH<TAB>OFFSET<TAB>LENGTH`, PATH
+/// relative to the repository root (no leading `/`), in the order the reads happened; blank
+/// lines and lines starting with `#` are ignored. `depotfs mount --record` writes this format.
+/// Errors name `FILE:LINE` and what is wrong.
+pub fn parse_trace(file: &Path) -> Result<Vec<TraceRead>> {
+    let bytes = fs::read(file).map_err(Error::io(file))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::Input(format!("{}: not UTF-8 text: {e}", file.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |what: String| Error::Input(format!("{}:{}: {what}", file.display(), i + 1));
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [path, offset, len] = fields[..] else {
+            return Err(bad(format!(
+                "expected PATH<TAB>OFFSET<TAB>LENGTH, found {} tab-separated fields in {line:?}",
+                fields.len()
+            )));
+        };
+        if path.is_empty() || path.starts_with('/') {
+            return Err(bad(format!(
+                "path {path:?} must be relative to the repository root (no leading '/')"
+            )));
+        }
+        let path = db::normalize(path).map_err(|e| bad(e.to_string()))?;
+        let number = |field: &str, s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| bad(format!("{field} {s:?} is not a non-negative integer")))
+        };
+        let offset = number("offset", offset)?;
+        let len = number("length", len)?;
+        out.push(TraceRead { path, offset, len });
+    }
+    Ok(out)
+}
+
+/// The prefetch list of a chunked file: indices of the chunks covering `reads` (offset,
+/// length), in the order they are first touched, each once. Bytes past the end of the file
+/// and empty reads touch nothing.
+pub fn prefetch_order(list: &ChunkList, reads: impl IntoIterator<Item = (u64, u64)>) -> Vec<u32> {
+    let offsets = list.offsets();
+    let mut seen = vec![false; list.chunks.len()];
+    let mut out = Vec::new();
+    for (offset, len) in reads {
+        let end = offset.saturating_add(len).min(list.total_len());
+        if offset >= end {
+            continue;
+        }
+        let (Some(first), Some(last)) = (
+            list.locate(&offsets, offset),
+            list.locate(&offsets, end - 1),
+        ) else {
+            continue;
+        };
+        for (i, s) in seen
+            .iter_mut()
+            .enumerate()
+            .take(last.index + 1)
+            .skip(first.index)
+        {
+            if !*s {
+                *s = true;
+                out.push(i as u32);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    fn list(lens: &[u32]) -> ChunkList {
+        ChunkList {
+            chunks: lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| ChunkRef {
+                    id: ObjectId::of(&[i as u8]),
+                    len,
+                })
+                .collect(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn prefetch_is_first_touch_order_without_repeats() {
+        // Chunks at 0..10, 10..30, 30..60, 60..100.
+        let l = list(&[10, 20, 30, 40]);
+        let reads = [
+            (35, 5),
+            (5, 10),
+            (0, 1),
+            (99, 50),
+            (60, 0),
+            (200, 4),
+            (29, 2),
+        ];
+        assert_eq!(prefetch_order(&l, reads), vec![2, 0, 1, 3]);
+        assert!(prefetch_order(&l, []).is_empty());
+    }
+
+    #[test]
+    fn trace_lines_are_checked_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.trace");
+        fs::write(&f, "# recorded\n\na/b\t0\t4096\n./a//c\t8\t1\n").unwrap();
+        let reads = parse_trace(&f).unwrap();
+        assert_eq!(reads.len(), 2);
+        assert_eq!(reads[1].path, "a/c");
+        for (text, what) in [
+            ("a\t0\t1\n/abs\t0\t1\n", ":2: path \"/abs\""),
+            ("a\t-1\t5\n", ":1: offset \"-1\""),
+            ("a\t1\t2\t3\n", ":1: expected PATH"),
+            ("x\t0\t1\na/../b\t0\t1\n", ":2: repository path"),
+            ("a 0 1\n", ":1: expected PATH"),
+        ] {
+            fs::write(&f, text).unwrap();
+            let e = parse_trace(&f).unwrap_err().to_string();
+            assert!(e.contains(&format!("t.trace{what}")), "{text:?}: {e}");
+        }
+    }
+}

@@ -10,13 +10,16 @@
 //!   all cores, writing only missing objects.
 //! - [`repo`]: staging (`add`, `rm`), publishing signed revisions, `rollback`, `gc`, `verify`.
 //! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`).
+//! - [`replicate`]: `depotfs replicate`, a verified, incremental, crash-safe mirror of a
+//!   served repository (children-first walk; the manifest is written last).
 //! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`.
 //! - [`cli`]: the subcommands.
 //!
 //! Crate choices: `redb` for the catalog (crash-safe, one file; sled ran out of memory at
 //! 5M entries here, see FIELD-NOTES), `rayon` for data parallelism in ingest (work stealing
 //! across files and across the chunks of one large file), `indicatif` for the progress bar,
-//! `rustix` for flock/syncfs without `unsafe`, `humantime` for RFC 3339 times in `log`.
+//! `rustix` for flock/syncfs without `unsafe`, `humantime` for RFC 3339 times in `log`, `reqwest` (the client's HTTP stack) for
+//! `replicate`.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -25,6 +28,7 @@ mod error;
 pub mod ingest;
 pub mod progress;
 pub mod reader;
+pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;

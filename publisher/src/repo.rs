@@ -8,14 +8,16 @@
 //! revision without its manifest: the next open rewrites the manifest from the record
 //! ([`Repo::open`]), so a revision number is never published twice with different trees.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use depotfs_catalog::dir;
-use depotfs_catalog::object::ObjectKind;
-use depotfs_catalog::{Entry, EntryKind, FORMAT_VERSION, FileContent, Manifest, ObjectId};
+use depotfs_catalog::object::{self, ObjectKind};
+use depotfs_catalog::{
+    ChunkList, Entry, EntryKind, FORMAT_VERSION, FileContent, Manifest, ObjectId,
+};
 use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -23,8 +25,8 @@ use crate::db::{
     self, DIRS, DIRTY, DirState, META, NODES, Node, NodeKind, REVISIONS, RevisionRecord, TAGS,
 };
 use crate::error::{Error, Result};
-use crate::ingest::ZSTD_LEVEL;
-use crate::reader::LocalTree;
+use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
+use crate::reader::{CHUNK_LIST_MAX, LocalTree};
 use crate::store::{self, Layout, Lock, Objects};
 
 /// Default manifest TTL in seconds.
@@ -52,6 +54,19 @@ pub struct GcReport {
     pub removed_bytes: u64,
     /// Revisions whose objects may now be gone.
     pub pruned_revisions: u64,
+}
+
+/// What `stage_trace` did.
+#[derive(Debug, Default, Clone)]
+pub struct TraceReport {
+    /// Chunked files the trace names.
+    pub files: u64,
+    /// Of those, files whose chunk list changed.
+    pub changed: u64,
+    /// Chunk indices in all their prefetch lists.
+    pub chunks: u64,
+    /// Traced paths skipped: missing, or not chunked files.
+    pub skipped: Vec<String>,
 }
 
 /// What `verify` found.
@@ -238,6 +253,89 @@ impl Repo {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Attach the recorded access order of `reads` to the chunked files they name: for each
+    /// traced file (in order of first appearance) a new chunk-list object with the same
+    /// chunks and `prefetch` set, its node pointing at it and its directory marked dirty.
+    /// A traced path that is missing or not a chunked file is skipped with a warning. A file
+    /// whose list already carries the same order is left alone.
+    pub fn stage_trace(&self, reads: &[TraceRead]) -> Result<TraceReport> {
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_path: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+        for r in reads {
+            by_path
+                .entry(r.path.as_str())
+                .or_insert_with(|| {
+                    order.push(r.path.as_str());
+                    Vec::new()
+                })
+                .push((r.offset, r.len));
+        }
+        let mut report = TraceReport::default();
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(NODES)?;
+            let mut dirty = BTreeSet::new();
+            for path in order {
+                let Some((parent, name)) = db::split(path) else {
+                    continue;
+                };
+                let node = t
+                    .get((parent, name))?
+                    .map(|v| db::dec::<Node>("node", v.value()))
+                    .transpose()?;
+                let (mut node, list_id) = match node {
+                    Some(
+                        n @ Node {
+                            kind:
+                                NodeKind::File {
+                                    content: FileContent::Chunked(l),
+                                    ..
+                                },
+                            ..
+                        },
+                    ) => (n, l),
+                    Some(_) => {
+                        tracing::warn!(
+                            "trace: {path} is not a chunked file (a directory, link or file of at most one chunk): skipped"
+                        );
+                        report.skipped.push(path.to_string());
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!("trace: {path} is not in the repository: skipped");
+                        report.skipped.push(path.to_string());
+                        continue;
+                    }
+                };
+                let v = self
+                    .objects
+                    .get(&list_id, ObjectKind::ChunkList, CHUNK_LIST_MAX)?;
+                let mut list = ChunkList::from_verified(&v)?;
+                let prefetch = prefetch_order(&list, by_path[path].iter().copied());
+                report.chunks += prefetch.len() as u64;
+                report.files += 1;
+                if list.prefetch == prefetch {
+                    continue;
+                }
+                list.prefetch = prefetch;
+                let enc = object::encode(ObjectKind::ChunkList, &list.to_bytes(), ZSTD_LEVEL);
+                self.objects.put(&enc)?;
+                if let NodeKind::File { content, .. } = &mut node.kind {
+                    *content = FileContent::Chunked(enc.id);
+                }
+                t.insert((parent, name), db::enc(&node).as_slice())?;
+                mark_dirty(&mut dirty, parent);
+                report.changed += 1;
+            }
+            let mut d = txn.open_table(DIRTY)?;
+            for p in &dirty {
+                d.insert(p.as_str(), ())?;
+            }
+        }
+        txn.commit()?;
+        Ok(report)
     }
 
     /// Stage the removal of `paths` (normalized repository paths).

@@ -1,0 +1,590 @@
+//! `depotfs replicate`: make or update a mirror ("stratum 1") of a served repository.
+//!
+//! The mirror is a directory with the layout of a store's `public/` (`manifest`, `repo.pub`,
+//! `objects/ab/cdef…`), so any static web server can serve it, and clients mount it exactly
+//! as they mount the origin. A run:
+//!
+//! 1. fetches the source's `manifest` and accepts it only if its signature holds under the
+//!    given key, its repository name is the mirror's (or `--name`), and its revision is not
+//!    lower than the mirror's current one (an older manifest is a replay and is refused);
+//! 2. walks the revision's tree from the root — directory nodes ([`depotfs_catalog::dir`]),
+//!    file entries, chunk lists, chunks — fetching, in parallel, only the objects the mirror
+//!    lacks, and verifying each with [`object::decode`] as the kind its referrer says;
+//! 3. syncs the file system and only then replaces `manifest` (temporary file and rename).
+//!
+//! **Children first.** An object is written (temporary file in `DEST/.depotfs-replicate/tmp`,
+//! then a rename) only after everything it references is present. So "object present in the
+//! mirror" implies "its whole subtree is present", and the walk stops at the first object it
+//! already has: an incremental run over a 118,594-entry directory fetches the new leaves and
+//! the index path above them, and never looks at the unchanged subtrees. The same rule makes
+//! interruption safe: killed at any point (`kill -9`), the mirror still serves its previous
+//! manifest, whose objects are all present (objects are never deleted), and the next run
+//! resumes from whatever complete subtrees the killed one left. A power loss is a different
+//! matter: the file system may keep a parent's rename and lose a child's data; after one, run
+//! with `--full`, which descends into present objects too, verifies them and refetches any
+//! that are damaged.
+//!
+//! Objects of older revisions are kept; nothing here deletes objects.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
+use depotfs_catalog::object::{self, ObjectKind};
+use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::store;
+
+/// Largest chunk-list plaintext accepted (the same bound the readers use).
+const CHUNK_LIST_MAX: u64 = crate::reader::CHUNK_LIST_MAX;
+/// The mirror's private directory: lock and temporary files. Web servers must not serve it
+/// (the shipped nginx site refuses every dot-path).
+pub const STATE_DIR: &str = ".depotfs-replicate";
+
+/// What can go wrong; every variant names the URL, object or path concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// A request failed or answered with an error status.
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A fetched object does not verify, or is not what its referrer says it is.
+    #[error("object {id} from {url} is bad: {source}")]
+    BadObject {
+        /// The object.
+        id: ObjectId,
+        /// Where it came from.
+        url: String,
+        /// What is wrong.
+        source: Box<depotfs_catalog::Error>,
+    },
+    /// A manifest (the source's or the mirror's) is not acceptable.
+    #[error("{what}: {message}")]
+    Manifest {
+        /// Which manifest (a URL or path).
+        what: String,
+        /// Why it is refused.
+        message: String,
+    },
+    /// The key file cannot be read or parsed.
+    #[error("key {path}: {message}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The mirror is locked by another run, or its state directory is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
+    /// Local I/O on the mirror failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ReplicateError {
+    let path = path.into();
+    move |source| ReplicateError::Io { path, source }
+}
+
+type Result<T, E = ReplicateError> = std::result::Result<T, E>;
+
+/// What to replicate where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// URL of the served `public/` of the source (origin or another mirror).
+    pub source_url: String,
+    /// The mirror directory.
+    pub dest: PathBuf,
+    /// The repository's public key file.
+    pub key: PathBuf,
+    /// The repository name to require; defaults to the mirror's current one.
+    pub name: Option<String>,
+    /// Parallel object fetches.
+    pub jobs: usize,
+    /// Descend into objects already present too, verifying them (after a power loss).
+    pub full: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The revision the mirror now serves.
+    pub revision: u64,
+    /// The mirror's revision before the run, if it had one.
+    pub previous: Option<u64>,
+    /// Objects fetched and written.
+    pub fetched: u64,
+    /// Their encoded size in bytes.
+    pub fetched_bytes: u64,
+    /// Objects found present (each a whole subtree the walk did not need to enter, unless
+    /// `--full`).
+    pub present: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "revision {}: fetched {} objects ({:.1} MiB), {} already present, in {:.1} s",
+            self.revision,
+            self.fetched,
+            self.fetched_bytes as f64 / (1u64 << 20) as f64,
+            self.present,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Make or update the mirror described by `opts`.
+pub fn run(opts: &Options) -> Result<Report> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io("tokio runtime"))?;
+    runtime.block_on(run_async(opts))
+}
+
+async fn run_async(opts: &Options) -> Result<Report> {
+    let start = Instant::now();
+    let key_text = fs::read_to_string(&opts.key).map_err(io(&opts.key))?;
+    let key = PublicKey::from_text(&key_text).map_err(|e| ReplicateError::Key {
+        path: opts.key.clone(),
+        message: e.to_string(),
+    })?;
+    let mirror = Mirror::open(&opts.dest)?;
+    let _lock = mirror.lock()?;
+    mirror.clean_tmp()?;
+
+    let current = mirror.current_manifest(&key)?;
+    let name = opts
+        .name
+        .clone()
+        .or_else(|| current.as_ref().map(|m| m.name.clone()));
+    let source = Source::new(&opts.source_url, opts.timeout)?;
+    let manifest_url = source.url("manifest");
+    let manifest_bytes = source.get("manifest", true).await?;
+    let m = Manifest::parse_verified(&manifest_bytes, &key, name.as_deref()).map_err(|e| {
+        ReplicateError::Manifest {
+            what: manifest_url.clone(),
+            message: format!("{e} (key {})", opts.key.display()),
+        }
+    })?;
+    if let Some(cur) = &current {
+        if m.revision < cur.revision {
+            return Err(ReplicateError::Manifest {
+                what: manifest_url,
+                message: format!(
+                    "revision {} is older than the mirror's revision {}: refusing a replayed manifest",
+                    m.revision, cur.revision
+                ),
+            });
+        }
+        if m.revision == cur.revision && m.root != cur.root {
+            return Err(ReplicateError::Manifest {
+                what: manifest_url,
+                message: format!(
+                    "revision {} has root {}, but the mirror has revision {} with root {}: refusing a forked history",
+                    m.revision, m.root, cur.revision, cur.root
+                ),
+            });
+        }
+    }
+    tracing::info!(
+        "replicating {} revision {} (root {}) from {} into {}",
+        m.name,
+        m.revision,
+        m.root,
+        source.base,
+        opts.dest.display()
+    );
+
+    let walk = Arc::new(Walk {
+        source,
+        mirror: mirror.clone(),
+        permits: Semaphore::new(opts.jobs.max(1)),
+        cells: Mutex::new(HashMap::new()),
+        full: opts.full,
+        fetched: AtomicU64::new(0),
+        fetched_bytes: AtomicU64::new(0),
+        present: AtomicU64::new(0),
+        ticker: Ticker::new(),
+    });
+    let result = ensure(walk.clone(), m.root, ObjectKind::DirNode, NODE_MAX_BYTES).await;
+    walk.ticker.finish();
+    result?;
+
+    // Objects first, durably; then the key and the manifest.
+    mirror.sync()?;
+    if fs::read(mirror.path("repo.pub")).ok().as_deref() != Some(key_text.as_bytes()) {
+        mirror.write_atomic(&mirror.path("repo.pub"), key_text.as_bytes(), true)?;
+    }
+    mirror.write_atomic(&mirror.path("manifest"), &manifest_bytes, true)?;
+    Ok(Report {
+        revision: m.revision,
+        previous: current.map(|c| c.revision),
+        fetched: walk.fetched.load(Ordering::Relaxed),
+        fetched_bytes: walk.fetched_bytes.load(Ordering::Relaxed),
+        present: walk.present.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The source: a served `public/`.
+#[derive(Debug)]
+struct Source {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Source {
+    fn new(url: &str, timeout: Duration) -> Result<Self> {
+        let mut base = url.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .user_agent(concat!("depotfs-replicate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ReplicateError::Fetch {
+                url: url.to_string(),
+                message: format!("HTTP client: {e}"),
+            })?;
+        Ok(Source { base, client })
+    }
+
+    fn url(&self, rel: &str) -> String {
+        format!("{}{rel}", self.base)
+    }
+
+    /// GET `rel`; `fresh` asks caches in between to revalidate (the manifest).
+    async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
+        let url = self.url(rel);
+        let fail = |message: String| ReplicateError::Fetch {
+            url: url.clone(),
+            message,
+        };
+        let mut req = self.client.get(&url);
+        if fresh {
+            req = req.header("Cache-Control", "no-cache");
+        }
+        let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("HTTP {}", resp.status())));
+        }
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_vec())
+    }
+}
+
+/// The mirror directory.
+#[derive(Debug, Clone)]
+struct Mirror {
+    root: PathBuf,
+    counter: Arc<AtomicU64>,
+}
+
+impl Mirror {
+    /// Create the skeleton if needed.
+    fn open(root: &Path) -> Result<Self> {
+        let m = Mirror {
+            root: root.to_path_buf(),
+            counter: Arc::new(AtomicU64::new(0)),
+        };
+        for b in 0..=255u8 {
+            let d = m.path(&format!("objects/{b:02x}"));
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        fs::create_dir_all(m.tmp()).map_err(io(m.tmp()))?;
+        Ok(m)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("tmp")
+    }
+
+    /// Take the mirror's lock (`DEST/.depotfs-replicate/lock`, the publisher's flock).
+    fn lock(&self) -> Result<store::Lock> {
+        Ok(store::Lock::acquire(&store::Layout::new(
+            self.root.join(STATE_DIR),
+        ))?)
+    }
+
+    /// Remove temporary files an interrupted run left behind (we hold the lock).
+    fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.tmp();
+        for e in fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let p = e.map_err(io(&tmp))?.path();
+            fs::remove_file(&p).map_err(io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// The mirror's current manifest, if it has one. It must verify under `key`: a mirror
+    /// of another repository is not silently overwritten.
+    fn current_manifest(&self, key: &PublicKey) -> Result<Option<Manifest>> {
+        let path = self.path("manifest");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        Manifest::parse_verified(&bytes, key, None)
+            .map(Some)
+            .map_err(|e| ReplicateError::Manifest {
+                what: path.display().to_string(),
+                message: format!(
+                    "the mirror's own manifest is not acceptable ({e}); is DEST a mirror of another repository?"
+                ),
+            })
+    }
+
+    /// Write `bytes` to `dest` through a temporary file and a rename. With `durable`, the
+    /// file and the directory are synced too (the manifest).
+    fn write_atomic(&self, dest: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+        let tmp = self.tmp().join(format!(
+            "{}.{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        if durable {
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        drop(f);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
+        fs::rename(&tmp, dest).map_err(io(dest))?;
+        if durable {
+            let dir = dest.parent().unwrap_or(&self.root);
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Flush everything written to the mirror's file system.
+    fn sync(&self) -> Result<()> {
+        let dir = File::open(&self.root).map_err(io(&self.root))?;
+        rustix::fs::syncfs(&dir).map_err(|e| ReplicateError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })
+    }
+}
+
+/// Shared state of one walk.
+#[derive(Debug)]
+struct Walk {
+    source: Source,
+    mirror: Mirror,
+    /// Bounds concurrent fetches (`--jobs`).
+    permits: Semaphore,
+    /// One cell per object visited: an object referenced from several places (a shared
+    /// chunk, an identical directory) is fetched once, and every referrer waits for it.
+    cells: Mutex<HashMap<ObjectId, Arc<OnceCell<()>>>>,
+    full: bool,
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+    present: AtomicU64,
+    ticker: Ticker,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// Return once object `id` and everything below it are present in the mirror.
+fn ensure(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> BoxFut {
+    Box::pin(async move {
+        let cell = walk
+            .cells
+            .lock()
+            .expect("not poisoned")
+            .entry(id)
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| visit(walk.clone(), id, kind, max_len))
+            .await
+            .map(|_| ())
+    })
+}
+
+async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<()> {
+    let rel = id.store_path();
+    let dest = walk.mirror.path(&rel);
+    if dest.exists() {
+        if !walk.full {
+            walk.present.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // --full: check the local copy and descend; refetch it if it is damaged.
+        let local = fs::read(&dest).map_err(io(&dest))?;
+        match object::decode(id, kind, &local, max_len) {
+            Ok(v) => {
+                let src = dest.display().to_string();
+                ensure_children(&walk, &v, &src).await?;
+                walk.present.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => tracing::warn!("{}: {e}; fetching it again", dest.display()),
+        }
+    }
+    let bytes = {
+        let _permit = walk.permits.acquire().await.expect("never closed");
+        walk.source.get(&rel, false).await?
+    };
+    let url = walk.source.url(&rel);
+    let v =
+        object::decode(id, kind, &bytes, max_len).map_err(|source| ReplicateError::BadObject {
+            id,
+            url: url.clone(),
+            source: Box::new(source),
+        })?;
+    ensure_children(&walk, &v, &url).await?;
+    walk.mirror.write_atomic(&dest, &bytes, false)?;
+    walk.fetched.fetch_add(1, Ordering::Relaxed);
+    walk.fetched_bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    walk.ticker.tick(&walk);
+    Ok(())
+}
+
+/// The objects `v` references, with the kind and size bound each must have.
+fn children(
+    v: &object::Verified,
+) -> Result<Vec<(ObjectId, ObjectKind, u64)>, depotfs_catalog::Error> {
+    Ok(match v.kind() {
+        ObjectKind::Chunk => Vec::new(),
+        ObjectKind::ChunkList => ChunkList::from_verified(v)?
+            .chunks
+            .iter()
+            .map(|c| (c.id, ObjectKind::Chunk, u64::from(c.len)))
+            .collect(),
+        ObjectKind::DirNode => match DirNode::from_verified(v)? {
+            DirNode::Index(cs) => cs
+                .iter()
+                .map(|c| (c.id, ObjectKind::DirNode, NODE_MAX_BYTES))
+                .collect(),
+            DirNode::Leaf(es) => es
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::Dir { tree, .. } => {
+                        Some((*tree, ObjectKind::DirNode, NODE_MAX_BYTES))
+                    }
+                    EntryKind::File { size, content } => match content {
+                        FileContent::Empty => None,
+                        FileContent::Single(c) => Some((*c, ObjectKind::Chunk, *size)),
+                        FileContent::Chunked(l) => {
+                            Some((*l, ObjectKind::ChunkList, CHUNK_LIST_MAX))
+                        }
+                    },
+                    EntryKind::Symlink { .. } => None,
+                })
+                .collect(),
+        },
+    })
+}
+
+/// Ensure every child of `v` (fetched from `from`), concurrently; the first failure stops
+/// the others (dropping the set aborts its tasks).
+async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> Result<()> {
+    let kids = children(v).map_err(|source| ReplicateError::BadObject {
+        id: v.id(),
+        url: from.to_string(),
+        source: Box::new(source),
+    })?;
+    let mut set = JoinSet::new();
+    for (id, kind, max) in kids {
+        set.spawn(ensure(walk.clone(), id, kind, max));
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    Ok(())
+}
+
+/// Progress: a spinner with counts on a terminal, a log line every 5 s otherwise (the
+/// total is unknown until the walk ends, so there is no bar to fill).
+#[derive(Debug)]
+struct Ticker {
+    bar: Option<indicatif::ProgressBar>,
+    last_log: Mutex<Instant>,
+}
+
+impl Ticker {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(200));
+            b.set_message("replicating");
+            b
+        });
+        Ticker {
+            bar,
+            last_log: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn tick(&self, walk: &Walk) {
+        let msg = || {
+            format!(
+                "replicating: fetched {} objects ({} MiB), {} present",
+                walk.fetched.load(Ordering::Relaxed),
+                walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
+                walk.present.load(Ordering::Relaxed)
+            )
+        };
+        if let Some(b) = &self.bar {
+            b.set_message(msg());
+            return;
+        }
+        let mut last = self.last_log.lock().expect("not poisoned");
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            tracing::info!("{}", msg());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
