@@ -80,8 +80,12 @@ fn draw(r: &Ratios, output: &PathBuf) -> Result<(), Box<dyn std::error::Error>> 
         .x_label_area_size(36)
         .y_label_area_size(430)
         .build_cartesian_2d(0f64..X_MAX, (0..n).into_segmented())?;
+    // The first target at the top: row i is drawn at segment n - 1 - i.
+    let row = |i: usize| n - 1 - i;
     let label = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => r.bars[*i].label.clone(),
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => {
+            r.bars[row(*i)].label.replace('`', "")
+        }
         _ => String::new(),
     };
     chart
@@ -97,13 +101,15 @@ fn draw(r: &Ratios, output: &PathBuf) -> Result<(), Box<dyn std::error::Error>> 
     chart.draw_series(r.bars.iter().enumerate().map(|(i, b)| {
         let colour = if b.met { green } else { red };
         let x = b.attainment.clamp(0.0, X_MAX);
-        Rectangle::new(
+        let mut bar = Rectangle::new(
             [
-                (0.0, SegmentValue::Exact(i)),
-                (x, SegmentValue::Exact(i + 1)),
+                (0.0, SegmentValue::Exact(row(i))),
+                (x, SegmentValue::Exact(row(i) + 1)),
             ],
             colour.mix(0.8).filled(),
-        )
+        );
+        bar.set_margin(4, 4, 0, 0);
+        bar
     }))?;
     chart.draw_series(r.bars.iter().enumerate().map(|(i, b)| {
         let x = b.attainment.clamp(0.0, X_MAX);
@@ -115,7 +121,7 @@ fn draw(r: &Ratios, output: &PathBuf) -> Result<(), Box<dyn std::error::Error>> 
                 b.target,
                 if b.met { "" } else { ", missed" }
             ),
-            (at, SegmentValue::CenterOf(i)),
+            (at, SegmentValue::CenterOf(row(i))),
             ("sans-serif", 12),
         )
     }))?;

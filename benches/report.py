@@ -116,13 +116,16 @@ def write(results, out, ratios_out):
         target = f"{op.replace('>=', '≥').replace('<=', '≤')} {thr:g}{'x' if unit == 'x' else ' ' + unit}"
         if j is None:
             reason = results["info"].get("container_trace", "") if dk.startswith("ct.prefetch") else ""
-            L.append(f"| {p} | {what} | | | | {target} | not measured{': ' + reason if reason else ''} |")
+            L.append(f"| {p} | {what} | | | | {target} | {reason or 'not measured'} |")
             continue
         value, met, text = j
         dm = meas[dk]
         d_txt = f"{fmt(med(dm))} {dm['unit']}"
         p_txt = f"{fmt(med(meas[pk]))} {meas[pk]['unit']}" if pk else ""
-        L.append(f"| {p} | {what} | {d_txt} | {p_txt} | {text} | {target} | {'**met**' if met else '**missed**'} |")
+        verdict = "**met**" if met else "**missed**"
+        if results["mode"] == "quick":
+            verdict += " (quick run: small sizes)"
+        L.append(f"| {p} | {what} | {d_txt} | {p_txt} | {text} | {target} | {verdict} |")
         # Attainment: 1.0 = exactly the target, > 1 = better than the target.
         att = value / thr if op == ">=" else thr / value if value > 0 else float("inf")
         chart.append({"label": f"{p} {what}", "value": text, "target": target, "attainment": att, "met": met})

@@ -44,8 +44,6 @@ fn bench_chunking(c: &mut Criterion) {
     let data = pseudo_random(CHUNK_INPUT, 7);
     let mut g = c.benchmark_group("chunking");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(4));
     g.bench_function("cut_points_64MiB", |b| {
         b.iter(|| chunking::cut_points(black_box(&data)).len())
     });
@@ -122,8 +120,6 @@ fn bench_dir(c: &mut Criterion) {
         entries.len()
     );
     let mut g = c.benchmark_group("dir");
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(entries.len() as u64));
     g.bench_function("build_118594", |b| {
         b.iter_batched(
@@ -179,5 +175,16 @@ fn bench_dir(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_chunking, bench_dir);
+/// Short runs (shared 2-core machine); command-line options such as `--measurement-time` win.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_chunking, bench_dir
+}
 criterion_main!(benches);

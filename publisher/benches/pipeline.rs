@@ -67,8 +67,6 @@ fn bench_pipeline(c: &mut Criterion) {
         ("text", text_bytes(CHUNK * CHUNKS, "depotfs bench text")),
     ];
     let mut g = c.benchmark_group("pipeline");
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Bytes((CHUNK * CHUNKS) as u64));
     for (name, data) in &inputs {
         g.bench_function(format!("blake3_256KiB_{name}"), |b| {
@@ -93,5 +91,16 @@ fn bench_pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_pipeline);
+/// Short runs (shared 2-core machine); command-line options such as `--measurement-time` win.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_pipeline
+}
 criterion_main!(benches);
