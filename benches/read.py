@@ -390,9 +390,18 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                 trace = os.path.join(w, "ct.trace")
                 if os.path.exists(trace):
                     os.unlink(trace)
-                ct.mount(fresh=True, extra=["--record", trace])
+                # In the foreground, so that --record reaches the serving process whatever the
+                # background launcher passes on.
+                umount(ct.mnt)
+                shutil.rmtree(ct.cache, ignore_errors=True)
+                rec = subprocess.Popen(ct.args(["--record", trace, "--foreground"]), env=ENV,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                wait_for(lambda: os.path.ismount(ct.mnt) or rec.poll() is not None, f"the recording mount {ct.mnt}")
+                if rec.poll() is not None:
+                    raise RuntimeError(f"depotfs mount --record failed: {rec.stderr.read().strip()[-2000:]}")
                 start(ct_on_d)
                 ct.umount()
+                rec.wait(timeout=60)
                 wait_for(lambda: os.path.exists(trace) and os.path.getsize(trace) > 0, f"the trace {trace}")
                 with open(trace) as f:
                     lines = [x for x in f if x.strip() and not x.startswith("#")]

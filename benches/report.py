@@ -157,7 +157,7 @@ def write(results, out, ratios_out):
     L += ["## Micro-benchmarks (Criterion)", ""]
     crit = results.get("criterion") or []
     if crit:
-        L += ["`cargo bench -p depotfs-catalog -p depotfs-publisher`; mean time per iteration with its 95 % "
+        L += ["Criterion (`catalog/benches/catalog.rs`, `publisher/benches/pipeline.rs`; commands below): mean time per iteration with its 95 % "
               "confidence interval, and the throughput at the mean.", "",
               "| benchmark | mean | 95 % CI | throughput |", "|---|---|---|---|"]
         for c in crit:
