@@ -227,6 +227,9 @@ def main():
         os.unlink(p)
     os.symlink(os.path.join(ct_store, "public"), p)
 
+    if a.reps == 0:  # --reps 0: the data above is all that was asked for
+        sections = []
+
     # --- nginx ------------------------------------------------------------------------------
     port = free_port()
     conf = os.path.join(w, "nginx.conf")
