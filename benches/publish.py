@@ -8,16 +8,18 @@ P2: a store whose all/ holds the 118,594 names of the real Galaxy listing (small
     contents): publish from scratch; then add one more image and publish: time and new
     metadata bytes (directory nodes and chunk lists, compressed).
 
-usage: benches/publish.py [--size-mib 2048] [--reps 3] [--work /tmp/depotfs-bench]
-Prints a Markdown section for benches/RESULTS.md.
+usage: benches/publish.py [--size-mib 2048] [--reps 3] [--peer-reps 1] [--names-limit 0]
+                          [--work /tmp/depotfs-bench] [--json OUT]
+Writes the measurements as JSON to OUT (read by benches/report.py) and prints a Markdown table.
+`mksquashfs` (not a target's peer, ~1 min per run) runs --peer-reps times.
 """
 import argparse
-import datetime
+import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +28,9 @@ BIN = os.environ.get("DEPOTFS_BIN") or os.path.join(REPO, "target", "release", "
 
 
 def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
 
 
 def timed(fn):
@@ -68,30 +72,36 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--peer-reps", type=int, default=1, help="repetitions of mksquashfs")
+    ap.add_argument("--names-limit", type=int, default=0, help="P2 with only the first N names (0: all)")
     ap.add_argument("--work", default="/tmp/depotfs-bench")
+    ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     if "DEPOTFS_BIN" not in os.environ:
         sh("cargo", "build", "--release", "--bin", "depotfs", cwd=REPO)
     os.makedirs(a.work, exist_ok=True)
     images = os.path.join(a.work, f"images-{a.size_mib}")
     if not os.path.isdir(images):
-        sh("python3", os.path.join(HERE, "gen_corpus.py"), "images", "--out", images,
+        sh(sys.executable, os.path.join(HERE, "gen_corpus.py"), "images", "--out", images + ".tmp",
            "--total-mib", str(a.size_mib), "--seed", "1")
+        os.rename(images + ".tmp", images)
     size = du(images)
+    files = sorted(os.path.join(images, f) for f in os.listdir(images))
     warm(images)
     env = dict(os.environ, RUST_LOG="warn")
     res = {"depotfs add": [], "casync make": [], "mksquashfs zstd": []}
     stored = {}
-    for _ in range(a.reps):
+    for rep in range(a.reps):
         for tool in res:
+            if tool == "mksquashfs zstd" and rep >= a.peer_reps:
+                continue
             out = os.path.join(a.work, "out")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
             if tool == "depotfs add":
                 store = os.path.join(out, "store")
                 sh(BIN, "init", store, "--name", "bench", env=env)
-                fn = lambda: sh(BIN, "add", store, "--to", "all", *sorted(
-                    os.path.join(images, f) for f in os.listdir(images)), env=env)
+                fn = lambda: sh(BIN, "add", store, "--to", "all", *files, env=env)
                 target = os.path.join(store, "public")
             elif tool == "casync make":
                 fn = lambda: sh("casync", "make", "--compression=zstd",
@@ -104,26 +114,28 @@ def main():
                 target = out
             res[tool].append(timed(fn))
             stored[tool] = du(target)
+    shutil.rmtree(os.path.join(a.work, "out"), ignore_errors=True)
     mb = size / 1e6
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"## Publish throughput (P1) — {date}\n")
-    print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}. "
-          f"Input: `benches/gen_corpus.py images --total-mib {a.size_mib} --seed 1` "
-          f"({len(os.listdir(images))} squashfs images, {size / 2**20:.0f} MiB), warm in the page cache. "
-          f"Command: `python3 benches/publish.py --size-mib {a.size_mib} --reps {a.reps}`.\n")
-    print("| tool | median s | min s | max s | MB/s (median) | stored MiB | ratio vs casync make |")
-    print("|---|---|---|---|---|---|---|")
-    base = mb / statistics.median(res["casync make"])
+    m = {}
+    keys = {"depotfs add": "p1.depotfs_mbps", "casync make": "p1.casync_mbps", "mksquashfs zstd": "p1.mksquashfs_mbps"}
     for tool, xs in res.items():
-        med, lo, hi = stats(xs)
-        print(f"| {tool} | {med:.2f} | {lo:.2f} | {hi:.2f} | {mb / med:.0f} | "
-              f"{stored[tool] / 2**20:.0f} | {mb / med / base:.2f}x |")
-    print()
+        m[keys[tool]] = {"label": f"publish {len(files)} images ({size / 2**20:.0f} MiB): {tool}", "unit": "MB/s",
+                         "values": [mb / x for x in xs], "better": "higher",
+                         "extra": f"stored {stored.get(tool, 0) / 2**20:.0f} MiB"}
+    commands = [
+        f"input: `gen_corpus.py images --total-mib {a.size_mib} --seed 1` ({len(files)} squashfs images, "
+        f"{size / 2**20:.0f} MiB), read once before (warm in the page cache)",
+        "depotfs init STORE --name bench; depotfs add STORE --to all IMAGE...",
+        "casync make --compression=zstd --store=OUT/castr OUT/all.caidx IMAGES_DIR",
+        "mksquashfs IMAGES_DIR OUT/all.sqfs -comp zstd -noappend -quiet -no-progress",
+    ]
 
     # P2: the 118,594-name all/.
-    names = os.path.join(a.work, "names", "all")
+    names = os.path.join(a.work, f"names-{a.names_limit}", "all")
     if not os.path.isdir(names):
-        sh("python3", os.path.join(HERE, "gen_corpus.py"), "names", "--out", names)
+        lim = ["--limit", str(a.names_limit)] if a.names_limit else []
+        sh(sys.executable, os.path.join(HERE, "gen_corpus.py"), "names", "--out", names, *lim)
+    n_names = len(os.listdir(names))
     warm(names)
     scratch, one = [], []
     meta_bytes = []
@@ -144,17 +156,26 @@ def main():
                 kind = f.read(5)[4]
             if kind in (2, 3):  # chunk list, directory node
                 meta += os.path.getsize(p)
-        meta_bytes.append(meta)
-    print("## Scale (P2): 118,594 names in all/\n")
-    print("| measurement | median | min | max | target |")
+        meta_bytes.append(meta / 1024)
+    shutil.rmtree(os.path.join(a.work, "names-store"), ignore_errors=True)
+    m["p2.scratch_s"] = {"label": f"publish {n_names:,} names in all/ from scratch", "unit": "s",
+                         "values": scratch, "better": "lower"}
+    m["p2.one_more_s"] = {"label": "add + publish one more image (3 MiB) to that all/", "unit": "s",
+                          "values": one, "better": "lower"}
+    m["p2.meta_kib"] = {"label": "new metadata objects of that publish (chunk lists, directory nodes; compressed)",
+                        "unit": "KiB", "values": meta_bytes, "better": "lower"}
+    commands += [f"P2: `gen_corpus.py names` ({n_names:,} small files), `depotfs add STORE NAMES_DIR`; then "
+                 "`depotfs add STORE --to all samtools:99.0--h0000000_0` (3 MiB of random bytes)"]
+    m = {k: v for k, v in m.items() if v["values"]}  # --reps 0 only prepares the data
+    out = {"script": "publish", "argv": sys.argv[1:], "measurements": m, "commands": commands, "info": {}}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print("| measurement | median | min | max | unit |")
     print("|---|---|---|---|---|")
-    m = stats(scratch)
-    print(f"| publish 118,594 names from scratch (s) | {m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | ≤ 30 s |")
-    m = stats(one)
-    print(f"| add + publish one more image (s) | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | ≤ 1 s |")
-    m = stats(meta_bytes)
-    print(f"| new metadata objects for that publish (KiB, compressed) | {m[0] / 1024:.1f} | "
-          f"{m[1] / 1024:.1f} | {m[2] / 1024:.1f} | ≤ 64 KiB |")
+    for v in m.values():
+        xs = v["values"]
+        print(f"| {v['label']} | {statistics.median(xs):.3g} | {min(xs):.3g} | {max(xs):.3g} | {v['unit']} |")
 
 
 if __name__ == "__main__":

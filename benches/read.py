@@ -1,39 +1,55 @@
 #!/usr/bin/env python3
-"""Client read benchmarks (issue 3; targets P3-P7 of issue 6), side by side in one run.
+"""Client read benchmarks (issue 6, targets P3-P7, P9, P10), side by side in one run.
 
-- 1 GiB image, sequential read: depotfs cold over loopback HTTP (nginx), warm from its local
-  cache (page cache dropped), hot (page cache); casync mount over HTTP from the same nginx;
-  squashfuse on a local squashfs; a plain local file cold and hot.
-- `ls -f` / `ls -l` of a 118,594-entry all/ (names of the real listing): depotfs fresh mount
+Sections (--sections, comma separated; all by default):
+- read: a 1 GiB image (gen_corpus.py big), sequential read: depotfs cold over loopback HTTP
+  (nginx), warm from its local cache (page cache dropped), hot (page cache); casync mount over
+  HTTP from the same nginx; squashfuse on a local squashfs; a plain local file cold and hot.
+- ls: `ls -f` / `ls -l` of a 118,594-entry all/ (names of the real listing): depotfs fresh mount
   over HTTP and warm; ext4 cold and warm; squashfuse_ll and squashfuse.
-- Container start: squashfuse of a BioContainer-like image lying on the depotfs mount (cold over
-  HTTP) + chroot + busybox reading what a tool start reads, against the same on a local image;
-  bytes fetched against bytes touched.
+- container: a ~41 MB BioContainer-like image (gen_corpus.py container) on the depotfs mount
+  (cold over HTTP) opened with squashfuse, chroot, busybox reads the files a tool start reads
+  (/etc/start-files); against the same on a local image; bytes fetched against bytes read
+  (touched) through depotfs. Then, when `depotfs add --help` shows `--trace` and `depotfs mount
+  --help` shows `--record`: record one start with `mount --record`, publish the trace with
+  `add --trace`, and measure the start again with prefetch from the access list.
+- rss: P9, VmHWM/VmRSS of the `depotfs mount` process (/proc/PID/status) after `ls -f` of the
+  118,594-name all/ and reading the big image 5 times (cold, hot, warm, hot, warm).
+- parallel: P10, 16 different images (gen_corpus.py images --versions 1 --count 16) read cold
+  over HTTP by 16 parallel readers against one reader reading them one after another.
 
-Needs root (drop_caches, mounts), nginx, casync, squashfs-tools, squashfuse, busybox-static.
-usage: benches/read.py [--reps 3] [--work /tmp/depotfs-read]   (prints Markdown)
+Needs root (drop_caches, mounts), nginx, casync, squashfs-tools, squashfuse, busybox-static, fuse3.
+usage: benches/read.py [--reps 3] [--big-mib 1024] [--ct-mib 41] [--par-scale 16]
+                       [--work /tmp/depotfs-read] [--sections ...] [--json OUT]
+Writes the measurements as JSON to OUT (read by benches/report.py) and prints a Markdown table.
 """
 import argparse
-import datetime
+import json
 import os
-import platform
-import random
-import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.environ.get("DEPOTFS_BIN") or os.path.join(REPO, "target", "release", "depotfs")
 ENV = dict(os.environ, RUST_LOG="warn")
+SECTIONS = ["read", "ls", "container", "rss", "parallel"]
 
 
 def sh(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+def sh_loud(*cmd, **kw):
+    """Run a command whose failure must be explained: its stderr goes into the exception."""
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
 
 
 def drop():
@@ -63,6 +79,15 @@ def umount(m):
     sh("fusermount3", "-u", m, check=False)
 
 
+def wait_for(pred, what, secs=30):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {secs} s waiting for {what}")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -71,83 +96,139 @@ def free_port():
     return p
 
 
-def stat3(xs):
-    return statistics.median(xs), min(xs), max(xs)
+def gen(*args):
+    sh_loud(sys.executable, os.path.join(HERE, "gen_corpus.py"), *args)
+
+
+def has_flag(sub, flag):
+    out = subprocess.run([BIN, sub, "--help"], capture_output=True, text=True, env=ENV).stdout
+    return flag in out
 
 
 class Depotfs:
+    """A `depotfs mount` of `url` at `mnt` with its cache in `cache`."""
+
     def __init__(self, url, key, mnt, cache):
         self.url, self.key, self.mnt, self.cache = url, key, mnt, cache
 
-    def mount(self, fresh):
+    def args(self, extra=()):
+        return [BIN, "mount", self.url, self.mnt, "--key", self.key, "--cache-dir", self.cache,
+                "--cache-size", "8G", *extra]
+
+    def mount(self, fresh, extra=()):
         umount(self.mnt)
         if fresh:
             shutil.rmtree(self.cache, ignore_errors=True)
         os.makedirs(self.mnt, exist_ok=True)
-        subprocess.run([BIN, "mount", self.url, self.mnt, "--key", self.key, "--cache-dir", self.cache,
-                        "--cache-size", "8G"], check=True, env=ENV)
+        sh_loud(*self.args(extra), env=ENV)
+
+    def xattr(self, name):
+        try:
+            return os.getxattr(self.mnt, "user.depotfs." + name).decode()
+        except OSError as e:
+            raise RuntimeError(f"{self.mnt}: reading status xattr user.depotfs.{name}: {e}") from e
 
     def counter(self, name):
-        """A status counter in bytes: name is "fetched" or "read"."""
-        out = subprocess.run([BIN, "status", self.mnt], capture_output=True, text=True, env=ENV).stdout
-        m = re.search(name + r":\s+([\d.]+) (B|KiB|MiB|GiB)", out)
-        unit = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[m.group(2)]
-        return float(m.group(1)) * unit
+        """A byte counter of the mount: bytes_fetched, bytes_read, ..."""
+        return int(self.xattr(name))
 
     def umount(self):
         umount(self.mnt)
 
 
+class Results:
+    """Measurements by key: values, unit, label; plus the commands and facts of the run."""
+
+    def __init__(self):
+        self.m, self.info, self.commands = {}, {}, []
+
+    def add(self, key, label, unit, values, better):
+        if values:
+            self.m[key] = {"label": label, "unit": unit, "values": values, "better": better}
+
+    def cmd(self, text):
+        if text not in self.commands:
+            self.commands.append(text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--ct-mib", type=int, default=41)
+    ap.add_argument("--par-scale", type=int, default=16, help="real image sizes / this (P10 images)")
+    ap.add_argument("--names-limit", type=int, default=0, help="all/ with only the first N names (0: all)")
     ap.add_argument("--work", default="/tmp/depotfs-read")
-    ap.add_argument("--sections", default="read,ls,container", help="comma list of read, ls, container")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
+    ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
-    w = a.work
+    w = os.path.abspath(a.work)
     sections = a.sections.split(",")
+    for s in sections:
+        if s not in SECTIONS:
+            sys.exit(f"read.py: unknown section {s!r} (known: {', '.join(SECTIONS)})")
     os.makedirs(w, exist_ok=True)
     if "DEPOTFS_BIN" not in os.environ:
         sh("cargo", "build", "--release", "--bin", "depotfs", cwd=REPO)
+    R = Results()
 
-    # --- data -------------------------------------------------------------------------------
-    big_dir = os.path.join(w, "bigdir")
+    # --- data (made once per work directory and size) ---------------------------------------
+    big_dir = os.path.join(w, f"big-{a.big_mib}")
     big = os.path.join(big_dir, "big:1.0--0")
     if not os.path.exists(big):
-        os.makedirs(big_dir, exist_ok=True)
-        rng = random.Random(5)
-        text = (b"lib/python3.11/site-packages import def return class " * 20000)
-        with open(big, "wb") as f:
-            for i in range(1024):
-                f.write(rng.randbytes(600_000) + text[: (1 << 20) - 600_000])
-    names = os.path.join(w, "names", "all")
+        gen("big", "--out", big_dir, "--mib", str(a.big_mib), "--seed", "5")
+    names = os.path.join(w, f"names-{a.names_limit}", "all")
     if not os.path.isdir(names):
-        sh("python3", os.path.join(HERE, "gen_corpus.py"), "names", "--out", names)
-    ct_dir = os.path.join(w, "ct")
+        gen("names", "--out", names, *(["--limit", str(a.names_limit)] if a.names_limit else []))
+    n_names = f"{len(os.listdir(names)):,}"
+    par_dir = os.path.join(w, f"par-{a.par_scale}")
+    if not os.path.isdir(par_dir):
+        gen("images", "--out", par_dir, "--versions", "1", "--count", "16", "--total-mib", "100000",
+            "--scale", str(a.par_scale), "--seed", "3")
+    par_names = sorted(os.listdir(par_dir))
+    ct_dir = os.path.join(w, f"ct-{a.ct_mib}")
     if not os.path.isdir(ct_dir):
-        sh("python3", os.path.join(HERE, "gen_corpus.py"), "images", "--out", ct_dir, "--total-mib", "40",
-           "--seed", "3")
+        gen("container", "--out", ct_dir, "--mib", str(a.ct_mib), "--seed", "3")
     ct_name = sorted(os.listdir(ct_dir))[0]
     ct_image = os.path.join(ct_dir, ct_name)
-    store = os.path.join(w, "store")
+    store = os.path.join(w, f"store-{a.big_mib}-{a.par_scale}-{a.names_limit}")
     if not os.path.isdir(store):
-        sh(BIN, "init", store, "--name", "bench.read", env=ENV)
-        sh(BIN, "add", store, "--to", "all", big, ct_image, env=ENV)
-        sh(BIN, "add", store, "--to", "names", names, env=ENV)
-    big_sqfs = os.path.join(w, "big.sqfs")
+        sh_loud(BIN, "init", store + ".tmp", "--name", "bench.read", env=ENV)
+        sh_loud(BIN, "add", store + ".tmp", "--to", "all", big, env=ENV)
+        sh_loud(BIN, "add", store + ".tmp", "--to", "names", names, env=ENV)
+        sh_loud(BIN, "add", store + ".tmp", "--to", "par", *[os.path.join(par_dir, n) for n in par_names], env=ENV)
+        os.rename(store + ".tmp", store)
+    big_sqfs = os.path.join(w, f"big-{a.big_mib}.sqfs")
     if not os.path.exists(big_sqfs):
-        sh("mksquashfs", big_dir, big_sqfs, "-comp", "zstd", "-noappend", "-quiet", "-no-progress")
-    names_sqfs = os.path.join(w, "names.sqfs")
+        sh_loud("mksquashfs", big_dir, big_sqfs, "-comp", "zstd", "-noappend", "-quiet", "-no-progress")
+    names_sqfs = os.path.join(w, f"names-{a.names_limit}.sqfs")
     if not os.path.exists(names_sqfs):
-        sh("mksquashfs", os.path.dirname(names), names_sqfs, "-comp", "zstd", "-noappend", "-quiet", "-no-progress")
-    castr = os.path.join(w, "www", "castr")
-    caidx = os.path.join(w, "www", "big.caidx")
+        sh_loud("mksquashfs", os.path.dirname(names), names_sqfs, "-comp", "zstd", "-noappend", "-quiet",
+                "-no-progress")
+    www = os.path.join(w, "www")
+    os.makedirs(www, exist_ok=True)
+    castr = os.path.join(www, f"castr-{a.big_mib}")
+    caidx = os.path.join(www, f"big-{a.big_mib}.caidx")
     if not os.path.exists(caidx):
-        os.makedirs(os.path.join(w, "www"), exist_ok=True)
-        sh("casync", "make", "--compression=zstd", "--store=" + castr, caidx, big_dir)
-    www_public = os.path.join(w, "www", "public")
-    if not os.path.exists(www_public):
-        os.symlink(os.path.join(store, "public"), www_public)
+        sh_loud("casync", "make", "--compression=zstd", "--store=" + castr, caidx, big_dir)
+    for link, target in (("public", os.path.join(store, "public")),):
+        p = os.path.join(www, link)
+        if os.path.islink(p):
+            os.unlink(p)
+        os.symlink(target, p)
+    # The container section publishes a trace into its own store: rebuilt every run, so the
+    # run without prefetch never sees an access list from an earlier run.
+    ct_store = os.path.join(w, "ctstore")
+    shutil.rmtree(ct_store, ignore_errors=True)
+    sh_loud(BIN, "init", ct_store, "--name", "bench.ct", env=ENV)
+    sh_loud(BIN, "add", ct_store, "--to", "all", ct_image, env=ENV)
+    p = os.path.join(www, "ct")
+    if os.path.islink(p):
+        os.unlink(p)
+    os.symlink(os.path.join(ct_store, "public"), p)
+
+    if a.reps == 0:  # --reps 0: the data above is all that was asked for
+        sections = []
 
     # --- nginx ------------------------------------------------------------------------------
     port = free_port()
@@ -155,167 +236,275 @@ def main():
     with open(conf, "w") as f:
         f.write(f"""worker_processes 2; error_log {w}/nginx.err; pid {w}/nginx.pid;
 events {{}}
-http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {w}/www; }} }}
+http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {www}; }} }}
 """)
     nginx = subprocess.Popen(["nginx", "-c", conf, "-p", w, "-g", "daemon off;"])
-    time.sleep(0.5)
+
+    def nginx_up():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(nginx_up, f"nginx on port {port}")
     url = f"http://127.0.0.1:{port}/public/"
     key = os.path.join(store, "public", "repo.pub")
     d = Depotfs(url, key, os.path.join(w, "mnt"), os.path.join(w, "cache"))
+    R.cmd(f"nginx (sendfile on, 2 workers) serving {www} on 127.0.0.1:PORT")
+    R.cmd(" ".join(d.args()).replace(f":{port}/", ":PORT/").replace(BIN, "depotfs") + "  (fresh = empty cache dir)")
+    R.cmd("cold = `sync; echo 3 > /proc/sys/vm/drop_caches` before the measured command")
     sq = os.path.join(w, "sqmnt")
     os.makedirs(sq, exist_ok=True)
-    rows = {}
+    root = os.path.join(w, "ctroot")
+    os.makedirs(root, exist_ok=True)
+    mib = os.path.getsize(big) / (1 << 20)
+    big_on_d = os.path.join(d.mnt, "all", "big:1.0--0")
 
-    def record(name, xs, unit):
-        rows[name] = (stat3(xs), unit)
-
-    rec = record
-
-    GiB = os.path.getsize(big)
     try:
         # --- 1 GiB sequential read ----------------------------------------------------------
-        r = {k: [] for k in ["dc", "dw", "dh", "plain_c", "plain_h", "sqf", "casync"]}
-        for _ in range(a.reps if "read" in sections else 0):
-            d.mount(fresh=True)
-            drop()
-            r["dc"].append(timed(lambda: read_all(os.path.join(d.mnt, "all", "big:1.0--0"))))
-            r["dh"].append(timed(lambda: read_all(os.path.join(d.mnt, "all", "big:1.0--0"))))
-            d.mount(fresh=False)
-            drop()
-            r["dw"].append(timed(lambda: read_all(os.path.join(d.mnt, "all", "big:1.0--0"))))
-            d.umount()
-            drop()
-            r["plain_c"].append(timed(lambda: read_all(big)))
-            r["plain_h"].append(timed(lambda: read_all(big)))
-            umount(sq)
-            drop()
-            sh("squashfuse", big_sqfs, sq)
-            r["sqf"].append(timed(lambda: read_all(os.path.join(sq, "big:1.0--0"))))
-            umount(sq)
-            if a.reps and len(r["casync"]) < 1:  # ~10 s per run: once
-                cam = os.path.join(w, "camnt")
-                os.makedirs(cam, exist_ok=True)
-                p = subprocess.Popen(["casync", "mount", f"--store=http://127.0.0.1:{port}/castr/", caidx, cam],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for _ in range(100):
-                    if os.path.exists(os.path.join(cam, "big:1.0--0")):
-                        break
-                    time.sleep(0.1)
+        if "read" in sections:
+            R.cmd("sequential read: 1 MiB read() calls in Python until EOF (like `cat FILE > /dev/null`)")
+            R.cmd(f"squashfuse {os.path.basename(big_sqfs)} MNT (mksquashfs -comp zstd of the same file)")
+            R.cmd(f"casync make --compression=zstd --store=castr big.caidx DIR; "
+                  f"casync mount --store=http://127.0.0.1:PORT/castr/ big.caidx MNT")
+            r = {k: [] for k in ["dc", "dw", "dh", "plain_c", "plain_h", "sqf", "casync"]}
+            for rep in range(a.reps):
+                d.mount(fresh=True)
                 drop()
-                r["casync"].append(timed(lambda: read_all(os.path.join(cam, "big:1.0--0"))))
-                umount(cam)
-                p.wait()
-        mibps = lambda xs: [GiB / (1 << 20) / x for x in xs]
-        rec = record if "read" in sections else (lambda *_: None)
-        rec("read 1 GiB: depotfs cold over HTTP (nginx)", mibps(r["dc"]), "MiB/s")
-        rec("read 1 GiB: depotfs warm (local cache, page cache dropped)", mibps(r["dw"]), "MiB/s")
-        rec("read 1 GiB: depotfs hot (page cache)", mibps(r["dh"]), "MiB/s")
-        rec("read 1 GiB: casync mount cold over HTTP (nginx)", mibps(r["casync"]), "MiB/s")
-        rec("read 1 GiB: squashfuse, local image, cold", mibps(r["sqf"]), "MiB/s")
-        rec("read 1 GiB: plain local file, cold", mibps(r["plain_c"]), "MiB/s")
-        rec("read 1 GiB: plain local file, hot", mibps(r["plain_h"]), "MiB/s")
+                r["dc"].append(timed(lambda: read_all(big_on_d)))
+                r["dh"].append(timed(lambda: read_all(big_on_d)))
+                d.mount(fresh=False)
+                drop()
+                r["dw"].append(timed(lambda: read_all(big_on_d)))
+                d.umount()
+                drop()
+                r["plain_c"].append(timed(lambda: read_all(big)))
+                r["plain_h"].append(timed(lambda: read_all(big)))
+                umount(sq)
+                drop()
+                sh_loud("squashfuse", big_sqfs, sq)
+                r["sqf"].append(timed(lambda: read_all(os.path.join(sq, "big:1.0--0"))))
+                umount(sq)
+                if rep == 0:  # casync mount reads at ~37 MiB/s: once
+                    cam = os.path.join(w, "camnt")
+                    os.makedirs(cam, exist_ok=True)
+                    p = subprocess.Popen(["casync", "mount", f"--store=http://127.0.0.1:{port}/{os.path.basename(castr)}/",
+                                          caidx, cam], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    wait_for(lambda: os.path.exists(os.path.join(cam, "big:1.0--0")), "casync mount")
+                    drop()
+                    r["casync"].append(timed(lambda: read_all(os.path.join(cam, "big:1.0--0"))))
+                    umount(cam)
+                    p.wait()
+            rate = lambda xs: [mib / x for x in xs]
+            n = f"{mib:.0f} MiB"
+            R.add("read.depotfs_cold", f"read {n}: depotfs cold over HTTP (nginx)", "MiB/s", rate(r["dc"]), "higher")
+            R.add("read.depotfs_warm", f"read {n}: depotfs warm (local cache, page cache dropped)", "MiB/s",
+                  rate(r["dw"]), "higher")
+            R.add("read.depotfs_hot", f"read {n}: depotfs hot (page cache)", "MiB/s", rate(r["dh"]), "higher")
+            R.add("read.casync_cold", f"read {n}: casync mount cold over HTTP (nginx)", "MiB/s", rate(r["casync"]),
+                  "higher")
+            R.add("read.squashfuse_cold", f"read {n}: squashfuse, local image, cold", "MiB/s", rate(r["sqf"]), "higher")
+            R.add("read.plain_cold", f"read {n}: plain local file, cold", "MiB/s", rate(r["plain_c"]), "higher")
+            R.add("read.plain_hot", f"read {n}: plain local file, hot", "MiB/s", rate(r["plain_h"]), "higher")
 
         # --- directory listing --------------------------------------------------------------
         def ls(args, path):
             return timed(lambda: subprocess.run(["ls", *args, path], check=True, stdout=subprocess.DEVNULL))
 
-        l = {k: [] for k in ["d_f_fresh", "d_f_warm", "d_l_warm", "e_f_cold", "e_f_warm", "e_l_warm",
-                             "sqll_f", "sqll_l", "sq_l"]}
-        rec = record if "ls" in sections else (lambda *_: None)
-        for _ in range(a.reps if "ls" in sections else 0):
-            d.mount(fresh=True)
-            l["d_f_fresh"].append(ls(["-f"], os.path.join(d.mnt, "names", "all")))
-            l["d_f_warm"].append(ls(["-f"], os.path.join(d.mnt, "names", "all")))
-            ls(["-l"], os.path.join(d.mnt, "names", "all"))
-            l["d_l_warm"].append(ls(["-l"], os.path.join(d.mnt, "names", "all")))
-            d.umount()
-            drop()
-            l["e_f_cold"].append(ls(["-f"], names))
-            l["e_f_warm"].append(ls(["-f"], names))
-            ls(["-l"], names)
-            l["e_l_warm"].append(ls(["-l"], names))
-            for tool, fk, lk in (("squashfuse_ll", "sqll_f", "sqll_l"), ("squashfuse", None, "sq_l")):
+        if "ls" in sections:
+            R.cmd("`ls -f DIR > /dev/null`, `ls -l DIR > /dev/null` (warm = the same command run once before)")
+            R.cmd("squashfuse_ll / squashfuse names.sqfs MNT (mksquashfs -comp zstd of the same all/)")
+            l = {k: [] for k in ["d_f_fresh", "d_f_warm", "d_l_warm", "e_f_cold", "e_f_warm", "e_l_warm",
+                                 "sqll_f", "sqll_l", "sq_l"]}
+            d_names = os.path.join(d.mnt, "names", "all")
+            for rep in range(a.reps):
+                d.mount(fresh=True)
+                l["d_f_fresh"].append(ls(["-f"], d_names))
+                l["d_f_warm"].append(ls(["-f"], d_names))
+                ls(["-l"], d_names)
+                l["d_l_warm"].append(ls(["-l"], d_names))
+                d.umount()
+                drop()
+                l["e_f_cold"].append(ls(["-f"], names))
+                l["e_f_warm"].append(ls(["-f"], names))
+                ls(["-l"], names)
+                l["e_l_warm"].append(ls(["-l"], names))
                 umount(sq)
-                sh(tool, names_sqfs, sq)
+                sh_loud("squashfuse_ll", names_sqfs, sq)
                 ls(["-f"], os.path.join(sq, "all"))
-                if fk:
-                    l[fk].append(ls(["-f"], os.path.join(sq, "all")))
-                ls(["-l"], os.path.join(sq, "all"))
-                l[lk].append(ls(["-l"], os.path.join(sq, "all")))
+                l["sqll_f"].append(ls(["-f"], os.path.join(sq, "all")))
+                l["sqll_l"].append(ls(["-l"], os.path.join(sq, "all")))  # ls -f warmed the inodes
                 umount(sq)
-        rec("ls -f all/ (118,594): depotfs fresh mount over HTTP", l["d_f_fresh"], "s")
-        rec("ls -f all/: depotfs warm", l["d_f_warm"], "s")
-        rec("ls -f all/: squashfuse_ll warm", l["sqll_f"], "s")
-        rec("ls -f all/: ext4 cold", l["e_f_cold"], "s")
-        rec("ls -f all/: ext4 warm", l["e_f_warm"], "s")
-        rec("ls -l all/: depotfs warm", l["d_l_warm"], "s")
-        rec("ls -l all/: ext4 warm", l["e_l_warm"], "s")
-        rec("ls -l all/: squashfuse_ll warm", l["sqll_l"], "s")
-        rec("ls -l all/: squashfuse warm", l["sq_l"], "s")
+                if rep == 0:  # high-level squashfuse: ~1 min per ls -l, not a target's peer: once
+                    sh_loud("squashfuse", names_sqfs, sq)
+                    ls(["-f"], os.path.join(sq, "all"))
+                    l["sq_l"].append(ls(["-l"], os.path.join(sq, "all")))
+                    umount(sq)
+            R.add("ls.f.depotfs_fresh", f"ls -f all/ ({n_names} names): depotfs fresh mount over HTTP", "s", l["d_f_fresh"],
+                  "lower")
+            R.add("ls.f.depotfs_warm", "ls -f all/: depotfs warm", "s", l["d_f_warm"], "lower")
+            R.add("ls.f.squashfuse_ll_warm", "ls -f all/: squashfuse_ll warm", "s", l["sqll_f"], "lower")
+            R.add("ls.f.ext4_cold", "ls -f all/: ext4 cold", "s", l["e_f_cold"], "lower")
+            R.add("ls.f.ext4_warm", "ls -f all/: ext4 warm", "s", l["e_f_warm"], "lower")
+            R.add("ls.l.depotfs_warm", "ls -l all/: depotfs warm", "s", l["d_l_warm"], "lower")
+            R.add("ls.l.ext4_warm", "ls -l all/: ext4 warm", "s", l["e_l_warm"], "lower")
+            R.add("ls.l.squashfuse_ll_warm", "ls -l all/: squashfuse_ll warm (after ls -f)", "s", l["sqll_l"], "lower")
+            R.add("ls.l.squashfuse_warm", "ls -l all/: squashfuse warm (after ls -f)", "s", l["sq_l"], "lower")
 
         # --- container start ----------------------------------------------------------------
-        # The image has no /dev: pipe into wc instead of redirecting to /dev/null.
-        script = ("cat /etc/tool | wc -c; ls -R /usr/local | wc -l; "
-                  "for f in $(ls /usr/local/lib/*/file0 | head -20); do cat $f | wc -c; done")
-        root = os.path.join(w, "ctroot")
-        os.makedirs(root, exist_ok=True)
+        if "container" in sections:
+            # The image has no /dev: pipe into wc instead of redirecting to /dev/null.
+            script = "cat /etc/tool | wc -c; for f in $(cat /etc/start-files); do cat $f | wc -c; done"
+            R.cmd(f"container start: `squashfuse IMAGE ROOT; chroot ROOT /bin/busybox sh -c '{script}'; umount ROOT`")
+            ct = Depotfs(f"http://127.0.0.1:{port}/ct/", os.path.join(ct_store, "public", "repo.pub"),
+                         os.path.join(w, "ctmnt"), os.path.join(w, "ctcache"))
+            ct_on_d = os.path.join(ct.mnt, "all", ct_name)
 
-        def start(image):
-            umount(root)
-            sh("squashfuse", image, root)
-            sh("chroot", root, "/bin/busybox", "sh", "-c", script)
-            umount(root)
+            def start(image):
+                umount(root)
+                sh_loud("squashfuse", image, root)
+                try:
+                    sh_loud("chroot", root, "/bin/busybox", "sh", "-c", script)
+                finally:
+                    umount(root)
 
-        c_d, c_l, fetched, read = [], [], [], []
-        rec = record if "container" in sections else (lambda *_: None)
-        for _ in range(a.reps if "container" in sections else 0):
-            d.mount(fresh=True)
-            drop()
-            c_d.append(timed(lambda: start(os.path.join(d.mnt, "all", ct_name))))
-            fetched.append(d.counter("fetched"))
-            read.append(d.counter("read"))
-            d.umount()
-            drop()
-            c_l.append(timed(lambda: start(ct_image)))
-        rec(f"container start, image on depotfs, cold over HTTP ({os.path.getsize(ct_image) >> 20} MiB image)", c_d, "s")
-        rec("container start, local image, cold", c_l, "s")
-        rec("container start: bytes fetched by depotfs", [x / (1 << 20) for x in fetched], "MiB")
-        rec("container start: bytes read from the image (through depotfs)", [x / (1 << 20) for x in read], "MiB")
+            def depotfs_start(extra=()):
+                ct.mount(fresh=True, extra=extra)
+                drop()
+                t = timed(lambda: start(ct_on_d))
+                out = (t, ct.counter("bytes_fetched") / 1e6, ct.counter("bytes_read") / 1e6)
+                ct.umount()
+                return out
+
+            c_d, c_l, fetched, touched = [], [], [], []
+            for _ in range(a.reps):
+                t, f_, r_ = depotfs_start()
+                c_d.append(t), fetched.append(f_), touched.append(r_)
+                drop()
+                c_l.append(timed(lambda: start(ct_image)))
+            size = os.path.getsize(ct_image) / 1e6
+            R.info["container_image"] = f"{ct_name}, {size:.1f} MB (gen_corpus.py container --mib {a.ct_mib} --seed 3)"
+            R.add("ct.depotfs_s", f"container start, {size:.0f} MB image on depotfs, cold over HTTP", "s", c_d, "lower")
+            R.add("ct.local_s", "container start, local image, cold", "s", c_l, "lower")
+            R.add("ct.fetched_mb", "container start: bytes fetched by depotfs", "MB", fetched, "lower")
+            R.add("ct.touched_mb", "container start: bytes read (touched) through depotfs", "MB", touched, "lower")
+            if has_flag("add", "--trace") and has_flag("mount", "--record"):
+                trace = os.path.join(w, "ct.trace")
+                if os.path.exists(trace):
+                    os.unlink(trace)
+                # In the foreground, so that --record reaches the serving process whatever the
+                # background launcher passes on.
+                umount(ct.mnt)
+                shutil.rmtree(ct.cache, ignore_errors=True)
+                rec = subprocess.Popen(ct.args(["--record", trace, "--foreground"]), env=ENV,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                wait_for(lambda: os.path.ismount(ct.mnt) or rec.poll() is not None, f"the recording mount {ct.mnt}")
+                if rec.poll() is not None:
+                    raise RuntimeError(f"depotfs mount --record failed: {rec.stderr.read().strip()[-2000:]}")
+                start(ct_on_d)
+                ct.umount()
+                rec.wait(timeout=60)
+                wait_for(lambda: os.path.exists(trace) and os.path.getsize(trace) > 0, f"the trace {trace}")
+                with open(trace) as f:
+                    lines = [x for x in f if x.strip() and not x.startswith("#")]
+                sh_loud(BIN, "add", ct_store, "--trace", trace, env=ENV)
+                R.info["container_trace"] = f"{len(lines)} reads recorded with `mount --record`, published with `add --trace`"
+                R.cmd("prefetch: `depotfs mount ... --record ct.trace` + one start; `depotfs add STORE --trace ct.trace`; "
+                      "then fresh mounts")
+                p_d, p_f, p_r = [], [], []
+                for _ in range(a.reps):
+                    t, f_, r_ = depotfs_start()
+                    p_d.append(t), p_f.append(f_), p_r.append(r_)
+                R.add("ct.prefetch_depotfs_s", "container start with prefetch from the access list, cold over HTTP",
+                      "s", p_d, "lower")
+                R.add("ct.prefetch_fetched_mb", "container start with prefetch: bytes fetched", "MB", p_f, "lower")
+                R.add("ct.prefetch_touched_mb", "container start with prefetch: bytes read (touched)", "MB", p_r,
+                      "lower")
+            else:
+                R.info["container_trace"] = ("not available: this depotfs has no `add --trace` / `mount --record` "
+                                             "(prefetch from a recorded access list not measured)")
+
+        # --- P9: client memory ------------------------------------------------------------
+        if "rss" in sections:
+            hwm, rss, nread = [], [], []
+            for _ in range(a.reps):
+                d.mount(fresh=True)
+                pid = int(d.xattr("pid"))
+                ls(["-f"], os.path.join(d.mnt, "names", "all"))
+                total = 0
+                for state in ("cold", "hot", "warm", "hot", "warm"):
+                    if state == "warm":
+                        drop()
+                    total += read_all(big_on_d)
+                with open(f"/proc/{pid}/status") as f:
+                    st = dict(line.split(":", 1) for line in f)
+                hwm.append(int(st["VmHWM"].split()[0]) * 1024 / 1e6)  # /proc reports kB = KiB
+                rss.append(int(st["VmRSS"].split()[0]) * 1024 / 1e6)
+                nread.append(total)
+                d.umount()
+            R.info["rss_workload"] = (f"fresh mount, `ls -f names/all` ({n_names} names), then {mib:.0f} MiB read 5 times "
+                                      f"(cold over HTTP, hot, warm, hot, warm): {nread[0] / 1e9:.2f} GB")
+            R.add("rss.hwm_mb", "depotfs mount VmHWM (peak RSS) after the listing and reads", "MB", hwm, "lower")
+            R.add("rss.rss_mb", "depotfs mount VmRSS after the listing and reads", "MB", rss, "lower")
+
+        # --- P10: parallel cold readers -----------------------------------------------------
+        if "parallel" in sections:
+            paths = [os.path.join(d.mnt, "par", n) for n in par_names]
+            total = sum(os.path.getsize(os.path.join(par_dir, n)) for n in par_names) / (1 << 20)
+            one, many = [], []
+            for _ in range(a.reps):
+                d.mount(fresh=True)
+                drop()
+                one.append(total / timed(lambda: [read_all(p) for p in paths]))
+                d.mount(fresh=True)
+                drop()
+
+                def parallel():
+                    errs = []
+
+                    def reader(p):
+                        try:
+                            read_all(p)
+                        except OSError as e:
+                            errs.append(f"{p}: {e}")
+
+                    ts = [threading.Thread(target=reader, args=(p,)) for p in paths]
+                    for t in ts:
+                        t.start()
+                    for t in ts:
+                        t.join()
+                    if errs:
+                        raise RuntimeError("parallel readers failed: " + "; ".join(errs))
+
+                many.append(total / timed(parallel))
+                d.umount()
+            R.info["parallel_images"] = (f"{len(paths)} images of different tools, {total:.0f} MiB in all "
+                                         f"(gen_corpus.py images --versions 1 --count 16 --scale {a.par_scale} --seed 3)")
+            R.add("par.one_mibps", f"{len(paths)} images read cold over HTTP by one reader, one after another",
+                  "MiB/s", one, "higher")
+            R.add("par.many_mibps", f"the same {len(paths)} images read cold by {len(paths)} parallel readers "
+                  "(aggregate)", "MiB/s", many, "higher")
     finally:
         d.umount()
         umount(sq)
-        umount(root if 'root' in dir() else sq)
+        umount(root)
+        umount(os.path.join(w, "ctmnt"))
         nginx.terminate()
         nginx.wait()
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"## Client reads — {date}\n")
-    print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}. "
-          f"Command: `python3 benches/read.py {' '.join(sys.argv[1:])}` (release build). "
-          "Cold = page cache dropped (and, for depotfs, an empty cache directory).\n")
+    out = {"script": "read", "argv": sys.argv[1:], "measurements": R.m, "info": R.info, "commands": R.commands}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
     print("| measurement | median | min | max | unit |")
     print("|---|---|---|---|---|")
-    for name, ((med, lo, hi), unit) in rows.items():
-        print(f"| {name} | {med:.3g} | {lo:.3g} | {hi:.3g} | {unit} |")
-    ratios = [
-        ("depotfs cold / casync mount cold", "read 1 GiB: depotfs cold over HTTP (nginx)",
-         "read 1 GiB: casync mount cold over HTTP (nginx)", "target ≥ 5x"),
-        ("depotfs warm / squashfuse local cold", "read 1 GiB: depotfs warm (local cache, page cache dropped)",
-         "read 1 GiB: squashfuse, local image, cold", "target ≥ 1.0x"),
-        ("depotfs hot / plain file hot", "read 1 GiB: depotfs hot (page cache)",
-         "read 1 GiB: plain local file, hot", "target ≥ 0.9x"),
-        ("ls -f warm, depotfs / squashfuse_ll", "ls -f all/: depotfs warm", "ls -f all/: squashfuse_ll warm",
-         "target ≤ 1.2x"),
-        ("ls -l warm, depotfs / ext4", "ls -l all/: depotfs warm", "ls -l all/: ext4 warm", "target ≤ 1.5x"),
-        ("container start, depotfs cold / local", next((k for k in rows if k.startswith("container start, image")), ""),
-         "container start, local image, cold", "target ≤ 1.5x"),
-        ("container start, bytes fetched / bytes read", "container start: bytes fetched by depotfs",
-         "container start: bytes read from the image (through depotfs)", "target ≤ 3x"),
-    ]
-    print("\nRatios (medians):\n")
-    for label, num, den, target in ratios:
-        if num in rows and den in rows:
-            print(f"- {label}: {rows[num][0][0] / rows[den][0][0]:.2f}x ({target})")
+    for v in R.m.values():
+        xs = v["values"]
+        print(f"| {v['label']} | {statistics.median(xs):.3g} | {min(xs):.3g} | {max(xs):.3g} | {v['unit']} |")
+    for k, v in R.info.items():
+        print(f"- {k}: {v}")
+
 
 if __name__ == "__main__":
     main()

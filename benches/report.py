@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Write benches/RESULTS.md and the chart's input from the JSON a `benches/run` run collected.
+
+Nothing in RESULTS.md is typed by hand except its "## Notes" section, which this writer keeps
+as it finds it (the analysis of missed targets). The targets P1-P10 and how each is judged are
+in TARGETS below: the one place to change when a target changes.
+
+usage: benches/report.py [--results benches/results/results.json] [--out benches/RESULTS.md]
+                         [--ratios benches/results/ratios.json]
+"""
+import argparse
+import json
+import os
+import statistics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (target, what, depotfs measurement, peer measurement or None, ">=" or "<=", threshold, unit)
+# With a peer, the judged figure is median(depotfs) / median(peer); without, median(depotfs).
+TARGETS = [
+    ("P1", "publish throughput vs `casync make`", "p1.depotfs_mbps", "p1.casync_mbps", ">=", 4.0, "x"),
+    ("P2", "publish all/ from scratch", "p2.scratch_s", None, "<=", 30.0, "s"),
+    ("P2", "add + publish one more image", "p2.one_more_s", None, "<=", 1.0, "s"),
+    ("P2", "new metadata for that publish", "p2.meta_kib", None, "<=", 64.0, "KiB"),
+    ("P3", "`ls -f all/`, fresh mount over HTTP", "ls.f.depotfs_fresh", "ls.f.ext4_cold", "<=", 0.5, "s"),
+    ("P3", "`ls -f all/` warm vs squashfuse_ll", "ls.f.depotfs_warm", "ls.f.squashfuse_ll_warm", "<=", 1.2, "x"),
+    ("P3", "`ls -l all/` warm vs ext4", "ls.l.depotfs_warm", "ls.l.ext4_warm", "<=", 1.5, "x"),
+    ("P4", "cold read over HTTP vs `casync mount`", "read.depotfs_cold", "read.casync_cold", ">=", 5.0, "x"),
+    ("P4", "cold read over HTTP, absolute", "read.depotfs_cold", None, ">=", 460.0, "MiB/s"),
+    ("P5", "warm read vs squashfuse on a local image (cold)", "read.depotfs_warm", "read.squashfuse_cold", ">=",
+     1.0, "x"),
+    ("P6", "hot read vs a plain local file (hot)", "read.depotfs_hot", "read.plain_hot", ">=", 0.9, "x"),
+    ("P7", "container start vs the local image", "ct.depotfs_s", "ct.local_s", "<=", 1.5, "x"),
+    ("P7", "container start: bytes fetched / bytes touched", "ct.fetched_mb", "ct.touched_mb", "<=", 3.0, "x"),
+    ("P7", "with prefetch from the access list: start vs local", "ct.prefetch_depotfs_s", "ct.local_s", "<=", 1.5,
+     "x"),
+    ("P7", "with prefetch: bytes fetched / bytes touched", "ct.prefetch_fetched_mb", "ct.prefetch_touched_mb", "<=",
+     3.0, "x"),
+    ("P8", "not defined in the suite's brief: no measurement", None, None, None, None, ""),
+    ("P9", "client RSS (VmHWM) after listing all/ and reading 5 GB", "rss.hwm_mb", None, "<=", 200.0, "MB"),
+    ("P10", "16 parallel cold readers vs one reader (aggregate)", "par.many_mibps", "par.one_mibps", ">=", 1.5, "x"),
+]
+
+NOTES_HEADING = "## Notes"
+
+
+def med(m):
+    return statistics.median(m["values"])
+
+
+def fmt(x):
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def judge(measurements, t):
+    """(value, met, text) of target row `t`, or None when it was not measured."""
+    _p, _what, dk, pk, op, thr, unit = t
+    if dk is None or dk not in measurements or (pk and pk not in measurements):
+        return None
+    value = med(measurements[dk]) / med(measurements[pk]) if unit == "x" else med(measurements[dk])
+    met = value >= thr if op == ">=" else value <= thr
+    return value, met, f"{fmt(value)}{'x' if unit == 'x' else ' ' + unit}"
+
+
+def measurement_row(m):
+    xs = m["values"]
+    extra = f" ({m['extra']})" if m.get("extra") else ""
+    return (f"| {m['label']}{extra} | {fmt(statistics.median(xs))} | {fmt(min(xs))} | {fmt(max(xs))} | "
+            f"{m['unit']} | {len(xs)} |")
+
+
+def old_notes(path):
+    if not os.path.exists(path):
+        return NOTES_HEADING + "\n\n(none yet)\n"
+    text = open(path).read()
+    i = text.find("\n" + NOTES_HEADING + "\n")
+    if i < 0:
+        return NOTES_HEADING + "\n\n(none yet)\n"
+    return text[i + 1:]
+
+
+def write(results, out, ratios_out):
+    meas = {}
+    for s in results["scripts"].values():
+        meas.update(s["measurements"])
+    notes = old_notes(out)
+    mc = results["machine"]
+    L = ["# Benchmark results", "",
+         "Written by `benches/run` from `benches/results/results.json` (do not edit by hand, except the "
+         "Notes section at the end, which the runner keeps). How to run: `benches/README.md`.", "",
+         f"## Run: {results['date']}", "",
+         f"- mode: **{results['mode']}**{' (small sizes, 1 rep: checks the runner, not the targets)' if results['mode'] == 'quick' else ''}; "
+         f"duration {results['duration_s'] / 60:.1f} min",
+         f"- commit: `{results['commit']}`{' (with uncommitted changes)' if results.get('dirty') else ''}; "
+         f"depotfs binary: {results['depotfs_bin']}",
+         f"- machine: {mc['cpu']}, {mc['cores']} cores, {mc['ram']} RAM, Linux {mc['kernel']}, "
+         f"work dir on {mc['disk']}",
+         f"- load average at start / end: {mc['load_start']} / {results.get('load_end', '?')}",
+         f"- command: `{results['command']}`", ""]
+    L += ["## Targets", "",
+          "Ratios are of medians. Every measurement is repeated (n below); cold = page cache dropped.", "",
+          "| target | what | depotfs | peer | ratio / value | target | result |", "|---|---|---|---|---|---|---|"]
+    chart = []
+    for t in TARGETS:
+        p, what, dk, pk, op, thr, unit = t
+        if dk is None:
+            L.append(f"| {p} | {what} | | | | | not measured |")
+            continue
+        j = judge(meas, t)
+        target = f"{op.replace('>=', '≥').replace('<=', '≤')} {thr:g}{'x' if unit == 'x' else ' ' + unit}"
+        if j is None:
+            reason = results["info"].get("container_trace", "") if dk.startswith("ct.prefetch") else ""
+            L.append(f"| {p} | {what} | | | | {target} | {reason or 'not measured'} |")
+            continue
+        value, met, text = j
+        dm = meas[dk]
+        d_txt = f"{fmt(med(dm))} {dm['unit']}"
+        p_txt = f"{fmt(med(meas[pk]))} {meas[pk]['unit']}" if pk else ""
+        verdict = "**met**" if met else "**missed**"
+        if results["mode"] == "quick":
+            verdict += " (quick run: small sizes)"
+        L.append(f"| {p} | {what} | {d_txt} | {p_txt} | {text} | {target} | {verdict} |")
+        # Attainment: 1.0 = exactly the target, > 1 = better than the target.
+        att = value / thr if op == ">=" else thr / value if value > 0 else float("inf")
+        chart.append({"label": f"{p} {what}", "value": text, "target": target, "attainment": att, "met": met})
+    L += ["", "![target attainment](results/ratios.svg)", "",
+          "The chart shows, per target, the measured figure divided by the target (for ≥ targets) or "
+          "the target divided by the figure (for ≤ targets): 1 is the target, right of it is met.", ""]
+    # Per-target sections: the measurements behind each target row, and the context rows.
+    groups = [
+        ("P1: publish throughput", "p1."),
+        ("P2: publish at scale (all/)", "p2."),
+        ("P3: directory listing", "ls."),
+        ("P4-P6: sequential read of one large image", "read."),
+        ("P7: container start", "ct."),
+        ("P9: client memory", "rss."),
+        ("P10: parallel cold readers", "par."),
+    ]
+    for title, prefix in groups:
+        rows = [m for k, m in meas.items() if k.startswith(prefix)]
+        L += [f"## {title}", ""]
+        if not rows:
+            L += ["Not measured in this run.", ""]
+            continue
+        L += ["| measurement | median | min | max | unit | n |", "|---|---|---|---|---|---|"]
+        L += [measurement_row(m) for m in rows]
+        L.append("")
+    info = results["info"]
+    if info:
+        L += ["Facts of this run:", ""] + [f"- {k}: {v}" for k, v in info.items()] + [""]
+    L += ["## Micro-benchmarks (Criterion)", ""]
+    crit = results.get("criterion") or []
+    if crit:
+        L += ["Criterion (`catalog/benches/catalog.rs`, `publisher/benches/pipeline.rs`; commands below): mean time per iteration with its 95 % "
+              "confidence interval, and the throughput at the mean.", "",
+              "| benchmark | mean | 95 % CI | throughput |", "|---|---|---|---|"]
+        for c in crit:
+            L.append(f"| {c['id']} | {c['mean']} | {c['ci']} | {c['throughput']} |")
+    else:
+        L.append("Not run in this run.")
+    L += ["", "## Commands", ""] + [f"- {c}" for c in results["commands"]] + [""]
+    text = "\n".join(L) + "\n" + notes
+    with open(out, "w") as f:
+        f.write(text)
+    with open(ratios_out, "w") as f:
+        json.dump({"title": f"depotfs targets, {results['date']} ({results['mode']})", "bars": chart}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default=os.path.join(HERE, "results", "results.json"))
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--ratios", default=os.path.join(HERE, "results", "ratios.json"))
+    a = ap.parse_args()
+    with open(a.results) as f:
+        write(json.load(f), a.out, a.ratios)
+    print(f"wrote {a.out} and {a.ratios}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Checks of the report writer: how targets are judged, and that the Notes section survives.
+
+python3 -m unittest discover -s benches -p 'test_*.py'
+"""
+import json
+import os
+import tempfile
+import unittest
+
+import report
+
+
+def m(unit, values):
+    return {"label": "x", "unit": unit, "values": values, "better": "higher"}
+
+
+def results(meas, mode="full"):
+    return {"date": "2026-11-22 06:00 UTC", "mode": mode, "command": "benches/run", "commit": "abc",
+            "dirty": False, "depotfs_bin": "depotfs", "duration_s": 60, "load_end": "0",
+            "machine": {"cpu": "cpu", "cores": 2, "ram": "1 GiB", "kernel": "6", "disk": "ext4",
+                        "load_start": "0"},
+            "info": {}, "commands": [], "criterion": [], "scripts": {"s": {"measurements": meas}}}
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def target(p, dk):
+    return next(t for t in report.TARGETS if t[0] == p and t[2] == dk)
+
+
+class Judge(unittest.TestCase):
+    def test_ratio_of_medians_at_least(self):
+        meas = {"p1.depotfs_mbps": m("MB/s", [400, 500, 100]), "p1.casync_mbps": m("MB/s", [100, 90, 110])}
+        value, met, text = report.judge(meas, target("P1", "p1.depotfs_mbps"))
+        self.assertAlmostEqual(value, 4.0)
+        self.assertTrue(met)
+        self.assertEqual(text, "4.00x")
+        meas["p1.depotfs_mbps"]["values"] = [390, 390, 390]
+        self.assertFalse(report.judge(meas, target("P1", "p1.depotfs_mbps"))[1])
+
+    def test_at_most_ratio_and_absolute(self):
+        meas = {"ls.l.depotfs_warm": m("s", [3.0]), "ls.l.ext4_warm": m("s", [1.0]),
+                "rss.hwm_mb": m("MB", [150.0])}
+        value, met, _ = report.judge(meas, target("P3", "ls.l.depotfs_warm"))
+        self.assertEqual((value, met), (3.0, False))
+        value, met, text = report.judge(meas, target("P9", "rss.hwm_mb"))
+        self.assertEqual((value, met, text), (150.0, True, "150 MB"))
+
+    def test_missing_peer_is_not_judged(self):
+        meas = {"read.depotfs_cold": m("MiB/s", [500])}
+        self.assertIsNone(report.judge(meas, target("P4", "read.depotfs_cold")))
+        self.assertIsNotNone(report.judge(meas, next(t for t in report.TARGETS if t[0] == "P4" and t[3] is None)))
+
+
+class Write(unittest.TestCase):
+    def test_notes_kept_and_verdicts_written(self):
+        with tempfile.TemporaryDirectory() as d:
+            out, ratios = os.path.join(d, "RESULTS.md"), os.path.join(d, "ratios.json")
+            with open(out, "w") as f:
+                f.write("# old\n\n| stale | table |\n\n## Notes\n\nP5 is slow because of X.\n")
+            meas = {"read.depotfs_hot": m("MiB/s", [900]), "read.plain_hot": m("MiB/s", [1000])}
+            report.write(results(meas), out, ratios)
+            text = read(out)
+            self.assertIn("## Notes\n\nP5 is slow because of X.\n", text)
+            self.assertNotIn("stale", text)
+            self.assertIn("| P6 | hot read vs a plain local file (hot) | 900 MiB/s | 1000 MiB/s | 0.9x | ≥ 0.9x "
+                          "| **met** |", text)
+            bars = json.loads(read(ratios))["bars"]
+            self.assertEqual(len(bars), 1)
+            self.assertAlmostEqual(bars[0]["attainment"], 1.0)
+            report.write(results(meas, mode="quick"), out, ratios)
+            text = read(out)
+            self.assertIn("**met** (quick run: small sizes)", text)
+            self.assertEqual(text.count("## Notes"), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
