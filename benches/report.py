@@ -36,7 +36,6 @@ TARGETS = [
      "x"),
     ("P7", "with prefetch: bytes fetched / bytes touched", "ct.prefetch_fetched_mb", "ct.prefetch_touched_mb", "<=",
      3.0, "x"),
-    ("P8", "not defined in the suite's brief: no measurement", None, None, None, None, ""),
     ("P9", "client RSS (VmHWM) after listing all/ and reading 5 GB", "rss.hwm_mb", None, "<=", 200.0, "MB"),
     ("P10", "16 parallel cold readers vs one reader (aggregate)", "par.many_mibps", "par.one_mibps", ">=", 1.5, "x"),
 ]
