@@ -423,7 +423,8 @@ fn galaxy_sees_a_new_publish_without_restart() {
         let text = String::from_utf8_lossy(&st.stdout).into_owned();
         if text
             .lines()
-            .any(|l| l.starts_with("revision:") && l.trim_end().ends_with(" 2"))
+            .filter_map(|l| l.strip_prefix("revision:"))
+            .any(|rest| rest.split_whitespace().next() == Some("2"))
         {
             break;
         }

@@ -72,6 +72,15 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Bandwidth cap, MiB/s, of the background fetch of an image's access list (recorded
+    /// with --record, published with `depotfs add --trace`) when it is opened; 0 turns
+    /// access-list prefetch off.
+    #[arg(long, value_name = "MIB_PER_S", default_value_t = 64.0)]
+    pub prefetch_rate: f64,
+    /// Record every read (PATH<TAB>OFFSET<TAB>LENGTH lines) to FILE, the trace
+    /// `depotfs add --trace` takes.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Stay in the foreground (otherwise return once the mount is ready).
     #[arg(long)]
     pub foreground: bool,
@@ -222,6 +231,13 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
     let mountpoint = absolute(&mountpoint)?;
     a.cache_dir = absolute(&a.cache_dir)?;
     a.key = a.key.as_deref().map(absolute).transpose()?;
+    a.record = a.record.as_deref().map(absolute).transpose()?;
+    if !(a.prefetch_rate >= 0.0 && a.prefetch_rate.is_finite()) {
+        bail!(
+            "mount: --prefetch-rate {}: not a rate in MiB/s (0 turns prefetch off)",
+            a.prefetch_rate
+        );
+    }
     if a.servers.is_empty() && !source.starts_with("http://") && !source.starts_with("https://") {
         source = absolute(Path::new(&source))?.display().to_string();
     }
@@ -245,6 +261,8 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         metrics_listen: a.metrics_listen,
         manifest_ttl: a.manifest_ttl,
+        prefetch_rate: (a.prefetch_rate * (1u64 << 20) as f64) as u64,
+        record: a.record.clone(),
     };
     let notify = a.notify_stdout;
     let result = mount::prepare(&o).and_then(|p| {
@@ -320,6 +338,10 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
     }
     if let Some(m) = a.metrics_listen {
         cmd.arg("--metrics-listen").arg(m.to_string());
+    }
+    cmd.arg("--prefetch-rate").arg(a.prefetch_rate.to_string());
+    if let Some(r) = &a.record {
+        cmd.arg("--record").arg(r);
     }
     use std::os::unix::process::CommandExt;
     let mut child = cmd
@@ -529,6 +551,18 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!(
         "evictions:     {} objects evicted from the cache",
         num("evictions")?
+    );
+    let pair = |n: &str| -> anyhow::Result<(u64, u64)> {
+        let v = get(n)?;
+        let mut it = v.split_whitespace().map(|x| x.parse().unwrap_or(0));
+        Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
+    };
+    let (ra_n, ra_b) = pair("readahead")?;
+    let (pl_n, pl_b) = pair("prefetched")?;
+    println!(
+        "prefetch:      {ra_n} chunks ({}) read ahead, {pl_n} chunks ({}) from access lists",
+        human(ra_b),
+        human(pl_b)
     );
     println!("inodes:        {} known to the kernel", get("inodes")?);
     println!("pid:           {}", get("pid")?);

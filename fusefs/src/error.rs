@@ -22,6 +22,10 @@ pub enum Error {
     /// No such extended attribute.
     #[error("no such attribute")]
     NoAttr,
+    /// An extended-attribute namespace the file system does not have (`security.`,
+    /// `system.`, `trusted.`): ACLs and SELinux labels.
+    #[error("operation not supported")]
+    NotSupported,
     /// The caller's buffer is too small.
     #[error("buffer too small")]
     Range,
@@ -78,6 +82,7 @@ impl Error {
             Error::NotSymlink => Errno::EINVAL,
             Error::ReadOnly => Errno::EROFS,
             Error::NoAttr => Errno::ENODATA,
+            Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Range => Errno::ERANGE,
             Error::Stale => Errno::ESTALE,
             Error::WouldBlock => Errno::EAGAIN,

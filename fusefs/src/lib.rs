@@ -8,8 +8,11 @@
 //!   maps the one error type to an errno ([`Error::to_errno`]).
 //! - [`fs`] — inodes, attributes, directory listing through the catalog's prolly-tree readers
 //!   ([`depotfs_catalog::dir::lookup`], [`depotfs_catalog::dir::list_from`]), open files,
-//!   reads with sequential prefetch, extended attributes. The current revision is a
+//!   reads, extended attributes. The current revision is a
 //!   [`fs::Tree`] behind an `RwLock<Arc<_>>`; open files keep the tree they were opened in.
+//! - [`prefetch`] — adaptive readahead for sequential readers, and the background fetch of an
+//!   image's recorded access list when it is opened; [`record`] — `--record`, the trace of
+//!   reads that `depotfs add --trace` turns into such a list.
 //! - [`store`] — the one place an object is fetched, verified
 //!   ([`depotfs_catalog::object::decode`]) and cached: memory LRUs of parsed directory nodes,
 //!   chunk lists and decompressed chunks, single-flight downloads, refetch-once on corruption.
@@ -44,6 +47,8 @@ pub mod fuse;
 mod lru;
 pub mod metrics;
 pub mod mount;
+pub mod prefetch;
+pub mod record;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -169,6 +169,28 @@ pub fn render(fs: &DepotFs) -> String {
         "Downloads that failed verification.",
         s.corrupt,
     );
+    o.family(
+        "depotfs_prefetched_chunks_total",
+        "counter",
+        "Chunks made ready before a reader asked: by sequential readahead, or from an image's access list when it was opened.",
+    );
+    o.family(
+        "depotfs_prefetched_bytes_total",
+        "counter",
+        "Plaintext bytes of those chunks.",
+    );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &store.stats;
+        for (by, n, b) in [
+            ("readahead", &st.readahead_objects, &st.readahead_bytes),
+            ("access_list", &st.list_objects, &st.list_bytes),
+        ] {
+            let l = format!("{{by=\"{by}\"}}");
+            o.sample("depotfs_prefetched_chunks_total", &l, n.load(Relaxed));
+            o.sample("depotfs_prefetched_bytes_total", &l, b.load(Relaxed));
+        }
+    }
     o.one(
         "depotfs_inodes",
         "gauge",

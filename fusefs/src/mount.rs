@@ -14,8 +14,9 @@ use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use crate::backend::{Backend, NetOptions};
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
-use crate::fs::{DepotFs, MountInfo, Tree};
+use crate::fs::{DepotFs, MountInfo, Reading, Tree};
 use crate::fuse::Fuse;
+use crate::record::Recorder;
 use crate::store::ObjectStore;
 
 /// Everything needed to mount.
@@ -54,6 +55,10 @@ pub struct Options {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seconds between manifest checks (default: the manifest's TTL).
     pub manifest_ttl: Option<u64>,
+    /// Bandwidth cap of access-list prefetch, bytes per second (0: off).
+    pub prefetch_rate: u64,
+    /// Record reads to this trace file.
+    pub record: Option<PathBuf>,
 }
 
 /// A verified, ready-to-mount file system.
@@ -161,12 +166,23 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         manifest.name,
         manifest.revision
     );
-    let fs = Arc::new(DepotFs::new(
-        store,
-        Tree { manifest },
-        MountInfo { source },
-        runtime.handle().clone(),
-    ));
+    let recorder = o.record.as_deref().map(Recorder::create).transpose()?;
+    if let Some(r) = &recorder {
+        tracing::info!("recording reads to {}", r.path().display());
+    }
+    let reading = Reading {
+        prefetch_rate: o.prefetch_rate,
+        recorder,
+    };
+    let fs = Arc::new(
+        DepotFs::new(
+            store,
+            Tree { manifest },
+            MountInfo { source },
+            runtime.handle().clone(),
+        )
+        .with_reading(reading),
+    );
     if let Some(addr) = o.metrics_listen {
         crate::metrics::start(&runtime, addr, fs.clone())?;
     }
@@ -427,8 +443,17 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
             tracing::warn!("unmount: {e}");
         }
     });
+    let f = fs.clone();
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(crate::record::FLUSH_EVERY).await;
+            f.flush();
+        }
+    });
     ready();
-    session.run().map_err(|e| Error::io("FUSE session", e))?;
+    let served = session.run().map_err(|e| Error::io("FUSE session", e));
+    fs.flush();
+    served?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

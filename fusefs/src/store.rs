@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::lru::Lru;
 
 /// Attributes of the mount root answered by [`ObjectStore::net_xattr`].
-pub const XATTRS_NET: [&str; 10] = [
+pub const XATTRS_NET: [&str; 12] = [
     "user.depotfs.proxy",
     "user.depotfs.proxies",
     "user.depotfs.offline_since",
@@ -34,6 +34,8 @@ pub const XATTRS_NET: [&str; 10] = [
     "user.depotfs.checks",
     "user.depotfs.last_check",
     "user.depotfs.evictions",
+    "user.depotfs.readahead",
+    "user.depotfs.prefetched",
 ];
 
 /// Largest chunk list accepted (a 10 GiB file has ~10k chunks of 36 bytes).
@@ -61,6 +63,14 @@ pub struct Stats {
     pub bytes_read: AtomicU64,
     /// Downloads that failed verification.
     pub corrupt: AtomicU64,
+    /// Chunks made ready ahead of a sequential reader (downloaded or loaded from disk).
+    pub readahead_objects: AtomicU64,
+    /// Their plaintext bytes.
+    pub readahead_bytes: AtomicU64,
+    /// Chunks prefetched from access lists (`add --trace`) when an image was opened.
+    pub list_objects: AtomicU64,
+    /// Their plaintext bytes.
+    pub list_bytes: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
     pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
@@ -136,6 +146,17 @@ impl ObjectStore {
             "last_check" => self.stats.last_check.lock().expect("poisoned").clone(),
             "proxies" => net.map_or(DIRECT.into(), |h| h.proxy_labels().join(";")),
             "evictions" => self.disk.as_ref().map_or(0, |d| d.evictions()).to_string(),
+            // `CHUNKS BYTES`
+            "readahead" => format!(
+                "{} {}",
+                self.stats.readahead_objects.load(Ordering::Relaxed),
+                self.stats.readahead_bytes.load(Ordering::Relaxed)
+            ),
+            "prefetched" => format!(
+                "{} {}",
+                self.stats.list_objects.load(Ordering::Relaxed),
+                self.stats.list_bytes.load(Ordering::Relaxed)
+            ),
             _ => return None,
         })
     }
@@ -168,6 +189,11 @@ impl ObjectStore {
             .expect("poisoned")
             .insert(id, v.clone(), len.max(1));
         Ok(v)
+    }
+
+    /// Is chunk `id` decompressed in memory? (Not a use.)
+    pub fn chunk_in_memory(&self, id: &ObjectId) -> bool {
+        self.chunks.lock().expect("poisoned").contains(id)
     }
 
     /// Is chunk `id` in memory or on disk? (Not a use.)

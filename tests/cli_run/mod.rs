@@ -1,5 +1,5 @@
-//! Running the built `depotfs` binary from tests: shared by `tests/replicate.rs` and
-//! `tests/trace.rs`.
+//! Running the built `depotfs` binary from tests, and the real parts around it (`depotfs
+//! serve`, mounts, extended attributes): shared by the test files that `mod cli_run;`.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -42,4 +42,100 @@ pub fn fails(out: Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server under test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Poll `f` every 50 ms until it is true; panic with `what` after `limit`.
+pub fn poll(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `depotfs serve STORE --listen 127.0.0.1:PORT`, killed when dropped.
+pub struct Served {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Served {
+    /// Start serving `store` on a free port; returns once it accepts connections.
+    pub fn start(store: &std::path::Path) -> Served {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg(store)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting depotfs serve");
+        poll(
+            std::time::Duration::from_secs(10),
+            "depotfs serve listening",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        Served { child, port }
+    }
+
+    /// The URL of the served `public/`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A mountpoint unmounted (`depotfs umount`, else `umount -l`) when dropped.
+pub struct Mounted(pub std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !depotfs(&[OsStr::new("umount"), self.0.as_os_str()])
+            .status
+            .success()
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Extended attribute `name` of `path`, through Python's `os.getxattr` (no xattr crate
+/// here); `Err` holds Python's error text (with the errno).
+pub fn try_xattr(path: &std::path::Path, name: &str) -> Result<String, String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
+        ])
+        .arg(path)
+        .arg(name)
+        .output()
+        .expect("running python3");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("UTF-8 attribute"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Extended attribute `name` of `path`, which must exist.
+pub fn xattr(path: &std::path::Path, name: &str) -> String {
+    try_xattr(path, name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
 }

@@ -1,0 +1,235 @@
+//! Fetching before a reader asks: readahead for sequential readers, and the recorded access
+//! list of an image (`depotfs add --trace`) when it is opened.
+//!
+//! **Readahead** ([`Readahead`]) is adaptive. A file read sequentially (a `cat`, `cp`, a job
+//! streaming an image) gets a window that grows with the run: nothing until the reader has
+//! gone [`RA_START`] in sequence, then twice the run so far, up to [`RA_MAX`]. A file read in
+//! scattered pieces — squashfuse reading an image's inode table, then a few blocks of each
+//! file a container start touches — gets none: there, a fixed window fetched several times
+//! what was read (P7 in `benches/RESULTS.md`: 4.3× the bytes touched with a fixed 4 MiB
+//! window, 2.1× with this one). The kernel issues readahead in parallel, so requests may
+//! arrive slightly out of order; a read within [`RA_SLACK`] of where the run ends continues
+//! the run.
+//!
+//! **Access lists** ([`spawn_list`]): a chunk list may carry the indices of the chunks a
+//! recorded container start read, in first-touch order. On open, those not yet cached are
+//! fetched in the background, [`LIST_PARALLEL`] at a time, under a bandwidth cap
+//! (`--prefetch-rate`), once per chunk list per mount. The reader does not wait for it: a
+//! read of a chunk being prefetched joins that download (the store's single-flight).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::store::{Chunks, ObjectStore};
+
+/// A sequential run shorter than this gets no readahead.
+pub const RA_START: u64 = 1 << 20;
+/// The largest readahead window.
+pub const RA_MAX: u64 = 8 << 20;
+/// How far from the end of the run a read may start and still continue it.
+pub const RA_SLACK: u64 = 512 << 10;
+/// Downloads an access-list prefetch keeps in flight.
+pub const LIST_PARALLEL: usize = 4;
+
+/// Readahead state of one open file.
+#[derive(Debug, Default)]
+pub struct Readahead {
+    state: Mutex<RaState>,
+}
+
+#[derive(Debug, Default)]
+struct RaState {
+    /// Where the current run ends (the furthest byte read in it).
+    end: u64,
+    /// Bytes read in the current run.
+    run: u64,
+    /// Bytes before this offset have been handed to the prefetcher.
+    ahead_to: u64,
+}
+
+impl Readahead {
+    /// Account for a read of `offset..end`; the byte range to fetch ahead, if any.
+    pub fn on_read(&self, offset: u64, end: u64) -> Option<(u64, u64)> {
+        let mut s = self.state.lock().expect("poisoned");
+        let continues = s.run > 0 && offset + RA_SLACK >= s.end && offset <= s.end + RA_SLACK;
+        if continues {
+            s.run += end.saturating_sub(s.end.max(offset));
+            s.end = s.end.max(end);
+        } else {
+            s.run = end - offset;
+            s.end = end;
+            s.ahead_to = end;
+        }
+        if s.run < RA_START {
+            return None;
+        }
+        let window = (2 * s.run).min(RA_MAX);
+        let from = s.ahead_to.max(end);
+        let to = end + window;
+        if to <= from {
+            return None;
+        }
+        s.ahead_to = to;
+        Some((from, to))
+    }
+}
+
+/// Make the chunks of `c` overlapping `from..to` ready in the background (readahead):
+/// downloaded, or loaded from the disk cache, verified and decompressed into memory.
+pub fn spawn_range(
+    store: &Arc<ObjectStore>,
+    rt: &tokio::runtime::Handle,
+    c: &Chunks,
+    from: u64,
+    to: u64,
+) {
+    let Some(first) = c.list.locate(&c.offsets, from).map(|l| l.index) else {
+        return;
+    };
+    let mut i = first;
+    while i < c.list.chunks.len() && c.offsets[i] < to {
+        let r = c.list.chunks[i];
+        i += 1;
+        // A chunk on disk is worth loading ahead too: the reader then finds it verified
+        // and decompressed (warm reads from the disk cache run in parallel this way).
+        if store.chunk_in_memory(&r.id) {
+            continue;
+        }
+        let store = store.clone();
+        rt.spawn(async move {
+            match store.chunk(r.id, r.len as u64).await {
+                Ok(_) => {
+                    let st = &store.stats;
+                    st.readahead_objects.fetch_add(1, Ordering::Relaxed);
+                    st.readahead_bytes
+                        .fetch_add(r.len as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!("readahead of {} failed: {e}", r.id),
+            }
+        });
+    }
+}
+
+/// Fetch the access list of `c` in the background: the listed chunks not yet cached, in
+/// order, [`LIST_PARALLEL`] at a time, at most `rate` bytes per second on average.
+pub fn spawn_list(
+    store: &Arc<ObjectStore>,
+    rt: &tokio::runtime::Handle,
+    c: Arc<Chunks>,
+    rate: u64,
+) {
+    if rate == 0 || c.list.prefetch.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    rt.spawn(async move {
+        let t0 = Instant::now();
+        let todo: Vec<_> = c
+            .list
+            .prefetch
+            .iter()
+            .filter_map(|&i| c.list.chunks.get(i as usize).copied())
+            .filter(|r| !store.has_chunk(&r.id))
+            .collect();
+        let queue = Arc::new(Mutex::new((todo.into_iter(), 0u64)));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..LIST_PARALLEL {
+            let (store, queue) = (store.clone(), queue.clone());
+            workers.spawn(async move {
+                loop {
+                    // Take the next chunk and the bytes granted before it: a download may
+                    // start once those bytes' share of the time at `rate` has passed.
+                    let (r, before) = {
+                        let mut q = queue.lock().expect("poisoned");
+                        let Some(r) = q.0.next() else { return };
+                        let before = q.1;
+                        q.1 += r.len as u64;
+                        (r, before)
+                    };
+                    let due = t0 + Duration::from_secs_f64(before as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                    if store.has_chunk(&r.id) {
+                        continue;
+                    }
+                    match store.chunk(r.id, r.len as u64).await {
+                        Ok(_) => {
+                            let st = &store.stats;
+                            st.list_objects.fetch_add(1, Ordering::Relaxed);
+                            st.list_bytes.fetch_add(r.len as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::debug!("access-list prefetch of {} failed: {e}", r.id);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+        tracing::debug!("access-list prefetch done in {:?}", t0.elapsed());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+
+    #[test]
+    fn scattered_reads_get_no_readahead() {
+        let ra = Readahead::default();
+        for off in [0, 10 << 20, 3 << 20, 50 << 20, 7 << 20] {
+            assert_eq!(ra.on_read(off, off + 128 * K), None, "{off}");
+        }
+        // Short sequential bursts (a squashfs block or two) neither.
+        for b in 0..7 {
+            assert_eq!(
+                ra.on_read(90 << 20 | b * 128 * K, (90 << 20) + (b + 1) * 128 * K),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn sequential_run_grows_the_window_to_the_max() {
+        let ra = Readahead::default();
+        let mut windows = Vec::new();
+        for b in 0..200u64 {
+            let (o, e) = (b * 128 * K, (b + 1) * 128 * K);
+            if let Some((from, to)) = ra.on_read(o, e) {
+                assert!(from >= e && to > from);
+                windows.push(to - e);
+            }
+        }
+        assert_eq!(windows.first(), Some(&(2 << 20)), "{windows:?}");
+        assert!(windows.iter().all(|w| *w <= RA_MAX));
+        assert_eq!(windows.last(), Some(&RA_MAX));
+        // Each range is handed out once: later ones start where earlier ones ended.
+        let ra = Readahead::default();
+        let mut ahead = 0;
+        for b in 0..100u64 {
+            if let Some((from, to)) = ra.on_read(b * 128 * K, (b + 1) * 128 * K) {
+                assert!(from >= ahead, "{from} < {ahead}");
+                ahead = to;
+            }
+        }
+    }
+
+    #[test]
+    fn slightly_out_of_order_reads_continue_the_run() {
+        let ra = Readahead::default();
+        let mut got = None;
+        // Pairs of 128 KiB reads arriving swapped.
+        for b in (0..16u64).step_by(2) {
+            for p in [b + 1, b] {
+                got = got.or(ra.on_read(p * 128 * K, (p + 1) * 128 * K));
+            }
+        }
+        assert!(got.is_some());
+        // A jump far away starts over.
+        assert_eq!(ra.on_read(500 << 20, (500 << 20) + 128 * K), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! Fetching ahead, with real parts (the `depotfs` binary, `depotfs serve` over loopback HTTP,
+//! real FUSE mounts): scattered reads fetch only the chunks they touch while a sequential
+//! reader gets readahead; `mount --record` writes the trace `add --trace` publishes; a mount
+//! opening an image with an access list fetches that list in the background, so the
+//! recorded reads then need no download, and under the `--prefetch-rate` cap; 0 turns it
+//! off. Needs root and /dev/fuse.
+
+mod cli_run;
+mod http_suite;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cli_run::{Mounted, Served, depotfs, ok, ok_stdout, poll, xattr};
+use depotfs_catalog::chunking::CHUNK_MAX;
+use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
+use depotfs_catalog::object::{self, ObjectKind};
+use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, PublicKey};
+use http_suite::random_bytes;
+
+const MIB: u64 = 1 << 20;
+
+/// A store with `img/app.sif` (12 MiB of random bytes, ~48 chunks), served over HTTP.
+struct Setup {
+    dir: tempfile::TempDir,
+    data: Vec<u8>,
+    server: Served,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src/img");
+        fs::create_dir_all(&src).unwrap();
+        let data = random_bytes(12 << 20, 7);
+        fs::write(src.join("app.sif"), &data).unwrap();
+        let store = dir.path().join("store");
+        ok(depotfs(&[
+            OsStr::new("init"),
+            store.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new("prefetch.test.org"),
+        ]));
+        ok(depotfs(&[
+            OsStr::new("add"),
+            store.as_os_str(),
+            src.as_os_str(),
+        ]));
+        let server = Served::start(&store);
+        Setup { dir, data, server }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A background mount over HTTP with a cache of its own (`name`), plus `extra` options.
+    fn mount(&self, name: &str, extra: &[&OsStr]) -> Mounted {
+        let mp = self.dir.path().join(name);
+        fs::create_dir_all(&mp).unwrap();
+        let url = self.server.url();
+        let key = self.store().join("public/repo.pub");
+        let cache = self.dir.path().join(format!("{name}.cache"));
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("mount"),
+            OsStr::new(&url),
+            mp.as_os_str(),
+            OsStr::new("--key"),
+            key.as_os_str(),
+            OsStr::new("--cache-dir"),
+            cache.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        ok(depotfs(&args));
+        Mounted(mp)
+    }
+
+    /// `depotfs add STORE --trace TRACE`: publish the access list.
+    fn add_trace(&self, trace: &Path) {
+        let store = self.store();
+        ok(depotfs(&[
+            OsStr::new("add"),
+            store.as_os_str(),
+            OsStr::new("--trace"),
+            trace.as_os_str(),
+        ]));
+    }
+
+    /// The published chunk list of `img/app.sif`.
+    fn chunk_list(&self) -> ChunkList {
+        let public = self.store().join("public");
+        let key =
+            PublicKey::from_text(&fs::read_to_string(public.join("repo.pub")).unwrap()).unwrap();
+        let m = Manifest::parse_verified(&fs::read(public.join("manifest")).unwrap(), &key, None)
+            .unwrap();
+        let read = |id: depotfs_catalog::ObjectId, kind| {
+            let bytes = fs::read(public.join(id.store_path())).unwrap();
+            object::decode(id, kind, &bytes, 64 << 20).unwrap()
+        };
+        let mut tree = m.root;
+        let mut found = None;
+        for name in ["img", "app.sif"] {
+            let v = read(tree, ObjectKind::DirNode);
+            assert!(v.data().len() as u64 <= NODE_MAX_BYTES);
+            let DirNode::Leaf(es) = DirNode::from_verified(&v).unwrap() else {
+                panic!("one-leaf directories expected");
+            };
+            let e = es.into_iter().find(|e| e.name == name).unwrap();
+            match e.kind {
+                EntryKind::Dir { tree: t, .. } => tree = t,
+                EntryKind::File {
+                    content: FileContent::Chunked(id),
+                    ..
+                } => found = Some(id),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        ChunkList::from_verified(&read(found.unwrap(), ObjectKind::ChunkList)).unwrap()
+    }
+}
+
+/// `user.depotfs.NAME` of the mount root, as numbers (`CHUNKS BYTES` pairs and counters).
+fn numbers(mp: &Path, name: &str) -> Vec<u64> {
+    xattr(mp, &format!("user.depotfs.{name}"))
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+fn read_at(f: &fs::File, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+/// Scattered reads (a container start through squashfuse) get no readahead: each fetches
+/// the chunks it touches. A sequential reader gets readahead, and the bytes are right.
+#[test]
+fn scattered_reads_fetch_what_they_touch_sequential_reads_read_ahead() {
+    let s = Setup::new();
+    let m = s.mount("mnt", &[]);
+    let f = fs::File::open(m.0.join("img/app.sif")).unwrap();
+    let misses0 = numbers(&m.0, "misses")[0];
+    let offsets = [
+        9 * MIB + 5000,
+        MIB + 77,
+        5 * MIB,
+        11 * MIB + 12345,
+        3 * MIB + 1,
+    ];
+    for &o in &offsets {
+        assert_eq!(read_at(&f, o, 4096), &s.data[o as usize..o as usize + 4096]);
+    }
+    assert_eq!(
+        numbers(&m.0, "readahead"),
+        [0, 0],
+        "scattered reads read ahead"
+    );
+    // The kernel reads up to 128 KiB around each 4 KiB read: at most two chunks each.
+    let fetched = numbers(&m.0, "misses")[0] - misses0;
+    assert!(
+        fetched <= 2 * offsets.len() as u64,
+        "{fetched} chunks fetched for {} scattered reads",
+        offsets.len()
+    );
+
+    let all = fs::read(m.0.join("img/app.sif")).unwrap();
+    assert!(all == s.data, "sequential read returned wrong bytes");
+    let ra = numbers(&m.0, "readahead");
+    assert!(
+        ra[0] > 0 && ra[1] > 0,
+        "no readahead for a sequential reader: {ra:?}"
+    );
+}
+
+/// `mount --record` → `add --trace` → a fresh mount fetches the access list when the image
+/// is opened, and the recorded reads then download nothing; `--prefetch-rate 0` turns it off.
+#[test]
+fn recorded_access_list_is_prefetched_on_open() {
+    let s = Setup::new();
+    let trace = s.dir.path().join("start.trace");
+    let ranges = [
+        (9 * MIB, 65536),
+        (MIB, 65536),
+        (5 * MIB + 4096, 8192),
+        (11 * MIB, 65536),
+    ];
+    {
+        let m = s.mount("rec", &[OsStr::new("--record"), trace.as_os_str()]);
+        let f = fs::File::open(m.0.join("img/app.sif")).unwrap();
+        for &(o, n) in &ranges {
+            assert_eq!(read_at(&f, o, n), &s.data[o as usize..o as usize + n]);
+        }
+    }
+    // Unmounted: the trace is complete. The kernel may widen reads, never narrow them.
+    let text = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<(String, u64, u64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let v: Vec<&str> = l.split('\t').collect();
+            (
+                v[0].to_string(),
+                v[1].parse().unwrap(),
+                v[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(lines.iter().all(|(p, _, _)| p == "img/app.sif"), "{text}");
+    for &(o, n) in &ranges {
+        assert!(
+            lines
+                .iter()
+                .any(|&(_, lo, ln)| lo <= o && o + n as u64 <= lo + ln),
+            "read {o}+{n} not in the trace:\n{text}"
+        );
+    }
+
+    s.add_trace(&trace);
+    let list = s.chunk_list();
+    assert!(!list.prefetch.is_empty());
+    let listed_bytes: u64 = list
+        .prefetch
+        .iter()
+        .map(|&i| list.chunks[i as usize].len as u64)
+        .sum();
+
+    // A fresh mount: opening the image (and reading its first byte, not in the trace)
+    // starts the prefetch of the listed chunks.
+    let m = s.mount("cold", &[]);
+    let f = fs::File::open(m.0.join("img/app.sif")).unwrap();
+    assert_eq!(read_at(&f, 0, 1), &s.data[..1]);
+    poll(Duration::from_secs(30), "access-list prefetch", || {
+        numbers(&m.0, "prefetched") == [list.prefetch.len() as u64, listed_bytes]
+    });
+    let misses = numbers(&m.0, "misses")[0];
+    for &(o, n) in &ranges {
+        assert_eq!(read_at(&f, o, n), &s.data[o as usize..o as usize + n]);
+    }
+    assert_eq!(
+        numbers(&m.0, "misses")[0],
+        misses,
+        "recorded reads downloaded again"
+    );
+    let status = ok_stdout(depotfs(&[OsStr::new("status"), m.0.as_os_str()]));
+    assert!(
+        status.contains(&format!("{} chunks", list.prefetch.len()))
+            && status.contains("from access lists"),
+        "{status}"
+    );
+
+    // Off: nothing beyond what is read.
+    let off = s.mount("off", &[OsStr::new("--prefetch-rate"), OsStr::new("0")]);
+    let f = fs::File::open(off.0.join("img/app.sif")).unwrap();
+    assert_eq!(read_at(&f, 0, 1), &s.data[..1]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(numbers(&off.0, "prefetched"), [0, 0]);
+}
+
+/// The access-list prefetch stays under `--prefetch-rate`: by any moment t after the open it
+/// has fetched at most rate·t plus the one chunk granted last, and it finishes.
+#[test]
+fn access_list_prefetch_keeps_to_its_rate() {
+    let s = Setup::new();
+    // A hand-written trace (the format `mount --record` writes): 4 MiB from 2 MiB on.
+    let trace = s.dir.path().join("t.trace");
+    let body: String = (0..32)
+        .map(|i| format!("img/app.sif\t{}\t131072\n", 2 * MIB + i * 131072))
+        .collect();
+    fs::write(&trace, body).unwrap();
+    s.add_trace(&trace);
+    let list = s.chunk_list();
+    let total: u64 = list
+        .prefetch
+        .iter()
+        .map(|&i| list.chunks[i as usize].len as u64)
+        .sum();
+    assert!(total >= 4 * MIB, "{total}");
+
+    let rate = 1.0; // MiB/s: the ≥ 4 MiB take ≥ 3 s
+    let m = s.mount("slow", &[OsStr::new("--prefetch-rate"), OsStr::new("1")]);
+    let t0 = Instant::now();
+    let f = fs::File::open(m.0.join("img/app.sif")).unwrap();
+    let mut samples = 0;
+    loop {
+        let got = numbers(&m.0, "prefetched");
+        let t = t0.elapsed().as_secs_f64();
+        let cap = rate * t * MIB as f64 + CHUNK_MAX as f64;
+        assert!(
+            got[1] as f64 <= cap,
+            "{} bytes prefetched after {t:.2} s (cap {cap})",
+            got[1]
+        );
+        samples += 1;
+        if got[0] == list.prefetch.len() as u64 {
+            assert_eq!(got[1], total);
+            assert!(
+                t >= (total - CHUNK_MAX as u64) as f64 / MIB as f64 / rate,
+                "done after {t:.2} s"
+            );
+            break;
+        }
+        assert!(t < 60.0, "prefetch not finished after {t:.0} s: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(samples > 5);
+    drop(f);
+}
