@@ -3,6 +3,9 @@
 //! and every file and entry is compared with the source tree. Needs root (or fusermount3),
 //! /dev/fuse, nginx, python3 (for xattrs), squashfs-tools, squashfuse and busybox-static.
 
+mod cli_run;
+mod http_suite;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -12,26 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
-
-fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut c = Command::new(BIN);
-    for a in args {
-        c.arg(a);
-    }
-    c.output().expect("running depotfs")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "depotfs failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use cli_run::{BIN, http_get, ok, run, try_xattr, xattr};
+use http_suite::free_port;
 
 // ---------------------------------------------------------------------------------------
 // Corpus
@@ -249,25 +234,6 @@ impl Repo {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Send a signal to one process (the shell's builtin `kill`, so procps is not needed).
 /// Returns whether it was delivered.
 fn kill(sig: &str, pid: u32) -> bool {
@@ -326,7 +292,9 @@ fn nginx(store: &Path, work: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx (Debian package nginx) must be installed");
-    wait_port(port);
+    cli_run::poll(Duration::from_secs(10), "server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     Server {
         child,
         url: format!("http://127.0.0.1:{port}/"),
@@ -346,7 +314,9 @@ fn depotfs_serve(store: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_port(port);
+    cli_run::poll(Duration::from_secs(10), "server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     Server {
         child,
         url: format!("http://127.0.0.1:{port}/"),
@@ -409,28 +379,6 @@ fn mounted(mp: &Path) -> bool {
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
-}
-
-/// An extended attribute, via Python's os.getxattr (no Rust xattr crate in this package).
-fn try_xattr(path: &Path, name: &str) -> Result<String, String> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
-        ])
-        .arg(path)
-        .arg(name)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn xattr(path: &Path, name: &str) -> String {
-    try_xattr(path, name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
 }
 
 fn http_args<'a>(repo: &'a Repo, cache: &'a Path) -> Vec<String> {
@@ -655,15 +603,6 @@ fn fuse_nginx_mount_matches_source_lazily() {
         );
     }
     assert!(http_get(metrics_port, "/other").starts_with("HTTP/1.1 404"));
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Write;
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
 }
 
 fn libc_erofs() -> i32 {

@@ -4,50 +4,18 @@
 //! SOURCE), proxy vs server failover, failback, the request bound and offline mode, and
 //! `depotfs remount` (new revision, replayed manifest refused). Needs root and /dev/fuse.
 
+mod cli_run;
+mod http_suite;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
-
-fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut c = Command::new(BIN);
-    for a in args {
-        c.arg(a);
-    }
-    c.output().expect("running depotfs")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "depotfs failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Poll `f` every 50 ms until it is true; panic with `what` after `limit`.
-fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use cli_run::{BIN, http_get, ok, poll, run};
+use http_suite::{free_port, random_bytes};
 
 /// A published repository: 40 files of 30 KB (one object each) under `d/`.
 struct Repo {
@@ -59,17 +27,8 @@ impl Repo {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src/d");
         fs::create_dir_all(&src).unwrap();
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         for i in 0..40 {
-            let data: Vec<u8> = (0..30_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            fs::write(src.join(format!("f{i:02}")), data).unwrap();
+            fs::write(src.join(format!("f{i:02}")), random_bytes(30_000, i)).unwrap();
         }
         let repo = Repo { dir };
         ok(run(&[
@@ -159,18 +118,6 @@ impl Drop for Server {
     }
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// A background `depotfs mount`, unmounted when dropped.
 struct Mount {
     mp: PathBuf,
@@ -226,17 +173,7 @@ impl Mount {
     }
     /// `user.depotfs.NAME` of `rel` under the mountpoint.
     fn xattr_of(&self, rel: &str, name: &str) -> String {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
-            ])
-            .arg(self.mp.join(rel))
-            .arg(format!("user.depotfs.{name}"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xattr {name}");
-        String::from_utf8(out.stdout).unwrap()
+        cli_run::xattr(&self.mp.join(rel), &format!("user.depotfs.{name}"))
     }
 }
 

@@ -1,10 +1,13 @@
 //! Running the built `depotfs` binary from tests, and the real parts around it (`depotfs
-//! serve`, mounts, extended attributes): shared by the test files that `mod cli_run;`.
+//! serve`, mounts, extended attributes): shared by the test files that `mod cli_run;` (with
+//! `mod http_suite;`, whose `free_port` it uses).
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::ffi::OsStr;
 use std::process::{Command, Output};
+
+use super::http_suite::free_port;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_depotfs");
@@ -15,6 +18,15 @@ pub fn depotfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .args(args)
         .output()
         .expect("running depotfs")
+}
+
+/// Run `depotfs ARGS...` with arguments of mixed types (`&str`, paths).
+pub fn run(args: &[&dyn AsRef<OsStr>]) -> Output {
+    let mut c = Command::new(BIN);
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("running depotfs")
 }
 
 /// The output of a run that must succeed (panics with its output otherwise).
@@ -42,15 +54,6 @@ pub fn fails(out: Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released for the server under test).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
 }
 
 /// Poll `f` every 50 ms until it is true; panic with `what` after `limit`.
@@ -138,4 +141,18 @@ pub fn try_xattr(path: &std::path::Path, name: &str) -> Result<String, String> {
 /// Extended attribute `name` of `path`, which must exist.
 pub fn xattr(path: &std::path::Path, name: &str) -> String {
     try_xattr(path, name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
+}
+
+/// `GET PATH` from 127.0.0.1:PORT over a plain socket: the whole response, headers included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending a request");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("reading the response");
+    out
 }
