@@ -130,6 +130,16 @@ fn numbers(mp: &Path, name: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The kernel's readahead of the mount at `mp`, KiB (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`).
+fn kernel_readahead(mp: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(mp).unwrap().dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    fs::read_to_string(&file).unwrap().trim().parse().unwrap()
+}
+
 fn read_at(f: &fs::File, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0; len];
     f.read_exact_at(&mut buf, offset).unwrap();
@@ -142,6 +152,8 @@ fn read_at(f: &fs::File, offset: u64, len: usize) -> Vec<u8> {
 fn scattered_reads_fetch_what_they_touch_sequential_reads_read_ahead() {
     let s = Setup::new();
     let m = s.mount("mnt", &[]);
+    // The kernel's own readahead (and so its largest read request) is raised to 1 MiB.
+    assert_eq!(kernel_readahead(&m.0), 1024);
     let f = fs::File::open(m.0.join("img/app.sif")).unwrap();
     let misses0 = numbers(&m.0, "misses")[0];
     let offsets = [
@@ -252,8 +264,17 @@ fn recorded_access_list_is_prefetched_on_open() {
         "{status}"
     );
 
-    // Off: nothing beyond what is read.
-    let off = s.mount("off", &[OsStr::new("--prefetch-rate"), OsStr::new("0")]);
+    // Off: nothing beyond what is read (and the kernel's readahead as asked).
+    let off = s.mount(
+        "off",
+        &[
+            OsStr::new("--prefetch-rate"),
+            OsStr::new("0"),
+            OsStr::new("--kernel-readahead"),
+            OsStr::new("512"),
+        ],
+    );
+    assert_eq!(kernel_readahead(&off.0), 512);
     let f = fs::File::open(off.0.join("img/app.sif")).unwrap();
     assert_eq!(read_at(&f, 0, 1), &s.data[..1]);
     std::thread::sleep(Duration::from_secs(1));

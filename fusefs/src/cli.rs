@@ -77,6 +77,10 @@ pub struct MountArgs {
     /// access-list prefetch off.
     #[arg(long, value_name = "MIB_PER_S", default_value_t = 64.0)]
     pub prefetch_rate: f64,
+    /// The kernel's readahead for this mount in KiB (it also bounds the size of the
+    /// kernel's read requests); 0 leaves the kernel's default (128). Needs root.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub kernel_readahead: u32,
     /// Record every read (PATH<TAB>OFFSET<TAB>LENGTH lines) to FILE, the trace
     /// `depotfs add --trace` takes.
     #[arg(long, value_name = "FILE")]
@@ -263,6 +267,7 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         manifest_ttl: a.manifest_ttl,
         prefetch_rate: (a.prefetch_rate * (1u64 << 20) as f64) as u64,
         record: a.record.clone(),
+        kernel_readahead_kib: a.kernel_readahead,
     };
     let notify = a.notify_stdout;
     let result = mount::prepare(&o).and_then(|p| {
@@ -340,6 +345,8 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
         cmd.arg("--metrics-listen").arg(m.to_string());
     }
     cmd.arg("--prefetch-rate").arg(a.prefetch_rate.to_string());
+    cmd.arg("--kernel-readahead")
+        .arg(a.kernel_readahead.to_string());
     if let Some(r) = &a.record {
         cmd.arg("--record").arg(r);
     }

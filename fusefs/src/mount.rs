@@ -59,6 +59,8 @@ pub struct Options {
     pub prefetch_rate: u64,
     /// Record reads to this trace file.
     pub record: Option<PathBuf>,
+    /// The kernel's readahead for the mount, KiB (0: leave the kernel's default).
+    pub kernel_readahead_kib: u32,
 }
 
 /// A verified, ready-to-mount file system.
@@ -360,6 +362,62 @@ impl Checker {
     }
 }
 
+/// Set the readahead of the mount's backing device (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`,
+/// root only) to `kib`; returns the old value and the sysfs file. FUSE mounts start at
+/// 128 KiB, and the kernel never sends a read request larger than the readahead window, so
+/// a sequential reader costs one round trip through the daemon per 128 KiB. At 1 MiB (with
+/// `max_pages` 256, which fuser negotiates) the 1 GiB image read here went from 415 to
+/// 547 MB/s cold over HTTP and from 632 to 962 MB/s warm (2048 and 4096 KiB were no better).
+/// The device comes from `/proc/self/mountinfo`, not from a `stat` of the mountpoint,
+/// which would be a FUSE request to this very process before it serves any.
+fn set_kernel_readahead(
+    mountpoint: &Path,
+    kib: u32,
+) -> std::result::Result<(String, PathBuf), String> {
+    let want = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let dev = info
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = f.iter().skip_while(|x| **x != "-").nth(1)?;
+            (fstype.starts_with("fuse") && Path::new(&unescape_mountinfo(f.get(4)?)) == want)
+                .then(|| f[2].to_string())
+        })
+        .ok_or("not in /proc/self/mountinfo")?;
+    let file = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
+    let was = std::fs::read_to_string(&file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .trim()
+        .to_string();
+    std::fs::write(&file, kib.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((was, file))
+}
+
+/// `/proc/self/mountinfo` writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
 /// (which unmount). `ready` is called once the kernel has accepted the mount.
 pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()> {
@@ -380,6 +438,20 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
     config.clone_fd = true;
     let mut session = fuser::Session::new(Fuse::new(fs.clone()), &o.mountpoint, &config)
         .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    if o.kernel_readahead_kib > 0 {
+        match set_kernel_readahead(&o.mountpoint, o.kernel_readahead_kib) {
+            Ok((was, bdi)) => tracing::info!(
+                "kernel readahead of {}: {} KiB (was {was}; {})",
+                o.mountpoint.display(),
+                o.kernel_readahead_kib,
+                bdi.display()
+            ),
+            Err(e) => tracing::info!(
+                "kernel readahead of {} left at the kernel's default: {e}",
+                o.mountpoint.display()
+            ),
+        }
+    }
     let notifier = session.notifier();
     let ttl = Duration::from_secs(o.manifest_ttl.unwrap_or(fs.manifest().ttl).max(1));
     let checker = Arc::new(Checker {
@@ -456,4 +528,19 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
     served?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/a\040b\011c\134d"),
+            "/mnt/a b\tc\\d"
+        );
+        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04");
+        assert_eq!(unescape_mountinfo(r"/x\9999"), r"/x\9999");
+    }
 }
