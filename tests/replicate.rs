@@ -453,12 +453,14 @@ fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
     unchanged("a corrupt object");
     fs::write(&victim, &good).unwrap();
 
-    // A missing object: the URL and the status are named.
-    let gone = s.public().join(new[1].store_path());
+    // A missing object: the URL and the status are named. The one refused above, which is
+    // known not to be in the mirror (the others may have been fetched before that run
+    // failed, and are rightly kept).
+    let gone = s.public().join(new[0].store_path());
     fs::rename(&gone, s.path().join("gone")).unwrap();
     let err = fails(s.replicate(&url, &[]));
     assert!(
-        err.contains(&format!("{url}{}", new[1].store_path())) && err.contains("404"),
+        err.contains(&format!("{url}{}", new[0].store_path())) && err.contains("404"),
         "{err}"
     );
     unchanged("a missing object");

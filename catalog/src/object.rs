@@ -13,6 +13,8 @@
 //! The object's name is `blake3(plaintext)`. A reader decodes the payload, refusing to
 //! produce more than the recorded length (or than the caller's own bound), and hashes it.
 
+use std::cell::RefCell;
+
 use crate::{Error, ObjectId};
 
 const MAGIC: &[u8; 4] = b"DPO1";
@@ -108,10 +110,11 @@ pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i
     let mut bytes = Vec::with_capacity(HEADER_LEN + plaintext.len() / 2);
     bytes.extend_from_slice(&header(kind, Codec::Zstd, len));
     let limit = plaintext.len() - plaintext.len() / 32;
-    let compressed_ok = !plaintext.is_empty()
-        && zstd::stream::copy_encode(plaintext, &mut bytes, level).is_ok()
-        && bytes.len() - HEADER_LEN < limit;
-    if compressed_ok {
+    if !plaintext.is_empty()
+        && let Some(frame) = compress(plaintext, level)
+        && frame.len() < limit
+    {
+        bytes.extend_from_slice(&frame);
         return Encoded {
             id,
             bytes,
@@ -127,6 +130,41 @@ pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i
         bytes,
         codec: Codec::Raw,
     }
+}
+
+thread_local! {
+    /// One zstd compression context per thread (and level), reused: creating one costs a
+    /// large zeroed workspace, which was 9 % of the publisher's CPU time on 118,594 small
+    /// files. Likewise one decompression context.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `plaintext` as one zstd frame at `level`, with this thread's context.
+fn compress(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress(plaintext).ok()
+    })
+}
+
+/// Decompress the zstd frame `payload` into at most `len` bytes (a frame that would produce
+/// more is an error: the bound a hostile server cannot lift), with this thread's context.
+fn decompress(payload: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let mut out = Vec::with_capacity(len);
+        d.as_mut()
+            .expect("just set")
+            .decompress_to_buffer(payload, &mut out)?;
+        Ok(out)
+    })
 }
 
 /// Hash and encode `plaintext`.
@@ -182,19 +220,9 @@ pub fn decode(
     let payload = &bytes[HEADER_LEN..];
     let data = match codec {
         Codec::Raw => payload.to_vec(),
-        Codec::Zstd => {
-            // Bounded: decompress at most len + 1 bytes, so a lying header is caught
-            // without inflating an arbitrary amount.
-            let mut out = Vec::with_capacity(len as usize);
-            let mut dec =
-                zstd::stream::read::Decoder::new(payload).map_err(|e| bad(format!("zstd: {e}")))?;
-            use std::io::Read;
-            (&mut dec)
-                .take(len + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| bad(format!("zstd: {e}")))?;
-            out
-        }
+        // Bounded: the output buffer holds `len` bytes and zstd refuses to write past it,
+        // so a lying header is caught without inflating an arbitrary amount.
+        Codec::Zstd => decompress(payload, len as usize).map_err(|e| bad(format!("zstd: {e}")))?,
     };
     if data.len() as u64 != len {
         return Err(bad(format!(
