@@ -60,7 +60,10 @@ pub enum Codec {
 pub struct Verified {
     id: ObjectId,
     kind: ObjectKind,
-    data: Vec<u8>,
+    /// The plaintext is `buf[start..]`: a raw object decoded in place keeps its header in
+    /// front ([`decode_owned`]) rather than being copied out.
+    buf: Vec<u8>,
+    start: usize,
 }
 
 impl Verified {
@@ -74,11 +77,12 @@ impl Verified {
     }
     /// The verified plaintext.
     pub fn data(&self) -> &[u8] {
-        &self.data
+        &self.buf[self.start..]
     }
     /// The verified plaintext, owned.
-    pub fn into_data(self) -> Vec<u8> {
-        self.data
+    pub fn into_data(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
     }
 }
 
@@ -207,6 +211,40 @@ pub fn decode(
     bytes: &[u8],
     max_len: u64,
 ) -> Result<Verified, Error> {
+    let (kind, codec, len) = checked_header(id, expect, bytes, max_len)?;
+    let payload = &bytes[HEADER_LEN..];
+    let data = match codec {
+        Codec::Raw => payload.to_vec(),
+        Codec::Zstd => inflate(id, payload, len)?,
+    };
+    verified(id, kind, data, 0, len)
+}
+
+/// [`decode`] of bytes the caller gives up: a raw object is verified in place, without
+/// copying its plaintext out (the client's warm reads from its disk cache).
+pub fn decode_owned(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: Vec<u8>,
+    max_len: u64,
+) -> Result<Verified, Error> {
+    let (kind, codec, len) = checked_header(id, expect, &bytes, max_len)?;
+    match codec {
+        Codec::Raw => verified(id, kind, bytes, HEADER_LEN, len),
+        Codec::Zstd => {
+            let data = inflate(id, &bytes[HEADER_LEN..], len)?;
+            verified(id, kind, data, 0, len)
+        }
+    }
+}
+
+/// The header of `bytes`, checked against the kind wanted and the caller's bound.
+fn checked_header(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: &[u8],
+    max_len: u64,
+) -> Result<(ObjectKind, Codec, u64), Error> {
     let (kind, codec, len) = peek_header(id, bytes)?;
     let bad = |what: String| Error::BadObject { id, what };
     if kind != expect {
@@ -217,24 +255,44 @@ pub fn decode(
             "claims {len} bytes, more than the {max_len} allowed here"
         )));
     }
-    let payload = &bytes[HEADER_LEN..];
-    let data = match codec {
-        Codec::Raw => payload.to_vec(),
-        // Bounded: the output buffer holds `len` bytes and zstd refuses to write past it,
-        // so a lying header is caught without inflating an arbitrary amount.
-        Codec::Zstd => decompress(payload, len as usize).map_err(|e| bad(format!("zstd: {e}")))?,
-    };
+    Ok((kind, codec, len))
+}
+
+/// Inflate a zstd payload. Bounded: the output buffer holds `len` bytes and zstd refuses to
+/// write past it, so a lying header is caught without inflating an arbitrary amount.
+fn inflate(id: ObjectId, payload: &[u8], len: u64) -> Result<Vec<u8>, Error> {
+    decompress(payload, len as usize).map_err(|e| Error::BadObject {
+        id,
+        what: format!("zstd: {e}"),
+    })
+}
+
+/// `buf[start..]` as the plaintext of `id`, if it has the length the header gave and
+/// hashes to `id`.
+fn verified(
+    id: ObjectId,
+    kind: ObjectKind,
+    buf: Vec<u8>,
+    start: usize,
+    len: u64,
+) -> Result<Verified, Error> {
+    let data = &buf[start..];
     if data.len() as u64 != len {
-        return Err(bad(format!(
-            "holds {} bytes, header says {len}",
-            data.len()
-        )));
+        return Err(Error::BadObject {
+            id,
+            what: format!("holds {} bytes, header says {len}", data.len()),
+        });
     }
-    let actual = ObjectId::of(&data);
+    let actual = ObjectId::of(data);
     if actual != id {
         return Err(Error::HashMismatch { id, actual });
     }
-    Ok(Verified { id, kind, data })
+    Ok(Verified {
+        id,
+        kind,
+        buf,
+        start,
+    })
 }
 
 #[cfg(test)]
@@ -270,6 +328,18 @@ mod tests {
                 .data(),
             &data[..]
         );
+        // In place: the same bytes; a flipped payload byte, a short payload, a lying
+        // length or the wrong kind are refused.
+        let v = decode_owned(enc.id, ObjectKind::Chunk, enc.bytes.clone(), 1 << 20).unwrap();
+        assert_eq!(v.data(), &data[..]);
+        assert_eq!(v.into_data(), data);
+        let mut bad = enc.bytes.clone();
+        bad[HEADER_LEN + 500] ^= 1;
+        assert!(decode_owned(enc.id, ObjectKind::Chunk, bad, 1 << 20).is_err());
+        let short = enc.bytes[..enc.bytes.len() - 1].to_vec();
+        assert!(decode_owned(enc.id, ObjectKind::Chunk, short, 1 << 20).is_err());
+        assert!(decode_owned(enc.id, ObjectKind::DirNode, enc.bytes.clone(), 1 << 20).is_err());
+        assert!(decode_owned(enc.id, ObjectKind::Chunk, enc.bytes.clone(), 1000).is_err());
     }
 
     #[test]
@@ -296,7 +366,14 @@ mod tests {
             for i in 0..enc.bytes.len() {
                 let mut bad = enc.bytes.clone();
                 bad[i] ^= 0x01;
-                if let Ok(v) = decode(enc.id, ObjectKind::Chunk, &bad, 1 << 20) {
+                let owned = decode_owned(enc.id, ObjectKind::Chunk, bad.clone(), 1 << 20);
+                let borrowed = decode(enc.id, ObjectKind::Chunk, &bad, 1 << 20);
+                assert_eq!(owned.is_ok(), borrowed.is_ok(), "flip at byte {i}");
+                if let Ok(v) = owned {
+                    assert_eq!(v.data(), &text[..], "flip at byte {i} yielded wrong bytes");
+                    assert_eq!(v.into_data(), text, "flip at byte {i}: into_data");
+                }
+                if let Ok(v) = borrowed {
                     assert_eq!(v.data(), &text[..], "flip at byte {i} yielded wrong bytes");
                     assert!(
                         i >= HEADER_LEN,

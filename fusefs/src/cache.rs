@@ -54,6 +54,33 @@ fn parse_object_path(sub: &str, file: &str) -> Option<ObjectId> {
     format!("{sub}{file}").parse().ok()
 }
 
+/// How stale a cache file's mtime (the LRU clock that survives restarts) may be before a
+/// load refreshes it. While the mount runs, the in-memory index keeps the exact order; the
+/// mtime only orders files at the next start, so an hour's granularity costs nothing and
+/// spares warm reads a metadata write per chunk.
+const TOUCH_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The bytes of file `p`, one open for both reading and (when stale) touching its mtime.
+fn read_touching(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(p)
+        .or_else(|_| fs::File::open(p))?;
+    let meta = f.metadata()?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes)?;
+    let now = SystemTime::now();
+    let stale = meta.modified().map_or(true, |m| {
+        now.duration_since(m).unwrap_or_default() > TOUCH_AFTER
+    });
+    if stale {
+        let _ = f.set_modified(now);
+    }
+    Ok(bytes)
+}
+
 impl DiskCache {
     /// Open (creating) the cache at `dir` with a `limit` in bytes, indexing what is there.
     pub fn open(dir: &Path, limit: u64) -> Result<Self> {
@@ -129,15 +156,11 @@ impl DiskCache {
     /// The stored bytes of `id`, if present (unverified: the caller decodes them).
     pub fn load(&self, id: &ObjectId) -> Option<Vec<u8>> {
         let p = self.path(id);
-        match fs::read(&p) {
+        match read_touching(&p) {
             Ok(bytes) => {
                 let known = self.index.lock().expect("poisoned").get(id).is_some();
                 if !known {
                     self.adopt(id, bytes.len() as u64);
-                }
-                // The mtime is the LRU clock that survives restarts.
-                if let Ok(f) = fs::File::options().write(true).open(&p) {
-                    let _ = f.set_modified(SystemTime::now());
                 }
                 Some(bytes)
             }

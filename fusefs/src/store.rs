@@ -275,7 +275,8 @@ impl ObjectStore {
         if let Some(disk) = &self.disk
             && let Some(bytes) = disk.load(&id)
         {
-            match object::decode(id, kind, &bytes, max_len) {
+            // In place: a raw chunk's plaintext is not copied out of the file's bytes.
+            match object::decode_owned(id, kind, bytes, max_len) {
                 Ok(v) => {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(Arc::new(v));
