@@ -26,16 +26,88 @@ pub fn cut_points(data: &[u8]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// A streaming chunker over any reader, yielding `(offset, bytes)` per chunk.
-pub fn stream_chunks<R: std::io::Read>(
+/// Bytes the streaming chunker reads per refill of its buffer.
+const STREAM_BLOCK: usize = 8 << 20;
+
+/// A streaming chunker over any reader, yielding `(offset, bytes)` per chunk, cut exactly as
+/// [`cut_points`] cuts the whole input.
+///
+/// It reads [`STREAM_BLOCK`] bytes at a time into one buffer and cuts every chunk that starts
+/// at least [`CHUNK_MAX`] bytes before the buffer's end (FastCDC sees at most that many bytes
+/// of a chunk, so such a cut is final); the rest is carried to the next refill. Each byte is
+/// thus copied once into the buffer, once into its chunk, and at most one chunk in eight
+/// moved by a carry. (`fastcdc`'s own `StreamCDC` keeps a `CHUNK_MAX` buffer and shifts its
+/// remainder down after every chunk: about three extra copies of the input, 12 % of the
+/// publisher's time in `memmove` on a 2 GiB ingest, seen with `perf`.)
+pub fn stream_chunks<R: std::io::Read>(reader: R) -> StreamChunks<R> {
+    StreamChunks {
+        reader,
+        buf: Vec::new(),
+        cut: 0,
+        base: 0,
+        pending: std::collections::VecDeque::new(),
+        eof: false,
+    }
+}
+
+/// The iterator of [`stream_chunks`].
+#[derive(Debug)]
+pub struct StreamChunks<R> {
     reader: R,
-) -> impl Iterator<Item = Result<(u64, Vec<u8>), std::io::Error>> {
-    fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).map(|r| {
-        r.map(|c| (c.offset, c.data)).map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => io,
-            other => std::io::Error::other(format!("{other:?}")),
-        })
-    })
+    /// Bytes read and not yet dropped; `buf[..cut]` are already cut into `pending`.
+    buf: Vec<u8>,
+    cut: usize,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Cut chunks not yet handed out, as `(start, len)` in `buf`.
+    pending: std::collections::VecDeque<(usize, usize)>,
+    /// The reader is exhausted (or failed): everything left in `buf` has been cut.
+    eof: bool,
+}
+
+impl<R: std::io::Read> StreamChunks<R> {
+    /// Drop what was handed out, read the next block and cut what is final in it.
+    fn refill(&mut self) -> std::io::Result<()> {
+        self.buf.drain(..self.cut);
+        self.base += self.cut as u64;
+        self.cut = 0;
+        let want = STREAM_BLOCK.saturating_sub(self.buf.len());
+        self.buf.reserve(want);
+        let got = std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut self.reader, want as u64),
+            &mut self.buf,
+        )?;
+        self.eof = got < want;
+        for c in fastcdc::v2020::FastCDC::new(&self.buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+            if !self.eof && self.buf.len() - c.offset < CHUNK_MAX {
+                break;
+            }
+            self.pending.push_back((c.offset, c.length));
+            self.cut = c.offset + c.length;
+        }
+        Ok(())
+    }
+}
+
+impl<R: std::io::Read> Iterator for StreamChunks<R> {
+    type Item = Result<(u64, Vec<u8>), std::io::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((start, len)) = self.pending.pop_front() {
+                let bytes = self.buf[start..start + len].to_vec();
+                return Some(Ok((self.base + start as u64, bytes)));
+            }
+            if self.eof {
+                return None;
+            }
+            if let Err(e) = self.refill() {
+                self.eof = true;
+                self.pending.clear();
+                return Some(Err(e));
+            }
+        }
+    }
 }
 
 /// One chunk of a large file.
@@ -183,6 +255,70 @@ mod tests {
             .map(|(o, l)| (o as u64, l))
             .collect();
         assert_eq!(streamed, sliced);
+    }
+
+    /// A reader that hands out at most `step` bytes per read, to exercise refills and carries
+    /// at every alignment.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn stream_matches_slice_across_refills_and_short_reads() {
+        // Lengths around the block size and its carries, read in odd-sized pieces.
+        for (len, step) in [
+            (STREAM_BLOCK - 1, 4093),
+            (STREAM_BLOCK, 1 << 20),
+            (STREAM_BLOCK + CHUNK_MAX + 17, 65_537),
+            (3 * STREAM_BLOCK + 5, 1 << 22),
+            (CHUNK_MIN / 2, 7),
+        ] {
+            let data = pseudo_random(len, len as u64);
+            let streamed: Vec<(u64, usize, blake3::Hash)> =
+                stream_chunks(Trickle { data: &data, step })
+                    .map(|r| r.map(|(o, d)| (o, d.len(), blake3::hash(&d))).unwrap())
+                    .collect();
+            let sliced: Vec<(u64, usize, blake3::Hash)> = cut_points(&data)
+                .into_iter()
+                .map(|(o, l)| (o as u64, l, blake3::hash(&data[o..o + l])))
+                .collect();
+            assert_eq!(streamed, sliced, "length {len}, reads of {step}");
+        }
+    }
+
+    #[test]
+    fn stream_reports_a_read_error_once() {
+        struct Failing(usize);
+        impl std::io::Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(1);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let out: Vec<_> = stream_chunks(Failing(3 << 20)).collect();
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("disk on fire")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Turning files on disk into stored objects: walking the inputs, chunking, hashing and
-//! compressing in parallel (rayon, both cores), and writing only the objects the store lacks.
+//! compressing in parallel (rayon, two workers per core), and writing only the objects the store
+//! lacks.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -151,8 +152,40 @@ fn walk(src: &Path, dest: String, out: &mut Vec<Planned>) -> Result<()> {
     Ok(())
 }
 
+/// Workers of the ingest pool: twice the cores. Each worker spends part of its time blocked in
+/// a direct write of the object it made ([`Objects::put`]); with one worker per core, a 2 GiB
+/// ingest on 2 cores kept them about 70 % busy. Measured there: 2 workers 4.1–4.5 s, 4 workers
+/// 3.0–3.5 s, 8 no better than 4. `RAYON_NUM_THREADS` overrides.
+fn ingest_workers() -> usize {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Store all planned files in parallel and return the nodes to record, in plan order.
 pub fn store_all(
+    objects: &Objects,
+    plan: Vec<Planned>,
+    progress: &Progress,
+) -> Result<Vec<(String, Node)>> {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(ingest_workers())
+        .thread_name(|i| format!("ingest-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(|| store_all_here(objects, plan, progress)),
+        // No threads to be had: the global pool will do.
+        Err(_) => store_all_here(objects, plan, progress),
+    }
+}
+
+/// [`store_all`] on the current rayon pool.
+fn store_all_here(
     objects: &Objects,
     plan: Vec<Planned>,
     progress: &Progress,
