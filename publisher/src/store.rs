@@ -5,11 +5,11 @@
 //!   public/            the only part ever served
 //!     manifest         signed, replaced atomically, written last
 //!     repo.pub         the repository's public key
-//!     objects/ab/cdef… immutable objects, written to STORE/tmp then renamed into place
+//!     objects/ab/cdef… immutable objects, created anonymous in their directory, linked when whole
 //!   catalog.redb       the publisher's source of truth (see db.rs)
 //!   repo.key           the ed25519 signing key, mode 0600
 //!   lock               flock()ed by the one publisher at work; holds its pid
-//!   tmp/               scratch space for objects being written
+//!   tmp/               scratch space for files written under a temporary name
 //! ```
 
 use std::fs::{self, File, OpenOptions};
