@@ -17,12 +17,16 @@
 //!   client can look up one name or stream a listing piece by piece.
 //! - [`manifest`] — the signed `public/manifest`: repository name, revision, root, times, TTL.
 //!
-//! The crate does no I/O: it encodes, decodes and verifies. Publisher and client supply
-//! objects through the [`dir::NodeSource`] trait. See `docs/format.md` for the decisions and
+//! - [`object_file`] — creating an object file in a store or cache directory, whole or not at
+//!   all (`O_TMPFILE` + link, direct I/O for large ones).
+//!
+//! Apart from [`object_file`], the crate does no I/O: it encodes, decodes and verifies.
+//! Publisher and client supply objects through the [`dir::NodeSource`] trait. See `docs/format.md` for the decisions and
 //! the measurements behind them.
 //!
 //! Crate choices: `postcard` for compact, deterministic serde encoding of objects (bincode is
-//! unmaintained); `ed25519-dalek` 3 for signatures; `zstd` for compression; `blake3` for names.
+//! unmaintained); `ed25519-dalek` 3 for signatures; `zstd` for compression; `blake3` for names; `rustix` for `O_TMPFILE`, `linkat` and
+//! direct I/O without `unsafe`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +36,7 @@ mod error;
 mod id;
 pub mod manifest;
 pub mod object;
+pub mod object_file;
 
 pub use chunking::{ChunkList, ChunkRef};
 pub use dir::{DirNode, Entry, EntryKind, FileContent};

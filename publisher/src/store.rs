@@ -16,9 +16,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use depotfs_catalog::object::{self, Encoded, ObjectKind, Verified};
+use depotfs_catalog::object_file;
 use depotfs_catalog::{Manifest, ObjectId, PublicKey, SecretKey};
 
 use crate::error::{Error, Result};
@@ -167,120 +168,6 @@ pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, dest).map_err(Error::io(dest))
 }
 
-/// Direct I/O failed once with EINVAL on this filesystem (or its alignment): write buffered.
-static DIRECT_IO_OFF: AtomicBool = AtomicBool::new(false);
-
-/// Alignment of direct-I/O buffers and lengths: the largest logical block size in common use.
-const DIO_ALIGN: usize = 4096;
-
-/// Objects smaller than this are written buffered: a direct write waits for the device, which
-/// for small files costs more than it saves (118,594 small files: 18.7 s buffered, 25.6 s all
-/// direct).
-const DIO_MIN: usize = 64 * 1024;
-
-thread_local! {
-    /// This thread's buffer for direct writes, grown as needed and reused.
-    static DIO_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Create the immutable object file `dest` holding `bytes`, which appears whole or not at all.
-///
-/// The file is made anonymous in its final directory (`O_TMPFILE`), written, and then linked
-/// under its name; an existing `dest` (another writer of the same object) is success. A crash
-/// leaves nothing behind, and there is no rename across directories, whose global rename lock
-/// showed up in `perf` with two writers. Data goes straight to the disk (`O_DIRECT`, padded to
-/// [`DIO_ALIGN`], then truncated to its length): the publisher never reads an object back, the
-/// `syncfs` before each publish would wait for the writeback anyway, and on this project's
-/// VMs a page-cache page touched for the first time is slow (buffered writes of 1.5 GiB of new
-/// objects spent half the publisher's time in the kernel's copy into the page cache). Falls
-/// back to buffered writes where direct I/O is refused (tmpfs, some network filesystems).
-///
-/// [`std::io::ErrorKind::Unsupported`] means this filesystem cannot make anonymous files or
-/// link them (no `O_TMPFILE`, no `/proc`): the caller writes through a temporary name instead.
-fn write_object(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let open = |direct: bool| {
-        let mut flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-        if direct {
-            flags |= OFlags::DIRECT;
-        }
-        rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o644)).map_err(|e| {
-            if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR {
-                std::io::Error::from(std::io::ErrorKind::Unsupported)
-            } else {
-                e.into()
-            }
-        })
-    };
-    let mut written = None;
-    if bytes.len() >= DIO_MIN && !DIRECT_IO_OFF.load(Ordering::Relaxed) {
-        match open(true) {
-            Ok(fd) => match write_direct(&fd, bytes) {
-                Ok(()) => written = Some(fd),
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    DIRECT_IO_OFF.store(true, Ordering::Relaxed);
-                    tracing::debug!(dir = %dir.display(), "direct I/O refused; writing objects buffered");
-                }
-                Err(e) => return Err(e),
-            },
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                DIRECT_IO_OFF.store(true, Ordering::Relaxed);
-                tracing::debug!(dir = %dir.display(), "direct I/O refused; writing objects buffered");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let fd = match written {
-        Some(fd) => fd,
-        None => {
-            let fd = open(false)?;
-            File::from(fd.try_clone()?).write_all(bytes)?;
-            fd
-        }
-    };
-    // The mode given to open() passed through the umask; objects must be world-readable.
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?;
-    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    match rustix::fs::linkat(CWD, proc_path.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::EXIST) => Ok(()),
-        // No /proc mounted: the anonymous file cannot be named.
-        Err(rustix::io::Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
-            Err(std::io::ErrorKind::Unsupported.into())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Write `bytes` to the fresh direct-I/O file `fd` from an aligned buffer, padded to
-/// [`DIO_ALIGN`], and cut the file back to `bytes.len()`.
-fn write_direct(fd: &std::os::fd::OwnedFd, bytes: &[u8]) -> std::io::Result<()> {
-    let padded = bytes.len().div_ceil(DIO_ALIGN) * DIO_ALIGN;
-    DIO_BUF.with_borrow_mut(|buf| {
-        if buf.len() < padded + DIO_ALIGN {
-            buf.resize(padded + DIO_ALIGN, 0);
-        }
-        let start = buf.as_ptr().align_offset(DIO_ALIGN);
-        let block = &mut buf[start..start + padded];
-        block[..bytes.len()].copy_from_slice(bytes);
-        block[bytes.len()..].fill(0);
-        let mut done = 0;
-        while done < padded {
-            // A short direct write ends at a block boundary; continue from there.
-            match rustix::io::pwrite(fd, &block[done..], done as u64) {
-                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    })?;
-    rustix::fs::ftruncate(fd, bytes.len() as u64)?;
-    Ok(())
-}
-
 /// Objects in a store: existence checks, writes, verified reads.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -304,7 +191,7 @@ impl Objects {
         if dest.exists() {
             return Ok(0);
         }
-        match write_object(&dest, &enc.bytes) {
+        match object_file::create(&dest, &enc.bytes, true) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
                 write_atomic(&self.layout, &dest, &enc.bytes)?
