@@ -54,25 +54,20 @@ pub fn create(dest: &Path, bytes: &[u8], direct: bool) -> std::io::Result<()> {
         if direct {
             flags |= OFlags::DIRECT;
         }
-        rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o644)).map_err(|e| {
-            if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR {
-                std::io::Error::from(std::io::ErrorKind::Unsupported)
-            } else {
-                e.into()
-            }
-        })
+        rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o644))
+            .map(File::from)
+            .map_err(|e| {
+                if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR {
+                    std::io::Error::from(std::io::ErrorKind::Unsupported)
+                } else {
+                    e.into()
+                }
+            })
     };
     let mut written = None;
     if direct && bytes.len() >= DIO_MIN && !DIRECT_IO_OFF.load(Ordering::Relaxed) {
-        match open(true) {
-            Ok(fd) => match write_direct(&fd, bytes) {
-                Ok(()) => written = Some(fd),
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    DIRECT_IO_OFF.store(true, Ordering::Relaxed);
-                    tracing::debug!(dir = %dir.display(), "direct I/O refused; writing objects buffered");
-                }
-                Err(e) => return Err(e),
-            },
+        match open(true).and_then(|f| write_direct(&f, bytes).map(|()| f)) {
+            Ok(f) => written = Some(f),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 DIRECT_IO_OFF.store(true, Ordering::Relaxed);
                 tracing::debug!(dir = %dir.display(), "direct I/O refused; writing objects buffered");
@@ -81,11 +76,11 @@ pub fn create(dest: &Path, bytes: &[u8], direct: bool) -> std::io::Result<()> {
         }
     }
     let fd = match written {
-        Some(fd) => fd,
+        Some(f) => f,
         None => {
-            let fd = open(false)?;
-            File::from(fd.try_clone()?).write_all(bytes)?;
-            fd
+            let mut f = open(false)?;
+            f.write_all(bytes)?;
+            f
         }
     };
     // The mode given to open() passed through the umask; objects must be world-readable.
@@ -104,7 +99,7 @@ pub fn create(dest: &Path, bytes: &[u8], direct: bool) -> std::io::Result<()> {
 
 /// Write `bytes` to the fresh direct-I/O file `fd` from an aligned buffer, padded to
 /// [`DIO_ALIGN`], and cut the file back to `bytes.len()`.
-fn write_direct(fd: &std::os::fd::OwnedFd, bytes: &[u8]) -> std::io::Result<()> {
+fn write_direct(fd: &File, bytes: &[u8]) -> std::io::Result<()> {
     let padded = bytes.len().div_ceil(DIO_ALIGN) * DIO_ALIGN;
     DIO_BUF.with_borrow_mut(|buf| {
         if buf.len() < padded + DIO_ALIGN {
