@@ -74,6 +74,61 @@ def read_all(path):
             n += len(b)
 
 
+def folio_pages(path, limit=256 << 20):
+    """Mean size, in 4 KiB pages, of the page-cache folios holding the first `limit` bytes of
+    `path` (which must be cached already): its pages are mapped, their frames looked up in
+    /proc/self/pagemap and their flags in /proc/kpageflags (root). Explains P6: the kernel's
+    FUSE page cache is kept in 4 KiB folios where ext4 uses large ones."""
+    import ctypes
+    import mmap
+    import struct
+    page = mmap.PAGESIZE
+    with open(path, "rb") as f:
+        n = min(os.fstat(f.fileno()).st_size, limit) // page
+        # A private mapping is writable for ctypes, and reading it maps the cached pages.
+        m = mmap.mmap(f.fileno(), n * page, access=mmap.ACCESS_COPY)
+    arr = (ctypes.c_char * (n * page)).from_buffer(m)
+    base = ctypes.addressof(arr) // page
+    folios = 0
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as pm, open("/proc/kpageflags", "rb", buffering=0) as kf:
+            for i in range(n):
+                arr[i * page]  # fault the page in (it is in the page cache)
+                pm.seek((base + i) * 8)
+                e = struct.unpack("<Q", pm.read(8))[0]
+                if not e >> 63:
+                    raise RuntimeError(f"{path}: page {i} not mapped")
+                kf.seek((e & ((1 << 55) - 1)) * 8)
+                flags = struct.unpack("<Q", kf.read(8))[0]
+                tail = flags >> 16 & 1  # KPF_COMPOUND_TAIL: part of a folio counted at its head
+                folios += not tail
+    finally:
+        del arr
+        m.close()
+    return n / max(folios, 1)
+
+
+class CpuShare:
+    """Share of all CPUs' time spent busy (not idle, not waiting for I/O) between start() and
+    stop(), from /proc/stat. Explains P10: how much of the machine one reader leaves."""
+
+    @staticmethod
+    def _now():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3], v[4]  # all, idle, iowait
+
+    def __enter__(self):
+        self.t0, self.idle0, self.wait0 = self._now()
+        return self
+
+    def __exit__(self, *exc):
+        t1, idle1, wait1 = self._now()
+        t = max(t1 - self.t0, 1)
+        self.iowait = 100.0 * (wait1 - self.wait0) / t
+        self.busy = 100.0 - 100.0 * (idle1 - self.idle0) / t - self.iowait
+
+
 def umount(m):
     sh("umount", m, check=False)
     sh("fusermount3", "-u", m, check=False)
@@ -269,11 +324,14 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             R.cmd(f"casync make --compression=zstd --store=castr big.caidx DIR; "
                   f"casync mount --store=http://127.0.0.1:PORT/castr/ big.caidx MNT")
             r = {k: [] for k in ["dc", "dw", "dh", "plain_c", "plain_h", "sqf", "casync"]}
+            folios = {}
             for rep in range(a.reps):
                 d.mount(fresh=True)
                 drop()
                 r["dc"].append(timed(lambda: read_all(big_on_d)))
                 r["dh"].append(timed(lambda: read_all(big_on_d)))
+                if rep == 0:
+                    folios["depotfs"] = folio_pages(big_on_d)
                 d.mount(fresh=False)
                 drop()
                 r["dw"].append(timed(lambda: read_all(big_on_d)))
@@ -281,6 +339,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                 drop()
                 r["plain_c"].append(timed(lambda: read_all(big)))
                 r["plain_h"].append(timed(lambda: read_all(big)))
+                if rep == 0:
+                    folios["plain"] = folio_pages(big)
                 umount(sq)
                 drop()
                 sh_loud("squashfuse", big_sqfs, sq)
@@ -307,6 +367,11 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             R.add("read.squashfuse_cold", f"read {n}: squashfuse, local image, cold", "MiB/s", rate(r["sqf"]), "higher")
             R.add("read.plain_cold", f"read {n}: plain local file, cold", "MiB/s", rate(r["plain_c"]), "higher")
             R.add("read.plain_hot", f"read {n}: plain local file, hot", "MiB/s", rate(r["plain_h"]), "higher")
+            if folios:
+                R.info["page_cache_folios"] = (
+                    f"after the hot reads, the first 256 MiB of the image sit in page-cache folios of "
+                    f"{folios['depotfs']:.1f} pages (4 KiB) on average through the depotfs mount and "
+                    f"{folios['plain']:.1f} pages as a plain ext4 file (/proc/self/pagemap + /proc/kpageflags)")
 
         # --- directory listing --------------------------------------------------------------
         def ls(args, path):
@@ -452,11 +517,13 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         if "parallel" in sections:
             paths = [os.path.join(d.mnt, "par", n) for n in par_names]
             total = sum(os.path.getsize(os.path.join(par_dir, n)) for n in par_names) / (1 << 20)
-            one, many = [], []
+            one, many, one_cpu, many_cpu, many_wait = [], [], [], [], []
             for _ in range(a.reps):
                 d.mount(fresh=True)
                 drop()
-                one.append(total / timed(lambda: [read_all(p) for p in paths]))
+                with CpuShare() as c:
+                    one.append(total / timed(lambda: [read_all(p) for p in paths]))
+                one_cpu.append(c.busy)
                 d.mount(fresh=True)
                 drop()
 
@@ -477,7 +544,10 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                     if errs:
                         raise RuntimeError("parallel readers failed: " + "; ".join(errs))
 
-                many.append(total / timed(parallel))
+                with CpuShare() as c:
+                    many.append(total / timed(parallel))
+                many_cpu.append(c.busy)
+                many_wait.append(c.iowait)
                 d.umount()
             R.info["parallel_images"] = (f"{len(paths)} images of different tools, {total:.0f} MiB in all "
                                          f"(gen_corpus.py images --versions 1 --count 16 --scale {a.par_scale} --seed 3)")
@@ -485,6 +555,14 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                   "MiB/s", one, "higher")
             R.add("par.many_mibps", f"the same {len(paths)} images read cold by {len(paths)} parallel readers "
                   "(aggregate)", "MiB/s", many, "higher")
+            R.add("par.one_cpu", "CPU busy (all cores, /proc/stat, not idle nor iowait) during the one reader",
+                  "%", one_cpu, "lower")
+            R.add("par.many_cpu", f"CPU busy during the {len(paths)} parallel readers", "%", many_cpu, "lower")
+            busy = statistics.median(one_cpu)
+            R.info["parallel_ceiling"] = (
+                f"one reader kept {busy:.0f} % of the CPUs busy, so {len(paths)} readers could add at most "
+                f"{100 / busy:.2f}x here even with every CPU busy; they kept them {statistics.median(many_cpu):.0f} % "
+                f"busy, {statistics.median(many_wait):.0f} % of the time waiting for I/O (iowait)")
     finally:
         d.umount()
         umount(sq)

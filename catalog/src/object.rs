@@ -254,12 +254,31 @@ pub fn decode_owned(
     bytes: Vec<u8>,
     max_len: u64,
 ) -> Result<Verified, Error> {
+    decode_owned_then(id, expect, bytes, max_len, |_| {})
+}
+
+/// [`decode_owned`], handing the object's encoded bytes to `keep` once they are verified and
+/// before they are dropped: the client caches what it fetched this way, only if it is good
+/// and without copying a raw object's plaintext out of the fetched buffer.
+pub fn decode_owned_then(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: Vec<u8>,
+    max_len: u64,
+    keep: impl FnOnce(&[u8]),
+) -> Result<Verified, Error> {
     let (kind, codec, len) = checked_header(id, expect, &bytes, max_len)?;
     match codec {
-        Codec::Raw => verified(id, kind, bytes, HEADER_LEN, len),
+        Codec::Raw => {
+            let v = verified(id, kind, bytes, HEADER_LEN, len)?;
+            keep(&v.buf);
+            Ok(v)
+        }
         Codec::Zstd => {
             let data = inflate(id, &bytes[HEADER_LEN..], len)?;
-            verified(id, kind, data, 0, len)
+            let v = verified(id, kind, data, 0, len)?;
+            keep(&bytes);
+            Ok(v)
         }
     }
 }
@@ -444,6 +463,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn decode_owned_then_keeps_only_verified_bytes() {
+        let text = b"0123456789abcdef".repeat(4096);
+        for enc in [
+            encode(ObjectKind::Chunk, &text, 3),
+            encode(ObjectKind::Chunk, &noise(100_000, 7), 3),
+        ] {
+            // Good: `keep` sees exactly the encoded bytes, once, and the plaintext is right.
+            let mut kept = Vec::new();
+            let v = decode_owned_then(enc.id, ObjectKind::Chunk, enc.bytes.clone(), 1 << 20, |b| {
+                kept.push(b.to_vec())
+            })
+            .unwrap();
+            assert_eq!(kept, vec![enc.bytes.clone()], "{:?}", enc.codec);
+            assert_eq!(ObjectId::of(v.data()), enc.id);
+            // Bad: `keep` is never called.
+            let mut bad = enc.bytes.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            let mut called = false;
+            let r = decode_owned_then(enc.id, ObjectKind::Chunk, bad, 1 << 20, |_| called = true);
+            assert!(r.is_err() && !called, "{:?}", enc.codec);
         }
     }
 

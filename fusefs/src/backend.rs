@@ -42,6 +42,10 @@ pub const DIRECT: &str = "DIRECT";
 /// The longest a request made while offline waits for the probe it asked for.
 pub const OFFLINE_WAIT: Duration = Duration::from_secs(2);
 
+/// The most a response's Content-Length may make [`Http`] reserve before the body arrives
+/// (a chunk is at most 1 MiB; a larger object's buffer grows as its body arrives).
+const BODY_HINT_MAX: u64 = 16 << 20;
+
 /// Upper bounds (seconds) of the `depotfs_fetch_duration_seconds` histogram buckets.
 pub const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -675,7 +679,7 @@ impl Http {
             .expect("semaphore never closed");
         let start = Instant::now();
         let work = async {
-            let resp = req.send().await.map_err(failed)?;
+            let mut resp = req.send().await.map_err(failed)?;
             let status = resp.status();
             if !status.is_success() {
                 let message = format!("HTTP {}{via}", status.as_u16());
@@ -688,7 +692,16 @@ impl Http {
                     },
                 });
             }
-            Ok(resp.bytes().await.map_err(failed)?.to_vec())
+            // The body's frames go straight into one buffer sized from Content-Length: one
+            // copy (collecting into `Bytes` and then into a `Vec` was two). The size hint is
+            // capped, so a lying header cannot reserve memory up front; decoding bounds the
+            // object itself.
+            let hint = resp.content_length().unwrap_or(0).min(BODY_HINT_MAX);
+            let mut body = Vec::with_capacity(hint as usize);
+            while let Some(frame) = resp.chunk().await.map_err(failed)? {
+                body.extend_from_slice(&frame);
+            }
+            Ok(body)
         };
         let r = match tokio::time::timeout(self.opts.timeout, work).await {
             Ok(r) => r,
