@@ -213,16 +213,7 @@ impl ChunkList {
 mod tests {
     use super::*;
 
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::test_data::noise as pseudo_random;
 
     /// Golden boundaries: if these change, every published chunk name changes. Update only
     /// with a format version bump.

@@ -37,6 +37,8 @@ mod id;
 pub mod manifest;
 pub mod object;
 pub mod object_file;
+#[cfg(test)]
+mod test_data;
 
 pub use chunking::{ChunkList, ChunkRef};
 pub use dir::{DirNode, Entry, EntryKind, FileContent};

@@ -343,6 +343,7 @@ fn verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::noise;
 
     #[test]
     fn compressible_round_trip() {
@@ -356,15 +357,7 @@ mod tests {
 
     #[test]
     fn incompressible_is_raw() {
-        let mut x = 0x9E3779B97F4A7C15u64;
-        let data: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(100_000, 0x9E3779B97F4A7C15);
         let enc = encode(ObjectKind::Chunk, &data, 3);
         assert_eq!(enc.codec, Codec::Raw);
         assert_eq!(
@@ -385,17 +378,6 @@ mod tests {
         assert!(decode_owned(enc.id, ObjectKind::Chunk, short, 1 << 20).is_err());
         assert!(decode_owned(enc.id, ObjectKind::DirNode, enc.bytes.clone(), 1 << 20).is_err());
         assert!(decode_owned(enc.id, ObjectKind::Chunk, enc.bytes.clone(), 1000).is_err());
-    }
-
-    fn noise(n: usize, mut x: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     /// The sample decides only for chunks that are incompressible where it looks: a chunk

@@ -199,18 +199,16 @@ impl DiskCache {
             // direct, 340-360 buffered, the writeback coming after). The fan-out directory
             // is made only when missing: a `mkdir` of an existing one on every store was 3 %
             // of the daemon's samples with 16 cold readers.
-            let created = match object_file::create(&fin, bytes, false) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    fs::create_dir_all(fin.parent().expect("objects/ab"))?;
-                    object_file::create(&fin, bytes, false)
-                }
-                r => r,
-            };
+            let mut created = object_file::create(&fin, bytes, false);
+            if matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                fs::create_dir_all(fin.parent().expect("objects/ab"))?;
+                created = object_file::create(&fin, bytes, false);
+            }
             match created {
                 Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
                 done => return done,
             }
-            fs::create_dir_all(fin.parent().expect("objects/ab"))?;
+            // Through a temporary name; the directory exists (the attempt above got into it).
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
             drop(f);
