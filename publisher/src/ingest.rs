@@ -245,55 +245,90 @@ pub fn store_file(
     walked_size: u64,
     progress: &Progress,
 ) -> Result<(u64, FileContent)> {
-    let mut f = File::open(src).map_err(Error::io(src))?;
-    let changed = |got: u64| {
-        Error::Input(format!(
-            "{}: changed while being read ({walked_size} bytes when listed, {got} read); not added",
+    let f = File::open(src).map_err(Error::io(src))?;
+    store_reader(objects, f, Some(walked_size), progress).map_err(|e| match e {
+        StreamError::Read(e) => Error::io(src)(e),
+        StreamError::Length { expected, got } => Error::Input(format!(
+            "{}: changed while being read ({expected} bytes when listed, {got} read); not added",
             src.display()
-        ))
+        )),
+        StreamError::Store(e) => e,
+    })
+}
+
+/// Why [`store_reader`] failed: the caller names its input (a path, a URL, a layer entry).
+#[derive(Debug)]
+pub enum StreamError {
+    /// Reading the input failed (for a network source: the connection dropped, timed out…).
+    Read(std::io::Error),
+    /// The input ended at a different length than expected.
+    Length {
+        /// What the caller said it would be.
+        expected: u64,
+        /// What was read.
+        got: u64,
+    },
+    /// Writing objects to the store failed.
+    Store(Error),
+}
+
+/// **The one staging path for file contents**, for every source (files on disk, an HTTP
+/// depot, registry layers): read `input` to its end, cut it into chunks (small inputs are one
+/// object), hash, compress and store every object the store lacks, and return the length and
+/// the content reference to put in a [`Node`]. With `expected`, an input of any other length
+/// is refused (nothing is staged; objects already written are garbage for `gc`). Memory use is
+/// bounded by the chunker's buffer, whatever the input's length: no whole-file copy is made.
+pub fn store_reader<R: Read + Send>(
+    objects: &Objects,
+    input: R,
+    expected: Option<u64>,
+    progress: &Progress,
+) -> std::result::Result<(u64, FileContent), StreamError> {
+    let check = |got: u64| match expected {
+        Some(expected) if expected != got => Err(StreamError::Length { expected, got }),
+        _ => Ok(()),
     };
-    if walked_size <= SMALL_FILE_MAX {
-        let mut data = Vec::with_capacity(walked_size as usize);
-        (&mut f)
-            .take(SMALL_FILE_MAX + 1)
-            .read_to_end(&mut data)
-            .map_err(Error::io(src))?;
-        if data.len() as u64 != walked_size {
-            return Err(changed(data.len() as u64));
-        }
-        progress.bytes(data.len() as u64);
-        if data.is_empty() {
+    // Read up to one byte past the small-file bound: a small input is one object.
+    let mut head = Vec::with_capacity(expected.unwrap_or(0).min(SMALL_FILE_MAX) as usize);
+    let mut input = input;
+    (&mut input)
+        .take(SMALL_FILE_MAX + 1)
+        .read_to_end(&mut head)
+        .map_err(StreamError::Read)?;
+    if head.len() as u64 <= SMALL_FILE_MAX {
+        check(head.len() as u64)?;
+        progress.bytes(head.len() as u64);
+        if head.is_empty() {
             return Ok((0, FileContent::Empty));
         }
-        let id = put_data(objects, &data)?;
-        return Ok((walked_size, FileContent::Single(id)));
+        let id = put_data(objects, &head).map_err(StreamError::Store)?;
+        return Ok((head.len() as u64, FileContent::Single(id)));
     }
-    let mut chunks: Vec<(u64, ChunkRef)> = chunking::stream_chunks(f)
-        .par_bridge()
-        .map(|r| {
-            let (offset, data) = r.map_err(Error::io(src))?;
-            let id = put_data(objects, &data)?;
-            progress.bytes(data.len() as u64);
-            Ok((
-                offset,
-                ChunkRef {
-                    id,
-                    len: data.len() as u32,
-                },
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let mut chunks: Vec<(u64, ChunkRef)> =
+        chunking::stream_chunks(std::io::Cursor::new(head).chain(input))
+            .par_bridge()
+            .map(|r| {
+                let (offset, data) = r.map_err(StreamError::Read)?;
+                let id = put_data(objects, &data).map_err(StreamError::Store)?;
+                progress.bytes(data.len() as u64);
+                Ok((
+                    offset,
+                    ChunkRef {
+                        id,
+                        len: data.len() as u32,
+                    },
+                ))
+            })
+            .collect::<std::result::Result<_, StreamError>>()?;
     chunks.sort_by_key(|c| c.0);
     let list = ChunkList {
         chunks: chunks.into_iter().map(|c| c.1).collect(),
         prefetch: Vec::new(),
     };
     let total = list.total_len();
-    if total != walked_size {
-        return Err(changed(total));
-    }
+    check(total)?;
     let enc = object::encode(ObjectKind::ChunkList, &list.to_bytes(), ZSTD_LEVEL);
-    objects.put(&enc)?;
+    objects.put(&enc).map_err(StreamError::Store)?;
     Ok((total, FileContent::Chunked(enc.id)))
 }
 
