@@ -314,8 +314,15 @@ fn hostile_bodies_are_cut_at_their_bound() {
     m.eio("d/f00");
     repo.server.rule(&obj("d/f01"), Answer::Pad(BIG as usize));
     m.eio("d/f01");
-    let sent = repo.server.sent_garbage.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(sent < 64 << 20, "the client took {} MB of garbage", sent >> 20);
+    let sent = repo
+        .server
+        .sent_garbage
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 64 << 20,
+        "the client took {} MB of garbage",
+        sent >> 20
+    );
     assert!(m.mem_mb("VmHWM") < 300, "peak RSS {} MB", m.mem_mb("VmHWM"));
     repo.server.rule(&obj("d/f02"), Answer::Truncate(1000));
     m.eio("d/f02");
@@ -325,16 +332,23 @@ fn hostile_bodies_are_cut_at_their_bound() {
     repo.server.rule("manifest", Answer::Endless(BIG));
     let out = run(&[&"remount", &m.mp()]);
     assert!(!out.status.success());
-    let sent2 = repo.server.sent_garbage.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(sent2 - sent < 64 << 20, "manifest: {} MB taken", (sent2 - sent) >> 20);
+    let sent2 = repo
+        .server
+        .sent_garbage
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent2 - sent < 64 << 20,
+        "manifest: {} MB taken",
+        (sent2 - sent) >> 20
+    );
     assert!(m.mem_mb("VmHWM") < 300, "peak RSS {} MB", m.mem_mb("VmHWM"));
     assert_eq!(m.xattr("revision"), "1");
     repo.server.clear_rules();
-    poll(Duration::from_secs(15), "online again", || {
-        m.read("d/f04").is_ok()
-    });
     for f in ["f00", "f01", "f02", "f03", "f04"] {
-        assert_eq!(m.read(&format!("d/{f}")).unwrap(), repo.src(f));
+        // A failure is remembered for a moment (the kernel's retry of a failed read).
+        poll(Duration::from_secs(15), f, || {
+            m.read(&format!("d/{f}")).is_ok_and(|b| b == repo.src(f))
+        });
     }
     m.healthy(&repo);
 }
@@ -378,20 +392,32 @@ fn hostile_zstd_bomb_and_replayed_manifest_are_refused() {
 #[test]
 fn hostile_manifest_failure_keeps_the_current_revision_readable() {
     let repo = Repo::new();
-    let m = repo.mount("mnt", "cache", &["--ttl", "1", "--timeout", "2", "--retries", "0"]);
+    let m = repo.mount(
+        "mnt",
+        "cache",
+        &["--ttl", "1", "--timeout", "2", "--retries", "0"],
+    );
     assert_eq!(m.read("d/f00").unwrap(), repo.src("f00"));
     repo.server.rule("manifest", Answer::Status(500));
     let checks: u64 = m.xattr("checks").parse().unwrap();
     poll(Duration::from_secs(20), "two failed checks", || {
         m.xattr("checks").parse::<u64>().unwrap() >= checks + 2
     });
-    assert!(m.xattr("last_check").contains("HTTP 500"), "{}", m.xattr("last_check"));
+    assert!(
+        m.xattr("last_check").contains("HTTP 500"),
+        "{}",
+        m.xattr("last_check")
+    );
     for i in 1..20 {
         let f = format!("f{i:02}");
         assert_eq!(m.read(&format!("d/{f}")).unwrap(), repo.src(&f), "{f}");
     }
     assert_eq!(m.metric("depotfs_offline"), 0.0);
-    assert!(m.status().contains("state:         online"), "{}", m.status());
+    assert!(
+        m.status().contains("state:         online"),
+        "{}",
+        m.status()
+    );
 }
 
 /// Item 7: a subdirectory whose node is missing does not break its parent's listing (with
@@ -421,7 +447,11 @@ fn hostile_missing_subdirectory_node_fails_only_that_child() {
     names.sort();
     assert_eq!(names, ["broken", "good"]);
     // `ls -l`: lstat of each entry; only the broken one fails.
-    let ls = Command::new("ls").arg("-l").arg(m.mp().join("parent")).output().unwrap();
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.mp().join("parent"))
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&ls.stdout);
     assert!(out.contains("good"), "{out}");
     assert!(fs::read_dir(m.mp().join("parent/good")).unwrap().count() == 1);
@@ -431,7 +461,9 @@ fn hostile_missing_subdirectory_node_fails_only_that_child() {
 }
 
 /// Item 5: directory nodes that inflate to megabytes each are kept in memory by their size,
-/// not their number: listing 24 of them leaves the daemon's memory bounded.
+/// not their number: looking a name up in 24 of them leaves the daemon's memory bounded.
+/// (A lookup, not a listing: a listing with attributes makes every entry an inode the
+/// kernel holds, which is memory of another kind.)
 #[test]
 fn hostile_inflating_nodes_are_counted_in_bytes() {
     let repo = Repo::new();
@@ -466,14 +498,15 @@ fn hostile_inflating_nodes_are_counted_in_bytes() {
     let m = repo.mount("mnt", "cache", &["--mem-size", "16M"]);
     let before = m.mem_mb("VmRSS");
     for k in 0..24 {
-        let n = fs::read_dir(m.mp().join(format!("big{k:02}"))).unwrap().count();
-        assert_eq!(n, 2048);
+        let link = m.mp().join(format!("big{k:02}/{k:02}-02047"));
+        assert_eq!(fs::read_link(link).unwrap().as_os_str().len(), 4000);
     }
     let after = m.mem_mb("VmRSS");
     assert!(
-        after < before + 120,
-        "listing 24 inflating directories: RSS {before} -> {after} MB"
+        after < before + 100,
+        "24 inflating directory nodes: RSS {before} -> {after} MB"
     );
+    assert_eq!(fs::read_dir(m.mp().join("big00")).unwrap().count(), 2048);
     m.healthy(&repo);
 }
 
@@ -499,8 +532,16 @@ fn hostile_dag_of_index_nodes_is_prefetched_once() {
                 .collect(),
         )
     };
-    let mid = repo.put(object::encode(ObjectKind::DirNode, &fan(leaf, 1).to_bytes(), 3));
-    let top = repo.put(object::encode(ObjectKind::DirNode, &fan(mid, 512).to_bytes(), 3));
+    let mid = repo.put(object::encode(
+        ObjectKind::DirNode,
+        &fan(leaf, 1).to_bytes(),
+        3,
+    ));
+    let top = repo.put(object::encode(
+        ObjectKind::DirNode,
+        &fan(mid, 512).to_bytes(),
+        3,
+    ));
     let root = vec![
         repo.dir("d", repo.d_entries()),
         Entry {
@@ -515,7 +556,8 @@ fn hostile_dag_of_index_nodes_is_prefetched_once() {
     ];
     repo.publish(root, 1);
     let m = repo.mount("mnt", "cache", &[]);
-    let hits = || m.xattr("hits").parse::<u64>().unwrap() + m.xattr("misses").parse::<u64>().unwrap();
+    let hits =
+        || m.xattr("hits").parse::<u64>().unwrap() + m.xattr("misses").parse::<u64>().unwrap();
     let before = hits();
     // Open the listing and take a few entries: the prefetch starts with it.
     let first: Vec<_> = fs::read_dir(m.mp().join("dag")).unwrap().take(3).collect();
@@ -531,7 +573,10 @@ fn hostile_dag_of_index_nodes_is_prefetched_once() {
         last = now;
     }
     let used = hits() - before;
-    assert!(used < 2000, "the directory prefetch made {used} node requests");
+    assert!(
+        used < 2000,
+        "the directory prefetch made {used} node requests"
+    );
     m.healthy(&repo);
 }
 
@@ -562,7 +607,11 @@ fn hostile_drip_feed_is_cut_at_the_printed_bound() {
     };
     let bytes = fs::read(repo.public().join(lid.store_path())).unwrap();
     let v = object::decode(lid, ObjectKind::ChunkList, &bytes, 1 << 26).unwrap();
-    ChunkList::from_verified(&v).unwrap().chunks.iter().for_each(|c| drip(c.id));
+    ChunkList::from_verified(&v)
+        .unwrap()
+        .chunks
+        .iter()
+        .for_each(|c| drip(c.id));
     drip(m.xattr_of("d/f05").parse().unwrap());
     for f in ["d/f05", "d/big"] {
         let start = Instant::now();

@@ -29,8 +29,14 @@ pub const INDEX_TARGET: u32 = 64;
 pub const LEAF_MAX: usize = 2048;
 /// Hard cap on children of one index node.
 pub const INDEX_MAX: usize = 512;
-/// Largest plaintext a client accepts for one directory node.
-pub const NODE_MAX_BYTES: u64 = 64 << 20;
+/// Longest name a node may hold, in bytes (Linux's `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target a node may hold, in bytes (Linux's `PATH_MAX` less its NUL).
+pub const TARGET_MAX: usize = 4095;
+/// Largest plaintext a client accepts for one directory node: a full leaf of the longest
+/// names and targets ([`LEAF_MAX`] × ([`NAME_MAX`] + [`TARGET_MAX`] + the other fields), 9 MB)
+/// fits; a node that inflates further is refused before it is parsed.
+pub const NODE_MAX_BYTES: u64 = 10 << 20;
 
 /// One name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,12 +135,32 @@ impl DirNode {
             return Err(bad("not a directory node".into()));
         }
         let node: DirNode = postcard::from_bytes(v.data()).map_err(|e| bad(format!("{e}")))?;
-        let names: Vec<&str> = match &node {
-            DirNode::Leaf(es) => es.iter().map(|e| e.name.as_str()).collect(),
-            DirNode::Index(cs) => cs.iter().map(|c| c.first.as_str()).collect(),
+        let (names, max): (Vec<&str>, usize) = match &node {
+            DirNode::Leaf(es) => (es.iter().map(|e| e.name.as_str()).collect(), LEAF_MAX),
+            DirNode::Index(cs) => (cs.iter().map(|c| c.first.as_str()).collect(), INDEX_MAX),
         };
+        if names.len() > max {
+            return Err(bad(format!("{} items, more than {max}", names.len())));
+        }
         for n in &names {
             validate_name(n).map_err(|e| bad(e.to_string()))?;
+            if n.len() > NAME_MAX {
+                return Err(bad(format!(
+                    "a name of {} bytes (at most {NAME_MAX})",
+                    n.len()
+                )));
+            }
+        }
+        if let DirNode::Leaf(es) = &node
+            && let Some(t) = es.iter().find_map(|e| match &e.kind {
+                EntryKind::Symlink { target } if target.len() > TARGET_MAX => Some(target),
+                _ => None,
+            })
+        {
+            return Err(bad(format!(
+                "a symlink target of {} bytes (at most {TARGET_MAX})",
+                t.len()
+            )));
         }
         if names.windows(2).any(|w| w[0] >= w[1]) {
             return Err(bad("names not strictly sorted".into()));
@@ -293,10 +319,11 @@ pub fn list_from(
             DirNode::Index(cs) => {
                 let mut at = base;
                 for c in cs {
-                    if at + c.count > start && !walk(src, &c.id, at, start, f)? {
+                    // Counts come from the network: saturating, never an overflow.
+                    if at.saturating_add(c.count) > start && !walk(src, &c.id, at, start, f)? {
                         return Ok(false);
                     }
-                    at += c.count;
+                    at = at.saturating_add(c.count);
                 }
                 Ok(true)
             }
@@ -454,6 +481,47 @@ mod tests {
         let bytes: usize = new.iter().map(|n| n.1).sum();
         assert!(new.len() <= 5, "{} new nodes", new.len());
         assert!(bytes < 48 * 1024, "{bytes} new bytes");
+    }
+
+    #[test]
+    fn nodes_beyond_the_bounds_are_refused() {
+        let parse = |n: &DirNode| {
+            let enc = object::encode(ObjectKind::DirNode, &n.to_bytes(), 3);
+            let v = object::decode(enc.id, ObjectKind::DirNode, &enc.bytes, NODE_MAX_BYTES)?;
+            DirNode::from_verified(&v)
+        };
+        let leaf = |n: usize| DirNode::Leaf(names(n * 2)[..n].iter().map(|s| file(s, 1)).collect());
+        assert!(parse(&leaf(LEAF_MAX)).is_ok());
+        let e = parse(&leaf(LEAF_MAX + 1)).unwrap_err().to_string();
+        assert!(e.contains("more than 2048"), "{e}");
+        let long = DirNode::Leaf(vec![file(&"n".repeat(NAME_MAX + 1), 1)]);
+        assert!(parse(&long).unwrap_err().to_string().contains("256 bytes"));
+        let link = |len: usize| {
+            DirNode::Leaf(vec![Entry {
+                name: "l".into(),
+                mode: 0o777,
+                mtime_ns: 0,
+                kind: EntryKind::Symlink {
+                    target: "t".repeat(len),
+                },
+            }])
+        };
+        assert!(parse(&link(TARGET_MAX)).is_ok());
+        assert!(parse(&link(TARGET_MAX + 1)).is_err());
+        // The largest legitimate leaf fits the plaintext bound.
+        let full = DirNode::Leaf(
+            (0..LEAF_MAX)
+                .map(|i| Entry {
+                    name: format!("{i:05}{}", "n".repeat(NAME_MAX - 5)),
+                    mode: 0o777,
+                    mtime_ns: i64::MAX,
+                    kind: EntryKind::Symlink {
+                        target: "t".repeat(TARGET_MAX),
+                    },
+                })
+                .collect(),
+        );
+        assert!(parse(&full).is_ok());
     }
 
     #[test]

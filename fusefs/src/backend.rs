@@ -29,6 +29,19 @@
 //! asks for a probe (the mount's manifest check, see `mount.rs`) and waits for it to finish,
 //! at most [`OFFLINE_WAIT`]; unless the probe found a server it then fails (EIO). Cached data stays
 //! readable; the first successful fetch brings the backend back online.
+//!
+//! Offline means no server *answers*: a request that got an HTTP answer from some route (an
+//! error status, a body cut short) fails by itself without taking the mount offline, and
+//! any answer, even an error, ends offline mode. The manifest never takes the mount
+//! offline: a failed revision check (e.g. `/manifest` answering 500) leaves the current
+//! revision readable.
+//!
+//! # Body bounds
+//!
+//! Every response body is bounded by what it can legitimately be, and reading stops once it
+//! is past that: an object by its header plus the largest plaintext its referrer allows (a
+//! chunk: 1 MiB), the manifest by [`MANIFEST_MAX`]. A longer Content-Length fails before the
+//! body is read.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +58,10 @@ pub const OFFLINE_WAIT: Duration = Duration::from_secs(2);
 /// The most a response's Content-Length may make [`Http`] reserve before the body arrives
 /// (a chunk is at most 1 MiB; a larger object's buffer grows as its body arrives).
 const BODY_HINT_MAX: u64 = 16 << 20;
+
+/// The largest manifest accepted: a manifest is ~450 bytes of text (`catalog::manifest`).
+/// A longer answer is cut while it arrives and the check fails.
+pub const MANIFEST_MAX: u64 = 64 << 10;
 
 /// Upper bounds (seconds) of the `depotfs_fetch_duration_seconds` histogram buckets.
 pub const BUCKETS: [f64; 14] = [
@@ -158,6 +175,8 @@ struct Failure {
     /// For the log line, e.g. `HTTP 502 via proxy http://…`.
     reason: String,
     error: Error,
+    /// Did the route answer (an HTTP status line arrived)?
+    answered: bool,
 }
 
 /// Downloaded bytes and the server that sent them.
@@ -177,6 +196,11 @@ pub enum Backend {
     Http(Box<Http>),
     /// A local `public/` directory.
     Local(PathBuf),
+}
+
+/// Why a body was refused for its length.
+fn too_long(len: u64, limit: u64) -> String {
+    format!("body of {len} bytes or more, longer than the {limit} it may have")
 }
 
 fn unix_now() -> u64 {
@@ -300,17 +324,28 @@ impl Backend {
         self.net().and_then(|h| *h.offline.borrow())
     }
 
-    /// Fetch object `rel` (relative to `public/`). `fresh` asks caches between us and the
-    /// origin to revalidate: used to refetch an object that failed verification. While
-    /// offline this fails within [`OFFLINE_WAIT`] unless a probe finds a server.
-    pub async fn get(&self, rel: &str, fresh: bool) -> Result<Fetched> {
+    /// Fetch object `rel` (relative to `public/`), at most `limit` bytes long (a longer
+    /// body fails as it arrives). `fresh` asks caches between us and the origin to
+    /// revalidate: used to refetch an object that failed verification. While offline this
+    /// fails within [`OFFLINE_WAIT`] unless a probe finds a server.
+    pub async fn get(&self, rel: &str, fresh: bool, limit: u64) -> Result<Fetched> {
         match self {
             Backend::Local(dir) => {
                 let p = dir.join(rel);
-                let bytes = tokio::fs::read(&p).await.map_err(|e| Error::Fetch {
+                let failed = |message: String| Error::Fetch {
                     what: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                    message,
+                };
+                let len = tokio::fs::metadata(&p)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+                    .len();
+                if len > limit {
+                    return Err(failed(too_long(len, limit)));
+                }
+                let bytes = tokio::fs::read(&p)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
                 Ok(Fetched { bytes, route: None })
             }
             Backend::Http(h) => {
@@ -332,7 +367,7 @@ impl Backend {
                         return Err(Error::Offline(rel.to_string()));
                     }
                 }
-                h.fetch(rel, fresh, h.opts.retries).await
+                h.fetch(rel, fresh, h.opts.retries, limit).await
             }
         }
     }
@@ -342,8 +377,8 @@ impl Backend {
     /// the backend back online when a server answers.
     pub async fn get_manifest(&self) -> Result<Vec<u8>> {
         match self {
-            Backend::Local(_) => Ok(self.get("manifest", true).await?.bytes),
-            Backend::Http(h) => Ok(h.fetch("manifest", true, 0).await?.bytes),
+            Backend::Local(_) => Ok(self.get("manifest", true, MANIFEST_MAX).await?.bytes),
+            Backend::Http(h) => Ok(h.fetch("manifest", true, 0, MANIFEST_MAX).await?.bytes),
         }
     }
 
@@ -351,7 +386,10 @@ impl Backend {
     pub async fn get_manifest_patiently(&self) -> Result<Vec<u8>> {
         match self {
             Backend::Local(_) => self.get_manifest().await,
-            Backend::Http(h) => Ok(h.fetch("manifest", true, h.opts.retries).await?.bytes),
+            Backend::Http(h) => Ok(h
+                .fetch("manifest", true, h.opts.retries, MANIFEST_MAX)
+                .await?
+                .bytes),
         }
     }
 
@@ -538,13 +576,16 @@ impl Http {
         }
     }
 
-    /// Try the routes, `1 + retries` passes, within the request bound.
-    async fn fetch(&self, rel: &str, fresh: bool, retries: u32) -> Result<Fetched> {
+    /// Try the routes, `1 + retries` passes, within the request bound; bodies of at most
+    /// `limit` bytes. A failed object request takes the backend offline unless a route
+    /// answered; a failed manifest request never does (see the module docs).
+    async fn fetch(&self, rel: &str, fresh: bool, retries: u32, limit: u64) -> Result<Fetched> {
         let bound = NetOptions {
             retries,
             ..self.opts.clone()
         }
         .request_bound();
+        let answered = std::sync::atomic::AtomicBool::new(false);
         let work = async {
             self.failback();
             let mut last = None;
@@ -552,7 +593,7 @@ impl Http {
                 if pass > 0 {
                     tokio::time::sleep(backoff(pass)).await;
                 }
-                if let Some(f) = self.pass(rel, fresh, &mut last).await {
+                if let Some(f) = self.pass(rel, fresh, limit, &mut last, &answered).await {
                     return Ok(f);
                 }
             }
@@ -565,14 +606,22 @@ impl Http {
                 secs: bound.as_secs(),
             }),
         };
-        if result.is_err() {
+        if result.is_err() && rel != "manifest" && !answered.load(Ordering::Relaxed) {
             self.go_offline();
         }
         result
     }
 
-    /// One pass: every route at most once, starting with the current one.
-    async fn pass(&self, rel: &str, fresh: bool, last: &mut Option<Error>) -> Option<Fetched> {
+    /// One pass: every route at most once, starting with the current one. Sets `answered`
+    /// when a route answered, even with an error (and then leaves offline mode).
+    async fn pass(
+        &self,
+        rel: &str,
+        fresh: bool,
+        limit: u64,
+        last: &mut Option<Error>,
+        answered: &std::sync::atomic::AtomicBool,
+    ) -> Option<Fetched> {
         let pick = |bad: &[bool], from: usize| {
             (0..bad.len())
                 .map(|k| (from + k) % bad.len())
@@ -595,7 +644,7 @@ impl Http {
                 bad_s.fill(false);
                 continue;
             };
-            match self.attempt(s, p, rel, fresh).await {
+            match self.attempt(s, p, rel, fresh, limit).await {
                 Ok(bytes) => {
                     self.cur_server.store(s, Ordering::Relaxed);
                     self.cur_proxy.store(p, Ordering::Relaxed);
@@ -606,6 +655,10 @@ impl Http {
                     });
                 }
                 Err(f) => {
+                    if f.answered {
+                        answered.store(true, Ordering::Relaxed);
+                        self.go_online(s);
+                    }
                     let (bad, from) = match f.side {
                         Side::Proxy => (&mut bad_p, p),
                         Side::Server => (&mut bad_s, s),
@@ -619,13 +672,14 @@ impl Http {
         }
     }
 
-    /// One request on route (`s`, `p`).
+    /// One request on route (`s`, `p`), its body at most `limit` bytes.
     async fn attempt(
         &self,
         s: usize,
         p: usize,
         rel: &str,
         fresh: bool,
+        limit: u64,
     ) -> Result<Vec<u8>, Failure> {
         let proxy = &self.proxies[p];
         let direct = proxy.label == DIRECT;
@@ -636,6 +690,7 @@ impl Http {
         } else {
             format!(" via proxy {}", proxy.label)
         };
+        let answered = std::sync::atomic::AtomicBool::new(false);
         let timed_out = || Failure {
             side: if direct { Side::Server } else { Side::Proxy },
             reason: format!("no answer within {secs} s"),
@@ -643,6 +698,7 @@ impl Http {
                 what: url.clone(),
                 secs,
             },
+            answered: answered.load(Ordering::Relaxed),
         };
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -664,8 +720,20 @@ impl Http {
                     what: url.clone(),
                     message: format!("{}{via}", cause(&e)),
                 },
+                answered: answered.load(Ordering::Relaxed),
             }
         };
+        // The server answered, and the answer is refused (`message` says why).
+        let refused = |message: String| Failure {
+            side: Side::Server,
+            reason: message.clone(),
+            error: Error::Fetch {
+                what: url.clone(),
+                message,
+            },
+            answered: true,
+        };
+        let too_big = |len: u64| refused(format!("{}{via}", too_long(len, limit)));
         let mut req = proxy.client.get(&url);
         if fresh {
             req = req
@@ -680,25 +748,25 @@ impl Http {
         let start = Instant::now();
         let work = async {
             let mut resp = req.send().await.map_err(failed)?;
+            answered.store(true, Ordering::Relaxed);
             let status = resp.status();
             if !status.is_success() {
-                let message = format!("HTTP {}{via}", status.as_u16());
-                return Err(Failure {
-                    side: Side::Server,
-                    reason: message.clone(),
-                    error: Error::Fetch {
-                        what: url.clone(),
-                        message,
-                    },
-                });
+                return Err(refused(format!("HTTP {}{via}", status.as_u16())));
             }
             // The body's frames go straight into one buffer sized from Content-Length: one
             // copy (collecting into `Bytes` and then into a `Vec` was two). The size hint is
-            // capped, so a lying header cannot reserve memory up front; decoding bounds the
-            // object itself.
-            let hint = resp.content_length().unwrap_or(0).min(BODY_HINT_MAX);
-            let mut body = Vec::with_capacity(hint as usize);
+            // capped, so a lying header cannot reserve memory up front; a body longer than
+            // `limit` fails as soon as it is known to be (its Content-Length, or its bytes
+            // so far), never collected first.
+            let declared = resp.content_length().unwrap_or(0);
+            if declared > limit {
+                return Err(too_big(declared));
+            }
+            let mut body = Vec::with_capacity(declared.min(BODY_HINT_MAX) as usize);
             while let Some(frame) = resp.chunk().await.map_err(failed)? {
+                if (body.len() + frame.len()) as u64 > limit {
+                    return Err(too_big((body.len() + frame.len()) as u64));
+                }
                 body.extend_from_slice(&frame);
             }
             Ok(body)

@@ -17,6 +17,10 @@
 //!   index and adopts files other mounts wrote when it first loads them. Each mount enforces
 //!   the limit over what it knows, so the directory stays within the limit while mounts
 //!   use it in turn, and within (mounts × limit) in the worst case.
+//! - **A full file system** (or any failed write) never fails a read: the verified object
+//!   is served from memory without being cached, the cache says so once (log, `status`,
+//!   `depotfs_cache_storing`) and tries one store a minute until it can store again
+//!   ([`DiskCache::keep`]).
 //! - **Reads in progress** never break: a read holds the decoded bytes in memory (an
 //!   `Arc`), and on Unix a file being read stays readable after it is unlinked anyway.
 
@@ -45,6 +49,29 @@ pub struct DiskCache {
     tmp_seq: AtomicU64,
     /// Objects evicted to stay within the limit since open.
     evictions: AtomicU64,
+    /// Set while the cache cannot store (see [`DiskCache::keep`]).
+    not_storing: Mutex<Option<NotStoring>>,
+    /// Stores that failed since open.
+    store_failures: AtomicU64,
+}
+
+/// Why the cache stopped storing objects.
+#[derive(Debug)]
+struct NotStoring {
+    /// Unix seconds of the first failure.
+    since: u64,
+    /// The last attempt, failed.
+    tried: std::time::Instant,
+    reason: String,
+}
+
+/// While the cache cannot store, one store is tried at most this often.
+pub const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn parse_object_path(sub: &str, file: &str) -> Option<ObjectId> {
@@ -125,6 +152,8 @@ impl DiskCache {
             index: Mutex::new(Lru::new(limit)),
             tmp_seq: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            not_storing: Mutex::new(None),
+            store_failures: AtomicU64::new(0),
         };
         let mut evict = Vec::new();
         {
@@ -220,6 +249,74 @@ impl DiskCache {
         }
         self.adopt(id, bytes.len() as u64);
         Ok(())
+    }
+
+    /// Store `id` if the cache can: a cache whose file system is full (or otherwise refuses
+    /// writes) degrades to serving reads without caching. The first failure is logged once
+    /// (with its reason) and shown by [`DiskCache::state`]; further objects are not written
+    /// until [`STORE_RETRY`] has passed, when one store is tried again, and on success the
+    /// cache says it is storing again. Never fails: the caller has the verified bytes.
+    pub fn keep(&self, id: &ObjectId, bytes: &[u8]) {
+        if self
+            .not_storing
+            .lock()
+            .expect("poisoned")
+            .as_ref()
+            .is_some_and(|n| n.tried.elapsed() < STORE_RETRY)
+        {
+            return;
+        }
+        let stored = self.store(id, bytes);
+        let mut not = self.not_storing.lock().expect("poisoned");
+        match stored {
+            Ok(()) => {
+                if let Some(n) = not.take() {
+                    tracing::warn!(
+                        "cache: storing again in {} (after {} s without: {})",
+                        self.dir.display(),
+                        unix_now().saturating_sub(n.since),
+                        n.reason
+                    );
+                }
+            }
+            Err(e) => {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+                match &mut *not {
+                    Some(n) => n.tried = std::time::Instant::now(),
+                    None => {
+                        tracing::warn!(
+                            "cache: not storing objects in {}: {e}; reads are served without \
+                             caching (a store is tried again every {} s)",
+                            self.dir.display(),
+                            STORE_RETRY.as_secs()
+                        );
+                        *not = Some(NotStoring {
+                            since: unix_now(),
+                            tried: std::time::Instant::now(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// `storing`, or `not storing since UNIX_SECONDS: REASON` (for `status`).
+    pub fn state(&self) -> String {
+        match &*self.not_storing.lock().expect("poisoned") {
+            None => "storing".into(),
+            Some(n) => format!("not storing since {}: {}", n.since, n.reason),
+        }
+    }
+
+    /// Is the cache storing what is fetched (see [`DiskCache::keep`])?
+    pub fn storing(&self) -> bool {
+        self.not_storing.lock().expect("poisoned").is_none()
+    }
+
+    /// Stores that failed since the cache was opened.
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
     }
 
     /// Forget and delete `id` (it failed verification).

@@ -546,6 +546,16 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             human(used),
             human(limit)
         );
+        let state = get("cache_state")?;
+        if let Some(rest) = state.strip_prefix("not storing since ") {
+            let (since, why) = rest.split_once(": ").unwrap_or((rest, ""));
+            println!(
+                "cache state:   NOT STORING since {} ({why}): reads are served without caching",
+                utc(since.parse::<i64>().unwrap_or(0) * 1_000_000_000)
+            );
+        } else {
+            println!("cache state:   {state}");
+        }
     }
     let rate = if hits + misses > 0 {
         hits as f64 * 100.0 / (hits + misses) as f64

@@ -231,7 +231,12 @@ impl Filesystem for Fuse {
                     DirItem::Dot(i, name) => (fs.current_node(i, Wait::Yes)?, name, false),
                     DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
                 };
-                let attr = fs.attr(&node, Wait::Yes)?;
+                // One broken subdirectory must not fail its parent's listing.
+                let attr = if counts {
+                    fs.listed_attr(&node, Wait::Yes)?
+                } else {
+                    fs.attr(&node, Wait::Yes)?
+                };
                 let full = reply.add(INodeNo(node.ino()), next, name, &TTL, &attr, Generation(0));
                 if counts && !full {
                     sent.push(node);

@@ -152,6 +152,18 @@ pub fn render(fs: &DepotFs) -> String {
         store.disk().map_or(0, |d| d.evictions()),
     );
     o.one(
+        "depotfs_cache_storing",
+        "gauge",
+        "1 while the disk cache stores what is fetched; 0 while it cannot (e.g. its file system is full) and reads are served without caching.",
+        u8::from(store.disk().is_none_or(|d| d.storing())),
+    );
+    o.one(
+        "depotfs_cache_store_failures_total",
+        "counter",
+        "Objects the disk cache failed to store (e.g. no space left on its file system).",
+        store.disk().map_or(0, |d| d.store_failures()),
+    );
+    o.one(
         "depotfs_fetched_bytes_total",
         "counter",
         "Encoded bytes downloaded.",

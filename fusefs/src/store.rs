@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use depotfs_catalog::chunking::CHUNK_MAX;
+use depotfs_catalog::chunking::{CHUNK_MAX, SMALL_FILE_MAX};
 use depotfs_catalog::dir::NODE_MAX_BYTES;
 use depotfs_catalog::object::{self, ObjectKind, Verified};
 use depotfs_catalog::{ChunkList, DirNode, ObjectId};
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::lru::Lru;
 
 /// Attributes of the mount root answered by [`ObjectStore::net_xattr`].
-pub const XATTRS_NET: [&str; 12] = [
+pub const XATTRS_NET: [&str; 13] = [
     "user.depotfs.proxy",
     "user.depotfs.proxies",
     "user.depotfs.offline_since",
@@ -36,10 +36,25 @@ pub const XATTRS_NET: [&str; 12] = [
     "user.depotfs.evictions",
     "user.depotfs.readahead",
     "user.depotfs.prefetched",
+    "user.depotfs.cache_state",
 ];
 
 /// Largest chunk list accepted (a 10 GiB file has ~10k chunks of 36 bytes).
 const CHUNK_LIST_MAX: u64 = 64 << 20;
+/// Largest chunk accepted: a chunk of a large file, or a whole small file.
+const CHUNK_PLAIN_MAX: u64 = if CHUNK_MAX as u64 > SMALL_FILE_MAX {
+    CHUNK_MAX as u64
+} else {
+    SMALL_FILE_MAX
+};
+/// Parsed directory nodes kept in memory, bytes (estimated: plaintext plus the parsed
+/// entries). The 118,594-entry Galaxy directory takes ~15 MB; counting nodes instead let 20
+/// hostile nodes of 60 MiB each hold 1.4 GB.
+const NODES_MEM: u64 = 32 << 20;
+/// How long a failed download is remembered: a request for the same object within this time
+/// fails at once. The kernel asks again for a page whose readahead failed; without this the
+/// reader waited a second request bound (a drip-feeding server: 4.0 s for a 2 s bound).
+const FAILURE_MEMO: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A chunk list with its offsets precomputed.
 #[derive(Debug)]
@@ -92,6 +107,8 @@ pub struct ObjectStore {
     lists: Mutex<Lru<ObjectId, Arc<Chunks>>>,
     nodes: Mutex<Lru<ObjectId, Arc<DirNode>>>,
     inflight: Mutex<HashMap<ObjectId, Shared>>,
+    /// Downloads that failed a moment ago (see [`FAILURE_MEMO`]).
+    failed: Mutex<HashMap<ObjectId, (std::time::Instant, Error)>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -105,9 +122,9 @@ impl ObjectStore {
             disk: disk.map(Arc::new),
             chunks: Mutex::new(Lru::new(mem_bytes)),
             lists: Mutex::new(Lru::new(64 << 20)),
-            // Metadata stays in memory: ~256 entries per node, weight 1 per node.
-            nodes: Mutex::new(Lru::new(16384)),
+            nodes: Mutex::new(Lru::new(NODES_MEM)),
             inflight: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
@@ -152,6 +169,7 @@ impl ObjectStore {
                 self.stats.readahead_objects.load(Ordering::Relaxed),
                 self.stats.readahead_bytes.load(Ordering::Relaxed)
             ),
+            "cache_state" => self.disk.as_ref().map_or("none".into(), |d| d.state()),
             "prefetched" => format!(
                 "{} {}",
                 self.stats.list_objects.load(Ordering::Relaxed),
@@ -166,28 +184,41 @@ impl ObjectStore {
         self.disk.as_deref()
     }
 
-    /// A chunk of `len` plaintext bytes.
+    /// A chunk of `len` plaintext bytes. A chunk that is not `len` bytes long fails
+    /// ([`Error::Corrupt`], EIO) however it is found — in memory, on disk or downloaded —
+    /// so a directory entry or chunk list that lies about a length can never make a read
+    /// return bytes, or slice past a chunk's end.
     pub async fn chunk(&self, id: ObjectId, len: u64) -> Result<Arc<Verified>> {
-        if let Some(v) = self.chunks.lock().expect("poisoned").get(&id) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(v);
-        }
-        if len > CHUNK_MAX as u64 && len > depotfs_catalog::chunking::SMALL_FILE_MAX {
-            return Err(Error::Corrupt(format!(
-                "chunk {id}: {len} bytes is more than a chunk may hold"
-            )));
-        }
-        let v = self.get(id, ObjectKind::Chunk, len).await?;
+        let in_memory = self.chunks.lock().expect("poisoned").get(&id);
+        let v = match in_memory {
+            Some(v) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                v
+            }
+            None => {
+                if len > CHUNK_PLAIN_MAX {
+                    return Err(Error::Corrupt(format!(
+                        "chunk {id}: {len} bytes is more than a chunk may hold"
+                    )));
+                }
+                // Bounded by what any chunk may hold, not by `len`: a referrer that lies
+                // about the length must not make a good object look corrupt (refetched,
+                // its server failed over, its cached copy deleted).
+                let v = self.get(id, ObjectKind::Chunk, CHUNK_PLAIN_MAX).await?;
+                let weight = v.data().len() as u64;
+                self.chunks
+                    .lock()
+                    .expect("poisoned")
+                    .insert(id, v.clone(), weight.max(1));
+                v
+            }
+        };
         if v.data().len() as u64 != len {
             return Err(Error::Corrupt(format!(
                 "chunk {id} holds {} bytes, its file says {len}",
                 v.data().len()
             )));
         }
-        self.chunks
-            .lock()
-            .expect("poisoned")
-            .insert(id, v.clone(), len.max(1));
         Ok(v)
     }
 
@@ -239,15 +270,26 @@ impl ObjectStore {
         }
         let v = self.get(id, ObjectKind::DirNode, NODE_MAX_BYTES).await?;
         let n = Arc::new(DirNode::from_verified(&v)?);
+        let parsed = match &*n {
+            DirNode::Leaf(es) => es.len() * std::mem::size_of::<depotfs_catalog::Entry>(),
+            DirNode::Index(cs) => cs.len() * std::mem::size_of::<depotfs_catalog::dir::ChildRef>(),
+        };
+        let weight = v.data().len() as u64 + parsed as u64;
         self.nodes
             .lock()
             .expect("poisoned")
-            .insert(id, n.clone(), 1);
+            .insert(id, n.clone(), weight);
         Ok(n)
     }
 
-    /// One verified object, downloaded at most once however many ask at the same time.
+    /// One verified object, downloaded at most once however many ask at the same time. A
+    /// download that failed less than [`FAILURE_MEMO`] ago fails again at once.
     async fn get(&self, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<Arc<Verified>> {
+        if let Some((at, e)) = self.failed.lock().expect("poisoned").get(&id)
+            && at.elapsed() < FAILURE_MEMO
+        {
+            return Err(e.clone());
+        }
         let cell = self
             .inflight
             .lock()
@@ -262,8 +304,23 @@ impl ObjectStore {
         let mut inflight = self.inflight.lock().expect("poisoned");
         if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&id);
+            let mut failed = self.failed.lock().expect("poisoned");
+            match &result {
+                Ok(_) => {
+                    failed.remove(&id);
+                }
+                Err(e) => {
+                    failed.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMO);
+                    failed.insert(id, (std::time::Instant::now(), e.clone()));
+                }
+            }
         }
         result
+    }
+
+    /// The longest one download may take before it fails (HTTP backends).
+    pub fn request_bound(&self) -> Option<std::time::Duration> {
+        self.backend.net().map(|h| h.options().request_bound())
     }
 
     async fn load_or_fetch(
@@ -303,7 +360,10 @@ impl ObjectStore {
         let path = id.store_path();
         let mut last_err = None;
         for fresh in [false, true] {
-            let fetched = self.backend.get(&path, fresh).await?;
+            // An honest object is never longer than its header and its plaintext (zstd is
+            // kept only when it saves space): a longer body is cut while it arrives.
+            let limit = object::HEADER_LEN as u64 + max_len;
+            let fetched = self.backend.get(&path, fresh, limit).await?;
             let bytes = fetched.bytes;
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -315,10 +375,8 @@ impl ObjectStore {
             // (copying it out was 2 % of the daemon's samples for 16 cold readers).
             let decoded = tokio::task::spawn_blocking(move || {
                 object::decode_owned_then(id, kind, bytes, max_len, |good| {
-                    if let Some(disk) = &disk
-                        && let Err(e) = disk.store(&id, good)
-                    {
-                        tracing::warn!("cache: {e}");
+                    if let Some(disk) = &disk {
+                        disk.keep(&id, good);
                     }
                 })
             })
