@@ -95,7 +95,15 @@ struct OpenFile {
     ra: Readahead,
     /// The path relative to the root, when reads are recorded (`--record`).
     path: Option<String>,
+    /// The last failed read: when, its range and its error (see [`RETRY_FAILS_FOR`]).
+    failed: Mutex<Option<(std::time::Instant, u64, u64, Error)>>,
 }
+
+/// A read of an open file that overlaps a read of it that failed less than this ago fails
+/// at once with the same error. The kernel asks again for a page whose readahead failed,
+/// at once and through the same open file; without this its reader waited a second request
+/// bound (a drip-feeding server: 4.0 s for a 2 s bound). A new `open` tries afresh.
+const RETRY_FAILS_FOR: Duration = Duration::from_secs(1);
 
 /// Static facts shown by `status` and the xattrs.
 #[derive(Debug, Clone)]
@@ -711,6 +719,7 @@ impl DepotFs {
             _tree: self.tree(),
             ra: Readahead::default(),
             path,
+            failed: Mutex::new(None),
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.open.lock().expect("poisoned").insert(fh, of);
@@ -744,6 +753,13 @@ impl DepotFs {
         {
             prefetch::spawn_range(&self.store, &self.rt, c, from, to);
         }
+        if let Some((at, from, to, e)) = &*of.failed.lock().expect("poisoned")
+            && at.elapsed() < RETRY_FAILS_FOR
+            && offset < *to
+            && *from < end
+        {
+            return Err(e.clone());
+        }
         // The reader waits at most the request bound `status` prints, even when the read
         // spans several chunks or joins a download that started earlier.
         let data = match self.store.request_bound() {
@@ -754,9 +770,13 @@ impl DepotFs {
                         what: format!("{} bytes at offset {offset}", end - offset),
                         secs: bound.as_secs(),
                     })
-                })?,
-            None => self.read_range(&of, offset, end).await?,
-        };
+                }),
+            None => self.read_range(&of, offset, end).await,
+        }
+        .inspect_err(|e| {
+            *of.failed.lock().expect("poisoned") =
+                Some((std::time::Instant::now(), offset, end, e.clone()));
+        })?;
         self.store
             .stats
             .bytes_read

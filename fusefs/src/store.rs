@@ -51,10 +51,6 @@ const CHUNK_PLAIN_MAX: u64 = if CHUNK_MAX as u64 > SMALL_FILE_MAX {
 /// entries). The 118,594-entry Galaxy directory takes ~15 MB; counting nodes instead let 20
 /// hostile nodes of 60 MiB each hold 1.4 GB.
 const NODES_MEM: u64 = 32 << 20;
-/// How long a failed download is remembered: a request for the same object within this time
-/// fails at once. The kernel asks again for a page whose readahead failed; without this the
-/// reader waited a second request bound (a drip-feeding server: 4.0 s for a 2 s bound).
-const FAILURE_MEMO: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A chunk list with its offsets precomputed.
 #[derive(Debug)]
@@ -107,8 +103,6 @@ pub struct ObjectStore {
     lists: Mutex<Lru<ObjectId, Arc<Chunks>>>,
     nodes: Mutex<Lru<ObjectId, Arc<DirNode>>>,
     inflight: Mutex<HashMap<ObjectId, Shared>>,
-    /// Downloads that failed a moment ago (see [`FAILURE_MEMO`]).
-    failed: Mutex<HashMap<ObjectId, (std::time::Instant, Error)>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -124,7 +118,6 @@ impl ObjectStore {
             lists: Mutex::new(Lru::new(64 << 20)),
             nodes: Mutex::new(Lru::new(NODES_MEM)),
             inflight: Mutex::new(HashMap::new()),
-            failed: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
@@ -282,14 +275,8 @@ impl ObjectStore {
         Ok(n)
     }
 
-    /// One verified object, downloaded at most once however many ask at the same time. A
-    /// download that failed less than [`FAILURE_MEMO`] ago fails again at once.
+    /// One verified object, downloaded at most once however many ask at the same time.
     async fn get(&self, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<Arc<Verified>> {
-        if let Some((at, e)) = self.failed.lock().expect("poisoned").get(&id)
-            && at.elapsed() < FAILURE_MEMO
-        {
-            return Err(e.clone());
-        }
         let cell = self
             .inflight
             .lock()
@@ -304,16 +291,6 @@ impl ObjectStore {
         let mut inflight = self.inflight.lock().expect("poisoned");
         if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&id);
-            let mut failed = self.failed.lock().expect("poisoned");
-            match &result {
-                Ok(_) => {
-                    failed.remove(&id);
-                }
-                Err(e) => {
-                    failed.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMO);
-                    failed.insert(id, (std::time::Instant::now(), e.clone()));
-                }
-            }
         }
         result
     }

@@ -75,7 +75,11 @@ pub struct Served {
 impl Served {
     /// Start serving `store` on a free port; returns once it accepts connections.
     pub fn start(store: &std::path::Path) -> Served {
-        let port = free_port();
+        Served::start_on(store, free_port())
+    }
+
+    /// Start serving `store` on `port` (e.g. again, after a `Served` on it was dropped).
+    pub fn start_on(store: &std::path::Path, port: u16) -> Served {
         let child = Command::new(BIN)
             .arg("serve")
             .arg(store)
