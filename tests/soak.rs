@@ -41,6 +41,7 @@ const CACHE: &str = "64M";
 const REVISION_EVERY: Duration = Duration::from_secs(30);
 const MIRROR_EVERY: Duration = Duration::from_secs(150);
 const MIRROR_DOWN: Duration = Duration::from_secs(20);
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 /// `O_DIRECT` (no libc crate in this package's tests).
 #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
 const O_DIRECT: i32 = 0o40000;
@@ -197,6 +198,7 @@ fn soak_random_reads_revisions_and_mirror_restarts() {
     let (mut revision, mut next_rev) = (1u64, REVISION_EVERY);
     let (mut next_kill, mut down): (Duration, Option<(usize, Duration)>) = (MIRROR_EVERY, None);
     let mut kills = 0;
+    let mut next_sample = SAMPLE_EVERY;
     let mut rss: Vec<(u64, u64)> = Vec::new();
     let mut pending: Vec<String> = Vec::new();
     while start.elapsed() < total {
@@ -236,7 +238,8 @@ fn soak_random_reads_revisions_and_mirror_restarts() {
             }
             _ => {}
         }
-        if t.as_secs() % 30 == 0 {
+        if t >= next_sample {
+            next_sample += SAMPLE_EVERY;
             let r = rss_mb(&pid);
             rss.push((t.as_secs(), r));
             eprintln!(
