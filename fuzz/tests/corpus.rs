@@ -74,7 +74,7 @@ fn write_seeds() {
         std::fs::write(d.join(format!("seed-{name}")), bytes).unwrap();
     };
     let entry = |i: u32, kind: EntryKind| Entry {
-        name: format!("samtools:1.{i}--h91753b0_{i}"),
+        name: format!("samtools:1.{i:05}--h91753b0_{i}"),
         mode: 0o644,
         mtime_ns: 1_769_558_400_000_000_000 + i64::from(i),
         kind,
