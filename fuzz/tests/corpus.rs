@@ -127,7 +127,12 @@ fn write_seeds() {
         Ok(())
     })
     .unwrap();
-    for (i, enc) in nodes.iter().enumerate().filter(|(_, e)| e.id == built.tree).take(1) {
+    for (i, enc) in nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.id == built.tree)
+        .take(1)
+    {
         let v = object::decode(enc.id, ObjectKind::DirNode, &enc.bytes, u64::MAX).unwrap();
         put("dir_node", &format!("index-{i}"), v.data());
         put("object", "dir-index-zstd", &enc.bytes);
@@ -146,7 +151,12 @@ fn write_seeds() {
     let text = b"bioconda samtools 1.9 h91753b0_8\n".repeat(50);
     for (name, kind, data, level) in [
         ("chunk-zstd", ObjectKind::Chunk, &text[..], 3),
-        ("chunk-raw", ObjectKind::Chunk, &b"\x00\x01\x02 short"[..], 3),
+        (
+            "chunk-raw",
+            ObjectKind::Chunk,
+            &b"\x00\x01\x02 short"[..],
+            3,
+        ),
         ("list-zstd", ObjectKind::ChunkList, &list.to_bytes()[..], 3),
         ("leaf-zstd", ObjectKind::DirNode, &leaf.to_bytes()[..], 3),
         ("empty-dir", ObjectKind::DirNode, &[0u8, 0][..], 3),
@@ -173,7 +183,11 @@ fn write_seeds() {
         "reads",
         b"# depotfs access trace\nall/samtools:1.9--h91753b0_8\t0\t4096\nall/samtools:1.9--h91753b0_8\t131072\t65536\n\nall/x\t18446744073709551615\t1\n",
     );
-    put("trace", "bad", b"/abs\t1\t2\nrel\tx\t2\nrel\t1\n../up\t0\t0\n");
+    put(
+        "trace",
+        "bad",
+        b"/abs\t1\t2\nrel\tx\t2\nrel\t1\n../up\t0\t0\n",
+    );
     put(
         "serve_request",
         "object-range",

@@ -79,10 +79,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A new connection has this long to send its first byte; one that sends nothing is closed.
-/// hyper's own header timeout does not cover this wait: the HTTP/1-or-h2 detection of
-/// hyper-util's `auto` builder reads the first bytes before any timer runs.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A new connection has this long to send its first complete request head; one that sends
+/// nothing, or only part of a request, is closed. hyper's own header timeout does not cover
+/// this wait: the HTTP/1-or-h2 detection of hyper-util's `auto` builder reads the first
+/// bytes (up to the 24-byte h2 preface) before any timer of hyper's runs.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// File descriptors kept for everything but client connections: the listener, files being
 /// served (one per request in flight), the runtime, logs.
@@ -131,8 +132,8 @@ pub fn public_dir(store: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Connections waiting for their first byte, oldest first: the ones to close when every
-/// connection slot is taken.
+/// Connections that have not sent a complete request yet, oldest first: the ones to close
+/// when every connection slot is taken, or when [`FIRST_REQUEST_TIMEOUT`] passes.
 #[derive(Debug, Default)]
 struct Silent {
     next: std::sync::atomic::AtomicU64,
@@ -140,24 +141,37 @@ struct Silent {
 }
 
 impl Silent {
-    /// Wait until `stream` has a byte to read: true, or false when [`FIRST_BYTE_TIMEOUT`]
-    /// passes, the peer closes, or [`Silent::evict_oldest`] picks this connection.
-    async fn wait_first_byte(&self, stream: &tokio::net::TcpStream) -> bool {
+    /// Record a new connection as silent; returns its number and the receiver
+    /// [`Silent::until_closed`] needs.
+    fn register(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting.lock().expect("not poisoned").insert(n, tx);
-        let mut byte = [0u8; 1];
-        let got = tokio::select! {
-            r = tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut byte)) => {
-                matches!(r, Ok(Ok(1..)))
-            }
-            _ = rx => false,
-        };
-        self.waiting.lock().expect("not poisoned").remove(&n);
-        got
+        (n, rx)
     }
 
-    /// Close the connection that has waited longest for its first byte, if any.
+    /// Connection `n` sent a complete request: it is no longer silent.
+    fn spoke(&self, n: u64) {
+        self.waiting.lock().expect("not poisoned").remove(&n);
+    }
+
+    /// Resolves when connection `n` must be closed for its silence: evicted by
+    /// [`Silent::evict_oldest`], or still silent after [`FIRST_REQUEST_TIMEOUT`]. Never
+    /// resolves once it has spoken.
+    async fn until_closed(&self, n: u64, mut rx: tokio::sync::oneshot::Receiver<()>) {
+        tokio::select! {
+            // Ok: evicted. Err: the sender was dropped because the connection spoke.
+            r = &mut rx => if r.is_ok() { return },
+            () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => {
+                if self.waiting.lock().expect("not poisoned").remove(&n).is_some() {
+                    return;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// Close the connection that has been silent longest, if any.
     fn evict_oldest(&self) {
         if let Some((_, tx)) = self.waiting.lock().expect("not poisoned").pop_first() {
             let _ = tx.send(());
@@ -213,7 +227,7 @@ pub async fn serve_on(
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
     let silent = Arc::new(Silent::default());
     tracing::info!(
-        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_BYTE_TIMEOUT:?} to send a first byte"
+        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request"
     );
 
     loop {
@@ -250,20 +264,26 @@ pub async fn serve_on(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let silent = Arc::clone(&silent);
+        let (n, rx) = silent.register();
         tokio::spawn(async move {
-            if !silent.wait_first_byte(&stream).await {
-                tracing::debug!(%peer, "closed: no byte within {FIRST_BYTE_TIMEOUT:?}, or evicted for a new connection");
-                drop((guard, slot));
-                return;
-            }
-            let service =
-                hyper::service::service_fn(move |req| handler::handle(Arc::clone(&st), req, peer));
+            let spoke = Arc::clone(&silent);
+            let service = hyper::service::service_fn(move |req| {
+                spoke.spoke(n);
+                handler::handle(Arc::clone(&st), req, peer)
+            });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            tokio::select! {
+                r = watcher.watch(conn) => if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                () = silent.until_closed(n, rx) => tracing::debug!(
+                    %peer,
+                    "closed: no complete request within {FIRST_REQUEST_TIMEOUT:?}, or evicted for a new connection"
+                ),
             }
+            silent.spoke(n);
             drop((guard, slot));
         });
     }
