@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A short AFL++ run of every fuzz target (called by .ci/run): install cargo-afl if missing,
+# A short AFL++ run of the fuzz targets (called by .ci/run): install cargo-afl if missing,
 # build the drivers, fuzz each target for SECONDS (default 15) from its corpus, and fail if
-# any input crashed or hung a target. Long runs are by hand: fuzz/README.md.
+# any input crashed or hung a target. FEATURES=publisher also builds and fuzzes the trace and
+# serve_request targets (a much longer build: the publisher's HTTP stack); their corpora are
+# replayed by `cargo test` either way. Long runs are by hand: fuzz/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-15}
@@ -9,12 +11,16 @@ if ! cargo afl --version >/dev/null 2>&1; then
     cargo install cargo-afl --version 0.18.2 --locked --quiet
 fi
 cd afl
-cargo afl build --release --quiet
+cargo afl build --release --quiet ${FEATURES:+--features "$FEATURES"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failed=0
 for bin in src/bin/*.rs; do
     name=$(basename "$bin" .rs)
+    if [ ! -x "target/release/$name" ]; then
+        echo "fuzz $name: not built (needs FEATURES=publisher); corpus replayed by cargo test"
+        continue
+    fi
     AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_QUIET=1 \
         AFL_NO_AFFINITY=1 \
         cargo afl fuzz -i "../corpus/$name" -o "$out/$name" -V "$SECONDS_EACH" \

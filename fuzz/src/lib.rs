@@ -11,7 +11,7 @@
 //! | `object` | an object file as fetched: [`object::peek_header`], [`object::decode`] / [`object::decode_owned`] as every kind, with a tight and a loose bound |
 //! | `manifest` | a manifest as fetched: [`Manifest::parse_verified`] of the raw bytes, and of the bytes as a body signed by a test key (so the fuzzer reaches the field parser) |
 //! | `dir_node` | a directory node's plaintext: [`DirNode::from_verified`], then [`dir::lookup`] and [`dir::list_from`] over it |
-//! | `chunk_list` | a chunk list's plaintext: [`ChunkList::from_verified`], its offsets, `locate` and the publisher's `prefetch_order` |
+//! | `chunk_list` | a chunk list's plaintext: [`ChunkList::from_verified`], its offsets, `locate` and the publisher's `prefetch_order` (with the `publisher` feature) |
 //! | `trace` | an access trace (`depotfs add --trace`): [`ingest::parse_trace_bytes`] |
 //! | `serve_request` | a request's path and headers in `depotfs serve`: [`parse::parse_path`], [`parse::parse_range`], `If-None-Match`, `If-Range` |
 //!
@@ -27,8 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use depotfs_catalog::dir::{self, DirNode, NodeSource};
 use depotfs_catalog::object::{self, ObjectKind, Verified};
 use depotfs_catalog::{ChunkList, Error, Manifest, ObjectId, SecretKey};
-use depotfs_publisher::ingest;
-use depotfs_publisher::serve::parse;
+#[cfg(feature = "publisher")]
+use depotfs_publisher::{ingest, serve::parse};
 
 /// Every target, by name.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
@@ -36,7 +36,9 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("manifest", manifest),
     ("dir_node", dir_node),
     ("chunk_list", chunk_list),
+    #[cfg(feature = "publisher")]
     ("trace", trace),
+    #[cfg(feature = "publisher")]
     ("serve_request", serve_request),
 ];
 
@@ -182,6 +184,7 @@ pub fn chunk_list(data: &[u8]) {
 }
 
 /// An access trace file's bytes.
+#[cfg(feature = "publisher")]
 pub fn trace(data: &[u8]) {
     if let Ok(reads) = ingest::parse_trace_bytes("fuzz.trace", data) {
         for r in reads {
@@ -190,6 +193,7 @@ pub fn trace(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "publisher")]
 /// A request as `depotfs serve` sees it: line 1 the path, line 2 a `Range` value, line 3 an
 /// `If-None-Match` value, line 4 an `If-Range` value; the file length from the input size.
 pub fn serve_request(data: &[u8]) {

@@ -45,6 +45,12 @@ fn targets_corpora_and_binaries_match() {
         .collect();
     names.sort();
     assert_eq!(corpora, names);
+    let mut bins: Vec<String> = std::fs::read_dir(here.join("afl/src/bin"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().replace(".rs", ""))
+        .collect();
+    bins.sort();
+    assert_eq!(bins, names);
     for n in &names {
         let bin = here.join("afl/src/bin").join(format!("{n}.rs"));
         let text =
