@@ -2,7 +2,7 @@
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
 //! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, log, ls, cat,
-//!   rollback, verify, gc, serve, replicate
+//!   rollback, verify, gc, rebuild-catalog, serve, replicate
 //! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
@@ -45,6 +45,8 @@ enum Cmd {
     Verify(depotfs_publisher::cli::VerifyArgs),
     /// Delete objects no retained revision needs.
     Gc(depotfs_publisher::cli::GcArgs),
+    /// Make a new catalog.redb from the published store (when the catalog is damaged).
+    RebuildCatalog(depotfs_publisher::cli::RebuildCatalogArgs),
     /// Serve STORE/public over HTTP.
     Serve(depotfs_publisher::cli::ServeArgs),
     /// Make or update a mirror of a served repository (stratum 1).
@@ -83,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Rollback(a) => depotfs_publisher::cli::rollback(a),
         Cmd::Verify(a) => depotfs_publisher::cli::verify(a),
         Cmd::Gc(a) => depotfs_publisher::cli::gc(a),
+        Cmd::RebuildCatalog(a) => depotfs_publisher::cli::rebuild_catalog(a),
         Cmd::Serve(a) => depotfs_publisher::cli::serve(a),
         Cmd::Replicate(a) => depotfs_publisher::cli::replicate(a),
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),

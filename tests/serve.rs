@@ -21,9 +21,23 @@ struct Server {
 
 impl Server {
     fn start(store: &Path, log_dir: &Path) -> Server {
+        Self::start_with_fd_limit(store, log_dir, None)
+    }
+
+    /// [`Server::start`] under `ulimit -n FDS` when `fds` is given.
+    fn start_with_fd_limit(store: &Path, log_dir: &Path, fds: Option<u32>) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = log_dir.join(format!("serve-{}.log", addr.port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        let mut cmd = match fds {
+            None => Command::new(env!("CARGO_BIN_EXE_depotfs")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_depotfs"));
+                c
+            }
+        };
+        let child = cmd
             .arg("serve")
             .arg(store)
             .arg("--listen")
@@ -95,6 +109,47 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// #16 item 9: with a file-descriptor limit of 600, 620 connections that never send a byte
+/// must not keep normal requests out (they made every request time out: the server held
+/// them forever, then could not accept). The server caps connections below its fd limit,
+/// closes the longest-silent connection when a new one needs its slot, and closes a
+/// connection that has not sent a complete request within its first-request timeout.
+#[test]
+fn serve_survives_silent_connections_beyond_its_fd_limit() {
+    let fx = Fixture::new();
+    let s = Server::start_with_fd_limit(&fx.store, fx.path(), Some(600));
+    let silent: Vec<TcpStream> = (0..620)
+        .map(|i| {
+            TcpStream::connect_timeout(&s.addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("silent connection {i}: {e}"))
+        })
+        .collect();
+    // Normal requests, one after another, each on a new connection, all answered.
+    let (name, body) = fx.small();
+    for _ in 0..5 {
+        let r = get(s.addr, &format!("/{name}"));
+        assert_eq!(r.status, 200, "{}", s.log());
+        assert_eq!(&r.body, body);
+    }
+    let log = s.log();
+    assert!(log.contains("at most 268 connections"), "{log}");
+    // A silent connection, and one that sent only the start of an h2 preface (which the
+    // server's HTTP-version detection waits on), are closed by the server, not kept forever.
+    let mut partial = TcpStream::connect(s.addr).unwrap();
+    partial.write_all(b"PRI * HT").unwrap();
+    for mut c in [silent.into_iter().last().unwrap(), partial] {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 1];
+        let n = c.read(&mut buf);
+        assert!(
+            matches!(n, Ok(0))
+                || n.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a connection without a request was not closed: {n:?}"
+        );
     }
 }
 

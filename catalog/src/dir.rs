@@ -41,7 +41,7 @@ pub const NODE_MAX_BYTES: u64 = 10 << 20;
 /// One name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The name: UTF-8, not empty, no `/` or NUL, not `.` or `..`.
+    /// The name: UTF-8, not empty, no `/` or NUL, not `.` or `..`, at most [`NAME_MAX`] bytes.
     pub name: String,
     /// Permission bits (`0o7777` at most); the type is in `kind`.
     pub mode: u32,
@@ -99,8 +99,19 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(Error::Invalid(format!("{name:?} is not a valid file name")));
     }
+    if name.len() > NAME_MAX {
+        return Err(Error::Invalid(format!(
+            "{:?}… is {} bytes long, more than a file name may have ({NAME_MAX})",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
+    }
     Ok(())
 }
+
+/// Longest name in bytes (Linux's `NAME_MAX`: the kernel refuses longer names before a
+/// lookup reaches the file system, so a longer one could be published but never opened).
+pub const NAME_MAX: usize = 255;
 
 /// A reference from an index node to a child node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //!
 //! Everything a publisher writes and a client reads is defined here, and only here:
 //!
-//! - [`ObjectId`] — the blake3 hash of an object's *plaintext*; objects live at
+//! - [`ObjectId`] — the blake3 hash of an object's *plaintext*, in a mode of its kind (one id,
+//!   one object: [`ObjectId::of_kind`]); objects live at
 //!   `objects/ab/cdef…` ([`ObjectId::store_path`]).
 //! - [`object`] — the on-the-wire encoding of one object: a 16-byte header that records the
 //!   object kind, the codec (zstd or raw) and the plaintext length, then the payload.
@@ -47,6 +48,8 @@ pub use id::ObjectId;
 pub use manifest::{Manifest, PublicKey, SecretKey};
 pub use object::{ObjectKind, Verified};
 
-/// The format version written into every manifest. A client refuses manifests of a newer
-/// format than it understands.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version written into every manifest and every publisher's catalog. A client
+/// refuses manifests of any other format; a publisher refuses to open a store of another
+/// format. 2: objects are named by kind ([`ObjectId::of_kind`]); 1 named every kind by plain
+/// blake3, so a file equal to a metadata object's bytes shared its id (`docs/format.md`).
+pub const FORMAT_VERSION: u32 = 2;

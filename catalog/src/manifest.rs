@@ -58,6 +58,13 @@ pub struct PublicKey(VerifyingKey);
 pub struct SecretKey(SigningKey);
 
 impl SecretKey {
+    /// `body` (manifest lines, each ending in a newline) followed by its signature line. The
+    /// publisher signs only bodies [`Manifest::sign`] made; tests and the fuzzer sign any.
+    pub fn sign_body(&self, body: &str) -> String {
+        let sig = self.0.sign(body.as_bytes());
+        format!("{body}signature {}\n", hex::encode(sig.to_bytes()))
+    }
+
     /// A key from 32 secret random bytes.
     pub fn from_seed(seed: [u8; 32]) -> Self {
         SecretKey(SigningKey::from_bytes(&seed))
@@ -119,9 +126,7 @@ impl Manifest {
 
     /// The signed manifest text.
     pub fn sign(&self, key: &SecretKey) -> String {
-        let body = self.body();
-        let sig = key.0.sign(body.as_bytes());
-        format!("{body}signature {}\n", hex::encode(sig.to_bytes()))
+        key.sign_body(&self.body())
     }
 
     /// Parse a manifest and check its signature, its name (when `expect_name` is given) and
@@ -151,6 +156,14 @@ impl Manifest {
         if m.format > FORMAT_VERSION {
             return Err(bad(format!(
                 "format {} is newer than this client understands ({FORMAT_VERSION})",
+                m.format
+            )));
+        }
+        if m.format < FORMAT_VERSION {
+            return Err(bad(format!(
+                "format {} is older than this client reads ({FORMAT_VERSION}: objects named by kind); \
+                 the publisher must re-publish the repository with this depotfs (docs/format.md, \
+                 \"Format versions\")",
                 m.format
             )));
         }
@@ -223,6 +236,23 @@ mod tests {
             root_entries: 3,
             published_ns: 1_700_000_000_123_456_789,
             ttl: 240,
+        }
+    }
+
+    #[test]
+    fn other_formats_are_refused() {
+        let k = SecretKey::from_seed([7; 32]);
+        let m = sample();
+        for (format, says) in [(FORMAT_VERSION - 1, "older"), (FORMAT_VERSION + 1, "newer")] {
+            let text = Manifest {
+                format,
+                ..m.clone()
+            }
+            .sign(&k);
+            let e = Manifest::parse_verified(text.as_bytes(), &k.public(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("format {format} is {says}")), "{e}");
         }
     }
 

@@ -10,8 +10,10 @@
 //! 16      ...   payload (the plaintext, or its zstd frame)
 //! ```
 //!
-//! The object's name is `blake3(plaintext)`. A reader decodes the payload, refusing to
-//! produce more than the recorded length (or than the caller's own bound), and hashes it.
+//! The object's name is the blake3 hash of its plaintext in its kind's mode
+//! ([`ObjectId::of_kind`]): one id is one object. A reader decodes the payload, refusing to
+//! produce more than the recorded length (or than the caller's own bound), and hashes it as
+//! the kind it expects.
 
 use std::cell::RefCell;
 
@@ -23,7 +25,7 @@ pub const HEADER_LEN: usize = 16;
 
 /// What an object holds. Recorded in the header so `verify` and `gc` can tell objects apart,
 /// and so a client refuses an object used in the wrong place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum ObjectKind {
     /// File data: a whole small file or one chunk of a large one.
@@ -89,7 +91,7 @@ impl Verified {
 /// An object ready to be stored: its name and its encoded bytes.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    /// `blake3(plaintext)`.
+    /// [`ObjectId::of_kind`] of the plaintext.
     pub id: ObjectId,
     /// Header and payload, as written to `objects/…`.
     pub bytes: Vec<u8>,
@@ -131,7 +133,7 @@ fn looks_incompressible(plaintext: &[u8], level: i32) -> bool {
 }
 
 /// Encode `plaintext` whose id is already known (the publisher hashes first to skip work for
-/// objects it already has). Compresses with zstd at `level`; keeps the raw bytes when zstd
+/// objects it already has): `id` must be [`ObjectId::of_kind`]`(kind, plaintext)`. Compresses with zstd at `level`; keeps the raw bytes when zstd
 /// does not save at least 1/32 of them, or when a sample says it would not
 /// ([`looks_incompressible`]).
 pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
@@ -199,7 +201,7 @@ fn decompress(payload: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
 
 /// Hash and encode `plaintext`.
 pub fn encode(kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
-    encode_with_id(ObjectId::of(plaintext), kind, plaintext, level)
+    encode_with_id(ObjectId::of_kind(kind, plaintext), kind, plaintext, level)
 }
 
 /// Read the header of an encoded object: kind, codec, plaintext length.
@@ -313,7 +315,7 @@ fn inflate(id: ObjectId, payload: &[u8], len: u64) -> Result<Vec<u8>, Error> {
 }
 
 /// `buf[start..]` as the plaintext of `id`, if it has the length the header gave and
-/// hashes to `id`.
+/// hashes to `id` as an object of `kind`.
 fn verified(
     id: ObjectId,
     kind: ObjectKind,
@@ -328,7 +330,7 @@ fn verified(
             what: format!("holds {} bytes, header says {len}", data.len()),
         });
     }
-    let actual = ObjectId::of(data);
+    let actual = ObjectId::of_kind(kind, data);
     if actual != id {
         return Err(Error::HashMismatch { id, actual });
     }
@@ -471,6 +473,34 @@ mod tests {
             let r = decode_owned_then(enc.id, ObjectKind::Chunk, bad, 1 << 20, |_| called = true);
             assert!(r.is_err() && !called, "{:?}", enc.codec);
         }
+    }
+
+    /// Format 2: a file whose bytes equal an encoded directory node (two NUL bytes are the
+    /// empty leaf) is a different object, and an object relabelled as another kind in its
+    /// header no longer verifies under its own name (in format 1 it did, because the name was
+    /// the plaintext's hash alone).
+    #[test]
+    fn one_id_is_one_object() {
+        let empty_dir = crate::DirNode::Leaf(Vec::new()).to_bytes();
+        assert_eq!(empty_dir, [0, 0]);
+        let node = encode(ObjectKind::DirNode, &empty_dir, 3);
+        let file = encode(ObjectKind::Chunk, &empty_dir, 3);
+        assert_ne!(node.id, file.id);
+        assert_eq!(
+            decode(file.id, ObjectKind::Chunk, &file.bytes, 1 << 20)
+                .unwrap()
+                .data(),
+            &empty_dir[..]
+        );
+        assert!(decode(node.id, ObjectKind::DirNode, &node.bytes, 1 << 20).is_ok());
+        // The node served under the file's name, or relabelled as a chunk: refused.
+        assert!(decode(file.id, ObjectKind::Chunk, &node.bytes, 1 << 20).is_err());
+        let mut relabelled = node.bytes.clone();
+        relabelled[4] = ObjectKind::Chunk as u8;
+        assert!(matches!(
+            decode(node.id, ObjectKind::Chunk, &relabelled, 1 << 20),
+            Err(Error::HashMismatch { .. })
+        ));
     }
 
     #[test]

@@ -331,18 +331,35 @@ impl DiskCache {
         (idx.weight(), idx.limit())
     }
 
-    /// The highest revision of repository `name` ever accepted with this cache.
-    pub fn accepted_revision(&self, name: &str) -> Option<u64> {
-        fs::read_to_string(self.revision_path(name))
-            .ok()?
-            .trim()
-            .parse()
+    /// The highest revision of repository `name` ever accepted with this cache: `None` when
+    /// none was. A guard file that cannot be read or does not hold a revision number is an
+    /// error, not "none": silently resetting it would let a replayed old revision in.
+    pub fn accepted_revision(&self, name: &str) -> Result<Option<u64>> {
+        let p = self.revision_path(name);
+        let text = match fs::read(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(p.display(), e)),
+        };
+        std::str::from_utf8(&text)
             .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Manifest(format!(
+                    "the rollback guard {} holds {:?}, not a revision number: the cache directory \
+                     is damaged or was written by something else; depotfs will not guess the last \
+                     revision accepted. If the server's current revision is trusted, delete the file \
+                     (it is recreated with that revision)",
+                    p.display(),
+                    String::from_utf8_lossy(&text[..text.len().min(64)])
+                ))
+            })
     }
 
     /// Record that revision `rev` of `name` was accepted (never lowers the record).
     pub fn accept_revision(&self, name: &str, rev: u64) -> Result<()> {
-        if self.accepted_revision(name).is_some_and(|r| r >= rev) {
+        if self.accepted_revision(name)?.is_some_and(|r| r >= rev) {
             return Ok(());
         }
         let p = self.revision_path(name);
@@ -392,6 +409,22 @@ mod tests {
         assert!(!d.path().join("tmp/abc.999999999.0").exists());
         c.accept_revision("a.b", 5).unwrap();
         c.accept_revision("a.b", 3).unwrap();
-        assert_eq!(c.accepted_revision("a.b"), Some(5));
+        assert_eq!(c.accepted_revision("a.b").unwrap(), Some(5));
+    }
+
+    /// A garbage rollback guard is refused, naming the file, never read as "no revision yet"
+    /// (which would let a replayed older revision in); it is not overwritten either.
+    #[test]
+    fn garbage_rollback_guard_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(d.path(), 250).unwrap();
+        assert_eq!(c.accepted_revision("a.b").unwrap(), None);
+        let guard = d.path().join("revisions/a.b");
+        fs::write(&guard, b"\x00\xffgarbage").unwrap();
+        let e = c.accepted_revision("a.b").unwrap_err().to_string();
+        assert!(e.contains(&guard.display().to_string()), "{e}");
+        assert!(e.contains("not a revision number"), "{e}");
+        assert!(c.accept_revision("a.b", 1).is_err());
+        assert_eq!(fs::read(&guard).unwrap(), b"\x00\xffgarbage");
     }
 }

@@ -150,7 +150,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     // too; objects of a local store are not copied into it.
     let disk = DiskCache::open(&o.cache_dir, o.cache_size)?;
     let manifest = fetch_manifest(&runtime, &backend, &key, &disk)?;
-    if let Some(seen) = disk.accepted_revision(&manifest.name)
+    if let Some(seen) = disk.accepted_revision(&manifest.name)?
         && manifest.revision < seen
     {
         return Err(Error::Manifest(format!(

@@ -112,6 +112,13 @@ pub struct VerifyArgs {
     pub store: PathBuf,
 }
 
+/// `depotfs rebuild-catalog STORE`
+#[derive(Debug, clap::Args)]
+pub struct RebuildCatalogArgs {
+    /// The repository whose catalog.redb is damaged or lost.
+    pub store: PathBuf,
+}
+
 /// `depotfs gc STORE [--keep N]`
 #[derive(Debug, clap::Args)]
 pub struct GcArgs {
@@ -431,6 +438,25 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
     println!(
         "removed {} objects ({} bytes), kept {}; {} older revisions are no longer retained",
         r.removed, r.removed_bytes, r.kept, r.pruned_revisions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs rebuild-catalog`
+pub fn rebuild_catalog(a: RebuildCatalogArgs) -> anyhow::Result<ExitCode> {
+    let r = crate::rebuild::rebuild_catalog(&a.store)?;
+    println!(
+        "rebuilt {} from revision {}: {} paths in {} directories, {} revisions recorded{}",
+        Layout::new(&a.store).catalog().display(),
+        r.revision,
+        r.paths,
+        r.dirs,
+        r.revisions,
+        if r.salvage_failed.is_some() {
+            " (the older revision history could not be read)"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ pub enum Error {
     Locked {
         /// The store.
         store: PathBuf,
-        /// The holder's pid as it wrote it, or "unknown".
+        /// The holder's pid (from /proc/locks, else as it wrote it).
         pid: String,
     },
     /// The store is not a depotfs store, or is damaged.
@@ -26,6 +26,33 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         what: String,
+    },
+    /// The catalog database is damaged (redb's integrity check failed, or redb panicked on
+    /// it). The published store is not: `depotfs rebuild-catalog` makes a new catalog from it.
+    #[error(
+        "{}: the catalog is damaged ({what}); the published store is intact: rebuild the catalog from it with `depotfs rebuild-catalog {}` (see docs/reliability.md)",
+        store.join("catalog.redb").display(),
+        store.display()
+    )]
+    CatalogDamaged {
+        /// The store.
+        store: PathBuf,
+        /// What redb reported.
+        what: String,
+    },
+    /// A revision was committed to the catalog but its manifest could not be written.
+    #[error(
+        "revision {rev} is committed in the catalog of {} but its manifest could not be written ({source}); it is not served yet: the next depotfs command that opens this store (e.g. `depotfs publish {}`) writes the manifest and publishes it",
+        store.display(),
+        store.display()
+    )]
+    ManifestPending {
+        /// The store.
+        store: PathBuf,
+        /// The committed revision.
+        rev: u64,
+        /// Why the manifest write failed.
+        source: Box<Error>,
     },
     /// A user input (path, name, revision) is not acceptable.
     #[error("{0}")]

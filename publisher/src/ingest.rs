@@ -363,11 +363,16 @@ pub struct TraceRead {
 /// Errors name `FILE:LINE` and what is wrong.
 pub fn parse_trace(file: &Path) -> Result<Vec<TraceRead>> {
     let bytes = fs::read(file).map_err(Error::io(file))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::Input(format!("{}: not UTF-8 text: {e}", file.display())))?;
+    parse_trace_bytes(&file.display().to_string(), &bytes)
+}
+
+/// [`parse_trace`] of bytes already read from the file called `name` (errors name it).
+pub fn parse_trace_bytes(name: &str, bytes: &[u8]) -> Result<Vec<TraceRead>> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Error::Input(format!("{name}: not UTF-8 text: {e}")))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let bad = |what: String| Error::Input(format!("{}:{}: {what}", file.display(), i + 1));
+        let bad = |what: String| Error::Input(format!("{name}:{}: {what}", i + 1));
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }

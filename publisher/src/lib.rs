@@ -28,6 +28,7 @@ mod error;
 pub mod ingest;
 pub mod progress;
 pub mod reader;
+pub mod rebuild;
 pub mod replicate;
 pub mod repo;
 pub mod serve;

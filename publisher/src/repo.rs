@@ -115,6 +115,7 @@ impl Repo {
             let mut meta = txn.open_table(META)?;
             meta.insert("name", name.as_bytes())?;
             meta.insert("ttl", DEFAULT_TTL.to_string().as_bytes())?;
+            meta.insert("format", FORMAT_VERSION.to_string().as_bytes())?;
             txn.open_table(NODES)?;
             txn.open_table(DIRS)?;
             txn.open_table(REVISIONS)?;
@@ -134,15 +135,49 @@ impl Repo {
         let layout = Layout::new(root);
         layout.check()?;
         let lock = Lock::acquire(&layout)?;
-        let db = Database::open(layout.catalog())?;
+        let db = open_catalog(&layout)?;
         let repo = Repo {
             objects: Objects::new(layout.clone()),
             layout,
             db,
             _lock: lock,
         };
+        repo.check_format()?;
         repo.recover_manifest()?;
         Ok(repo)
+    }
+
+    /// Refuse a store of another format (a catalog without a `format` row is format 1).
+    fn check_format(&self) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        let format = match t.get("format")? {
+            None => 1,
+            Some(v) => std::str::from_utf8(v.value())
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| Error::Db("meta format is not a number".into()))?,
+        };
+        if format == FORMAT_VERSION {
+            return Ok(());
+        }
+        let what = if format < FORMAT_VERSION {
+            format!(
+                "store format {format} is older than this depotfs writes ({FORMAT_VERSION}: objects \
+                 named by kind, so a file never shares an id with a directory node); it cannot be \
+                 converted in place: create a new store with `depotfs init` and add the images to it \
+                 again (data chunks keep their names; see docs/format.md, \"Format versions\")"
+            )
+        } else {
+            format!(
+                "store format {format} is newer than this depotfs understands ({FORMAT_VERSION}); \
+                 use a newer depotfs"
+            )
+        };
+        Err(Error::BadStore {
+            path: self.layout.root.clone(),
+            what,
+        })
     }
 
     fn meta(&self, key: &str) -> Result<String> {
@@ -446,7 +481,12 @@ impl Repo {
         }
         store::sync_filesystem(&self.layout)?;
         txn.commit()?;
-        self.write_manifest(result.0, &result.1)?;
+        self.write_manifest(result.0, &result.1)
+            .map_err(|e| Error::ManifestPending {
+                store: self.layout.root.clone(),
+                rev: result.0,
+                source: Box::new(e),
+            })?;
         tracing::info!(
             "published revision {} (root {}, {} files, {} bytes)",
             result.0,
@@ -471,17 +511,14 @@ impl Repo {
         let (mut files, mut bytes) = (0u64, 0u64);
         for (name, node) in db::children(nodes, d)? {
             let path = db::join(d, &name);
+            digest_entry(&mut digest, &name, &node);
             let (kind, mtime_ns) = match node.kind {
                 NodeKind::File { size, content } => {
                     files += 1;
                     bytes += size;
-                    digest.update(&db::enc(&(&name, node.mode, node.mtime_ns, size, content)));
                     (EntryKind::File { size, content }, node.mtime_ns)
                 }
-                NodeKind::Symlink { target } => {
-                    digest.update(&db::enc(&(&name, node.mtime_ns, &target)));
-                    (EntryKind::Symlink { target }, node.mtime_ns)
-                }
+                NodeKind::Symlink { target } => (EntryKind::Symlink { target }, node.mtime_ns),
                 NodeKind::Dir => {
                     let st: DirState = db::dec(
                         "dir",
@@ -495,7 +532,6 @@ impl Repo {
                     )?;
                     files += st.files;
                     bytes += st.bytes;
-                    digest.update(&db::enc(&(&name, node.mode, "dir")));
                     (
                         EntryKind::Dir {
                             tree: st.tree,
@@ -600,28 +636,31 @@ impl Repo {
     }
 
     /// Every object a tree needs: its directory nodes, chunk lists and chunks (with their
-    /// lengths, for verification). Subtrees already in `seen` are skipped.
+    /// lengths, for verification). Subtrees already in `seen` are skipped. `seen` holds
+    /// (id, kind): an id referenced as two kinds is checked as each (a damaged or format-1
+    /// store where a file shares a directory node's id is caught, not skipped).
     fn collect(
         &self,
         reader: &LocalTree,
         root: &ObjectId,
-        seen: &mut HashSet<ObjectId>,
+        seen: &mut Seen,
         chunks: &mut Vec<(ObjectId, u64)>,
         lists: &mut Vec<ObjectId>,
     ) -> Result<()> {
-        if !seen.insert(*root) {
+        let node = |id: ObjectId| (id, ObjectKind::DirNode);
+        if !seen.insert(node(*root)) {
             return Ok(());
         }
-        seen.extend(dir::node_ids(reader, root)?);
+        seen.extend(dir::node_ids(reader, root)?.into_iter().map(node));
         let mut walk_err = None;
         reader.walk(root, "", &mut |_, e| {
             Ok(match &e.kind {
                 EntryKind::Dir { tree, .. } => {
-                    if seen.contains(tree) {
+                    if seen.contains(&node(*tree)) {
                         false
                     } else {
                         match dir::node_ids(reader, tree) {
-                            Ok(ids) => seen.extend(ids),
+                            Ok(ids) => seen.extend(ids.into_iter().map(node)),
                             Err(err) => walk_err = Some(err),
                         }
                         true
@@ -673,9 +712,10 @@ impl Repo {
         }
         for l in &lists {
             for c in reader.chunk_list(l)?.chunks {
-                seen.insert(c.id);
+                seen.insert((c.id, ObjectKind::Chunk));
             }
         }
+        let seen: HashSet<ObjectId> = seen.into_iter().map(|(id, _)| id).collect();
         for b in 0..=255u8 {
             let d = self.layout.objects().join(format!("{b:02x}"));
             for f in fs::read_dir(&d).map_err(Error::io(&d))? {
@@ -762,22 +802,76 @@ impl Repo {
     }
 }
 
+/// Objects reached so far, by (id, the kind they are referenced as).
+type Seen = HashSet<(ObjectId, ObjectKind)>;
+
+/// Add one child of a directory to the digest that decides whether the directory's mtime
+/// moves at publish ([`DirState::digest`]): subdirectories count by name and mode only.
+pub(crate) fn digest_entry(digest: &mut blake3::Hasher, name: &str, node: &Node) {
+    match &node.kind {
+        NodeKind::File { size, content } => {
+            digest.update(&db::enc(&(name, node.mode, node.mtime_ns, size, content)))
+        }
+        NodeKind::Symlink { target } => digest.update(&db::enc(&(name, node.mtime_ns, target))),
+        NodeKind::Dir => digest.update(&db::enc(&(name, node.mode, "dir"))),
+    };
+}
+
+/// Open the catalog of `layout`, checking every page first (redb's integrity check on open):
+/// a damaged page is reported as [`Error::CatalogDamaged`] instead of panicking inside redb
+/// later. A panic in redb during the open is caught and reported the same way.
+pub(crate) fn open_catalog(layout: &Layout) -> Result<Database> {
+    let path = layout.catalog();
+    let damaged = |what: String| Error::CatalogDamaged {
+        store: layout.root.clone(),
+        what,
+    };
+    let opened = std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .open(&path)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::Storage(e @ redb::StorageError::Corrupted(_)))) => {
+            Err(damaged(e.to_string()))
+        }
+        // A damaged header (magic number gone).
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(damaged(e.to_string()))
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(panic) => Err(damaged(format!("redb panicked: {}", panic_text(&panic)))),
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into())
+}
+
 fn add_content(
     content: &FileContent,
     size: u64,
-    seen: &mut HashSet<ObjectId>,
+    seen: &mut Seen,
     chunks: &mut Vec<(ObjectId, u64)>,
     lists: &mut Vec<ObjectId>,
 ) {
     match content {
         FileContent::Empty => {}
         FileContent::Single(id) => {
-            if seen.insert(*id) {
+            if seen.insert((*id, ObjectKind::Chunk)) {
                 chunks.push((*id, size));
             }
         }
         FileContent::Chunked(id) => {
-            if seen.insert(*id) {
+            if seen.insert((*id, ObjectKind::ChunkList)) {
                 lists.push(*id);
             }
         }

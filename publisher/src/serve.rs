@@ -75,8 +75,28 @@ use handler::State;
 /// How long a stop waits for requests in flight before it drops their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// A client has this long to send a request's headers (slow-loris guard).
+/// A client has this long to send a request's headers once it has sent its first byte
+/// (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A new connection has this long to send its first complete request head; one that sends
+/// nothing, or only part of a request, is closed. hyper's own header timeout does not cover
+/// this wait: the HTTP/1-or-h2 detection of hyper-util's `auto` builder reads the first
+/// bytes (up to the 24-byte h2 preface) before any timer of hyper's runs.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// File descriptors kept for everything but client connections: the listener, files being
+/// served (one per request in flight), the runtime, logs.
+const FD_RESERVE: u64 = 64;
+
+/// How many connections may be open at once: below the file-descriptor limit
+/// (`RLIMIT_NOFILE`), with [`FD_RESERVE`] kept back and one file per connection in flight.
+fn connection_limit() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (soft.saturating_sub(FD_RESERVE) / 2).clamp(8, 1 << 16) as usize
+}
 
 /// `depotfs serve STORE --listen ADDR`: serve until SIGTERM or SIGINT.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -110,6 +130,53 @@ pub fn public_dir(store: &Path) -> anyhow::Result<PathBuf> {
         "{} has neither a public/ directory nor a manifest: not a depotfs store or mirror",
         store.display()
     )
+}
+
+/// Connections that have not sent a complete request yet, oldest first: the ones to close
+/// when every connection slot is taken, or when [`FIRST_REQUEST_TIMEOUT`] passes.
+#[derive(Debug, Default)]
+struct Silent {
+    next: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Silent {
+    /// Record a new connection as silent; returns its number and the receiver
+    /// [`Silent::until_closed`] needs.
+    fn register(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("not poisoned").insert(n, tx);
+        (n, rx)
+    }
+
+    /// Connection `n` sent a complete request: it is no longer silent.
+    fn spoke(&self, n: u64) {
+        self.waiting.lock().expect("not poisoned").remove(&n);
+    }
+
+    /// Resolves when connection `n` must be closed for its silence: evicted by
+    /// [`Silent::evict_oldest`], or still silent after [`FIRST_REQUEST_TIMEOUT`]. Never
+    /// resolves once it has spoken.
+    async fn until_closed(&self, n: u64, mut rx: tokio::sync::oneshot::Receiver<()>) {
+        tokio::select! {
+            // Ok: evicted. Err: the sender was dropped because the connection spoke.
+            r = &mut rx => if r.is_ok() { return },
+            () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => {
+                if self.waiting.lock().expect("not poisoned").remove(&n).is_some() {
+                    return;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+
+    /// Close the connection that has been silent longest, if any.
+    fn evict_oldest(&self) {
+        if let Some((_, tx)) = self.waiting.lock().expect("not poisoned").pop_first() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed before this returns.
@@ -156,8 +223,27 @@ pub async fn serve_on(
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let limit = connection_limit();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let silent = Arc::new(Silent::default());
+    tracing::info!(
+        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request"
+    );
 
     loop {
+        // A free slot first, so an accepted connection always has its file descriptors. When
+        // none is free, the connection that has waited longest without sending a byte gives
+        // its slot up: silent connections cannot keep a real request out.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                silent.evict_oldest();
+                tokio::select! {
+                    s = Arc::clone(&slots).acquire_owned() => s.expect("never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -175,17 +261,30 @@ pub async fn serve_on(
         }
         let guard = state.metrics.connection();
         let st = Arc::clone(&state);
-        let service =
-            hyper::service::service_fn(move |req| handler::handle(Arc::clone(&st), req, peer));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let silent = Arc::clone(&silent);
+        let (n, rx) = silent.register();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            let spoke = Arc::clone(&silent);
+            let service = hyper::service::service_fn(move |req| {
+                spoke.spoke(n);
+                handler::handle(Arc::clone(&st), req, peer)
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::select! {
+                r = watcher.watch(conn) => if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                () = silent.until_closed(n, rx) => tracing::debug!(
+                    %peer,
+                    "closed: no complete request within {FIRST_REQUEST_TIMEOUT:?}, or evicted for a new connection"
+                ),
             }
-            drop(guard);
+            silent.spoke(n);
+            drop((guard, slot));
         });
     }
 

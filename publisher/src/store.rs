@@ -227,22 +227,55 @@ impl Lock {
             .open(&path)
             .map_err(Error::io(&path))?;
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = if pid.trim().is_empty() {
-                "unknown".to_string()
-            } else {
-                pid.trim().to_string()
-            };
+            // The kernel knows the holder even before it has written its pid into the file
+            // (or when the file still holds a previous holder's pid): ask it first.
+            let pid = lock_holder(&file).map(|p| p.to_string()).or_else(|| {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string()).filter(|p| !p.is_empty())
+            });
             return Err(Error::Locked {
                 store: layout.root.clone(),
-                pid,
+                pid: pid.unwrap_or_else(|| {
+                    "unknown (not in /proc/locks, none in the lock file)".into()
+                }),
             });
         }
         file.set_len(0).map_err(Error::io(&path))?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())
             .map_err(Error::io(&path))?;
         Ok(Lock { _file: file })
+    }
+}
+
+/// The pid holding a `flock` on `file`, from `/proc/locks` (lines such as
+/// `1: FLOCK  ADVISORY  WRITE 4242 fd:01:131090 0 EOF`: pid, then device major:minor in hex
+/// and inode). Matched by device and inode; by inode alone if that is unique (overlay file
+/// systems report another device there than `fstat` does).
+fn lock_holder(file: &File) -> Option<u32> {
+    let st = rustix::fs::fstat(file).ok()?;
+    let dev = format!(
+        "{:02x}:{:02x}",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev)
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    // "N:" FLOCK ADVISORY WRITE PID DEV:INO START END ("->" in place of FLOCK: a waiter).
+    let holders: Vec<(&str, u32)> = locks
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&"FLOCK") {
+                return None;
+            }
+            let (d, ino) = f.get(5)?.rsplit_once(':')?;
+            (ino.parse::<u64>().ok()? == st.st_ino).then_some((d, f.get(4)?.parse().ok()?))
+        })
+        .collect();
+    match holders.iter().find(|(d, _)| *d == dev) {
+        Some((_, pid)) => Some(*pid),
+        None if holders.len() == 1 => Some(holders[0].1),
+        None => None,
     }
 }
 
