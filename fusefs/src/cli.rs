@@ -35,11 +35,12 @@ revision check) brings it back online when a server answers."
 )]
 pub struct MountArgs {
     /// HTTP(S) URL of a served `public/` (several, separated by `,` or `;`, are tried in
-    /// order with failover), or a local STORE path. Left out with `--server`.
-    #[arg(value_name = "SOURCE")]
+    /// order with failover), or a local STORE path. Left out with `--server`: then the one
+    /// argument is MOUNTPOINT.
+    #[arg(value_name = "SOURCE", required = true)]
     pub source: Option<String>,
     /// Where to mount.
-    #[arg(value_name = "MOUNTPOINT")]
+    #[arg(value_name = "MOUNTPOINT", required_unless_present = "servers")]
     pub mountpoint: Option<PathBuf>,
     /// A server URL (a served `public/`); repeat for mirrors, tried in order (sticky
     /// failover, back to the first after --failback-after).
