@@ -223,7 +223,7 @@ mod tests {
         // Short sequential bursts (a squashfs block or two) neither.
         for b in 0..7 {
             assert_eq!(
-                ra.on_read(90 << 20 | b * 128 * K, (90 << 20) + (b + 1) * 128 * K),
+                ra.on_read((90 << 20) | (b * 128 * K), (90 << 20) + (b + 1) * 128 * K),
                 None
             );
         }
