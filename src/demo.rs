@@ -216,7 +216,16 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     // 7. Unmount and stop the server.
     step.run(&["umount", &m])?;
     cleanup.mountpoint = None;
+    if let Some(mut server) = cleanup.server.take() {
+        println!("\n$ kill {}    # stop depotfs serve", server.id());
+        let _ = server.kill();
+        let _ = server.wait();
+        println!("stopped the server on {listen}");
+    }
     drop(cleanup);
-    println!("\ndemo finished: published, served, mounted, listed, resolved, verified, unmounted");
+    println!(
+        "\ndemo finished: published, served, mounted, listed, resolved, verified, unmounted, \
+         stopped the server"
+    );
     Ok(ExitCode::SUCCESS)
 }

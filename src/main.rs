@@ -10,6 +10,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod logging;
 mod resolve;
 
 #[derive(Debug, Parser)]
@@ -65,15 +66,36 @@ enum Cmd {
     Demo(demo::DemoArgs),
 }
 
+/// Restore the default action of SIGPIPE (Rust ignores it), so that a command whose
+/// output pipe closes (`depotfs status MNT | head -3`) ends quietly as `ls | head` does,
+/// instead of panicking in `println!` on EPIPE.
+fn quiet_on_closed_pipe() {
+    // SAFETY: `signal` with `SIG_DFL` installs no handler code, only the kernel's default
+    // action; it is called first thing in `main`, before any other thread exists, and
+    // nothing else in this process changes SIGPIPE's disposition.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Long-running network processes keep SIGPIPE ignored: a peer closing a socket (hyper
+    // and reqwest write with `writev`) must be an EPIPE error, not the end of the server
+    // or of the mount's daemon.
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve(_) | Cmd::Mount(_) | Cmd::Replicate(_) | Cmd::Demo(_)
+    ) {
+        quiet_on_closed_pipe();
+    }
+    match &cli.cmd {
+        Cmd::Mount(a) if a.foreground && a.log_file.is_some() => {
+            logging::init(a.log_file.as_deref().map(|p| (p, a.log_size)))
+        }
+        _ => logging::init(None),
+    }
     let result = match cli.cmd {
         Cmd::Init(a) => depotfs_publisher::cli::init(a),
         Cmd::Add(a) => depotfs_publisher::cli::add(a),

@@ -35,4 +35,13 @@ fn demo_runs_the_whole_job() {
         "{stdout}"
     );
     assert!(stdout.contains("demo finished"), "{stdout}");
+    // It says when it stops the server, and the server is gone.
+    let stopped = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped the server on "))
+        .unwrap_or_else(|| panic!("demo does not say it stopped the server:\n{stdout}"));
+    assert!(
+        std::net::TcpStream::connect(stopped.trim()).is_err(),
+        "the server on {stopped} still answers"
+    );
 }

@@ -467,7 +467,7 @@ fn net_all_routes_down_offline_and_back() {
     // 2 passes × 1 route × 2 s + 0.25 s backoff.
     assert_eq!(m.xattr("request_bound_ms"), "4250");
     assert!(
-        m.status().contains("request bound: 4.25 s"),
+        m.status().contains("reads give up: after 4.25 s"),
         "{}",
         m.status()
     );

@@ -16,19 +16,31 @@ use crate::mount::{self, Options};
 
 /// `depotfs mount`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "\
-Request bound: a request no route can serve fails with EIO after at most
+#[command(
+    override_usage = "depotfs mount [OPTIONS] SOURCE MOUNTPOINT\n       \
+                      depotfs mount [OPTIONS] --server URL [--server URL]... MOUNTPOINT",
+    after_help = "\
+Defaults: objects are cached in /var/cache/depotfs (created if missing; --cache-dir), up to
+4 GiB (--cache-size). A background mount (the default) prints one line when it is ready and
+logs to CACHE_DIR/logs/mount<MOUNTPOINT with / as _>.log (--log-file), appended and rotated
+at --log-size (2 older files kept: .1, .2); with --foreground it logs to stderr.
+
+Reads fail after: a request no route can serve fails with EIO after at most
   (retries + 1) x servers x proxies x timeout + backoff,
 where backoff = 0.25 s, 0.5 s, 1 s, ... (capped at 4 s) before each retry pass; e.g. one
 server, DIRECT, the defaults (--timeout 30, --retries 2): 3 x 30 s + 0.75 s = 90.75 s.
-`depotfs status` shows the bound in force. Once every route has failed the mount is offline:
+`depotfs status` shows this bound. Once every route has failed the mount is offline:
 uncached reads fail (EIO) within 2 s, cached files keep working, a probe every 5 s (and the
-revision check) brings it back online when a server answers.")]
+revision check) brings it back online when a server answers."
+)]
 pub struct MountArgs {
     /// HTTP(S) URL of a served `public/` (several, separated by `,` or `;`, are tried in
-    /// order with failover), or a local STORE path. Left out with `--server`.
+    /// order with failover), or a local STORE path. Left out with `--server`: then the one
+    /// argument is MOUNTPOINT.
+    #[arg(value_name = "SOURCE", required = true)]
     pub source: Option<String>,
     /// Where to mount.
+    #[arg(value_name = "MOUNTPOINT", required_unless_present = "servers")]
     pub mountpoint: Option<PathBuf>,
     /// A server URL (a served `public/`); repeat for mirrors, tried in order (sticky
     /// failover, back to the first after --failback-after).
@@ -42,7 +54,8 @@ pub struct MountArgs {
     /// it defaults to the store's own `public/repo.pub`.
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// Cache directory, shared by all mounts that name it.
+    /// Cache directory, shared by all mounts that name it (created if missing); also holds
+    /// the logs of background mounts (`logs/`).
     #[arg(long, default_value = cache::DEFAULT_DIR)]
     pub cache_dir: PathBuf,
     /// Cache limit, e.g. `4G`, `512M` (binary units).
@@ -92,6 +105,13 @@ pub struct MountArgs {
     /// Let other users access the mount (FUSE `allow_other`).
     #[arg(long)]
     pub allow_other: bool,
+    /// The daemon's log file (default for a background mount:
+    /// CACHE_DIR/logs/mount<MOUNTPOINT>.log; with --foreground: stderr). Appended to.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Rotate the log file when it would grow past SIZE (`FILE.1`, `FILE.2` are kept).
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = parse_size)]
+    pub log_size: u64,
     /// Internal: report readiness on stdout (used by the background launcher).
     #[arg(long, hide = true)]
     pub notify_stdout: bool,
@@ -222,6 +242,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// A second depotfs mount on the same mountpoint would hide the first and leave two
+/// daemons: refused, naming the one there.
+fn refuse_stacking(mountpoint: &Path) -> anyhow::Result<()> {
+    let Some(m) = mount::fuse_mount_at(mountpoint)?.filter(|m| m.is_depotfs()) else {
+        return Ok(());
+    };
+    let daemon = match xattr_raw(mountpoint, "user.depotfs.pid") {
+        Ok(pid) => format!("daemon pid {}", pid.trim()),
+        Err(_) => "its daemon is not running".to_string(),
+    };
+    bail!(
+        "{} is already a depotfs mount (of {}, {daemon}); unmount it first: depotfs umount {}",
+        mountpoint.display(),
+        m.depotfs_source(),
+        mountpoint.display()
+    )
+}
+
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
@@ -243,9 +285,18 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
             a.prefetch_rate
         );
     }
-    if a.servers.is_empty() && !source.starts_with("http://") && !source.starts_with("https://") {
+    let over_http = !a.servers.is_empty() || is_url(&source);
+    if !over_http {
         source = absolute(Path::new(&source))?.display().to_string();
     }
+    if over_http && a.key.is_none() {
+        bail!(
+            "mount: --key FILE is required over HTTP: the repository's public key \
+             (repo.pub, from the publisher's STORE/public/)"
+        );
+    }
+    refuse_stacking(&mountpoint)?;
+    a.log_file = a.log_file.as_deref().map(absolute).transpose()?;
     if !a.foreground {
         return launch_background(&a, &source, &mountpoint);
     }
@@ -272,10 +323,19 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
     };
     let notify = a.notify_stdout;
     let result = mount::prepare(&o).and_then(|p| {
+        let m = p.fs.manifest();
         mount::serve(&o, p, || {
-            tracing::info!("mounted {} at {}", o.source, o.mountpoint.display());
+            tracing::info!(
+                "mounted {} revision {} from {} at {} (cache {})",
+                m.name,
+                m.revision,
+                o.source,
+                o.mountpoint.display(),
+                o.cache_dir.display()
+            );
             if notify {
-                println!("ready");
+                // `ready NAME REVISION`, for the background launcher's line.
+                println!("ready {} {}", m.name, m.revision);
             }
         })
     });
@@ -289,21 +349,36 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Start `depotfs mount --foreground` as a detached process and wait until it reports the
-/// mount ready (exit 0) or failed (its reason, non-zero). Its log goes to
-/// `CACHE_DIR/logs/`.
-fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::Result<ExitCode> {
-    let logs = a.cache_dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+/// The log file of a background mount: `--log-file`, else `CACHE_DIR/logs/mount<MOUNTPOINT
+/// with every character but letters and digits as _>.log`.
+fn log_path(a: &MountArgs, mountpoint: &Path) -> PathBuf {
+    if let Some(f) = &a.log_file {
+        return f.clone();
+    }
     let tag: String = mountpoint
         .display()
         .to_string()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let log_path = logs.join(format!("mount{tag}.log"));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    a.cache_dir.join("logs").join(format!("mount{tag}.log"))
+}
+
+/// Start `depotfs mount --foreground` as a detached process and wait until it reports the
+/// mount ready (one line on stdout: what, which revision, cache and log where; exit 0) or
+/// failed (its reason, non-zero). It appends its log to [`log_path`], rotated at
+/// `--log-size`; its stderr goes there too (a panic's message).
+fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let log_path = log_path(a, mountpoint);
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening the log file {}", log_path.display()))?;
+    let log_start = log.metadata().map_or(0, |m| m.len());
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("mount");
     if a.servers.is_empty() {
@@ -332,6 +407,10 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
         .arg(a.failback_after.to_string())
         .arg("--threads")
         .arg(a.threads.to_string())
+        .arg("--log-file")
+        .arg(&log_path)
+        .arg("--log-size")
+        .arg(a.log_size.to_string())
         .args(["--foreground", "--notify-stdout"]);
     if let Some(k) = &a.key {
         cmd.arg("--key").arg(k);
@@ -368,7 +447,15 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
         .context("starting the mount process")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    if line.trim() == "ready" {
+    if let Some(what) = line.trim().strip_prefix("ready ") {
+        let (name, rev) = what.rsplit_once(' ').unwrap_or((what, "?"));
+        println!(
+            "mounted {name} revision {rev} from {source} at {}; cache {} (up to {}); log {}",
+            mountpoint.display(),
+            a.cache_dir.display(),
+            human(a.cache_size),
+            log_path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let status = child.wait()?;
@@ -378,7 +465,11 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
         .unwrap_or(line.trim())
         .to_string();
     if reason.is_empty() {
-        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail = std::fs::read(&log_path)
+            .map(|b| {
+                String::from_utf8_lossy(b.get(log_start as usize..).unwrap_or(&b)).into_owned()
+            })
+            .unwrap_or_default();
         bail!(
             "mount process exited ({status}) without mounting; log {}:\n{tail}",
             log_path.display()
@@ -387,15 +478,41 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
     bail!("{reason}")
 }
 
-fn xattr(path: &Path, name: &str) -> anyhow::Result<String> {
+fn xattr_raw(path: &Path, name: &str) -> Result<String, rustix::io::Errno> {
     let mut buf = vec![0u8; 4096];
-    let n = rustix::fs::getxattr(path, name, &mut buf[..]).with_context(|| {
+    let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn xattr(path: &Path, name: &str) -> anyhow::Result<String> {
+    xattr_raw(path, name).with_context(|| {
         format!(
             "{}: reading {name} (is it a depotfs mount?)",
             path.display()
         )
-    })?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// `path` must be the root of a depotfs mount whose daemon answers: otherwise an error that
+/// says which of the two it is not.
+fn live_mount(path: &Path) -> anyhow::Result<()> {
+    let Some(m) = mount::fuse_mount_at(path)?.filter(|m| m.is_depotfs()) else {
+        bail!("{} is not a depotfs mount", path.display());
+    };
+    match xattr_raw(path, "user.depotfs.pid") {
+        Err(rustix::io::Errno::NOTCONN) => bail!(
+            "{mp}: the daemon of this mount is not running (it exited or was killed); \
+             restart it with: depotfs umount {mp} && depotfs mount {src} {mp} --key FILE \
+             (with its other options), or restart its systemd unit",
+            mp = path.display(),
+            src = m.depotfs_source(),
+        ),
+        // A subdirectory of a mount, or not one of ours.
+        Err(rustix::io::Errno::NODATA) => {
+            bail!("{} is not the root of a depotfs mount", path.display())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn wait_gone(pid: u32, limit: Duration) -> bool {
@@ -412,6 +529,9 @@ fn wait_gone(pid: u32, limit: Duration) -> bool {
 /// Unmount, then wait (up to 10 s) for the mount process to exit.
 pub fn umount(a: UmountArgs) -> anyhow::Result<ExitCode> {
     let mp = absolute(&a.mountpoint)?;
+    if mount::fuse_mount_at(&mp)?.is_none() {
+        bail!("{} is not mounted", mp.display());
+    }
     let pid = xattr(&mp, "user.depotfs.pid")
         .ok()
         .and_then(|p| p.parse::<u32>().ok());
@@ -476,10 +596,43 @@ fn utc(ns: i64) -> String {
     )
 }
 
+/// `3 d 4 h`, `2 h 5 min`, `4 min 10 s`, `12 s`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min {s} s")
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// `user.depotfs.last_check` (`new REV OLD`, `unchanged REV`, `error REASON`, or empty)
+/// in words.
+fn last_check(raw: &str, checks: &str) -> String {
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    let what = match words.as_slice() {
+        [] => return "none yet".to_string(),
+        ["new", now, was] => format!("switched to revision {now} (was {was})"),
+        ["unchanged", now] => format!("no newer revision than {now}"),
+        _ => format!("failed: {}", raw.strip_prefix("error ").unwrap_or(raw)),
+    };
+    let n = checks.trim();
+    format!(
+        "{what}; {n} check{} since mounted",
+        if n == "1" { "" } else { "s" }
+    )
+}
+
 /// Print the mount's revision, source, publish time, cache use and limit, hit rate and
-/// bytes fetched.
+/// bytes fetched, and its daemon (version, pid, uptime); say so when the path is not a
+/// depotfs mount or its daemon is not running.
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let mp = absolute(&a.mountpoint)?;
+    live_mount(&mp)?;
     let get = |n: &str| xattr(&mp, &format!("user.depotfs.{n}"));
     let num = |n: &str| -> anyhow::Result<u64> { Ok(get(n)?.trim().parse().unwrap_or(0)) };
     let (hits, misses) = (num("hits")?, num("misses")?);
@@ -522,14 +675,13 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         if refused.is_empty() { "no" } else { &refused }
     );
     println!(
-        "last check:    {} ({} checks)",
-        get("last_check")?,
-        get("checks")?
+        "last check:    {}",
+        last_check(&get("last_check")?, &get("checks")?)
     );
     let bound_ms = num("request_bound_ms")?;
     if bound_ms > 0 {
         println!(
-            "request bound: {:.2} s before EIO when no route answers",
+            "reads give up: after {:.2} s with no answer from any server or proxy (then EIO)",
             bound_ms as f64 / 1000.0
         );
     }
@@ -583,13 +735,23 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let (ra_n, ra_b) = pair("readahead")?;
     let (pl_n, pl_b) = pair("prefetched")?;
+    let (ra_dl, pl_dl) = pair("prefetch_downloaded")?;
     println!(
-        "prefetch:      {ra_n} chunks ({}) read ahead, {pl_n} chunks ({}) from access lists",
+        "prefetch:      {ra_n} chunks ({}, {} of `fetched`) read ahead, \
+         {pl_n} chunks ({}, {} of `fetched`) from access lists",
         human(ra_b),
-        human(pl_b)
+        human(ra_dl),
+        human(pl_b),
+        human(pl_dl)
     );
     println!("inodes:        {} known to the kernel", get("inodes")?);
-    println!("pid:           {}", get("pid")?);
+    let started: i64 = get("started_ns")?.trim().parse().unwrap_or(0);
+    println!(
+        "daemon:        pid {}, depotfs {}, up {}",
+        get("pid")?.trim(),
+        get("version")?.trim(),
+        duration(((now_ns - started).max(0) / 1_000_000_000) as u64)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -606,5 +768,26 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_769_558_400_000_000_000), "2026-01-28 00:00:00 UTC");
+        assert_eq!(duration(12), "12 s");
+        assert_eq!(duration(250), "4 min 10 s");
+        assert_eq!(duration(7500), "2 h 5 min");
+        assert_eq!(duration(3 * 86400 + 4 * 3600 + 5), "3 d 4 h");
+    }
+
+    #[test]
+    fn last_check_in_words() {
+        assert_eq!(last_check("", "0"), "none yet");
+        assert_eq!(
+            last_check("new 2 1", "2"),
+            "switched to revision 2 (was 1); 2 checks since mounted"
+        );
+        assert_eq!(
+            last_check("unchanged 7", "1"),
+            "no newer revision than 7; 1 check since mounted"
+        );
+        assert_eq!(
+            last_check("error manifest: signature does not verify", "3"),
+            "failed: manifest: signature does not verify; 3 checks since mounted"
+        );
     }
 }

@@ -110,6 +110,8 @@ const RETRY_FAILS_FOR: Duration = Duration::from_secs(1);
 pub struct MountInfo {
     /// What was mounted (URL or path).
     pub source: String,
+    /// When the daemon started serving, Unix nanoseconds (`status`: uptime).
+    pub started_ns: i64,
 }
 
 /// How reads are served beyond what is asked (see [`crate::prefetch`], [`crate::record`]).
@@ -239,7 +241,7 @@ const XATTRS_ANY: [&str; 3] = [
 /// Attribute names offered on regular files.
 const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
 /// Attribute names offered on the root, for `depotfs status`.
-pub const XATTRS_STATUS: [&str; 13] = [
+pub const XATTRS_STATUS: [&str; 16] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -253,6 +255,9 @@ pub const XATTRS_STATUS: [&str; 13] = [
     "user.depotfs.pid",
     "user.depotfs.inodes",
     "user.depotfs.host",
+    "user.depotfs.version",
+    "user.depotfs.started_ns",
+    "user.depotfs.prefetch_downloaded",
 ];
 
 /// The node of the root directory (inode 1) of `tree`.
@@ -865,6 +870,14 @@ impl DepotFs {
                 "user.depotfs.pid" => std::process::id().to_string(),
                 "user.depotfs.inodes" => self.inode_count().to_string(),
                 "user.depotfs.host" => self.store.backend().current(),
+                "user.depotfs.version" => env!("CARGO_PKG_VERSION").to_string(),
+                "user.depotfs.started_ns" => self.info.started_ns.to_string(),
+                // `READAHEAD ACCESS_LIST`: encoded bytes each downloaded.
+                "user.depotfs.prefetch_downloaded" => format!(
+                    "{} {}",
+                    st.readahead_fetched.load(Ordering::Relaxed),
+                    st.list_fetched.load(Ordering::Relaxed)
+                ),
                 other => self.store.net_xattr(other).ok_or(Error::NoAttr)?,
             };
             return Ok(v.into_bytes());

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::{Error, Result};
@@ -29,12 +29,20 @@ const TTL: Duration = Duration::from_secs(1_000_000);
 #[derive(Debug)]
 pub struct Fuse {
     fs: Arc<DepotFs>,
+    /// Called once when the session ends (see [`crate::mount::serve`]).
+    on_end: Option<crate::mount::SessionEnd>,
 }
 
 impl Fuse {
     /// Wrap a file system.
     pub fn new(fs: Arc<DepotFs>) -> Self {
-        Fuse { fs }
+        Fuse { fs, on_end: None }
+    }
+
+    /// Run `end` when the session ends.
+    pub fn on_end(mut self, end: crate::mount::SessionEnd) -> Self {
+        self.on_end = Some(end);
+        self
     }
 
     /// Run `op` on this FUSE thread from memory; if it needs a download, run it again on the
@@ -66,6 +74,29 @@ fn name_str(name: &OsStr) -> Result<&str> {
 }
 
 impl Filesystem for Fuse {
+    fn destroy(&mut self) {
+        if let Some(end) = self.on_end.take() {
+            end.run();
+        }
+    }
+
+    /// No ioctls: ENOTTY, the answer of a file that is not a terminal. Python's `open()`
+    /// asks (TCGETS, for `isatty`) on every call, so fuser's default (ENOSYS plus a warning
+    /// per call) filled the log: 203 bytes per `open()`.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO

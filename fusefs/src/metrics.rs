@@ -184,23 +184,43 @@ pub fn render(fs: &DepotFs) -> String {
     o.family(
         "depotfs_prefetched_chunks_total",
         "counter",
-        "Chunks made ready before a reader asked: by sequential readahead, or from an image's access list when it was opened.",
+        "Chunks loaded before a reader asked (each load once): by sequential readahead, or from an image's access list when it was opened.",
     );
     o.family(
         "depotfs_prefetched_bytes_total",
         "counter",
         "Plaintext bytes of those chunks.",
     );
+    o.family(
+        "depotfs_prefetched_downloaded_bytes_total",
+        "counter",
+        "Encoded bytes those loads downloaded (a part of depotfs_fetched_bytes_total).",
+    );
     {
         use std::sync::atomic::Ordering::Relaxed;
         let st = &store.stats;
-        for (by, n, b) in [
-            ("readahead", &st.readahead_objects, &st.readahead_bytes),
-            ("access_list", &st.list_objects, &st.list_bytes),
+        for (by, n, b, f) in [
+            (
+                "readahead",
+                &st.readahead_objects,
+                &st.readahead_bytes,
+                &st.readahead_fetched,
+            ),
+            (
+                "access_list",
+                &st.list_objects,
+                &st.list_bytes,
+                &st.list_fetched,
+            ),
         ] {
             let l = format!("{{by=\"{by}\"}}");
             o.sample("depotfs_prefetched_chunks_total", &l, n.load(Relaxed));
             o.sample("depotfs_prefetched_bytes_total", &l, b.load(Relaxed));
+            o.sample(
+                "depotfs_prefetched_downloaded_bytes_total",
+                &l,
+                f.load(Relaxed),
+            );
         }
     }
     o.one(

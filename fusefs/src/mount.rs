@@ -72,6 +72,8 @@ pub struct Prepared {
     pub runtime: tokio::runtime::Runtime,
     /// The repository key, for later manifests.
     pub key: PublicKey,
+    /// The file it was read from (named in signature errors).
+    pub key_file: PathBuf,
 }
 
 fn is_url(s: &str) -> bool {
@@ -119,10 +121,9 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     let (backend, key_path) = if let Some(net) = o.net() {
-        let key = o
-            .key
-            .clone()
-            .ok_or_else(|| Error::Manifest("--key is required when mounting over HTTP".into()))?;
+        let key = o.key.clone().ok_or_else(|| {
+            Error::Io("--key FILE (the repository's public key) is required over HTTP".into())
+        })?;
         (Backend::http(net)?, key)
     } else {
         let p = Path::new(&o.source);
@@ -143,13 +144,11 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
             .map_err(|e| Error::io(public.display(), e))?;
         (Backend::Local(public), key)
     };
-    let key_text =
-        std::fs::read_to_string(&key_path).map_err(|e| Error::io(key_path.display(), e))?;
-    let key = PublicKey::from_text(&key_text)?;
+    let key = read_key(&key_path)?;
     // The cache directory also holds the rollback guard, so it is opened for a local store
     // too; objects of a local store are not copied into it.
     let disk = DiskCache::open(&o.cache_dir, o.cache_size)?;
-    let manifest = fetch_manifest(&runtime, &backend, &key, &disk)?;
+    let manifest = fetch_manifest(&runtime, &backend, &key, &key_path, &disk)?;
     if let Some(seen) = disk.accepted_revision(&manifest.name)?
         && manifest.revision < seen
     {
@@ -180,7 +179,12 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         DepotFs::new(
             store,
             Tree { manifest },
-            MountInfo { source },
+            MountInfo {
+                source,
+                started_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64),
+            },
             runtime.handle().clone(),
         )
         .with_reading(reading),
@@ -188,7 +192,35 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     if let Some(addr) = o.metrics_listen {
         crate::metrics::start(&runtime, addr, fs.clone())?;
     }
-    Ok(Prepared { fs, runtime, key })
+    Ok(Prepared {
+        fs,
+        runtime,
+        key,
+        key_file: key_path,
+    })
+}
+
+/// The public key in `path`; errors name the file.
+fn read_key(path: &Path) -> Result<PublicKey> {
+    let named = |what: String| Error::Io(format!("key file {}: {what}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| named(e.to_string()))?;
+    PublicKey::from_text(&text).map_err(|e| {
+        named(match e {
+            depotfs_catalog::Error::Key(m) => m,
+            other => other.to_string(),
+        })
+    })
+}
+
+/// A manifest that does not verify: the error names the key file it was checked against.
+fn verify_error(e: depotfs_catalog::Error, key_file: &Path) -> Error {
+    match Error::from(e) {
+        Error::Manifest(m) if m.contains("signature does not verify") => Error::Manifest(format!(
+            "{m} in {} (is it this repository's key?)",
+            key_file.display()
+        )),
+        other => other,
+    }
 }
 
 /// Fetch and verify the manifest. With a disk cache, the last verified manifest of this
@@ -198,12 +230,14 @@ fn fetch_manifest(
     runtime: &tokio::runtime::Runtime,
     backend: &Backend,
     key: &PublicKey,
+    key_file: &Path,
     disk: &DiskCache,
 ) -> Result<Manifest> {
     let saved = Some(saved_manifest_path(disk, backend));
     match runtime.block_on(backend.get_manifest_patiently()) {
         Ok(bytes) => {
-            let m = Manifest::parse_verified(&bytes, key, None)?;
+            let m = Manifest::parse_verified(&bytes, key, None)
+                .map_err(|e| verify_error(e, key_file))?;
             save_manifest(disk, backend, &bytes);
             Ok(m)
         }
@@ -216,7 +250,7 @@ fn fetch_manifest(
                 "{e}; starting offline: using the last verified manifest from the cache \
                  (cached files are readable; the mount leaves offline mode when a server answers)"
             );
-            Ok(Manifest::parse_verified(&bytes, key, None)?)
+            Manifest::parse_verified(&bytes, key, None).map_err(|e| verify_error(e, key_file))
         }
         Err(e) => Err(e),
     }
@@ -267,7 +301,12 @@ fn refusal_reason(message: &str) -> &'static str {
 /// entries. An older revision (replay, rollback), a bad signature or another repository's
 /// manifest is refused with [`Error::Manifest`], counted by reason, and the mount stays on
 /// its revision.
-async fn check(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<Checked> {
+async fn check(
+    fs: &DepotFs,
+    key: &PublicKey,
+    key_file: &Path,
+    notifier: &Notifier,
+) -> Result<Checked> {
     let cur = fs.manifest();
     let store = fs.store();
     let bytes = store.backend().get_manifest().await?;
@@ -288,7 +327,7 @@ async fn check(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<Che
     let m = match Manifest::parse_verified(&bytes, key, Some(&cur.name)) {
         Ok(m) => m,
         Err(e) => {
-            let message = e.to_string();
+            let message = verify_error(e, key_file).to_string();
             return Err(refuse(refusal_reason(&message), message));
         }
     };
@@ -332,6 +371,7 @@ async fn check(fs: &DepotFs, key: &PublicKey, notifier: &Notifier) -> Result<Che
 struct Checker {
     fs: Arc<DepotFs>,
     key: PublicKey,
+    key_file: PathBuf,
     notifier: Notifier,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
@@ -343,7 +383,7 @@ impl Checker {
         stats
             .checks_started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outcome = check(&self.fs, &self.key, &self.notifier).await;
+        let outcome = check(&self.fs, &self.key, &self.key_file, &self.notifier).await;
         let text = match &outcome {
             Ok(Checked::New { now, was }) => format!("new {now} {was}"),
             Ok(Checked::Unchanged(r)) => format!("unchanged {r}"),
@@ -374,21 +414,10 @@ fn set_kernel_readahead(
     mountpoint: &Path,
     kib: u32,
 ) -> std::result::Result<(String, PathBuf), String> {
-    let want = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    let dev = info
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let fstype = f.iter().skip_while(|x| **x != "-").nth(1)?;
-            (fstype.starts_with("fuse") && Path::new(&unescape_mountinfo(f.get(4)?)) == want)
-                .then(|| f[2].to_string())
-        })
-        .ok_or("not in /proc/self/mountinfo")?;
+    let dev = fuse_mount_at(mountpoint)
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?
+        .ok_or("not in /proc/self/mountinfo")?
+        .dev;
     let file = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
     let was = std::fs::read_to_string(&file)
         .map_err(|e| format!("{}: {e}", file.display()))?
@@ -396,6 +425,52 @@ fn set_kernel_readahead(
         .to_string();
     std::fs::write(&file, kib.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((was, file))
+}
+
+/// A FUSE file system mounted at a path, from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuseMount {
+    /// The device, `MAJ:MIN`.
+    pub dev: String,
+    /// The file system type, e.g. `fuse.depotfs`.
+    pub fstype: String,
+    /// The mount source, e.g. `depotfs:http://server/` (what was mounted).
+    pub source: String,
+}
+
+impl FuseMount {
+    /// Is it a depotfs mount? (Its source is `depotfs:SOURCE`; the type is `fuse.depotfs`
+    /// through fusermount3, plain `fuse` when mounted directly as root.)
+    pub fn is_depotfs(&self) -> bool {
+        self.fstype == "fuse.depotfs" || self.source.starts_with("depotfs:")
+    }
+
+    /// What a depotfs mount mounted (its SOURCE), without the `depotfs:` prefix.
+    pub fn depotfs_source(&self) -> &str {
+        self.source.strip_prefix("depotfs:").unwrap_or(&self.source)
+    }
+}
+
+/// The topmost FUSE mount at `mountpoint`, if any. Read from `/proc/self/mountinfo`, never
+/// by a `stat` of the mountpoint: that would be a request to the mount's daemon, which may
+/// be this very process before it serves any, or dead (ENOTCONN).
+pub fn fuse_mount_at(mountpoint: &Path) -> std::io::Result<Option<FuseMount>> {
+    let want = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let mut after = f.iter().skip_while(|x| **x != "-").skip(1);
+        let (fstype, source) = (after.next()?, after.next()?);
+        (fstype.starts_with("fuse") && Path::new(&unescape_mountinfo(f.get(4)?)) == want).then(
+            || FuseMount {
+                dev: f[2].to_string(),
+                fstype: fstype.to_string(),
+                source: unescape_mountinfo(source),
+            },
+        )
+    }))
 }
 
 /// `/proc/self/mountinfo` writes space, tab, newline and backslash in paths as `\ooo`.
@@ -418,10 +493,47 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The end of a session, run once when it ends ([`Fuse`]'s `destroy`): unmount if the
+/// kernel still has the mount, and otherwise take fuser's own unmount-on-drop out of the
+/// way quietly. (That drop tries again after every `depotfs umount` and logged
+/// `WARN fuser::session: Failed to umount filesystem: Invalid argument` each time.)
+#[derive(Debug)]
+pub struct SessionEnd {
+    unmounter: Arc<std::sync::Mutex<Option<fuser::SessionUnmounter>>>,
+    mountpoint: PathBuf,
+}
+
+impl SessionEnd {
+    pub(crate) fn run(self) {
+        let Some(mut u) = self
+            .unmounter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let still = fuse_mount_at(&self.mountpoint)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.is_depotfs());
+        match u.unmount() {
+            Ok(()) => {}
+            Err(e) if still => tracing::warn!("unmounting {}: {e}", self.mountpoint.display()),
+            Err(e) => tracing::debug!("{} already unmounted ({e})", self.mountpoint.display()),
+        }
+    }
+}
+
 /// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
 /// (which unmount). `ready` is called once the kernel has accepted the mount.
 pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()> {
-    let Prepared { fs, runtime, key } = prepared;
+    let Prepared {
+        fs,
+        runtime,
+        key,
+        key_file,
+    } = prepared;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -436,8 +548,15 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
     }
     config.n_threads = Some(o.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(Fuse::new(fs.clone()), &o.mountpoint, &config)
-        .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    let unmounter = Arc::new(std::sync::Mutex::new(None));
+    let end = SessionEnd {
+        unmounter: unmounter.clone(),
+        mountpoint: o.mountpoint.clone(),
+    };
+    let mut session =
+        fuser::Session::new(Fuse::new(fs.clone()).on_end(end), &o.mountpoint, &config)
+            .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    *unmounter.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
     if o.kernel_readahead_kib > 0 {
         match set_kernel_readahead(&o.mountpoint, o.kernel_readahead_kib) {
             Ok((was, bdi)) => tracing::info!(
@@ -457,6 +576,7 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
     let checker = Arc::new(Checker {
         fs: fs.clone(),
         key,
+        key_file,
         notifier,
         one_at_a_time: tokio::sync::Mutex::new(()),
     });

@@ -74,14 +74,19 @@ pub struct Stats {
     pub bytes_read: AtomicU64,
     /// Downloads that failed verification.
     pub corrupt: AtomicU64,
-    /// Chunks made ready ahead of a sequential reader (downloaded or loaded from disk).
+    /// Chunks loaded (downloaded or from disk) by readahead for a sequential reader, each
+    /// load counted once (see [`crate::prefetch`], "Counting").
     pub readahead_objects: AtomicU64,
     /// Their plaintext bytes.
     pub readahead_bytes: AtomicU64,
-    /// Chunks prefetched from access lists (`add --trace`) when an image was opened.
+    /// Encoded bytes readahead downloaded (a part of `bytes_fetched`).
+    pub readahead_fetched: AtomicU64,
+    /// Chunks loaded from access lists (`add --trace`) when an image was opened.
     pub list_objects: AtomicU64,
     /// Their plaintext bytes.
     pub list_bytes: AtomicU64,
+    /// Encoded bytes access-list prefetch downloaded (a part of `bytes_fetched`).
+    pub list_fetched: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
     pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
@@ -284,8 +289,15 @@ impl ObjectStore {
             .entry(id)
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
+        // Only the request that runs the load counts it for a prefetch (not one that joins).
         let result = cell
-            .get_or_init(|| self.load_or_fetch(id, kind, max_len))
+            .get_or_init(|| async {
+                let loaded = self.load_or_fetch(id, kind, max_len).await;
+                if let (Some(by), Ok(v)) = (crate::prefetch::ahead(), &loaded) {
+                    crate::prefetch::count_load(&self.stats, by, v.data().len() as u64);
+                }
+                loaded
+            })
             .await
             .clone();
         let mut inflight = self.inflight.lock().expect("poisoned");
@@ -346,6 +358,7 @@ impl ObjectStore {
             self.stats
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            crate::prefetch::count_download(&self.stats, bytes.len() as u64);
             // Verifying and caching block too (see above).
             let disk = self.disk.clone();
             // Cached only once verified; a raw chunk is verified in the fetched buffer itself

@@ -31,8 +31,13 @@ pub struct AddArgs {
     pub store: PathBuf,
     /// Files (added as DIR/basename) or directory trees (as DIR/basename/...).
     pub paths: Vec<PathBuf>,
-    /// Directory inside the repository to add into (default: the root).
-    #[arg(long, default_value = "")]
+    /// Directory inside the repository to add into [default: the root].
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub to: String,
     /// Read more paths from FILE, one per line.
     #[arg(long)]

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation on a named path failed.
-    #[error("{path}: {source}")]
+    // Not a `source`: its text is already in the message (anyhow's `{:#}` printed it twice).
+    #[error("{path}: {error}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Another process holds the store's lock.
     #[error("{store} is locked by pid {pid} (another depotfs publisher is running)")]
@@ -69,7 +70,7 @@ impl Error {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 }
 

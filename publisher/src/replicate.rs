@@ -92,18 +92,19 @@ pub enum ReplicateError {
     #[error(transparent)]
     Store(#[from] crate::Error),
     /// Local I/O on the mirror failed.
-    #[error("{path}: {source}")]
+    // Not a `source`: its text is already in the message (anyhow's `{:#}` printed it twice).
+    #[error("{path}: {error}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ReplicateError {
     let path = path.into();
-    move |source| ReplicateError::Io { path, source }
+    move |error| ReplicateError::Io { path, error }
 }
 
 type Result<T, E = ReplicateError> = std::result::Result<T, E>;
@@ -402,7 +403,7 @@ impl Mirror {
         let dir = File::open(&self.root).map_err(io(&self.root))?;
         rustix::fs::syncfs(&dir).map_err(|e| ReplicateError::Io {
             path: self.root.clone(),
-            source: e.into(),
+            error: e.into(),
         })
     }
 }

@@ -285,6 +285,6 @@ pub fn sync_filesystem(layout: &Layout) -> Result<()> {
     let dir = File::open(layout.public()).map_err(Error::io(layout.public()))?;
     rustix::fs::syncfs(&dir).map_err(|e| Error::Io {
         path: layout.public(),
-        source: e.into(),
+        error: e.into(),
     })
 }
