@@ -481,7 +481,11 @@ impl TestServer {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(line, _)| line.split(' ').nth(1) == Some(&format!("/{name}")))
+            .filter(|(line, _)| {
+                line.split(' ')
+                    .nth(1)
+                    .is_some_and(|p| percent_decode(p) == format!("/{name}"))
+            })
             .map(|(_, r)| r.clone())
             .collect()
     }

@@ -217,8 +217,15 @@ pub fn prepare(repo: &Repo, opts: &Options) -> Result<Prepared, SyncError> {
     let page = fetcher.listing(&url).map_err(bad)?;
     let listing = listing::parse(&page).map_err(bad)?;
     drop(page);
-    for r in &listing.refused {
+    const LOGGED: usize = 20;
+    for r in listing.refused.iter().take(LOGGED) {
         tracing::warn!("listing {url}: refused {:?}: {}", r.raw, r.reason);
+    }
+    if listing.refused.len() > LOGGED {
+        tracing::warn!(
+            "listing {url}: {} more names refused (see --dry-run)",
+            listing.refused.len() - LOGGED
+        );
     }
     let children = repo.list_dir(&opts.to)?;
     let plan = plan::plan(&listing.entries, &children, &opts.filter);

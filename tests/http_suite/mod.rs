@@ -584,7 +584,7 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = free_port();
         std::fs::write(dir.join("site.conf"), site(port)).unwrap();
-        let main = http_suite::nginx_conf(&dir, "user root root;\nworker_processes 1;", "");
+        let main = nginx_conf(&dir, "user root root;\nworker_processes 1;", "");
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, main).unwrap();
         let child = std::process::Command::new(&bin)

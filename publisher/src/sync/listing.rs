@@ -181,9 +181,24 @@ fn parse_json(body: &[u8]) -> Result<Listing, String> {
     Ok(l)
 }
 
-/// Find `needle` (lower-case ASCII) in `hay` (already lower-cased) from `at`.
+/// Where a tag, a link's text or a row may end: searches never look further than this past
+/// their start, so a hostile page without closing tags or line ends costs linear time.
+const SPAN_MAX: usize = 16 << 10;
+
+/// Find `needle` (lower-case ASCII) in `hay` (already lower-cased) within `SPAN_MAX` bytes
+/// from `at`.
 fn find(hay: &str, needle: &str, at: usize) -> Option<usize> {
-    hay.get(at..)?.find(needle).map(|i| i + at)
+    let end = at.saturating_add(SPAN_MAX).min(hay.len());
+    hay.as_bytes()
+        .get(at..end)?
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .map(|i| i + at)
+}
+
+/// The next `<a ` from `at`, anywhere in the page.
+fn next_link(hay: &str, at: usize) -> Option<usize> {
+    hay.get(at..)?.find("<a ").map(|i| i + at)
 }
 
 fn parse_html(page: &str) -> Listing {
@@ -191,10 +206,10 @@ fn parse_html(page: &str) -> Listing {
     let lower = page.to_ascii_lowercase();
     let mut l = Listing::default();
     let mut at = 0;
-    while let Some(a) = find(&lower, "<a ", at) {
+    while let Some(a) = next_link(&lower, at) {
         at = a + 3;
         let Some(tag_end) = find(&lower, ">", at) else {
-            break;
+            continue;
         };
         let Some(href) = attr(&page[at..tag_end], &lower[at..tag_end], "href") else {
             continue;
@@ -210,7 +225,11 @@ fn parse_html(page: &str) -> Listing {
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(page.len());
+        .unwrap_or_else(|| (after + SPAN_MAX).min(page.len()));
+        let row_end = (after..=row_end)
+            .rev()
+            .find(|&i| page.is_char_boundary(i))
+            .unwrap_or(after);
         at = after.max(at);
         let href = unescape_html(href);
         // Apache writes `./name` for names with a `:` (not a URL scheme).
