@@ -52,6 +52,8 @@ enum Cmd {
     Serve(depotfs_publisher::cli::ServeArgs),
     /// Make or update a mirror of a served repository (stratum 1).
     Replicate(depotfs_publisher::cli::ReplicateArgs),
+    /// Stream an HTTP image depot (a directory listing) into the store.
+    Sync(depotfs_publisher::cli::SyncArgs),
     /// Mount a repository (HTTP URL or local STORE).
     Mount(depotfs_fusefs::cli::MountArgs),
     /// Unmount a depotfs mount.
@@ -110,6 +112,7 @@ fn main() -> std::process::ExitCode {
         Cmd::RebuildCatalog(a) => depotfs_publisher::cli::rebuild_catalog(a),
         Cmd::Serve(a) => depotfs_publisher::cli::serve(a),
         Cmd::Replicate(a) => depotfs_publisher::cli::replicate(a),
+        Cmd::Sync(a) => depotfs_publisher::cli::sync(a),
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),

@@ -8,28 +8,15 @@
 mod http_suite;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use http_suite::{Fixture, free_port, raw, wait_listening};
+use http_suite::{Fixture, Nginx, free_port, raw, wait_listening};
 
 const SITE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/nginx/depotfs.conf"
 ));
-
-fn nginx_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([
-            "/usr/sbin".into(),
-            "/usr/local/sbin".into(),
-            "/usr/local/nginx/sbin".into(),
-        ])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-}
 
 /// The shipped site config with only its `listen` and `root` lines replaced.
 fn site_config(port: u16, public: &Path) -> String {
@@ -53,89 +40,15 @@ fn site_config(port: u16, public: &Path) -> String {
         &format!("    root {};\n", public.display()),
     )
 }
-
-/// A running nginx master (and its worker), stopped when dropped.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    /// Start nginx with the shipped site, everything it writes under `dir`.
-    fn start(public: &Path, dir: &Path) -> Option<Nginx> {
-        let Some(bin) = nginx_binary() else {
-            if std::env::var_os("DEPOTFS_SKIP_NGINX").is_some() {
-                eprintln!("nginx not found and DEPOTFS_SKIP_NGINX is set: skipping");
-                return None;
-            }
-            panic!("nginx not found (apt-get install nginx, or set DEPOTFS_SKIP_NGINX=1)");
-        };
-        let dir = dir.join("nginx");
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let port = free_port();
-        std::fs::write(dir.join("site.conf"), site_config(port, public)).unwrap();
-        let main = http_suite::nginx_conf(&dir, "user root root;\nworker_processes 1;", "");
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, main).unwrap();
-        let child = Command::new(&bin)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut n = Nginx { child, addr, dir };
-        let (child, logs) = (&mut n.child, n.dir.clone());
-        wait_listening(addr, || match child.try_wait() {
-            Ok(None) => Ok(()),
-            other => Err(format!("{other:?}\n{}", read_logs(&logs))),
-        });
-        Some(n)
-    }
-}
-
-fn read_logs(dir: &Path) -> String {
-    ["stderr.log", "error.log"]
-        .iter()
-        .map(|f| {
-            format!(
-                "--- {f}\n{}",
-                std::fs::read_to_string(dir.join(f)).unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// nginx with the shipped site serving `public`, everything it writes under `dir`.
+fn start(public: &Path, dir: &Path) -> Option<Nginx> {
+    Nginx::start_site(dir, |port| site_config(port, public))
 }
 
 #[test]
 fn nginx_with_the_shipped_config_passes_the_shared_http_checks() {
     let fx = Fixture::new();
-    let Some(ngx) = Nginx::start(&fx.public, fx.path()) else {
+    let Some(ngx) = start(&fx.public, fx.path()) else {
         return;
     };
     http_suite::check_all(ngx.addr, &fx, "nginx");
@@ -158,7 +71,7 @@ impl Drop for DepotfsServe {
 #[test]
 fn nginx_and_depotfs_serve_answer_alike() {
     let fx = Fixture::new();
-    let Some(ngx) = Nginx::start(&fx.public, fx.path()) else {
+    let Some(ngx) = start(&fx.public, fx.path()) else {
         return;
     };
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -185,6 +185,97 @@ pub fn replicate(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `depotfs sync STORE URL --to DIR [--jobs N] [--include GLOB]... [--exclude GLOB]...
+/// [--from-list FILE] [--delete] [--force] [--publish-every N|DURATION] [--dry-run]`
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The repository.
+    pub store: PathBuf,
+    /// The depot directory's URL: an nginx autoindex page (HTML or JSON) or an Apache
+    /// mod_autoindex page.
+    pub url: String,
+    /// Directory inside the repository to keep equal to the depot, e.g. all/.
+    #[arg(long)]
+    pub to: String,
+    /// Downloads in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Only names matching GLOB (`*`, `?`, `[a-z]`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Not names matching GLOB; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Only the names in FILE, one per line (blank lines and `#` comments ignored).
+    #[arg(long, value_name = "FILE")]
+    pub from_list: Option<PathBuf>,
+    /// Remove files the depot no longer lists (refused past 5 % of the directory).
+    #[arg(long)]
+    pub delete: bool,
+    /// With --delete: remove even when the listing lost more than 5 % of the names.
+    #[arg(long)]
+    pub force: bool,
+    /// Publish after every N staged files or every DURATION (30s, 10m, 1h), and at the end.
+    #[arg(long, value_name = "N|DURATION")]
+    pub publish_every: Option<crate::sync::PublishEvery>,
+    /// Print the plan (counts, bytes, first names of each kind); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds without progress before a request is retried (connect, headers, body).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// `depotfs sync`: prints the plan (`--dry-run`) or one summary line; fails when any file
+/// failed.
+pub fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let only = match &a.from_list {
+        None => None,
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --from-list {}", f.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+        ),
+    };
+    let opts = crate::sync::Options {
+        url: a.url,
+        to: db::normalize(&a.to)?,
+        jobs: a.jobs,
+        filter: crate::sync::plan::Filter {
+            include: a.include,
+            exclude: a.exclude,
+            only,
+        },
+        delete: a.delete,
+        force: a.force,
+        publish_every: a.publish_every,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let repo = Repo::open(&a.store)?;
+    let prepared = crate::sync::prepare(&repo, &opts)?;
+    if a.dry_run {
+        print!("{}", prepared.describe(&opts));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = prepared.apply(&repo, &opts)?;
+    println!("{s}");
+    if s.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, why) in &s.failed {
+        println!("failed: {name}: {why}");
+    }
+    eprintln!(
+        "depotfs: sync: {} files failed (listed above)",
+        s.failed.len()
+    );
+    Ok(ExitCode::FAILURE)
+}
+
 fn time(ns: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()

@@ -156,7 +156,7 @@ fn walk(src: &Path, dest: String, out: &mut Vec<Planned>) -> Result<()> {
 /// a direct write of the object it made ([`Objects::put`]); with one worker per core, a 2 GiB
 /// ingest on 2 cores kept them about 70 % busy. Measured there: 2 workers 4.1–4.5 s, 4 workers
 /// 3.0–3.5 s, 8 no better than 4. `RAYON_NUM_THREADS` overrides.
-fn ingest_workers() -> usize {
+pub(crate) fn ingest_workers() -> usize {
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

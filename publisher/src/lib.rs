@@ -12,6 +12,8 @@
 //! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`).
 //! - [`replicate`]: `depotfs replicate`, a verified, incremental, crash-safe mirror of a
 //!   served repository (children-first walk; the manifest is written last).
+//! - [`sync`]: `depotfs sync`, a depot (an HTTP directory listing) streamed into the store
+//!   through the staging path, resumable, published as it goes.
 //! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`.
 //! - [`cli`]: the subcommands.
 //!
@@ -33,6 +35,7 @@ pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use repo::Repo;

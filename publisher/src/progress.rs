@@ -58,7 +58,8 @@ impl Progress {
     /// One more file done.
     pub fn file_done(&self) {
         let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.bar.is_some() {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{} {files}/{}", self.what, self.total_files));
             return;
         }
         let mut last = self.last_log.lock().expect("not poisoned");

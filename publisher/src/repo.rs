@@ -396,6 +396,13 @@ impl Repo {
         Ok(())
     }
 
+    /// The children of directory `dir` in the current tree (staged, not only published), in
+    /// name order; empty when `dir` does not exist.
+    pub fn list_dir(&self, dir: &str) -> Result<Vec<(String, Node)>> {
+        let txn = self.db.begin_read()?;
+        db::children(&txn.open_table(NODES)?, dir)
+    }
+
     /// Is anything staged?
     pub fn has_staged(&self) -> Result<bool> {
         let txn = self.db.begin_read()?;

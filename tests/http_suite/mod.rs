@@ -547,3 +547,96 @@ pub fn nginx_conf(dir: &Path, main: &str, http: &str) -> String {
          }}\n"
     )
 }
+
+/// The nginx binary: on PATH or in the usual sbin directories.
+pub fn nginx_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            "/usr/sbin".into(),
+            "/usr/local/sbin".into(),
+            "/usr/local/nginx/sbin".into(),
+        ])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// A running nginx master (and its worker), stopped when dropped.
+pub struct Nginx {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Its configuration, logs (`access.log`, `error.log`) and temporary files.
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    /// Start nginx with the `server` block `site(port)` on a free port, everything it
+    /// writes under `dir/nginx`. `None` when nginx is missing and `DEPOTFS_SKIP_NGINX` is set.
+    pub fn start_site(dir: &Path, site: impl FnOnce(u16) -> String) -> Option<Nginx> {
+        let Some(bin) = nginx_binary() else {
+            if std::env::var_os("DEPOTFS_SKIP_NGINX").is_some() {
+                eprintln!("nginx not found and DEPOTFS_SKIP_NGINX is set: skipping");
+                return None;
+            }
+            panic!("nginx not found (apt-get install nginx, or set DEPOTFS_SKIP_NGINX=1)");
+        };
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let port = free_port();
+        std::fs::write(dir.join("site.conf"), site(port)).unwrap();
+        let main = nginx_conf(&dir, "user root root;\nworker_processes 1;", "");
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, main).unwrap();
+        let child = std::process::Command::new(&bin)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut n = Nginx { child, addr, dir };
+        let (child, logs) = (&mut n.child, n.dir.clone());
+        wait_listening(addr, || match child.try_wait() {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}\n{}", read_logs(&logs))),
+        });
+        Some(n)
+    }
+}
+
+pub fn read_logs(dir: &Path) -> String {
+    ["stderr.log", "error.log"]
+        .iter()
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
