@@ -52,10 +52,13 @@
 //! the same port; put the server behind a firewall rule or a proxy if that matters.
 #![forbid(unsafe_code)]
 
+pub mod depot;
 mod files;
 mod handler;
 mod metrics;
+mod pages;
 pub mod parse;
+mod search;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -81,6 +84,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `depotfs serve STORE --listen ADDR`: serve until SIGTERM or SIGINT.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let root = public_dir(&args.store)?;
+    let prefix = depot::normalize_prefix(&args.depot_prefix)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("depotfs-serve")
@@ -91,7 +95,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let shutdown = shutdown_signal()?;
-        serve_on(listener, root, shutdown).await
+        serve_on(listener, root, prefix, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -126,15 +130,19 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Serve `root` (a public directory) on `listener` until `shutdown` resolves, then stop
+/// Serve `root` (a public directory) on `listener`, with the depot view under
+/// `depot_prefix` (from [`depot::normalize_prefix`]), until `shutdown` resolves, then stop
 /// accepting, let requests in flight finish for up to [`SHUTDOWN_GRACE`], and return.
 pub async fn serve_on(
     listener: TcpListener,
     root: PathBuf,
+    depot_prefix: String,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let root = files::Root::new(&root)?;
     let state = Arc::new(State {
-        root: files::Root::new(&root)?,
+        depot: depot::Depot::new(root.path().to_path_buf(), depot_prefix),
+        root,
         metrics: metrics::Metrics::new()?,
     });
     state.metrics.touch();
