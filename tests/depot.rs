@@ -50,9 +50,8 @@ impl Repo {
             .map(|e| e.unwrap().path())
             .collect();
         args.sort();
-        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"add", &self.dir.path()];
         let store = self.store();
-        a[1] = &store;
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"add", &store];
         for p in &args {
             a.push(p);
         }
@@ -263,6 +262,7 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
         "mulled-v2-0123456789abcdef0123456789abcdef01234567:0123456789abcdef0123456789abcdef01234567-0",
         "éüñ-ünïcødé-name-that-is-very-long-indeed-more-than-fifty",
         "ünïcødé-short",
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxéééé-cut-inside-a-character",
         "exactly50chars-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
         "pct%41",
         "tab\there",
@@ -320,15 +320,17 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
         } else {
             reference.body.clone()
         };
-        assert_eq!(
+        assert!(
+            mine.body == reference_body,
+            "{ours} differs from nginx's {theirs}:\n{}\n{}",
             String::from_utf8_lossy(&mine.body),
             String::from_utf8_lossy(&reference_body),
-            "{ours} differs from nginx's {theirs}"
         );
         assert_eq!(mine.header("content-type"), reference.header("content-type"));
     }
-    // Scraper-visible form of a Galaxy name.
-    let page = String::from_utf8(get(a, "/files/all/").body).unwrap();
+    // Scraper-visible form of a Galaxy name. (The page is not all UTF-8: like nginx, a long
+    // name is cut at 47 bytes, here inside a character.)
+    let page = String::from_utf8_lossy(&get(a, "/files/all/").body).into_owned();
     assert!(page.contains("<a href=\"samtools%3A1.9--h91753b0_8\">samtools:1.9--h91753b0_8</a>"));
     // A directory without its slash is redirected, like nginx does.
     let r = get(a, "/files/all/sub");
@@ -724,10 +726,13 @@ fn depot_chromium_searches_and_follows_links() {
     });
     std::fs::write(dir.join("listing-all.png"), wd.screenshot()).unwrap();
     wd.click(&wd.find("a[href='bwa%3A0.7.17--he4a0461_11']"));
-    let got = wd.downloads.join("bwa:0.7.17--he4a0461_11");
+    // (Chromium saves it as `bwa_0.7.17--he4a0461_11`: it replaces `:` in file names.)
     let want = std::fs::read(repo.src().join("all/bwa:0.7.17--he4a0461_11")).unwrap();
     poll(Duration::from_secs(30), "the browser's download", || {
-        std::fs::read(&got).is_ok_and(|b| b == want)
+        std::fs::read_dir(&wd.downloads).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            p.to_string_lossy().contains("bwa") && std::fs::read(&p).is_ok_and(|b| b == want)
+        })
     });
 }
 
@@ -801,13 +806,17 @@ impl WebDriver {
     fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
         let url = format!("{}{path}", self.base);
         let req = match method {
-            "POST" => self.http.post(&url).json(&body),
+            "POST" => self
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap()),
             "DELETE" => self.http.delete(&url),
             _ => self.http.get(&url),
         };
         let resp = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status();
-        let v: serde_json::Value = resp.json().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
         assert!(status.is_success(), "{method} {path}: {status} {v}");
         v["value"].clone()
     }

@@ -12,6 +12,8 @@
 //! | `repo.pub` | `public, max-age=300` | `text/plain; charset=utf-8` |
 //! | anything else | `public, max-age=60` | `application/octet-stream` |
 //! | `/metrics` | `no-store` | Prometheus text format |
+//! | `/files/…` (depot view) | `public, max-age=60` | `application/octet-stream`, `text/html`, `application/json` |
+//! | `/` (the page for people) | `no-cache` | `text/html; charset=utf-8` |
 //!
 //! Error responses (400, 404, 405, 416, 500) carry no `Cache-Control`, so no proxy keeps a
 //! "404" for an object that a mirror has not copied yet.
@@ -46,9 +48,17 @@
 //! of its root and fixes its own cache headers). hyper-util's `auto` builder gives HTTP/1.1
 //! and h2c on one port, and its `GracefulShutdown` the clean stop on SIGTERM/SIGINT.
 //!
+//! The depot view ([`depot`]): the published tree of the current revision under
+//! `--depot-prefix` (default `/files/`), as nginx autoindex pages (HTML, or JSON with
+//! `?format=json`) and verified whole files (GET, HEAD, one Range, conditionals), and the page
+//! at `/` (repository, revision, a server-side search of every file name, usage). Requests for
+//! `/` and below the prefix go there; everything else is the static `public/` directory.
+//!
 //! Metrics at `/metrics`: `depotfs_serve_requests_total{method,status,kind}`,
 //! `depotfs_serve_response_body_bytes_total{kind}`, `depotfs_serve_response_head_seconds`,
-//! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`. They are public, on
+//! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`,
+//! `depotfs_serve_depot_failures_total{stage,reason}`, `depotfs_serve_depot_search_seconds`,
+//! `depotfs_serve_depot_revision`. They are public, on
 //! the same port; put the server behind a firewall rule or a proxy if that matters.
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,7 @@
 //! (`autoindex_exact_size on`, `autoindex_localtime off`), checked against a real nginx in
 //! `tests/depot.rs`: directories first, then names in byte order; dot files left out; hrefs
 //! escaped like nginx's `NGX_ESCAPE_URI_COMPONENT` (`samtools%3A1.9--h91753b0_8`, upper-case
-//! hex); names shown HTML-escaped and cut to 50 characters (47 and `..&gt;`); dates as
+//! hex); names shown HTML-escaped and cut to 50 bytes (47 and `..&gt;`); dates as
 //! `06-Dec-2026 10:05` (GMT); sizes right-aligned in 19 columns, `-` for directories; CRLF
 //! line ends. JSON: `[`, one `{ "name":…, "type":…, "mtime":…, "size":… }` per line, `]`.
 
@@ -65,21 +65,10 @@ pub fn href_path(path: &str) -> String {
 
 /// `&`, `<`, `>` and `"` as entities (what nginx's `ngx_escape_html` escapes).
 pub fn html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    push_html(&mut out, s);
-    out
-}
-
-fn push_html(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
+    let mut out = Vec::with_capacity(s.len());
+    push_html_bytes(&mut out, s.as_bytes());
+    // Only ASCII bytes were replaced by ASCII: still UTF-8.
+    String::from_utf8(out).expect("escaping keeps UTF-8")
 }
 
 /// An entry's time (nanoseconds since the epoch; earlier times clamp to the epoch).
@@ -97,49 +86,67 @@ pub fn shown(entries: &[Entry]) -> Vec<Entry> {
 }
 
 /// The HTML directory page of `entries` (already [`shown`]) at URL path `uri` (decoded,
-/// ending in `/`).
+/// ending in `/`). Names are measured and cut in bytes, as nginx does without
+/// `charset utf-8` (a long non-ASCII name may be cut inside a character, as there).
 pub fn autoindex_html(uri: &str, entries: &[Entry]) -> Vec<u8> {
-    let mut out = String::with_capacity(200 + entries.len() * 140);
+    let mut out: Vec<u8> = Vec::with_capacity(200 + entries.len() * 140);
     let title = html(uri);
-    let _ = write!(
-        out,
-        "<html>\r\n<head><title>Index of {title}</title></head>\r\n<body>\r\n<h1>Index of {title}</h1><hr><pre><a href=\"../\">../</a>\r\n"
+    out.extend_from_slice(
+        format!(
+            "<html>\r\n<head><title>Index of {title}</title></head>\r\n<body>\r\n<h1>Index of {title}</h1><hr><pre><a href=\"../\">../</a>\r\n"
+        )
+        .as_bytes(),
     );
     for e in entries {
         let dir = e.is_dir();
-        out.push_str("<a href=\"");
-        out.extend(utf8_percent_encode(&e.name, URI_COMPONENT));
-        if dir {
-            out.push('/');
+        out.extend_from_slice(b"<a href=\"");
+        for part in utf8_percent_encode(&e.name, URI_COMPONENT) {
+            out.extend_from_slice(part.as_bytes());
         }
-        out.push_str("\">");
-        let mut len = e.name.chars().count();
+        if dir {
+            out.push(b'/');
+        }
+        out.extend_from_slice(b"\">");
+        let name = e.name.as_bytes();
+        let mut len = name.len();
         if len > NAME_LEN {
-            let cut: String = e.name.chars().take(NAME_LEN - 3).collect();
-            push_html(&mut out, &cut);
-            out.push_str("..&gt;</a>");
+            push_html_bytes(&mut out, &name[..NAME_LEN - 3]);
+            out.extend_from_slice(b"..&gt;</a>");
         } else {
-            push_html(&mut out, &e.name);
+            push_html_bytes(&mut out, name);
             if dir && len < NAME_LEN {
-                out.push('/');
+                out.push(b'/');
                 len += 1;
             }
-            out.push_str("</a>");
-            out.extend(std::iter::repeat_n(' ', NAME_LEN - len));
+            out.extend_from_slice(b"</a>");
+            out.resize(out.len() + (NAME_LEN - len), b' ');
         }
         // "Sun, 06 Dec 2026 10:05:37 GMT" -> "06-Dec-2026 10:05"
         let d = httpdate::fmt_http_date(time_of(e.mtime_ns));
-        let _ = write!(out, " {}-{}-{} {} ", &d[5..7], &d[8..11], &d[12..16], &d[17..22]);
+        let mut row = format!(" {}-{}-{} {} ", &d[5..7], &d[8..11], &d[12..16], &d[17..22]);
         match e.kind {
             EntryKind::File { size, .. } => {
-                let _ = write!(out, "{size:>19}");
+                let _ = write!(row, "{size:>19}");
             }
-            _ => out.push_str("                  -"),
+            _ => row.push_str("                  -"),
         }
-        out.push_str("\r\n");
+        row.push_str("\r\n");
+        out.extend_from_slice(row.as_bytes());
     }
-    out.push_str("</pre><hr></body>\r\n</html>\r\n");
-    out.into_bytes()
+    out.extend_from_slice(b"</pre><hr></body>\r\n</html>\r\n");
+    out
+}
+
+fn push_html_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'"' => out.extend_from_slice(b"&quot;"),
+            b => out.push(b),
+        }
+    }
 }
 
 /// JSON string escaping as nginx's `ngx_escape_json` does it.
