@@ -103,12 +103,18 @@ fn depot_curl_and_wget_download_and_resume() {
         let f = out.join("curl");
         let o = tool("curl", &[&"-sSf", &"-o", &f, &url]);
         assert!(o.status.success(), "curl {url}: {o:?}");
-        assert!(std::fs::read(&f).unwrap() == want, "curl {name}: bytes differ");
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "curl {name}: bytes differ"
+        );
 
         let f = out.join("wget");
         let o = tool("wget", &[&"-q", &"-O", &f, &url]);
         assert!(o.status.success(), "wget {url}: {o:?}");
-        assert!(std::fs::read(&f).unwrap() == want, "wget {name}: bytes differ");
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "wget {name}: bytes differ"
+        );
 
         if want.len() < 1000 {
             continue;
@@ -117,26 +123,38 @@ fn depot_curl_and_wget_download_and_resume() {
         let cut = want.len() / 3 + 17;
         let f = out.join("curl-resume");
         let _ = std::fs::remove_file(&f);
-        let o = tool("curl", &[&"-sSf", &"-r", &format!("0-{}", cut - 1), &"-o", &f, &url]);
+        let o = tool(
+            "curl",
+            &[&"-sSf", &"-r", &format!("0-{}", cut - 1), &"-o", &f, &url],
+        );
         assert!(o.status.success(), "{o:?}");
         assert_eq!(std::fs::metadata(&f).unwrap().len(), cut as u64);
         let o = tool("curl", &[&"-sSf", &"-C", &"-", &"-o", &f, &url]);
         assert!(o.status.success(), "curl -C -: {o:?}");
-        assert!(std::fs::read(&f).unwrap() == want, "curl resumed {name}: bytes differ");
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "curl resumed {name}: bytes differ"
+        );
 
         // wget -c on a partial file.
         let f = out.join("wget-resume");
         std::fs::write(&f, &want[..cut * 2 - 5]).unwrap();
         let o = tool("wget", &[&"-q", &"-c", &"-O", &f, &url]);
         assert!(o.status.success(), "wget -c: {o:?}");
-        assert!(std::fs::read(&f).unwrap() == want, "wget resumed {name}: bytes differ");
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "wget resumed {name}: bytes differ"
+        );
     }
 
     // HEAD with curl: the headers a downloader needs.
     let url = format!("{}files/all/samtools%3A1.9--h91753b0_8", s.url());
     let o = tool("curl", &[&"-sSfI", &url]);
     let head = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
-    assert!(head.contains(&format!("content-length: {}", IMAGES[0].1)), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", IMAGES[0].1)),
+        "{head}"
+    );
     assert!(head.contains("accept-ranges: bytes"), "{head}");
     assert!(head.contains("last-modified: "), "{head}");
     assert!(head.contains("etag: \""), "{head}");
@@ -184,9 +202,19 @@ fn depot_curl_and_wget_download_and_resume() {
     let r = raw(a, "GET", path, &[("Range", &format!("bytes={len}-"))]);
     assert_eq!(r.status, 416);
     assert_eq!(r.expect_header("content-range"), format!("bytes */{len}"));
-    let r = raw(a, "GET", path, &[("Range", "bytes=5-9"), ("If-Range", &etag)]);
+    let r = raw(
+        a,
+        "GET",
+        path,
+        &[("Range", "bytes=5-9"), ("If-Range", &etag)],
+    );
     assert_eq!((r.status, r.body.as_slice()), (206, &want[5..10]));
-    let r = raw(a, "GET", path, &[("Range", "bytes=5-9"), ("If-Range", "\"old\"")]);
+    let r = raw(
+        a,
+        "GET",
+        path,
+        &[("Range", "bytes=5-9"), ("If-Range", "\"old\"")],
+    );
     assert_eq!(r.status, 200);
     // Two ranges: the whole file, like nginx with max_ranges 1.
     let r = raw(a, "GET", path, &[("Range", "bytes=0-1,5-6")]);
@@ -294,7 +322,10 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
             let t = e["mtime"].as_str().unwrap();
             let o = tool("date", &[&"-u", &"-d", &t, &"+%s"]);
             let secs: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
-            touch(&repo.src().join("all").join(e["name"].as_str().unwrap()), secs);
+            touch(
+                &repo.src().join("all").join(e["name"].as_str().unwrap()),
+                secs,
+            );
         }
     }
     let root = repo.src();
@@ -326,7 +357,10 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
             String::from_utf8_lossy(&mine.body),
             String::from_utf8_lossy(&reference_body),
         );
-        assert_eq!(mine.header("content-type"), reference.header("content-type"));
+        assert_eq!(
+            mine.header("content-type"),
+            reference.header("content-type")
+        );
     }
     // Scraper-visible form of a Galaxy name. (The page is not all UTF-8: like nginx, a long
     // name is cut at 47 bytes, here inside a character.)
@@ -343,7 +377,10 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let nl = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
         let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
         b = &b[nl + 2..];
         if n == 0 {
@@ -416,7 +453,10 @@ for href in re.findall(r'<a href="([^"]+)">', page):
     let page = String::from_utf8(get(addr(&s), "/files/all/").body).unwrap();
     let images = page.matches("%3A").count();
     let with_colon = names.iter().filter(|n| n.contains(':')).count();
-    assert!(images >= with_colon && with_colon > 118_000, "{images} {with_colon}");
+    assert!(
+        images >= with_colon && with_colon > 118_000,
+        "{images} {with_colon}"
+    );
 
     let json = get(addr(&s), "/files/all/?format=json");
     let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
@@ -446,7 +486,10 @@ for href in re.findall(r'<a href="([^"]+)">', page):
             "{n} not found"
         );
     }
-    assert!(page.contains("<dd id=\"images\">118593</dd>"), "image count");
+    assert!(
+        page.contains("<dd id=\"images\">118593</dd>"),
+        "image count"
+    );
 }
 
 /// A corrupt chunk on disk: a download is cut short (curl reports a partial transfer), every
@@ -490,7 +533,15 @@ fn depot_corrupt_object_ends_the_response() {
         );
     } else {
         // The victim belonged to the other chunked image.
-        let o = tool("curl", &[&"-sS", &"-o", &f, &format!("{}files/all/bwa%3A0.7.17--he4a0461_11", s.url())]);
+        let o = tool(
+            "curl",
+            &[
+                &"-sS",
+                &"-o",
+                &f,
+                &format!("{}files/all/bwa%3A0.7.17--he4a0461_11", s.url()),
+            ],
+        );
         assert_eq!(o.status.code(), Some(18), "{o:?}");
     }
 
@@ -579,7 +630,10 @@ fn depot_refuses_hostile_requests() {
                 r.status,
                 String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
             );
-            assert!(!http_suite::contains(&r.body, http_suite::SECRET), "{target}");
+            assert!(
+                !http_suite::contains(&r.body, http_suite::SECRET),
+                "{target}"
+            );
             assert!(!http_suite::contains(&r.body, "root:x:0"), "{target}");
         }
     }
@@ -600,12 +654,20 @@ fn depot_refuses_hostile_requests() {
     let path = "/files/all/samtools%3A1.9--h91753b0_8";
     let many = format!(
         "bytes={}",
-        (0..2000).map(|i| format!("{i}-{i}")).collect::<Vec<_>>().join(",")
+        (0..2000)
+            .map(|i| format!("{i}-{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let r = raw(a, "GET", path, &[("Range", &many)]);
     assert_eq!(r.status, 416, "an absurd range list");
     assert!(r.body.len() < 100);
-    let r = raw(a, "GET", path, &[("Range", &format!("bytes=0-{}", "9".repeat(2000)))]);
+    let r = raw(
+        a,
+        "GET",
+        path,
+        &[("Range", &format!("bytes=0-{}", "9".repeat(2000)))],
+    );
     assert_eq!(r.status, 416, "an absurd range header");
     for m in ["POST", "PUT", "DELETE"] {
         assert_eq!(raw(a, m, path, &[]).status, 405, "{m}");
@@ -641,7 +703,12 @@ fn depot_prefix_flag_and_unpublished_store() {
     let mut child = Command::new(cli_run::BIN)
         .arg("serve")
         .arg(repo.store())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--depot-prefix", "/depot/v1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--depot-prefix",
+            "/depot/v1",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -655,7 +722,10 @@ fn depot_prefix_flag_and_unpublished_store() {
     assert_eq!(get(a, "/files/all/").status, 404);
     assert_eq!(get(a, "/manifest").status, 200);
     let page = String::from_utf8(get(a, "/?q=bwa").body).unwrap();
-    assert!(page.contains("href=\"/depot/v1/all/bwa%3A0.7.17--he4a0461_11\""), "{page}");
+    assert!(
+        page.contains("href=\"/depot/v1/all/bwa%3A0.7.17--he4a0461_11\""),
+        "{page}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 
@@ -681,7 +751,11 @@ fn depot_chromium_searches_and_follows_links() {
     let repo = Repo::publish("singularity.test.org", |src| {
         images(src);
         let all = src.join("all");
-        for v in ["1.3.1--h0cf4675_11", "1.15.1--h1170115_0", "1.21--h50ea8bc_0"] {
+        for v in [
+            "1.3.1--h0cf4675_11",
+            "1.15.1--h1170115_0",
+            "1.21--h50ea8bc_0",
+        ] {
             std::fs::write(all.join(format!("samtools:{v}")), v).unwrap();
         }
         std::fs::write(all.join("bcftools:1.9--h68d8f2e_9"), "b").unwrap();
@@ -691,7 +765,10 @@ fn depot_chromium_searches_and_follows_links() {
 
     wd.go(&s.url());
     let title = wd.exec("return document.title");
-    assert!(title.as_str().unwrap().contains("singularity.test.org"), "{title}");
+    assert!(
+        title.as_str().unwrap().contains("singularity.test.org"),
+        "{title}"
+    );
     let q = wd.find("#q");
     wd.type_into(&q, "samtools");
     wd.click(&wd.find("form.search button"));
@@ -703,12 +780,18 @@ fn depot_chromium_searches_and_follows_links() {
     let url = wd.exec("return location.href");
     assert!(url.as_str().unwrap().contains("?q=samtools"), "{url}");
     let count = wd.exec("return document.getElementById('count').textContent");
-    assert!(count.as_str().unwrap().starts_with("5 images match"), "{count}");
+    assert!(
+        count.as_str().unwrap().starts_with("5 images match"),
+        "{count}"
+    );
     // Versions side by side, newest first.
     let versions = wd.exec(
         "return Array.from(document.querySelectorAll('table.versions tr td:first-child')).map(e => e.textContent)",
     );
-    assert_eq!(versions, serde_json::json!(["1.21", "1.15.1", "1.10", "1.9", "1.3.1"]));
+    assert_eq!(
+        versions,
+        serde_json::json!(["1.21", "1.15.1", "1.10", "1.9", "1.3.1"])
+    );
     let shot = wd.screenshot();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/depot-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -814,7 +897,9 @@ impl WebDriver {
             "DELETE" => self.http.delete(&url),
             _ => self.http.get(&url),
         };
-        let resp = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status();
         let v: serde_json::Value = serde_json::from_str(&resp.text().unwrap()).unwrap();
         assert!(status.is_success(), "{method} {path}: {status} {v}");
@@ -859,7 +944,11 @@ impl WebDriver {
     }
 
     fn click(&self, el: &str) {
-        self.call("POST", &self.s(&format!("/element/{el}/click")), serde_json::json!({}));
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{el}/click")),
+            serde_json::json!({}),
+        );
     }
 
     fn screenshot(&self) -> Vec<u8> {
@@ -891,7 +980,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
         b'/' => 63,
         _ => panic!("not base64: {c}"),
     };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for q in bytes.chunks(4) {
         let v: Vec<u32> = q.iter().map(|&c| u32::from(val(c))).collect();

@@ -132,7 +132,11 @@ impl LocalTree {
         if v.data().len() != piece.len as usize {
             return Err(Error::Format(depotfs_catalog::Error::BadObject {
                 id: piece.id,
-                what: format!("{} bytes where its file expects {}", v.data().len(), piece.len),
+                what: format!(
+                    "{} bytes where its file expects {}",
+                    v.data().len(),
+                    piece.len
+                ),
             }));
         }
         Ok(v)

@@ -42,8 +42,8 @@ use depotfs_catalog::{ChunkRef, Entry, EntryKind, FileContent, Manifest, ObjectI
 use hyper::body::Bytes;
 use hyper::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
-    HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED,
-    LOCATION, RANGE,
+    HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION,
+    RANGE,
 };
 use hyper::{Response, StatusCode};
 use tokio::task::JoinHandle;
@@ -96,7 +96,9 @@ pub fn normalize_prefix(prefix: &str) -> anyhow::Result<String> {
         .ok_or_else(|| bad("must start with /"))?;
     let inner = inner.strip_suffix('/').unwrap_or(inner);
     if inner.is_empty() {
-        return Err(bad("must name a path below / (the page for people is at /)"));
+        return Err(bad(
+            "must name a path below / (the page for people is at /)",
+        ));
     }
     for seg in inner.split('/') {
         if seg.is_empty()
@@ -389,7 +391,8 @@ impl Depot {
                 let mut r = text(StatusCode::MOVED_PERMANENTLY);
                 r.headers_mut().insert(
                     LOCATION,
-                    HeaderValue::from_str(&location).map_err(|e| crate::Error::Input(e.to_string()))?,
+                    HeaderValue::from_str(&location)
+                        .map_err(|e| crate::Error::Input(e.to_string()))?,
                 );
                 Ok((r, "depot_listing"))
             }
@@ -415,7 +418,10 @@ impl Depot {
                         "text/html",
                     )
                 };
-                Ok((document(body, ctype, CACHE_DEPOT, req.head), "depot_listing"))
+                Ok((
+                    document(body, ctype, CACHE_DEPOT, req.head),
+                    "depot_listing",
+                ))
             }
             (None, Some(e)) => match e.kind {
                 EntryKind::File { size, content } if !slash => Ok((
@@ -494,7 +500,12 @@ fn lookup(tree: &LocalTree, root: &ObjectId, parts: &[String]) -> crate::Result<
 }
 
 /// A whole document in memory (pages, listings).
-fn document(body: Bytes, ctype: &'static str, cache: &'static str, head: bool) -> Response<ServeBody> {
+fn document(
+    body: Bytes,
+    ctype: &'static str,
+    cache: &'static str,
+    head: bool,
+) -> Response<ServeBody> {
     let len = body.len();
     let mut r = Response::new(if head {
         ServeBody::empty()
@@ -735,7 +746,17 @@ mod tests {
         assert_eq!(normalize_prefix("/files/").unwrap(), "/files/");
         assert_eq!(normalize_prefix("/files").unwrap(), "/files/");
         assert_eq!(normalize_prefix("/a/b.c/").unwrap(), "/a/b.c/");
-        for bad in ["files/", "/", "//", "/a//b/", "/../x/", "/objects/", "/metrics", "/a b/", "/%2e/"] {
+        for bad in [
+            "files/",
+            "/",
+            "//",
+            "/a//b/",
+            "/../x/",
+            "/objects/",
+            "/metrics",
+            "/a b/",
+            "/%2e/",
+        ] {
             let e = normalize_prefix(bad).unwrap_err().to_string();
             assert!(e.contains("--depot-prefix"), "{bad}: {e}");
         }
@@ -761,7 +782,13 @@ mod tests {
         assert_eq!(route(p, "/files/a%20b/"), tree(&["a b"], true));
         assert_eq!(route(p, "/manifest"), None);
         assert_eq!(route(p, "/filesx"), None);
-        for bad in ["/files/..", "/files/a/../b", "/files/%2e%2e/x", "/files/a%2fb", "/files/a%00"] {
+        for bad in [
+            "/files/..",
+            "/files/a/../b",
+            "/files/%2e%2e/x",
+            "/files/a%2fb",
+            "/files/a%00",
+        ] {
             assert_eq!(route(p, bad), Some(Err(PathRefused::BadRequest)), "{bad}");
         }
         assert_eq!(route(p, "/files/%ff"), Some(Err(PathRefused::NotFound)));
@@ -769,8 +796,14 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param(Some("q=sam+tools&x=1"), "q").as_deref(), Some("sam tools"));
-        assert_eq!(query_param(Some("format=json"), "format").as_deref(), Some("json"));
+        assert_eq!(
+            query_param(Some("q=sam+tools&x=1"), "q").as_deref(),
+            Some("sam tools")
+        );
+        assert_eq!(
+            query_param(Some("format=json"), "format").as_deref(),
+            Some("json")
+        );
         assert_eq!(query_param(Some("q=%3Cb%3E"), "q").as_deref(), Some("<b>"));
         assert_eq!(query_param(Some("qq=1"), "q"), None);
         assert_eq!(query_param(None, "q"), None);

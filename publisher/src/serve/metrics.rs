@@ -74,7 +74,9 @@ impl Metrics {
                 "depotfs_serve_depot_search_seconds",
                 "Time to answer a search of the page at / (search and page rendering)",
             )
-            .buckets(vec![0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
         )?;
         let depot_revision = IntGauge::new(
             "depotfs_serve_depot_revision",

@@ -79,9 +79,21 @@ pub fn time_of(mtime_ns: i64) -> SystemTime {
 /// The entries a directory page shows, in nginx's order: directories first, then files, each
 /// in byte order of their names; dot files and symlinks (not served) left out.
 pub fn shown(entries: &[Entry]) -> Vec<Entry> {
-    let visible = |e: &&Entry| !e.name.starts_with('.') && !matches!(e.kind, EntryKind::Symlink { .. });
-    let mut out: Vec<Entry> = entries.iter().filter(visible).filter(|e| e.is_dir()).cloned().collect();
-    out.extend(entries.iter().filter(visible).filter(|e| !e.is_dir()).cloned());
+    let visible =
+        |e: &&Entry| !e.name.starts_with('.') && !matches!(e.kind, EntryKind::Symlink { .. });
+    let mut out: Vec<Entry> = entries
+        .iter()
+        .filter(visible)
+        .filter(|e| e.is_dir())
+        .cloned()
+        .collect();
+    out.extend(
+        entries
+            .iter()
+            .filter(visible)
+            .filter(|e| !e.is_dir())
+            .cloned(),
+    );
     out
 }
 
@@ -287,13 +299,23 @@ pub fn index_page(info: &RepoInfo<'_>, index: &SearchIndex, query: &str, limit: 
     o
 }
 
-fn search_results(o: &mut String, info: &RepoInfo<'_>, index: &SearchIndex, query: &str, limit: usize) {
+fn search_results(
+    o: &mut String,
+    info: &RepoInfo<'_>,
+    index: &SearchIndex,
+    query: &str,
+    limit: usize,
+) {
     let found = index.find(query, limit);
     let _ = write!(
         o,
         "<p id=\"count\">{} {} <q>{}</q>{}.</p>\n",
         found.total,
-        if found.total == 1 { "image matches" } else { "images match" },
+        if found.total == 1 {
+            "image matches"
+        } else {
+            "images match"
+        },
         html(query),
         if found.total > found.hits.len() {
             format!(", the first {} shown", found.hits.len())
@@ -325,7 +347,11 @@ fn search_results(o: &mut String, info: &RepoInfo<'_>, index: &SearchIndex, quer
             html(tool)
         );
         for (version, hits) in versions {
-            let _ = write!(o, "<tr><td>{}</td><td class=\"builds\">", html(if version.is_empty() { "—" } else { version }));
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td class=\"builds\">",
+                html(if version.is_empty() { "—" } else { version })
+            );
             for h in &hits {
                 let _ = write!(
                     o,
@@ -337,7 +363,11 @@ fn search_results(o: &mut String, info: &RepoInfo<'_>, index: &SearchIndex, quer
                 );
             }
             let sizes: Vec<String> = hits.iter().map(|h| human_size(h.size)).collect();
-            let _ = write!(o, "</td><td class=\"num\">{}</td></tr>\n", sizes.join(" / "));
+            let _ = write!(
+                o,
+                "</td><td class=\"num\">{}</td></tr>\n",
+                sizes.join(" / ")
+            );
         }
         o.push_str("</table>\n");
     }
@@ -434,7 +464,10 @@ mod tests {
 
     #[test]
     fn hrefs_escape_like_nginx() {
-        assert_eq!(href("samtools:1.9--h91753b0_8"), "samtools%3A1.9--h91753b0_8");
+        assert_eq!(
+            href("samtools:1.9--h91753b0_8"),
+            "samtools%3A1.9--h91753b0_8"
+        );
         assert_eq!(href("a b&c<d>\"e"), "a%20b%26c%3Cd%3E%22e");
         assert_eq!(
             href("q'!()*+,;=?@[]^`{|}~x"),
@@ -455,7 +488,12 @@ mod tests {
                 entries: 0,
             },
         };
-        let entries = shown(&[file(".hidden", 1), file("a<b", 15), dir, file(&"m".repeat(60), 12)]);
+        let entries = shown(&[
+            file(".hidden", 1),
+            file("a<b", 15),
+            dir,
+            file(&"m".repeat(60), 12),
+        ]);
         let page = String::from_utf8(autoindex_html("/files/", &entries)).unwrap();
         let want = format!(
             "<html>\r\n<head><title>Index of /files/</title></head>\r\n<body>\r\n\
