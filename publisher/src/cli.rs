@@ -134,7 +134,7 @@ pub struct GcArgs {
     pub keep: u64,
 }
 
-/// `depotfs serve STORE --listen ADDR`
+/// `depotfs serve STORE --listen ADDR [--depot-prefix /files/]`
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The repository (its `public/` is served), or a `public/`-like directory itself.
@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// URL path under which the published tree is browsable and downloadable file by file
+    /// (the depot view: autoindex pages, JSON, whole files); the page at `/` links to it.
+    #[arg(long, default_value = "/files/")]
+    pub depot_prefix: String,
 }
 
 /// `depotfs replicate SOURCE_URL DEST_DIR --key PUBKEY [--jobs N] [--name NAME] [--full]`.
@@ -483,12 +487,12 @@ pub fn cat(a: CatArgs) -> anyhow::Result<ExitCode> {
     let e = tree
         .resolve(&m.root, &path)?
         .with_context(|| "the root is a directory")?;
-    let content = match e.kind {
-        EntryKind::File { content, .. } => content,
+    let (content, size) = match e.kind {
+        EntryKind::File { content, size } => (content, size),
         _ => anyhow::bail!("{path} is not a regular file"),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    tree.copy_file(&content, &mut out)?;
+    tree.copy_file(&content, size, &mut out)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,12 +9,14 @@
 //! - [`ingest`]: walking input files, content-defined chunking, hashing and compressing on
 //!   all cores, writing only missing objects.
 //! - [`repo`]: staging (`add`, `rm`), publishing signed revisions, `rollback`, `gc`, `verify`.
-//! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`).
+//! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`, the
+//!   depot view), every object verified.
 //! - [`replicate`]: `depotfs replicate`, a verified, incremental, crash-safe mirror of a
 //!   served repository (children-first walk; the manifest is written last).
 //! - [`sync`]: `depotfs sync`, a depot (an HTTP directory listing) streamed into the store
 //!   through the staging path, resumable, published as it goes.
-//! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`.
+//! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`, and the depot view
+//!   of the published tree (autoindex pages, verified whole files, a search page at `/`).
 //! - [`cli`]: the subcommands.
 //!
 //! Crate choices: `redb` for the catalog (crash-safe, one file; sled ran out of memory at

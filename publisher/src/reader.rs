@@ -1,5 +1,6 @@
 //! Reading a published tree straight from the store's objects, without a mount: used by
-//! `ls`, `cat`, `verify`, `gc` and `rollback`. Every object is verified as it is read.
+//! `ls`, `cat`, `verify`, `gc`, `rollback` and the depot view of `depotfs serve`. Every object
+//! is verified as it is read.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -7,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use depotfs_catalog::dir::{self, NODE_MAX_BYTES, NodeSource};
 use depotfs_catalog::object::ObjectKind;
-use depotfs_catalog::{ChunkList, DirNode, Entry, EntryKind, FileContent, ObjectId};
+use depotfs_catalog::{
+    ChunkList, ChunkRef, DirNode, Entry, EntryKind, FileContent, ObjectId, Verified,
+};
 
 use crate::error::{Error, Result};
 use crate::store::Objects;
@@ -96,24 +99,57 @@ impl LocalTree {
         Ok(ChunkList::from_verified(&v)?)
     }
 
-    /// Write a file's verified content to `out`.
-    pub fn copy_file(&self, content: &FileContent, out: &mut dyn Write) -> Result<u64> {
+    /// The pieces of a file of `size` bytes, in order: one per chunk (none for an empty
+    /// file). Lengths add up to the file's size, or the published data is malformed.
+    pub fn pieces(&self, content: &FileContent, size: u64) -> Result<Vec<ChunkRef>> {
+        let pieces = match content {
+            FileContent::Empty => Vec::new(),
+            FileContent::Single(id) => {
+                let len = u32::try_from(size)
+                    .ok()
+                    .filter(|&l| u64::from(l) <= depotfs_catalog::chunking::SMALL_FILE_MAX)
+                    .ok_or_else(|| {
+                        Error::Input(format!("object {id}: a single-chunk file of {size} bytes"))
+                    })?;
+                vec![ChunkRef { id: *id, len }]
+            }
+            FileContent::Chunked(list) => self.chunk_list(list)?.chunks,
+        };
+        let total: u64 = pieces.iter().map(|c| u64::from(c.len)).sum();
+        if total != size {
+            return Err(Error::Input(format!(
+                "the chunks of a file add up to {total} bytes, its entry says {size}"
+            )));
+        }
+        Ok(pieces)
+    }
+
+    /// The verified plaintext of one piece of a file; exactly `piece.len` bytes.
+    pub fn piece(&self, piece: &ChunkRef) -> Result<Verified> {
+        let v = self
+            .objects
+            .get(&piece.id, ObjectKind::Chunk, u64::from(piece.len))?;
+        if v.data().len() != piece.len as usize {
+            return Err(Error::Format(depotfs_catalog::Error::BadObject {
+                id: piece.id,
+                what: format!(
+                    "{} bytes where its file expects {}",
+                    v.data().len(),
+                    piece.len
+                ),
+            }));
+        }
+        Ok(v)
+    }
+
+    /// Write the verified content of a file of `size` bytes to `out`.
+    pub fn copy_file(&self, content: &FileContent, size: u64, out: &mut dyn Write) -> Result<u64> {
         let mut n = 0u64;
-        let mut emit = |id: &ObjectId, max: u64| -> Result<()> {
-            let v = self.objects.get(id, ObjectKind::Chunk, max)?;
+        for p in self.pieces(content, size)? {
+            let v = self.piece(&p)?;
             out.write_all(v.data())
                 .map_err(Error::io("standard output"))?;
             n += v.data().len() as u64;
-            Ok(())
-        };
-        match content {
-            FileContent::Empty => {}
-            FileContent::Single(id) => emit(id, depotfs_catalog::chunking::SMALL_FILE_MAX)?,
-            FileContent::Chunked(list) => {
-                for c in self.chunk_list(list)?.chunks {
-                    emit(&c.id, c.len as u64)?;
-                }
-            }
         }
         Ok(n)
     }

@@ -12,6 +12,8 @@
 //! | `repo.pub` | `public, max-age=300` | `text/plain; charset=utf-8` |
 //! | anything else | `public, max-age=60` | `application/octet-stream` |
 //! | `/metrics` | `no-store` | Prometheus text format |
+//! | `/files/…` (depot view) | `public, max-age=60` | `application/octet-stream`, `text/html`, `application/json` |
+//! | `/` (the page for people) | `no-cache` | `text/html; charset=utf-8` |
 //!
 //! Error responses (400, 404, 405, 416, 500) carry no `Cache-Control`, so no proxy keeps a
 //! "404" for an object that a mirror has not copied yet.
@@ -46,16 +48,27 @@
 //! of its root and fixes its own cache headers). hyper-util's `auto` builder gives HTTP/1.1
 //! and h2c on one port, and its `GracefulShutdown` the clean stop on SIGTERM/SIGINT.
 //!
+//! The depot view ([`depot`]): the published tree of the current revision under
+//! `--depot-prefix` (default `/files/`), as nginx autoindex pages (HTML, or JSON with
+//! `?format=json`) and verified whole files (GET, HEAD, one Range, conditionals), and the page
+//! at `/` (repository, revision, a server-side search of every file name, usage). Requests for
+//! `/` and below the prefix go there; everything else is the static `public/` directory.
+//!
 //! Metrics at `/metrics`: `depotfs_serve_requests_total{method,status,kind}`,
 //! `depotfs_serve_response_body_bytes_total{kind}`, `depotfs_serve_response_head_seconds`,
-//! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`. They are public, on
+//! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`,
+//! `depotfs_serve_depot_failures_total{stage,reason}`, `depotfs_serve_depot_search_seconds`,
+//! `depotfs_serve_depot_revision`. They are public, on
 //! the same port; put the server behind a firewall rule or a proxy if that matters.
 #![forbid(unsafe_code)]
 
+pub mod depot;
 mod files;
 mod handler;
 mod metrics;
+mod pages;
 pub mod parse;
+mod search;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -101,6 +114,7 @@ fn connection_limit() -> usize {
 /// `depotfs serve STORE --listen ADDR`: serve until SIGTERM or SIGINT.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let root = public_dir(&args.store)?;
+    let prefix = depot::normalize_prefix(&args.depot_prefix)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("depotfs-serve")
@@ -111,7 +125,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let shutdown = shutdown_signal()?;
-        serve_on(listener, root, shutdown).await
+        serve_on(listener, root, prefix, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -193,15 +207,19 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Serve `root` (a public directory) on `listener` until `shutdown` resolves, then stop
+/// Serve `root` (a public directory) on `listener`, with the depot view under
+/// `depot_prefix` (from [`depot::normalize_prefix`]), until `shutdown` resolves, then stop
 /// accepting, let requests in flight finish for up to [`SHUTDOWN_GRACE`], and return.
 pub async fn serve_on(
     listener: TcpListener,
     root: PathBuf,
+    depot_prefix: String,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let root = files::Root::new(&root)?;
     let state = Arc::new(State {
-        root: files::Root::new(&root)?,
+        depot: depot::Depot::new(root.path().to_path_buf(), depot_prefix),
+        root,
         metrics: metrics::Metrics::new()?,
     });
     state.metrics.touch();

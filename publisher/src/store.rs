@@ -29,16 +29,29 @@ use crate::error::{Error, Result};
 pub struct Layout {
     /// STORE itself.
     pub root: PathBuf,
+    /// `STORE/public`, or the directory itself for a bare public directory.
+    public: PathBuf,
 }
 
 impl Layout {
     /// The layout of the store at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Layout { root: root.into() }
+        let root = root.into();
+        let public = root.join("public");
+        Layout { root, public }
+    }
+    /// The layout of a bare public directory (a mirror, or what `depotfs serve` serves):
+    /// only the paths under [`Layout::public`] are meaningful, for reading.
+    pub fn of_public(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        Layout {
+            root: dir.clone(),
+            public: dir,
+        }
     }
     /// `STORE/public`.
     pub fn public(&self) -> PathBuf {
-        self.root.join("public")
+        self.public.clone()
     }
     /// `STORE/public/manifest`.
     pub fn manifest(&self) -> PathBuf {

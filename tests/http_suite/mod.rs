@@ -451,7 +451,6 @@ pub fn check_errors(addr: SocketAddr, fx: &Fixture, who: &str) {
         "/objects",
         "/objects/",
         "/objects/ab/",
-        "/",
         "/nope",
         "/objects/.tmp-partial",
     ] {

@@ -139,6 +139,17 @@ enum Inner {
     Empty,
     Bytes(Option<Bytes>),
     File(FileStream),
+    Stream(Box<dyn ChunkStream>),
+}
+
+/// A body produced piece by piece by someone else (the depot view's verified files).
+pub trait ChunkStream: Send + std::fmt::Debug {
+    /// The next piece; `Some(Err)` ends the response early (the connection is closed).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
+    /// Bytes still to come.
+    fn remaining(&self) -> u64;
+    /// Nothing more will come.
+    fn ended(&self) -> bool;
 }
 
 #[derive(Debug)]
@@ -181,6 +192,14 @@ impl ServeBody {
                 pending: None,
                 failed: false,
             }),
+            sent: None,
+        }
+    }
+
+    /// A body produced by `s`.
+    pub fn stream(s: Box<dyn ChunkStream>) -> Self {
+        ServeBody {
+            inner: Inner::Stream(s),
             sent: None,
         }
     }
@@ -249,6 +268,7 @@ impl Body for ServeBody {
             Inner::Empty => None,
             Inner::Bytes(b) => b.take().map(Ok),
             Inner::File(f) => ready!(f.poll_chunk(cx)),
+            Inner::Stream(s) => ready!(s.poll_chunk(cx)),
         };
         if let (Some(Ok(b)), Some(c)) = (&next, &this.sent) {
             c.inc_by(b.len() as u64);
@@ -261,6 +281,7 @@ impl Body for ServeBody {
             Inner::Empty => true,
             Inner::Bytes(b) => b.is_none(),
             Inner::File(f) => f.failed || f.pos >= f.end,
+            Inner::Stream(s) => s.ended(),
         }
     }
 
@@ -269,6 +290,7 @@ impl Body for ServeBody {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::File(f) => SizeHint::with_exact(f.end.saturating_sub(f.pos)),
+            Inner::Stream(s) => SizeHint::with_exact(s.remaining()),
         }
     }
 }

@@ -13,6 +13,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::depot::{self, Depot};
 use super::files::{CHUNK, OpenError, Root, ServeBody, read_range};
 use super::metrics::{self, Metrics};
 use super::parse::{self, Kind, PathRefused, RangeAnswer, Target};
@@ -22,6 +23,8 @@ use super::parse::{self, Kind, PathRefused, RangeAnswer, Target};
 pub struct State {
     /// The served directory.
     pub root: Root,
+    /// The depot view of the published tree, and the page at `/`.
+    pub depot: Depot,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -66,6 +69,31 @@ async fn respond(
             return (r, "error");
         }
     };
+    if let Some(route) = depot::route(state.depot.prefix(), req.uri().path()) {
+        let route = match route {
+            Ok(r) => r,
+            Err(PathRefused::BadRequest) => return (text(StatusCode::BAD_REQUEST), "error"),
+            Err(PathRefused::NotFound) => return (text(StatusCode::NOT_FOUND), "error"),
+        };
+        let st = Arc::clone(state);
+        let dreq = depot::Request {
+            path: req.uri().path().to_owned(),
+            query: req.uri().query().map(str::to_owned),
+            headers: req.headers().clone(),
+            head,
+        };
+        return match tokio::task::spawn_blocking(move || {
+            st.depot.respond(&st.metrics, route, &dreq)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(path = req.uri().path(), "depot task failed: {e}");
+                (text(StatusCode::INTERNAL_SERVER_ERROR), "error")
+            }
+        };
+    }
     match parse::parse_path(req.uri().path()) {
         Err(PathRefused::BadRequest) => (text(StatusCode::BAD_REQUEST), "error"),
         Err(PathRefused::NotFound) => (text(StatusCode::NOT_FOUND), "error"),
@@ -100,7 +128,7 @@ async fn respond(
 }
 
 /// A short text response for errors: `404 Not Found\n`. No `Cache-Control`, like nginx.
-fn text(status: StatusCode) -> Response<ServeBody> {
+pub(super) fn text(status: StatusCode) -> Response<ServeBody> {
     let body = format!(
         "{} {}\n",
         status.as_str(),

@@ -21,6 +21,9 @@ pub struct Metrics {
     duration: Histogram,
     connections: IntCounter,
     open_connections: IntGauge,
+    depot_failures: IntCounterVec,
+    depot_search: Histogram,
+    depot_revision: IntGauge,
 }
 
 impl Metrics {
@@ -59,6 +62,29 @@ impl Metrics {
             "depotfs_serve_open_connections",
             "TCP connections currently open",
         )?;
+        let depot_failures = IntCounterVec::new(
+            Opts::new(
+                "depotfs_serve_depot_failures_total",
+                "Depot-view responses that failed: before the head (500) or cut short in the body, by reason (verify: an object failed its hash or format; io: missing or unreadable)",
+            ),
+            &["stage", "reason"],
+        )?;
+        let depot_search = Histogram::with_opts(
+            HistogramOpts::new(
+                "depotfs_serve_depot_search_seconds",
+                "Time to answer a search of the page at / (search and page rendering)",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        let depot_revision = IntGauge::new(
+            "depotfs_serve_depot_revision",
+            "The revision the depot view serves new requests from",
+        )?;
+        registry.register(Box::new(depot_failures.clone()))?;
+        registry.register(Box::new(depot_search.clone()))?;
+        registry.register(Box::new(depot_revision.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(body_bytes.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -71,6 +97,9 @@ impl Metrics {
             duration,
             connections,
             open_connections,
+            depot_failures,
+            depot_search,
+            depot_revision,
         })
     }
 
@@ -90,6 +119,29 @@ impl Metrics {
     /// The counter of body bytes of `kind` (a [`Kind::label`] or `"metrics"`/`"error"`).
     pub fn body_bytes(&self, kind: &str) -> IntCounter {
         self.body_bytes.with_label_values(&[kind])
+    }
+
+    /// Count a failed depot-view response (`stage`: `head` or `body`).
+    pub fn depot_failure(&self, stage: &str, reason: &str) {
+        self.depot_failures
+            .with_label_values(&[stage, reason])
+            .inc();
+    }
+
+    /// The failure counter, for bodies that outlive the request handler.
+    pub fn depot_failures_in_body(&self) -> IntCounterVec {
+        self.depot_failures.clone()
+    }
+
+    /// Time one search took.
+    pub fn depot_search(&self, took: Duration) {
+        self.depot_search.observe(took.as_secs_f64());
+    }
+
+    /// The revision now served.
+    pub fn depot_revision(&self, revision: u64) {
+        self.depot_revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
     }
 
     /// A connection was accepted; the guard counts it closed when dropped.
@@ -112,6 +164,14 @@ impl Metrics {
     pub fn touch(&self) {
         for k in [Kind::Object, Kind::Manifest, Kind::PublicKey, Kind::Other] {
             self.body_bytes(k.label());
+        }
+        for k in ["depot_file", "depot_listing", "page"] {
+            self.body_bytes(k);
+        }
+        for stage in ["head", "body"] {
+            for reason in ["verify", "io"] {
+                self.depot_failures.with_label_values(&[stage, reason]);
+            }
         }
     }
 }

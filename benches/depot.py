@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The depot view of `depotfs serve` (issue 14), by hand, on loopback, in one run:
+
+  D1  a whole 1 GiB image from /files/ vs nginx serving the same bytes as a plain file,
+      cold (page cache dropped before each download: root only) and warm; target >= 0.8x.
+  D2  the autoindex page of a directory of the real 118,594 names (first request renders it,
+      later ones are served from memory); target <= 1 s.
+  D3  a search of the page at / over those names; target <= 50 ms.
+
+Downloads are made by curl to /dev/null (its own timing, %{time_total}). Prints a Markdown
+table for benches/RESULTS.md (Notes). Usage:
+
+  benches/depot.py [--bin target/release/depotfs] [--work /var/tmp/depotfs-depot] [--reps 3]
+"""
+
+import argparse
+import gzip
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LISTING = os.path.join(REPO, "tests/data/cvmfs_singularity_all_2026-01-28.tsv.gz")
+GIB = 1 << 30
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+def free_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    import socket
+
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def drop_caches():
+    if os.geteuid() != 0:
+        return False
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    return True
+
+
+def curl_seconds(url):
+    out = subprocess.run(
+        ["curl", "-sSf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def prepare(bin_, work):
+    img_dir = os.path.join(work, "src/all")
+    img = os.path.join(img_dir, "big:1.0--0")
+    store = os.path.join(work, "store")
+    if not os.path.exists(os.path.join(store, "public/manifest")):
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(img_dir)
+        # Incompressible, like a squashfs image: stored raw, so the view hashes, not inflates.
+        with open(img, "wb") as f:
+            for _ in range(GIB // (64 << 20)):
+                f.write(os.urandom(64 << 20))
+        names = [l.split("\t", 1)[0] for l in gzip.open(LISTING, "rt").read().splitlines()[1:]]
+        big = os.path.join(work, "src/names")
+        os.makedirs(big)
+        for n in names:
+            if n == "bin":
+                os.mkdir(os.path.join(big, n))
+            else:
+                open(os.path.join(big, n), "w").close()
+        sh(bin_, "init", store, "--name", "singularity.bench", stdout=subprocess.DEVNULL)
+        sh(bin_, "add", store, img_dir, os.path.join(work, "src/names"), stdout=subprocess.DEVNULL)
+    return img, store
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(REPO, "target/release/depotfs"))
+    ap.add_argument("--work", default="/var/tmp/depotfs-depot")
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    img, store = prepare(a.bin, a.work)
+
+    dport, nport = free_port(), free_port()
+    serve = subprocess.Popen(
+        [a.bin, "serve", store, "--listen", f"127.0.0.1:{dport}"],
+        stderr=subprocess.DEVNULL,
+    )
+    ndir = os.path.join(a.work, "nginx")
+    os.makedirs(os.path.join(ndir, "tmp"), exist_ok=True)
+    with open(os.path.join(ndir, "nginx.conf"), "w") as f:
+        t = os.path.join(ndir, "tmp")
+        f.write(
+            f"daemon off; error_log {ndir}/error.log; pid {ndir}/nginx.pid;\n"
+            f"events {{}}\nhttp {{ access_log off; sendfile on; client_body_temp_path {t};"
+            f" proxy_temp_path {t}; fastcgi_temp_path {t}; uwsgi_temp_path {t}; scgi_temp_path {t};\n"
+            f" server {{ listen 127.0.0.1:{nport}; root {os.path.dirname(img)}; }} }}\n"
+        )
+    nginx = subprocess.Popen(["nginx", "-c", os.path.join(ndir, "nginx.conf")], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(dport)
+        wait_port(nport)
+        name = "big%3A1.0--0"
+        urls = {
+            "depotfs": f"http://127.0.0.1:{dport}/files/all/{name}",
+            "nginx": f"http://127.0.0.1:{nport}/{name}",
+        }
+        rows = []
+        for state in ["cold", "warm"]:
+            res = {}
+            for who, url in urls.items():
+                times = []
+                if state == "warm":
+                    curl_seconds(url)
+                for _ in range(a.reps):
+                    if state == "cold" and not drop_caches():
+                        times = []
+                        break
+                    t, n = curl_seconds(url)
+                    assert n == GIB, (who, n)
+                    times.append(t)
+                res[who] = times
+            if not res["depotfs"]:
+                rows.append((f"D1 1 GiB image, {state}", "skipped (not root: no drop_caches)", "", "", ""))
+                continue
+            d, n = statistics.median(res["depotfs"]), statistics.median(res["nginx"])
+            rows.append(
+                (
+                    f"D1 1 GiB image, {state}",
+                    f"{GIB / d / 2**20:.0f} MiB/s",
+                    f"{GIB / n / 2**20:.0f} MiB/s",
+                    f"{n / d:.2f}x",
+                    ">= 0.8x",
+                )
+            )
+        page = f"http://127.0.0.1:{dport}/files/names/"
+        first, size = curl_seconds(page)
+        later = [curl_seconds(page)[0] for _ in range(a.reps)]
+        rows.append(("D2 autoindex of 118,594 names, first (render)", f"{first * 1000:.0f} ms", f"{size / 1e6:.1f} MB", "", "<= 1 s"))
+        rows.append(("D2 autoindex of 118,594 names, later", f"{statistics.median(later) * 1000:.0f} ms", "", "", "<= 1 s"))
+        search = f"http://127.0.0.1:{dport}/?q=samtools"
+        first, _ = curl_seconds(search)
+        later = [curl_seconds(search)[0] for _ in range(max(a.reps, 5))]
+        rows.append(("D3 search `samtools`, first (builds the index)", f"{first * 1000:.1f} ms", "", "", ""))
+        rows.append(("D3 search `samtools`, later", f"{statistics.median(later) * 1000:.1f} ms", "", "", "<= 50 ms"))
+        rare = f"http://127.0.0.1:{dport}/?q=zzzz-no-such"
+        later = [curl_seconds(rare)[0] for _ in range(max(a.reps, 5))]
+        rows.append(("D3 search with no match (whole scan)", f"{statistics.median(later) * 1000:.1f} ms", "", "", "<= 50 ms"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{dport}/metrics") as r:
+            m = r.read().decode()
+        srch = [l for l in m.splitlines() if l.startswith("depotfs_serve_depot_search_seconds_sum") or l.startswith("depotfs_serve_depot_search_seconds_count")]
+    finally:
+        serve.terminate()
+        nginx.terminate()
+        serve.wait()
+        nginx.wait()
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {platform.release()}; load average {os.getloadavg()}; reps {a.reps}")
+    print(f"command: benches/depot.py --bin {a.bin} --reps {a.reps}\n")
+    print("| what | depotfs | nginx / note | ratio | target |\n|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print("\nsearch metrics (server side):", "; ".join(srch))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,811 @@
+//! The depot view: the published tree of the current revision, browsable and downloadable
+//! file by file under a prefix (`--depot-prefix`, default `/files/`), and the page for people
+//! at `/` ([`pages`](super::pages)).
+//!
+//! Everything is read through [`LocalTree`], the one reader over verified objects:
+//! directory nodes, chunk lists and every chunk are checked against their hash on the way
+//! out. A chunk that fails (corrupt on disk, or missing because `gc` removed it) ends the
+//! response where it is: the connection is closed before `Content-Length` is reached, so a
+//! client sees a short transfer (curl: "transfer closed with N bytes remaining"), never a
+//! wrong byte; the server logs the path, revision and object, and counts it in
+//! `depotfs_serve_depot_failures_total{stage="body"}`.
+//!
+//! Revisions: the manifest is checked (a `stat`) on every request and re-read when it was
+//! replaced; a request is answered entirely from the revision current when it arrived, and
+//! its body holds that revision (an `Arc`), so a download that started before a publish
+//! finishes with the old bytes. Objects are immutable and never overwritten, so that holds
+//! until `depotfs gc` deletes objects the old revision alone needed (`--keep N` keeps the
+//! last N revisions; with the default a download lasting longer than two publishes and a gc
+//! can be cut, and is counted and logged as above).
+//!
+//! HTTP: GET and HEAD, `Content-Length`, `Last-Modified` (the entry's mtime), a strong
+//! `ETag` (the file's content object: its blake3 for one-chunk files, its chunk list's
+//! otherwise), one `Range` (206, 416 past the end; several ranges get the whole file, like
+//! nginx with `max_ranges 1`; a header of more than [`MAX_RANGE_PARTS`] ranges or
+//! [`MAX_RANGE_HEADER`] bytes is refused with 416), `If-Range`, `If-None-Match`,
+//! `If-Modified-Since`. Directories: `/files/dir` redirects (301) to `/files/dir/`, like
+//! nginx; `?format=json` gives nginx's JSON listing. Paths are split before percent-decoding
+//! and a `.`/`..` segment, an encoded `/` or a NUL is a 400; names are looked up in the
+//! signed tree, never on the file system, so nothing outside the tree can be named.
+//! Symlinks in the tree are neither listed nor served (404).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
+
+use depotfs_catalog::{ChunkRef, Entry, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
+use hyper::body::Bytes;
+use hyper::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
+    HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION,
+    RANGE,
+};
+use hyper::{Response, StatusCode};
+use tokio::task::JoinHandle;
+
+use super::files::{CHUNK, ServeBody};
+use super::handler::text;
+use super::metrics::Metrics;
+use super::pages::{self, RepoInfo};
+use super::parse::{self, PathRefused, RangeAnswer};
+use super::search::SearchIndex;
+use crate::reader::LocalTree;
+use crate::store::{Layout, Objects};
+
+/// A `Range` header with more ranges than this is refused (416).
+pub const MAX_RANGE_PARTS: usize = 16;
+/// A `Range` header longer than this is refused (416).
+pub const MAX_RANGE_HEADER: usize = 1024;
+/// Chunks read and verified ahead of the one being sent, per download.
+const READ_AHEAD: usize = 4;
+/// Directory listings kept per revision (the big flat directory is the one that matters).
+const LISTINGS_KEPT: usize = 64;
+/// Matches shown on the page (all are counted).
+const SEARCH_SHOWN: usize = 500;
+/// `Cache-Control` of files and pages of the depot view: a path's content changes with
+/// revisions, and the ETag tells a cache whether it did.
+const CACHE_DEPOT: &str = "public, max-age=60";
+/// The header naming the revision a depot response was answered from.
+pub const REVISION_HEADER: &str = "x-depotfs-revision";
+
+/// What a request path of the depot view names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: the page for people.
+    Page,
+    /// A path in the tree (components, decoded), and whether the URL ended in `/`.
+    Tree {
+        /// Path components below the root.
+        parts: Vec<String>,
+        /// The URL path ended in `/` (or was the prefix itself).
+        slash: bool,
+    },
+}
+
+/// Check a `--depot-prefix` value: `/name/` or `/a/b/` (a trailing `/` is added), made of
+/// letters, digits, `-`, `_` and `.`, and not shadowing the store's own files.
+pub fn normalize_prefix(prefix: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| anyhow::anyhow!("--depot-prefix {prefix:?}: {why}");
+    let inner = prefix
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with /"))?;
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if inner.is_empty() {
+        return Err(bad(
+            "must name a path below / (the page for people is at /)",
+        ));
+    }
+    for seg in inner.split('/') {
+        if seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(bad(
+                "each component must be letters, digits, '-', '_' or '.' (not . or ..)",
+            ));
+        }
+    }
+    let first = inner.split('/').next().unwrap_or_default();
+    if ["objects", "manifest", "repo.pub", "metrics"].contains(&first) {
+        return Err(bad(&format!("{first} is a file of the store itself")));
+    }
+    Ok(format!("/{inner}/"))
+}
+
+/// What `path` (a request URI's path) names in the depot view with prefix `prefix`
+/// (normalized); `None` when it is not the depot view's.
+pub fn route(prefix: &str, path: &str) -> Option<Result<Route, PathRefused>> {
+    if path == "/" {
+        return Some(Ok(Route::Page));
+    }
+    if path == &prefix[..prefix.len() - 1] {
+        return Some(Ok(Route::Tree {
+            parts: Vec::new(),
+            slash: false,
+        }));
+    }
+    let rest = path.strip_prefix(prefix)?;
+    let mut parts = Vec::new();
+    for raw in rest.split('/').filter(|s| !s.is_empty()) {
+        let seg: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+        if seg.contains(&b'/') || seg.contains(&0) || seg == b"." || seg == b".." {
+            return Some(Err(PathRefused::BadRequest));
+        }
+        match String::from_utf8(seg) {
+            Ok(s) => parts.push(s),
+            // Names in the tree are UTF-8: nothing has this one.
+            Err(_) => return Some(Err(PathRefused::NotFound)),
+        }
+    }
+    Some(Ok(Route::Tree {
+        parts,
+        slash: rest.is_empty() || rest.ends_with('/'),
+    }))
+}
+
+/// The value of `key` in a query string (`a=1&q=x+y`), form-decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| {
+            let v = v.replace('+', " ");
+            percent_encoding::percent_decode_str(&v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The depot view of one served public directory.
+#[derive(Debug)]
+pub struct Depot {
+    prefix: String,
+    layout: Layout,
+    current: Mutex<Option<(Stamp, Arc<Revision>)>>,
+}
+
+/// Identity of the manifest file: it is replaced by rename, so a new one has a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: SystemTime,
+}
+
+/// One published revision, as the depot view serves it.
+#[derive(Debug)]
+pub struct Revision {
+    manifest: Manifest,
+    key: String,
+    tree: LocalTree,
+    listings: Mutex<HashMap<String, Arc<Listing>>>,
+    search: OnceLock<Arc<SearchIndex>>,
+}
+
+/// A directory's page, rendered on first use.
+#[derive(Debug)]
+struct Listing {
+    uri: String,
+    entries: Vec<Entry>,
+    html: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+/// A request, as the blocking part of the depot view needs it.
+#[derive(Debug)]
+pub struct Request {
+    /// The URI path.
+    pub path: String,
+    /// The query string.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// HEAD (no body).
+    pub head: bool,
+}
+
+/// Why a depot response failed, for the log and the metrics.
+fn reason(e: &crate::Error) -> &'static str {
+    match e {
+        crate::Error::Format(_) => "verify",
+        crate::Error::Io { .. } => "io",
+        _ => "malformed",
+    }
+}
+
+impl Depot {
+    /// The depot view of public directory `public` under `prefix` (normalized).
+    pub fn new(public: PathBuf, prefix: String) -> Self {
+        Depot {
+            prefix,
+            layout: Layout::of_public(public),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The prefix, `/files/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The current revision: the cached one while the manifest file is the same, else the
+    /// manifest read and verified afresh (with the served `repo.pub`). Blocking.
+    fn revision(&self, metrics: &Metrics) -> crate::Result<Arc<Revision>> {
+        let path = self.layout.manifest();
+        let meta = std::fs::metadata(&path).map_err(crate::Error::io(&path))?;
+        let stamp = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: meta.modified().map_err(crate::Error::io(&path))?,
+        };
+        let mut cur = self.current.lock().expect("not poisoned");
+        if let Some((s, rev)) = cur.as_ref()
+            && *s == stamp
+        {
+            return Ok(Arc::clone(rev));
+        }
+        let manifest = self.layout.load_manifest()?;
+        let key_path = self.layout.public_key();
+        let key = std::fs::read_to_string(&key_path).map_err(crate::Error::io(&key_path))?;
+        let _: PublicKey = PublicKey::from_text(&key)?;
+        tracing::info!(
+            revision = manifest.revision,
+            name = manifest.name,
+            "depot view: serving revision {}",
+            manifest.revision
+        );
+        metrics.depot_revision(manifest.revision);
+        let rev = Arc::new(Revision {
+            manifest,
+            key,
+            tree: LocalTree::new(Objects::new(self.layout.clone())),
+            listings: Mutex::new(HashMap::new()),
+            search: OnceLock::new(),
+        });
+        *cur = Some((stamp, Arc::clone(&rev)));
+        Ok(rev)
+    }
+
+    /// Answer a request [`route`] gave `route` for (blocking: runs on the blocking pool).
+    pub fn respond(
+        &self,
+        metrics: &Metrics,
+        route: Route,
+        req: &Request,
+    ) -> (Response<ServeBody>, &'static str) {
+        let rev = match self.revision(metrics) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("depot view: no usable revision: {e}");
+                return (text(StatusCode::SERVICE_UNAVAILABLE), "error");
+            }
+        };
+        let res = match route {
+            Route::Page => self.page(metrics, &rev, req).map(|r| (r, "page")),
+            Route::Tree { parts, slash } => self.tree(metrics, &rev, &parts, slash, req),
+        };
+        let (mut resp, label) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                metrics.depot_failure("head", reason(&e));
+                tracing::error!(
+                    path = req.path,
+                    revision = rev.manifest.revision,
+                    "depot view: {e}"
+                );
+                (text(StatusCode::INTERNAL_SERVER_ERROR), "error")
+            }
+        };
+        resp.headers_mut().insert(
+            HeaderName::from_static(REVISION_HEADER),
+            rev.manifest.revision.into(),
+        );
+        (resp, label)
+    }
+
+    fn page(
+        &self,
+        metrics: &Metrics,
+        rev: &Arc<Revision>,
+        req: &Request,
+    ) -> crate::Result<Response<ServeBody>> {
+        let index = rev.search_index()?;
+        let query = query_param(req.query.as_deref(), "q").unwrap_or_default();
+        let host = req
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            })
+            .unwrap_or("SERVER");
+        let base = format!("http://{host}");
+        let info = RepoInfo {
+            name: &rev.manifest.name,
+            revision: rev.manifest.revision,
+            published: pages::time_of(rev.manifest.published_ns),
+            key: &rev.key,
+            base_url: &base,
+            prefix: &self.prefix,
+        };
+        let started = Instant::now();
+        let body = pages::index_page(&info, &index, query.trim(), SEARCH_SHOWN);
+        if !query.is_empty() {
+            metrics.depot_search(started.elapsed());
+        }
+        Ok(document(
+            body.into(),
+            "text/html; charset=utf-8",
+            "no-cache",
+            req.head,
+        ))
+    }
+
+    fn tree(
+        &self,
+        metrics: &Metrics,
+        rev: &Arc<Revision>,
+        parts: &[String],
+        slash: bool,
+        req: &Request,
+    ) -> crate::Result<(Response<ServeBody>, &'static str)> {
+        let path = parts.join("/");
+        let entry = if parts.is_empty() {
+            None
+        } else {
+            match lookup(&rev.tree, &rev.manifest.root, parts)? {
+                Some(e) => Some(e),
+                None => return Ok((text(StatusCode::NOT_FOUND), "error")),
+            }
+        };
+        let tree = match &entry {
+            None => Some(rev.manifest.root),
+            Some(Entry {
+                kind: EntryKind::Dir { tree, .. },
+                ..
+            }) => Some(*tree),
+            Some(_) => None,
+        };
+        match (tree, entry) {
+            (Some(_), _) if !slash => {
+                let mut location = format!("{}{}", self.prefix, pages::href_path(&path));
+                if !path.is_empty() {
+                    location.push('/');
+                }
+                if let Some(q) = &req.query {
+                    location.push('?');
+                    location.push_str(q);
+                }
+                let mut r = text(StatusCode::MOVED_PERMANENTLY);
+                r.headers_mut().insert(
+                    LOCATION,
+                    HeaderValue::from_str(&location)
+                        .map_err(|e| crate::Error::Input(e.to_string()))?,
+                );
+                Ok((r, "depot_listing"))
+            }
+            (Some(tree), _) => {
+                let listing = rev.listing(&self.prefix, &path, &tree)?;
+                let json = query_param(req.query.as_deref(), "format").as_deref() == Some("json");
+                let (body, ctype) = if json {
+                    (
+                        listing
+                            .json
+                            .get_or_init(|| pages::autoindex_json(&listing.entries).into())
+                            .clone(),
+                        "application/json",
+                    )
+                } else {
+                    (
+                        listing
+                            .html
+                            .get_or_init(|| {
+                                pages::autoindex_html(&listing.uri, &listing.entries).into()
+                            })
+                            .clone(),
+                        "text/html",
+                    )
+                };
+                Ok((
+                    document(body, ctype, CACHE_DEPOT, req.head),
+                    "depot_listing",
+                ))
+            }
+            (None, Some(e)) => match e.kind {
+                EntryKind::File { size, content } if !slash => Ok((
+                    file_response(metrics, rev, &path, &e, size, &content, req)?,
+                    "depot_file",
+                )),
+                // A file named with a trailing slash, or a symlink: nothing to serve.
+                _ => Ok((text(StatusCode::NOT_FOUND), "error")),
+            },
+            (None, None) => Ok((text(StatusCode::NOT_FOUND), "error")),
+        }
+    }
+}
+
+impl Revision {
+    /// The search index of this revision, built on first use.
+    fn search_index(&self) -> crate::Result<Arc<SearchIndex>> {
+        if let Some(ix) = self.search.get() {
+            return Ok(Arc::clone(ix));
+        }
+        let started = Instant::now();
+        let ix = Arc::new(SearchIndex::build(&self.tree, &self.manifest.root)?);
+        tracing::info!(
+            revision = self.manifest.revision,
+            files = ix.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "depot view: indexed the revision's file names"
+        );
+        // Two requests may build it at once; both results are equal, the first one stays.
+        Ok(Arc::clone(self.search.get_or_init(|| ix)))
+    }
+
+    /// The listing of directory tree `tree` at `path`, from the cache or read now.
+    fn listing(&self, prefix: &str, path: &str, tree: &ObjectId) -> crate::Result<Arc<Listing>> {
+        if let Some(l) = self.listings.lock().expect("not poisoned").get(path) {
+            return Ok(Arc::clone(l));
+        }
+        let entries = pages::shown(&self.tree.list(tree)?);
+        let mut uri = format!("{prefix}{path}");
+        if !path.is_empty() {
+            uri.push('/');
+        }
+        let l = Arc::new(Listing {
+            uri,
+            entries,
+            html: OnceLock::new(),
+            json: OnceLock::new(),
+        });
+        let mut cache = self.listings.lock().expect("not poisoned");
+        if cache.len() >= LISTINGS_KEPT {
+            cache.clear();
+        }
+        cache.insert(path.to_owned(), Arc::clone(&l));
+        Ok(l)
+    }
+}
+
+/// The entry at `parts` below root tree `root`; `None` when a component is missing or a
+/// non-final one is not a directory.
+fn lookup(tree: &LocalTree, root: &ObjectId, parts: &[String]) -> crate::Result<Option<Entry>> {
+    let mut dir = *root;
+    let mut found = None;
+    for (i, part) in parts.iter().enumerate() {
+        let Some(e) = depotfs_catalog::dir::lookup(tree, &dir, part)? else {
+            return Ok(None);
+        };
+        if i + 1 < parts.len() {
+            match e.kind {
+                EntryKind::Dir { tree, .. } => dir = tree,
+                _ => return Ok(None),
+            }
+        }
+        found = Some(e);
+    }
+    Ok(found)
+}
+
+/// A whole document in memory (pages, listings).
+fn document(
+    body: Bytes,
+    ctype: &'static str,
+    cache: &'static str,
+    head: bool,
+) -> Response<ServeBody> {
+    let len = body.len();
+    let mut r = Response::new(if head {
+        ServeBody::empty()
+    } else {
+        ServeBody::bytes(body)
+    });
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(CONTENT_LENGTH, len.into());
+    r
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The strong entity tag of a file: its content object's name.
+fn etag_of(content: &FileContent) -> String {
+    let id = match content {
+        FileContent::Empty => ObjectId::of(b""),
+        FileContent::Single(id) | FileContent::Chunked(id) => *id,
+    };
+    format!("\"{}\"", id.to_hex())
+}
+
+fn file_response(
+    metrics: &Metrics,
+    rev: &Arc<Revision>,
+    path: &str,
+    e: &Entry,
+    len: u64,
+    content: &FileContent,
+    req: &Request,
+) -> crate::Result<Response<ServeBody>> {
+    let mtime = pages::time_of(e.mtime_ns);
+    let etag = etag_of(content);
+    let mut r = Response::new(ServeBody::empty());
+    let h = r.headers_mut();
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| crate::Error::Input(e.to_string()));
+    h.insert(ETAG, value(&etag)?);
+    h.insert(
+        LAST_MODIFIED,
+        value(&httpdate::fmt_http_date(parse::whole_seconds(mtime)))?,
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(CACHE_DEPOT));
+    if parse::not_modified(
+        header(&req.headers, &IF_NONE_MATCH),
+        header(&req.headers, &IF_MODIFIED_SINCE),
+        &etag,
+        mtime,
+    ) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(r);
+    }
+    let range = match header(&req.headers, &RANGE) {
+        Some(v) if v.len() > MAX_RANGE_HEADER || v.split(',').count() > MAX_RANGE_PARTS => {
+            RangeAnswer::Unsatisfiable
+        }
+        Some(v)
+            if !req.head
+                && header(&req.headers, &IF_RANGE)
+                    .is_none_or(|ir| parse::if_range_holds(ir, &etag, mtime)) =>
+        {
+            parse::parse_range(v, len)
+        }
+        _ => RangeAnswer::Full,
+    };
+    let (start, end) = match range {
+        RangeAnswer::Unsatisfiable => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut()
+                .insert(CONTENT_RANGE, value(&format!("bytes */{len}"))?);
+            return Ok(r);
+        }
+        RangeAnswer::Partial { start, end } => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r.headers_mut().insert(
+                CONTENT_RANGE,
+                value(&format!("bytes {start}-{}/{len}", end - 1))?,
+            );
+            (start, end)
+        }
+        RangeAnswer::Full => {
+            r.headers_mut()
+                .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            (0, len)
+        }
+    };
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, (end - start).into());
+    if req.head || start == end {
+        return Ok(r);
+    }
+    let pieces = rev.tree.pieces(content, len)?;
+    let mut stream = VerifiedStream::new(
+        Arc::clone(rev),
+        path.to_owned(),
+        &pieces,
+        start,
+        end,
+        metrics.depot_failures_in_body(),
+    );
+    // A small answer is read (and verified) before the head goes out, so a corrupt small
+    // file is a clean 500.
+    if end - start <= CHUNK && stream.plan.len() == 1 {
+        let (piece, from, to) = stream.plan.pop_front().expect("one piece");
+        let v = rev.tree.piece(&piece)?;
+        *r.body_mut() = ServeBody::bytes(Bytes::from(v.into_data()).slice(from..to));
+    } else {
+        stream.fill();
+        *r.body_mut() = ServeBody::stream(Box::new(stream));
+    }
+    Ok(r)
+}
+
+/// The body of a file download: the chunks covering the range, each read and verified on the
+/// blocking pool, [`READ_AHEAD`] at a time, and cut to the range. Holds its revision.
+#[derive(Debug)]
+pub struct VerifiedStream {
+    rev: Arc<Revision>,
+    path: String,
+    /// Pieces still to read, with the part of each that is sent.
+    plan: VecDeque<(ChunkRef, usize, usize)>,
+    reading: VecDeque<(ObjectId, JoinHandle<crate::Result<Bytes>>)>,
+    remaining: u64,
+    failed: bool,
+    failures: prometheus::IntCounterVec,
+}
+
+impl VerifiedStream {
+    fn new(
+        rev: Arc<Revision>,
+        path: String,
+        pieces: &[ChunkRef],
+        start: u64,
+        end: u64,
+        failures: prometheus::IntCounterVec,
+    ) -> Self {
+        let mut plan = VecDeque::new();
+        let mut off = 0u64;
+        for p in pieces {
+            let (a, b) = (off, off + u64::from(p.len));
+            off = b;
+            if b <= start || a >= end {
+                continue;
+            }
+            let from = start.saturating_sub(a) as usize;
+            let to = (end.min(b) - a) as usize;
+            plan.push_back((*p, from, to));
+        }
+        VerifiedStream {
+            rev,
+            path,
+            plan,
+            reading: VecDeque::new(),
+            remaining: end - start,
+            failed: false,
+            failures,
+        }
+    }
+
+    /// Start reads until [`READ_AHEAD`] are in flight.
+    fn fill(&mut self) {
+        while self.reading.len() < READ_AHEAD {
+            let Some((piece, from, to)) = self.plan.pop_front() else {
+                return;
+            };
+            let rev = Arc::clone(&self.rev);
+            let task = tokio::task::spawn_blocking(move || {
+                let v = rev.tree.piece(&piece)?;
+                Ok(Bytes::from(v.into_data()).slice(from..to))
+            });
+            self.reading.push_back((piece.id, task));
+        }
+    }
+}
+
+impl super::files::ChunkStream for VerifiedStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        self.fill();
+        let Some((id, task)) = self.reading.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let id = *id;
+        let res = ready!(Pin::new(task).poll(cx));
+        self.reading.pop_front();
+        let res = res.unwrap_or_else(|e| {
+            Err(crate::Error::Io {
+                path: self.path.clone().into(),
+                source: io::Error::other(e),
+            })
+        });
+        match res {
+            Ok(b) => {
+                self.remaining -= b.len() as u64;
+                self.fill();
+                Poll::Ready(Some(Ok(b)))
+            }
+            Err(e) => {
+                self.failed = true;
+                let why = reason(&e);
+                self.failures.with_label_values(&["body", why]).inc();
+                tracing::error!(
+                    path = self.path,
+                    revision = self.rev.manifest.revision,
+                    object = %id,
+                    "depot view: cutting the response short ({} bytes unsent): {e}",
+                    self.remaining
+                );
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    fn ended(&self) -> bool {
+        self.failed || self.remaining == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(normalize_prefix("/files/").unwrap(), "/files/");
+        assert_eq!(normalize_prefix("/files").unwrap(), "/files/");
+        assert_eq!(normalize_prefix("/a/b.c/").unwrap(), "/a/b.c/");
+        for bad in [
+            "files/",
+            "/",
+            "//",
+            "/a//b/",
+            "/../x/",
+            "/objects/",
+            "/metrics",
+            "/a b/",
+            "/%2e/",
+        ] {
+            let e = normalize_prefix(bad).unwrap_err().to_string();
+            assert!(e.contains("--depot-prefix"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let p = "/files/";
+        let tree = |parts: &[&str], slash| {
+            Some(Ok(Route::Tree {
+                parts: parts.iter().map(|s| s.to_string()).collect(),
+                slash,
+            }))
+        };
+        assert_eq!(route(p, "/"), Some(Ok(Route::Page)));
+        assert_eq!(route(p, "/files"), tree(&[], false));
+        assert_eq!(route(p, "/files/"), tree(&[], true));
+        assert_eq!(route(p, "/files/all"), tree(&["all"], false));
+        assert_eq!(
+            route(p, "/files/all//samtools%3A1.9--h91753b0_8"),
+            tree(&["all", "samtools:1.9--h91753b0_8"], false)
+        );
+        assert_eq!(route(p, "/files/a%20b/"), tree(&["a b"], true));
+        assert_eq!(route(p, "/manifest"), None);
+        assert_eq!(route(p, "/filesx"), None);
+        for bad in [
+            "/files/..",
+            "/files/a/../b",
+            "/files/%2e%2e/x",
+            "/files/a%2fb",
+            "/files/a%00",
+        ] {
+            assert_eq!(route(p, bad), Some(Err(PathRefused::BadRequest)), "{bad}");
+        }
+        assert_eq!(route(p, "/files/%ff"), Some(Err(PathRefused::NotFound)));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("q=sam+tools&x=1"), "q").as_deref(),
+            Some("sam tools")
+        );
+        assert_eq!(
+            query_param(Some("format=json"), "format").as_deref(),
+            Some("json")
+        );
+        assert_eq!(query_param(Some("q=%3Cb%3E"), "q").as_deref(), Some("<b>"));
+        assert_eq!(query_param(Some("qq=1"), "q"), None);
+        assert_eq!(query_param(None, "q"), None);
+    }
+}
