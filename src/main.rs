@@ -1,8 +1,8 @@
 //! `depotfs`: one binary, one subcommand per job. Each subcommand's arguments and
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
-//! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, log, ls, cat,
-//!   rollback, verify, gc, serve, replicate
+//! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, abort, log, ls, cat,
+//!   rollback, verify, gc, serve, replicate, status STORE
 //! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
@@ -33,6 +33,8 @@ enum Cmd {
     Rm(depotfs_publisher::cli::RmArgs),
     /// Publish what is staged as a new signed revision.
     Publish(depotfs_publisher::cli::PublishArgs),
+    /// Discard what is staged and not published.
+    Abort(depotfs_publisher::cli::AbortArgs),
     /// One line per revision.
     Log(depotfs_publisher::cli::LogArgs),
     /// List a directory of the published revision.
@@ -55,7 +57,7 @@ enum Cmd {
     Umount(depotfs_fusefs::cli::UmountArgs),
     /// Ask a mount to check for a new revision now.
     Remount(depotfs_fusefs::cli::RemountArgs),
-    /// Show a mount's revision, source and cache.
+    /// Show a mount's revision, source and cache; or, given a STORE, what is staged there.
     Status(depotfs_fusefs::cli::StatusArgs),
     /// Find the container image Galaxy would pick for requirements.
     Resolve(resolve::ResolveArgs),
@@ -77,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Add(a) => depotfs_publisher::cli::add(a),
         Cmd::Rm(a) => depotfs_publisher::cli::rm(a),
         Cmd::Publish(a) => depotfs_publisher::cli::publish(a),
+        Cmd::Abort(a) => depotfs_publisher::cli::abort(a),
         Cmd::Log(a) => depotfs_publisher::cli::log(a),
         Cmd::Ls(a) => depotfs_publisher::cli::ls(a),
         Cmd::Cat(a) => depotfs_publisher::cli::cat(a),
@@ -88,6 +91,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),
+        Cmd::Status(a) if depotfs_publisher::cli::is_store(&a.mountpoint) => {
+            depotfs_publisher::cli::status(&a.mountpoint)
+        }
         Cmd::Status(a) => depotfs_fusefs::cli::status(a),
         Cmd::Resolve(a) => resolve::run(a),
         Cmd::Demo(a) => demo::run(a),

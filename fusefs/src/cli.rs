@@ -195,7 +195,7 @@ pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
 /// `depotfs status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The mountpoint.
+    /// The mountpoint (or a publisher's STORE: then what is staged there).
     pub mountpoint: PathBuf,
 }
 
