@@ -3,7 +3,7 @@
 //!
 //! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, abort, log, ls, cat,
 //!   rollback, verify, gc, serve, replicate, status STORE
-//! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
+//! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status; doctor
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
 
@@ -59,6 +59,8 @@ enum Cmd {
     Remount(depotfs_fusefs::cli::RemountArgs),
     /// Show a mount's revision, source and cache; or, given a STORE, what is staged there.
     Status(depotfs_fusefs::cli::StatusArgs),
+    /// Check a node (FUSE, key, servers and proxies, manifest, cache, autofs, the mount).
+    Doctor(depotfs_fusefs::doctor::DoctorArgs),
     /// Find the container image Galaxy would pick for requirements.
     Resolve(resolve::ResolveArgs),
     /// Publish sample images, serve, mount, list, resolve and unmount: the whole job.
@@ -95,6 +97,7 @@ fn main() -> std::process::ExitCode {
             depotfs_publisher::cli::status(&a.mountpoint)
         }
         Cmd::Status(a) => depotfs_fusefs::cli::status(a),
+        Cmd::Doctor(a) => depotfs_fusefs::doctor::run(a),
         Cmd::Resolve(a) => resolve::run(a),
         Cmd::Demo(a) => demo::run(a),
     };
