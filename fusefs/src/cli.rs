@@ -422,14 +422,8 @@ pub fn umount(a: UmountArgs) -> anyhow::Result<ExitCode> {
     };
     if let Err(e) = rustix::mount::unmount(&mp, flags) {
         // Not root: fusermount3 is setuid and unmounts what this user mounted.
-        let mut cmd = Command::new("fusermount3");
-        cmd.arg("-u");
-        if a.lazy {
-            cmd.arg("-z");
-        }
-        let st = cmd.arg(&mp).status();
-        if !st.is_ok_and(|s| s.success()) {
-            bail!("unmounting {}: {e}", mp.display());
+        if let Err(f) = crate::fusermount::unmount(&mp, a.lazy) {
+            bail!("unmounting {}: {e}; {f}", mp.display());
         }
     }
     if let Some(pid) = pid

@@ -22,7 +22,7 @@
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
-//!   SIGUSR1); [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
+//!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
 //!   `--metrics-listen`, the counters in the Prometheus text format; [`doctor`] — `depotfs
 //!   doctor`, a node's checks one line each.
 //!
@@ -46,6 +46,7 @@ pub mod doctor;
 mod error;
 pub mod fs;
 pub mod fuse;
+pub mod fusermount;
 mod lru;
 pub mod metrics;
 pub mod mount;
