@@ -271,6 +271,7 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         kernel_readahead_kib: a.kernel_readahead,
     };
     let notify = a.notify_stdout;
+    let _span = tracing::info_span!("mount", mp = %o.mountpoint.display()).entered();
     let result = mount::prepare(&o).and_then(|p| {
         mount::serve(&o, p, || {
             tracing::info!("mounted {} at {}", o.source, o.mountpoint.display());

@@ -112,7 +112,11 @@ impl Options {
 /// directory: everything that must hold before anything is served.
 pub fn prepare(o: &Options) -> Result<Prepared> {
     crate::fusermount::check_allow_other(o.allow_other)?;
+    // Every line the daemon logs names its mount: the caller's span (see cli.rs) is entered
+    // on each runtime thread for the thread's life.
+    let span = tracing::Span::current();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .on_thread_start(move || std::mem::forget(span.clone().entered()))
         .worker_threads(4)
         .max_blocking_threads(64)
         .enable_all()
