@@ -1,9 +1,9 @@
 //! `depotfs`: one binary, one subcommand per job. Each subcommand's arguments and
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
-//! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, log, ls, cat,
-//!   rollback, verify, gc, rebuild-catalog, serve, replicate
-//! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
+//! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, abort, log, ls, cat,
+//!   rollback, verify, gc, rebuild-catalog, serve, replicate, sync, status STORE
+//! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status; doctor
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
 
@@ -34,6 +34,8 @@ enum Cmd {
     Rm(depotfs_publisher::cli::RmArgs),
     /// Publish what is staged as a new signed revision.
     Publish(depotfs_publisher::cli::PublishArgs),
+    /// Discard what is staged and not published.
+    Abort(depotfs_publisher::cli::AbortArgs),
     /// One line per revision.
     Log(depotfs_publisher::cli::LogArgs),
     /// List a directory of the published revision.
@@ -60,8 +62,10 @@ enum Cmd {
     Umount(depotfs_fusefs::cli::UmountArgs),
     /// Ask a mount to check for a new revision now.
     Remount(depotfs_fusefs::cli::RemountArgs),
-    /// Show a mount's revision, source and cache.
+    /// Show a mount's revision, source and cache; or, given a STORE, what is staged there.
     Status(depotfs_fusefs::cli::StatusArgs),
+    /// Check a node (FUSE, key, servers and proxies, manifest, cache, autofs, the mount).
+    Doctor(depotfs_fusefs::doctor::DoctorArgs),
     /// Find the container image Galaxy would pick for requirements.
     Resolve(resolve::ResolveArgs),
     /// Publish sample images, serve, mount, list, resolve and unmount: the whole job.
@@ -103,6 +107,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Add(a) => depotfs_publisher::cli::add(a),
         Cmd::Rm(a) => depotfs_publisher::cli::rm(a),
         Cmd::Publish(a) => depotfs_publisher::cli::publish(a),
+        Cmd::Abort(a) => depotfs_publisher::cli::abort(a),
         Cmd::Log(a) => depotfs_publisher::cli::log(a),
         Cmd::Ls(a) => depotfs_publisher::cli::ls(a),
         Cmd::Cat(a) => depotfs_publisher::cli::cat(a),
@@ -116,7 +121,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),
+        Cmd::Status(a) if depotfs_publisher::cli::is_store(&a.mountpoint) => {
+            depotfs_publisher::cli::status(&a.mountpoint)
+        }
         Cmd::Status(a) => depotfs_fusefs::cli::status(a),
+        Cmd::Doctor(a) => depotfs_fusefs::doctor::run(a),
         Cmd::Resolve(a) => resolve::run(a),
         Cmd::Demo(a) => demo::run(a),
     };

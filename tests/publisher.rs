@@ -409,6 +409,14 @@ fn kill_9_at_random_moments_never_loses_the_last_revision() {
             "round {round}"
         );
         let _ = (killed, status);
+        // A run killed after staging leaves its changes staged: named and refused until
+        // the operator discards them (or publishes them with --include-interrupted).
+        let st = String::from_utf8_lossy(&run(&["status", s]).stdout).into_owned();
+        if st.contains("INTERRUPTED") {
+            let err = run_fail(&["add", s, baseline.to_str().unwrap()]);
+            assert!(err.contains("interrupted run"), "round {round}: {err}");
+            run(&["abort", s]);
+        }
     }
     // Running the command again completes; gc removes what the killed runs orphaned.
     run(&["add", s, "--to", "final", src.to_str().unwrap()]);

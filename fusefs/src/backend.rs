@@ -226,6 +226,30 @@ fn cause(e: &reqwest::Error) -> String {
     last
 }
 
+/// The HTTP client of one proxy (or [`DIRECT`]): environment proxy settings ignored.
+pub fn client(
+    label: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(connect_timeout.min(timeout))
+        .timeout(timeout)
+        .read_timeout(timeout)
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")));
+    let b = if label.eq_ignore_ascii_case(DIRECT) {
+        b
+    } else {
+        let p =
+            reqwest::Proxy::all(label).map_err(|e| Error::Io(format!("proxy {label:?}: {e}")))?;
+        b.proxy(p)
+    };
+    b.build()
+        .map_err(|e| Error::Io(format!("HTTP client for proxy {label}: {e}")))
+}
+
 impl Backend {
     /// An HTTP backend over `o.servers` × `o.proxies` (one reqwest client per proxy; proxy
     /// settings in the environment are ignored).
@@ -245,23 +269,7 @@ impl Backend {
             .proxies
             .iter()
             .map(|label| {
-                let b = reqwest::Client::builder()
-                    .no_proxy()
-                    .connect_timeout(o.connect_timeout.min(o.timeout))
-                    .timeout(o.timeout)
-                    .read_timeout(o.timeout)
-                    .pool_max_idle_per_host(64)
-                    .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")));
-                let b = if label.eq_ignore_ascii_case(DIRECT) {
-                    b
-                } else {
-                    let p = reqwest::Proxy::all(label.as_str())
-                        .map_err(|e| Error::Io(format!("proxy {label:?}: {e}")))?;
-                    b.proxy(p)
-                };
-                let client = b
-                    .build()
-                    .map_err(|e| Error::Io(format!("HTTP client for proxy {label}: {e}")))?;
+                let client = client(label, o.connect_timeout, o.timeout)?;
                 let label = if label.eq_ignore_ascii_case(DIRECT) {
                     DIRECT.to_string()
                 } else {

@@ -208,7 +208,13 @@ impl DiskCache {
     fn adopt(&self, id: &ObjectId, len: u64) {
         let evicted = self.index.lock().expect("poisoned").insert(*id, (), len);
         for (old, ()) in evicted {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
+            if self.evictions.fetch_add(1, Ordering::Relaxed) == 0 {
+                let (used, limit) = self.usage();
+                tracing::warn!(
+                    "cache {} full ({used} of {limit} bytes): evicting the least recently used objects from now on",
+                    self.dir.display()
+                );
+            }
             let _ = fs::remove_file(self.path(&old));
         }
     }

@@ -215,7 +215,7 @@ pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
 /// `depotfs status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The mountpoint.
+    /// The mountpoint (or a publisher's STORE: then what is staged there).
     pub mountpoint: PathBuf,
 }
 
@@ -322,6 +322,7 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
         kernel_readahead_kib: a.kernel_readahead,
     };
     let notify = a.notify_stdout;
+    let _span = tracing::info_span!("mount", mp = %o.mountpoint.display()).entered();
     let result = mount::prepare(&o).and_then(|p| {
         let m = p.fs.manifest();
         mount::serve(&o, p, || {
@@ -542,14 +543,8 @@ pub fn umount(a: UmountArgs) -> anyhow::Result<ExitCode> {
     };
     if let Err(e) = rustix::mount::unmount(&mp, flags) {
         // Not root: fusermount3 is setuid and unmounts what this user mounted.
-        let mut cmd = Command::new("fusermount3");
-        cmd.arg("-u");
-        if a.lazy {
-            cmd.arg("-z");
-        }
-        let st = cmd.arg(&mp).status();
-        if !st.is_ok_and(|s| s.success()) {
-            bail!("unmounting {}: {e}", mp.display());
+        if let Err(f) = crate::fusermount::unmount(&mp, a.lazy) {
+            bail!("unmounting {}: {e}; {f}", mp.display());
         }
     }
     if let Some(pid) = pid

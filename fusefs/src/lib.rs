@@ -22,8 +22,9 @@
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
-//!   SIGUSR1); [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
-//!   `--metrics-listen`, the counters in the Prometheus text format.
+//!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
+//!   `--metrics-listen`, the counters in the Prometheus text format; [`doctor`] — `depotfs
+//!   doctor`, a node's checks one line each.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
@@ -41,9 +42,11 @@
 pub mod backend;
 pub mod cache;
 pub mod cli;
+pub mod doctor;
 mod error;
 pub mod fs;
 pub mod fuse;
+pub mod fusermount;
 mod lru;
 pub mod metrics;
 pub mod mount;

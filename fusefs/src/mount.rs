@@ -113,7 +113,12 @@ impl Options {
 /// Open the source, check the manifest (signature, name, revision) and fetch the root
 /// directory: everything that must hold before anything is served.
 pub fn prepare(o: &Options) -> Result<Prepared> {
+    crate::fusermount::check_allow_other(o.allow_other)?;
+    // Every line the daemon logs names its mount: the caller's span (see cli.rs) is entered
+    // on each runtime thread for the thread's life.
+    let span = tracing::Span::current();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .on_thread_start(move || std::mem::forget(span.clone().entered()))
         .worker_threads(4)
         .max_blocking_threads(64)
         .enable_all()
@@ -553,11 +558,30 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
         unmounter: unmounter.clone(),
         mountpoint: o.mountpoint.clone(),
     };
-    let mut session =
-        fuser::Session::new(Fuse::new(fs.clone()).on_end(end), &o.mountpoint, &config)
-            .map_err(|e| Error::io(format!("mounting {}", o.mountpoint.display()), e))?;
+    let root = rustix::process::geteuid().is_root();
+    // Not root, fuser mounts through fusermount3 (setuid) once mount(2) is refused; that
+    // needs /dev/fuse open to all (0666, the kernel's and udev's mode).
+    let mut session = fuser::Session::new(
+        Fuse::new(fs.clone()).on_end(end),
+        &o.mountpoint,
+        &config,
+    )
+    .map_err(|e| {
+        let hint = if !root && e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (as a non-root user /dev/fuse must be mode 0666, as udev makes it; here it is not)"
+        } else {
+            ""
+        };
+        Error::io(format!("mounting {}{hint}", o.mountpoint.display()), e)
+    })?;
     *unmounter.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
-    if o.kernel_readahead_kib > 0 {
+    if o.kernel_readahead_kib > 0 && !root {
+        tracing::info!(
+            "kernel readahead of {} left at the kernel's default: setting it needs root (uid {})",
+            o.mountpoint.display(),
+            rustix::process::geteuid().as_raw()
+        );
+    } else if o.kernel_readahead_kib > 0 {
         match set_kernel_readahead(&o.mountpoint, o.kernel_readahead_kib) {
             Ok((was, bdi)) => tracing::info!(
                 "kernel readahead of {}: {} KiB (was {was}; {})",

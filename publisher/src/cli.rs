@@ -2,7 +2,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use depotfs_catalog::EntryKind;
@@ -65,7 +65,7 @@ pub struct RmArgs {
     pub no_publish: bool,
 }
 
-/// `depotfs publish STORE [--tag NAME]`
+/// `depotfs publish STORE [--tag NAME] [--include-interrupted]`
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
     /// The repository.
@@ -73,6 +73,17 @@ pub struct PublishArgs {
     /// Tag the new revision (tagged revisions are never garbage-collected).
     #[arg(long)]
     pub tag: Option<String>,
+    /// Also publish, as they are, changes staged by an interrupted run (without it, publish
+    /// refuses and names them; `depotfs abort STORE` discards them instead).
+    #[arg(long)]
+    pub include_interrupted: bool,
+}
+
+/// `depotfs abort STORE`
+#[derive(Debug, clap::Args)]
+pub struct AbortArgs {
+    /// The repository.
+    pub store: PathBuf,
 }
 
 /// `depotfs log STORE`
@@ -280,10 +291,7 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-fn time(ns: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::staged::time;
 
 /// `depotfs init`
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
@@ -320,6 +328,7 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
     let trace = a.trace.as_deref().map(ingest::parse_trace).transpose()?;
     let to = db::normalize(&a.to)?;
     let repo = Repo::open(&a.store)?;
+    repo.refuse_if_interrupted()?;
     let mut files = 0;
     if !paths.is_empty() {
         files = add_paths(&repo, &paths, &to)?;
@@ -336,15 +345,22 @@ pub fn add(a: AddArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if a.no_publish {
+        repo.keep_staged()?;
         println!(
             "staged {files} files; publish with `depotfs publish {}`",
             a.store.display()
         );
     } else {
-        report_publish(repo.publish(None)?);
+        report_publish(repo.publish(None, false)?);
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Files stored between two staging commits: what a killed `add` can leave staged for
+/// `publish --include-interrupted` instead of storing again.
+const STAGE_BATCH_FILES: usize = 1000;
+/// Bytes stored between two staging commits.
+const STAGE_BATCH_BYTES: u64 = 1 << 30;
 
 /// Store `paths` under `to` and stage them; returns the number of files.
 fn add_paths(repo: &Repo, paths: &[PathBuf], to: &str) -> anyhow::Result<u64> {
@@ -356,7 +372,33 @@ fn add_paths(repo: &Repo, paths: &[PathBuf], to: &str) -> anyhow::Result<u64> {
     tracing::info!("adding {files} files ({} MiB) under /{to}", bytes >> 20);
     let progress = Progress::new("adding", files, bytes);
     let start = std::time::Instant::now();
-    let nodes = ingest::store_all(&repo.objects, plan, &progress)?;
+    // Directories and links first, then files in batches, each batch staged once stored.
+    let (file_plan, skeleton): (Vec<_>, Vec<_>) = plan
+        .into_iter()
+        .partition(|p| matches!(p, ingest::Planned::File { .. }));
+    let mut staged = skeleton.len();
+    repo.stage_add(to, ingest::store_all(&repo.objects, skeleton, &progress)?)?;
+    tracing::info!("staged {staged} directories and links under /{to}");
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut rest = file_plan.into_iter().peekable();
+    while let Some(p) = rest.next() {
+        if let ingest::Planned::File { size, .. } = &p {
+            batch_bytes += size;
+        }
+        batch.push(p);
+        if batch.len() >= STAGE_BATCH_FILES
+            || batch_bytes >= STAGE_BATCH_BYTES
+            || rest.peek().is_none()
+        {
+            let n = batch.len();
+            let nodes = ingest::store_all(&repo.objects, std::mem::take(&mut batch), &progress)?;
+            repo.stage_add(to, nodes)?;
+            staged += n;
+            batch_bytes = 0;
+            tracing::debug!("staged {staged} paths under /{to}");
+        }
+    }
     progress.finish();
     let secs = start.elapsed().as_secs_f64();
     tracing::info!(
@@ -364,7 +406,6 @@ fn add_paths(repo: &Repo, paths: &[PathBuf], to: &str) -> anyhow::Result<u64> {
         bytes >> 20,
         bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
     );
-    repo.stage_add(to, nodes)?;
     Ok(files)
 }
 
@@ -381,6 +422,7 @@ fn report_publish(r: Option<(u64, db::RevisionRecord)>) {
 /// `depotfs rm`
 pub fn rm(a: RmArgs) -> anyhow::Result<ExitCode> {
     let repo = Repo::open(&a.store)?;
+    repo.refuse_if_interrupted()?;
     let paths = a
         .paths
         .iter()
@@ -388,9 +430,10 @@ pub fn rm(a: RmArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     repo.stage_rm(&paths)?;
     if a.no_publish {
+        repo.keep_staged()?;
         println!("staged removal of {} paths", paths.len());
     } else {
-        report_publish(repo.publish(None)?);
+        report_publish(repo.publish(None, false)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -398,7 +441,7 @@ pub fn rm(a: RmArgs) -> anyhow::Result<ExitCode> {
 /// `depotfs publish`
 pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     let repo = Repo::open(&a.store)?;
-    let r = repo.publish(a.tag.as_deref())?;
+    let r = repo.publish(a.tag.as_deref(), a.include_interrupted)?;
     if r.is_none()
         && let Some(tag) = &a.tag
     {
@@ -406,6 +449,86 @@ pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     report_publish(r);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `depotfs abort`
+pub fn abort(a: AbortArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repo::open(&a.store)?;
+    let r = repo.abort()?;
+    if r.runs.is_empty() {
+        println!("nothing staged; the published revision stays");
+    }
+    for run in &r.runs {
+        println!("discarded {}", run.headline());
+    }
+    if !r.runs.is_empty() {
+        println!(
+            "their objects are left for `depotfs gc {}`",
+            a.store.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Is `path` a publisher's STORE (rather than a mount point)?
+pub fn is_store(path: &std::path::Path) -> bool {
+    Layout::new(path).check().is_ok()
+}
+
+/// `depotfs status STORE`: the published revision, a publisher at work, and everything
+/// staged and not published, by the run that staged it. Takes no lock: it reads beside a
+/// running publisher.
+pub fn status(store: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let layout = Layout::new(store);
+    layout.check()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "store:         {}", store.display())?;
+    match layout.load_manifest() {
+        Ok(m) => writeln!(
+            out,
+            "published:     revision {} of {}, {}",
+            m.revision,
+            m.name,
+            time(m.published_ns)
+        )?,
+        Err(e) => writeln!(out, "published:     no readable manifest: {e}")?,
+    }
+    let at_work = crate::store::holder(&layout)?;
+    match &at_work {
+        Some(pid) => writeln!(out, "publisher:     at work, pid {pid}")?,
+        None => writeln!(out, "publisher:     none at work")?,
+    }
+    let report = match crate::repo::open_read_only(&layout) {
+        Ok(db) => {
+            use redb::ReadableDatabase;
+            crate::staged::Report::read(&db.begin_read()?)?
+        }
+        // A publisher killed with the catalog open leaves it to be repaired, which only a
+        // writer does: with nobody at work, open it as the publisher would.
+        Err(e) if at_work.is_none() => {
+            tracing::debug!("catalog read-only: {e}; opening it for repair");
+            Repo::open(store)?.staged()?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if report.runs.is_empty() {
+        writeln!(out, "staged:        nothing")?;
+    }
+    for r in &report.runs {
+        let state = if at_work.as_deref() == Some(r.run.pid.to_string().as_str()) {
+            "in progress"
+        } else if r.run.on_purpose {
+            "staged on purpose (--no-publish), published by the next publish"
+        } else {
+            "INTERRUPTED: `depotfs publish STORE --include-interrupted` or `depotfs abort STORE`"
+        };
+        writeln!(out, "staged:        {}", r.headline())?;
+        writeln!(out, "  state:       {state}")?;
+        for (path, c) in &r.changes {
+            writeln!(out, "  {}", crate::staged::line(path, c))?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,8 @@
 //! | `revisions` | revision number         | postcard [`RevisionRecord`]  | every published revision |
 //! | `tags`      | tag name                | revision number              | tagged revisions (never garbage-collected) |
 //! | `meta`      | key                     | bytes                        | `name`, `ttl` |
+//! | `staged`    | path                    | postcard `StagedChange`      | staged, unpublished changes ([`crate::staged`]) |
+//! | `runs`      | start time (ns)         | postcard `Run`               | the runs that staged them |
 //!
 //! Paths are relative to the repository root, `/`-separated, without a leading slash; the
 //! root is `""`. Keying `nodes` by (parent, name) makes "the children of a directory" one

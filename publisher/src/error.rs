@@ -58,6 +58,10 @@ pub enum Error {
     /// A user input (path, name, revision) is not acceptable.
     #[error("{0}")]
     Input(String),
+    /// Changes staged by an interrupted run wait for the operator's choice (the message names
+    /// them and the two commands).
+    #[error("{0}")]
+    Interrupted(String),
     /// The catalog database failed.
     #[error("catalog database: {0}")]
     Db(String),

@@ -9,6 +9,8 @@
 //! - [`ingest`]: walking input files, content-defined chunking, hashing and compressing on
 //!   all cores, writing only missing objects.
 //! - [`repo`]: staging (`add`, `rm`), publishing signed revisions, `rollback`, `gc`, `verify`.
+//! - [`staged`]: what is staged and not published, and the run that staged it (`status
+//!   STORE`, `abort`, the refusal after an interrupted run).
 //! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`, the
 //!   depot view), every object verified.
 //! - [`replicate`]: `depotfs replicate`, a verified, incremental, crash-safe mirror of a
@@ -36,6 +38,7 @@ pub mod rebuild;
 pub mod replicate;
 pub mod repo;
 pub mod serve;
+pub mod staged;
 pub mod store;
 pub mod sync;
 

@@ -27,6 +27,7 @@ use crate::db::{
 use crate::error::{Error, Result};
 use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
 use crate::reader::{CHUNK_LIST_MAX, LocalTree};
+use crate::staged::{self, Recorder, RunId};
 use crate::store::{self, Layout, Lock, Objects};
 
 /// Default manifest TTL in seconds.
@@ -40,6 +41,8 @@ pub struct Repo {
     /// Its objects.
     pub objects: Objects,
     db: Database,
+    /// This process as a staging run.
+    run: RunId,
     _lock: Lock,
 }
 
@@ -109,7 +112,7 @@ impl Repo {
         }
         let layout = Layout::new(root);
         layout.create()?;
-        let db = Database::create(layout.catalog())?;
+        let db = db_builder().create(layout.catalog())?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -125,7 +128,7 @@ impl Repo {
         txn.commit()?;
         drop(db);
         let repo = Repo::open(root)?;
-        repo.publish(None)?;
+        repo.publish(None, false)?;
         Ok(repo)
     }
 
@@ -140,6 +143,7 @@ impl Repo {
             objects: Objects::new(layout.clone()),
             layout,
             db,
+            run: RunId::current(now_ns()),
             _lock: lock,
         };
         repo.check_format()?;
@@ -230,6 +234,7 @@ impl Repo {
     pub fn stage_add(&self, to: &str, nodes: Vec<(String, Node)>) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
+            let mut rec = Recorder::new(&txn, &self.run)?;
             let mut t = txn.open_table(NODES)?;
             let mut dirty = BTreeSet::new();
             // The target directory and its ancestors.
@@ -258,6 +263,7 @@ impl Repo {
                             kind: NodeKind::Dir,
                         };
                         t.insert((parent.as_str(), part), db::enc(&n).as_slice())?;
+                        rec.put(&at, false, 0)?;
                         mark_dirty(&mut dirty, &at);
                     }
                 }
@@ -269,11 +275,20 @@ impl Repo {
                     .get((parent, name))?
                     .map(|v| db::dec::<Node>("node", v.value()))
                     .transpose()?;
-                if let Some(old) = old
+                if old.as_ref() == Some(&node) {
+                    continue; // the same again: no change
+                }
+                if let Some(old) = &old
                     && matches!(old.kind, NodeKind::Dir) != matches!(node.kind, NodeKind::Dir)
                 {
-                    remove_subtree(&mut t, &path, &mut dirty)?;
+                    let gone = remove_subtree(&mut t, &path, &mut dirty)?;
+                    rec.removed(&path, gone)?;
                 }
+                let bytes = match &node.kind {
+                    NodeKind::File { size, .. } => *size,
+                    _ => 0,
+                };
+                rec.put(&path, old.is_some(), bytes)?;
                 t.insert((parent, name), db::enc(&node).as_slice())?;
                 if matches!(node.kind, NodeKind::Dir) {
                     mark_dirty(&mut dirty, &path);
@@ -310,6 +325,7 @@ impl Repo {
         let mut report = TraceReport::default();
         let txn = self.db.begin_write()?;
         {
+            let mut rec = Recorder::new(&txn, &self.run)?;
             let mut t = txn.open_table(NODES)?;
             let mut dirty = BTreeSet::new();
             for path in order {
@@ -357,8 +373,9 @@ impl Repo {
                 list.prefetch = prefetch;
                 let enc = object::encode(ObjectKind::ChunkList, &list.to_bytes(), ZSTD_LEVEL);
                 self.objects.put(&enc)?;
-                if let NodeKind::File { content, .. } = &mut node.kind {
+                if let NodeKind::File { content, size } = &mut node.kind {
                     *content = FileContent::Chunked(enc.id);
+                    rec.put(path, true, *size)?;
                 }
                 t.insert((parent, name), db::enc(&node).as_slice())?;
                 mark_dirty(&mut dirty, parent);
@@ -377,6 +394,7 @@ impl Repo {
     pub fn stage_rm(&self, paths: &[String]) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
+            let mut rec = Recorder::new(&txn, &self.run)?;
             let mut t = txn.open_table(NODES)?;
             let mut dirty = BTreeSet::new();
             for p in paths {
@@ -385,7 +403,8 @@ impl Repo {
                 if t.get((parent, name))?.is_none() {
                     return Err(Error::Input(format!("{p}: no such path in the repository")));
                 }
-                remove_subtree(&mut t, p, &mut dirty)?;
+                let gone = remove_subtree(&mut t, p, &mut dirty)?;
+                rec.removed(p, gone)?;
             }
             let mut d = txn.open_table(DIRTY)?;
             for p in &dirty {
@@ -409,9 +428,61 @@ impl Repo {
         Ok(!txn.open_table(DIRTY)?.is_empty()?)
     }
 
+    /// What is staged and by which runs.
+    pub fn staged(&self) -> Result<staged::Report> {
+        staged::Report::read(&self.db.begin_read()?)
+    }
+
+    /// Refuse (naming them) while changes staged by an interrupted run wait for the
+    /// operator's choice; see [`staged`].
+    pub fn refuse_if_interrupted(&self) -> Result<()> {
+        self.staged()?
+            .refuse_if_interrupted(self.run.started_ns, &self.layout.root)
+    }
+
+    /// Leave what this run staged for a later `publish`, on purpose (`--no-publish`).
+    pub fn keep_staged(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        staged::keep(&txn, &self.run)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Discard everything staged: the tree becomes the latest revision's again; objects only
+    /// the staged tree used are left for `gc`. Returns what was discarded.
+    pub fn abort(&self) -> Result<staged::Report> {
+        let report = self.staged()?;
+        let (_, rec) = self
+            .revisions()?
+            .pop()
+            .ok_or_else(|| Error::Db("no published revision".into()))?;
+        let rows = self.tree_rows(&rec.root)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut nodes = txn.open_table(NODES)?;
+            nodes.retain(|_, _| false)?;
+            for (path, node) in &rows {
+                let (p, n) = db::split(path).expect("not the root");
+                nodes.insert((p, n), db::enc(node).as_slice())?;
+            }
+            txn.open_table(DIRTY)?.retain(|_, _| false)?;
+            staged::clear(&txn)?;
+        }
+        txn.commit()?;
+        Ok(report)
+    }
+
     /// Publish what is staged as a new signed revision. Returns `None` when nothing was
-    /// staged (a tag, if given, then names the current revision).
-    pub fn publish(&self, tag: Option<&str>) -> Result<Option<(u64, RevisionRecord)>> {
+    /// staged (a tag, if given, then names the current revision). Refuses while changes
+    /// staged by an interrupted run are staged, unless `include_interrupted`.
+    pub fn publish(
+        &self,
+        tag: Option<&str>,
+        include_interrupted: bool,
+    ) -> Result<Option<(u64, RevisionRecord)>> {
+        if !include_interrupted {
+            self.refuse_if_interrupted()?;
+        }
         let txn = self.db.begin_write()?;
         let result;
         {
@@ -485,6 +556,9 @@ impl Repo {
             }
             dirty_t.retain(|_, _| false)?;
             result = (rev, rec);
+        }
+        {
+            staged::clear(&txn)?;
         }
         store::sync_filesystem(&self.layout)?;
         txn.commit()?;
@@ -585,6 +659,13 @@ impl Repo {
 
     /// Publish a new revision whose tree is revision `rev`'s.
     pub fn rollback(&self, rev: u64) -> Result<(u64, RevisionRecord)> {
+        if !self.staged()?.runs.is_empty() {
+            return Err(Error::Input(format!(
+                "changes are staged (`depotfs status {s}` lists them): publish them or \
+                 `depotfs abort {s}` before a rollback",
+                s = self.layout.root.display()
+            )));
+        }
         let revs = self.revisions()?;
         let rec = revs
             .iter()
@@ -596,9 +677,37 @@ impl Repo {
                 "revision {rev} was garbage-collected; its objects are gone"
             )));
         }
+        let rows = self.tree_rows(&rec.root)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut rec_changes = Recorder::new(&txn, &self.run)?;
+            rec_changes.put("", true, rec.bytes)?;
+            let mut nodes = txn.open_table(NODES)?;
+            let dirs = txn.open_table(DIRS)?;
+            let mut dirty = txn.open_table(DIRTY)?;
+            nodes.retain(|_, _| false)?;
+            for row in dirs.iter()? {
+                dirty.insert(row?.0.value(), ())?;
+            }
+            dirty.insert("", ())?;
+            for (path, node) in &rows {
+                let (p, n) = db::split(path).expect("not the root");
+                nodes.insert((p, n), db::enc(node).as_slice())?;
+                if matches!(node.kind, NodeKind::Dir) {
+                    dirty.insert(path.as_str(), ())?;
+                }
+            }
+        }
+        txn.commit()?;
+        self.publish(None, false)?
+            .ok_or_else(|| Error::Db("rollback staged nothing".into()))
+    }
+
+    /// The catalog rows (path, node) of the published tree `root`.
+    fn tree_rows(&self, root: &ObjectId) -> Result<Vec<(String, Node)>> {
         let reader = LocalTree::new(self.objects.clone());
         let mut rows: Vec<(String, Node)> = Vec::new();
-        reader.walk(&rec.root, "", &mut |path, e| {
+        reader.walk(root, "", &mut |path, e| {
             let kind = match &e.kind {
                 EntryKind::File { size, content } => NodeKind::File {
                     size: *size,
@@ -619,27 +728,7 @@ impl Repo {
             ));
             Ok(true)
         })?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut nodes = txn.open_table(NODES)?;
-            let dirs = txn.open_table(DIRS)?;
-            let mut dirty = txn.open_table(DIRTY)?;
-            nodes.retain(|_, _| false)?;
-            for row in dirs.iter()? {
-                dirty.insert(row?.0.value(), ())?;
-            }
-            dirty.insert("", ())?;
-            for (path, node) in &rows {
-                let (p, n) = db::split(path).expect("not the root");
-                nodes.insert((p, n), db::enc(node).as_slice())?;
-                if matches!(node.kind, NodeKind::Dir) {
-                    dirty.insert(path.as_str(), ())?;
-                }
-            }
-        }
-        txn.commit()?;
-        self.publish(None)?
-            .ok_or_else(|| Error::Db("rollback staged nothing".into()))
+        Ok(rows)
     }
 
     /// Every object a tree needs: its directory nodes, chunk lists and chunks (with their
@@ -833,11 +922,8 @@ pub(crate) fn open_catalog(layout: &Layout) -> Result<Database> {
         store: layout.root.clone(),
         what,
     };
-    let opened = std::panic::catch_unwind(|| {
-        Database::builder()
-            .set_check_integrity_on_open(true)
-            .open(&path)
-    });
+    let opened =
+        std::panic::catch_unwind(|| db_builder().set_check_integrity_on_open(true).open(&path));
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::Storage(e @ redb::StorageError::Corrupted(_)))) => {
@@ -899,22 +985,46 @@ fn mark_dirty(dirty: &mut BTreeSet<String>, dir: &str) {
 }
 
 /// Remove `path` and, if it is a directory, everything below it; mark what changed dirty.
+/// Returns the bytes of the files removed.
 fn remove_subtree(
     t: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
     path: &str,
     dirty: &mut BTreeSet<String>,
-) -> Result<()> {
+) -> Result<u64> {
+    let (p, n) = db::split(path).expect("not the root");
+    let mut bytes = match t.get((p, n))?.map(|v| db::dec::<Node>("node", v.value())) {
+        Some(Ok(Node {
+            kind: NodeKind::File { size, .. },
+            ..
+        })) => size,
+        _ => 0,
+    };
     for (name, node) in db::children(t, path)? {
         let child = db::join(path, &name);
         if matches!(node.kind, NodeKind::Dir) {
-            remove_subtree(t, &child, dirty)?;
+            bytes += remove_subtree(t, &child, dirty)?;
         } else {
+            if let NodeKind::File { size, .. } = node.kind {
+                bytes += size;
+            }
             t.remove((path, name.as_str()))?;
         }
     }
-    let (p, n) = db::split(path).expect("not the root");
     t.remove((p, n))?;
     dirty.insert(path.to_string());
     mark_dirty(dirty, p);
-    Ok(())
+    Ok(bytes)
+}
+
+/// The catalog is opened by one writer (the locked publisher) while any number of readers
+/// (`depotfs status STORE`) follow its commits.
+fn db_builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b
+}
+
+/// Open the catalog of `layout` read-only, beside a publisher at work.
+pub fn open_read_only(layout: &Layout) -> Result<redb::ReadOnlyDatabase> {
+    Ok(db_builder().open_read_only(layout.catalog())?)
 }

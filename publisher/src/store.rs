@@ -292,6 +292,23 @@ fn lock_holder(file: &File) -> Option<u32> {
     }
 }
 
+/// The pid of the publisher holding `layout`'s lock, if one is at work (checked with a
+/// shared lock attempt, released at once; the pid as it wrote it).
+pub fn holder(layout: &Layout) -> Result<Option<String>> {
+    let path = layout.lock();
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path)(e)),
+    };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+        return Ok(None);
+    }
+    let mut pid = String::new();
+    file.read_to_string(&mut pid).map_err(Error::io(&path))?;
+    Ok(Some(pid.trim().to_string()))
+}
+
 /// Flush everything written to the store's filesystem, so the manifest written next never
 /// names objects a power loss could take back.
 pub fn sync_filesystem(layout: &Layout) -> Result<()> {
