@@ -148,7 +148,7 @@ fn verify_reports_an_id_used_as_two_kinds() {
         };
         repo.stage_add("all/tools", vec![("all/tools/collides".into(), node)])
             .unwrap();
-        repo.publish(None).unwrap();
+        repo.publish(None, false).unwrap();
     }
     let out = cmd(&["verify"], &store);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -29,7 +29,9 @@ pub const INDEX_TARGET: u32 = 64;
 pub const LEAF_MAX: usize = 2048;
 /// Hard cap on children of one index node.
 pub const INDEX_MAX: usize = 512;
-/// Longest name a node may hold, in bytes (Linux's `NAME_MAX`).
+/// Longest name a node may hold, in bytes (Linux's `NAME_MAX`: the kernel refuses longer
+/// names before a lookup reaches the file system, so a longer one could be published but
+/// never opened).
 pub const NAME_MAX: usize = 255;
 /// Longest symlink target a node may hold, in bytes (Linux's `PATH_MAX` less its NUL).
 pub const TARGET_MAX: usize = 4095;
@@ -108,10 +110,6 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
     Ok(())
 }
-
-/// Longest name in bytes (Linux's `NAME_MAX`: the kernel refuses longer names before a
-/// lookup reaches the file system, so a longer one could be published but never opened).
-pub const NAME_MAX: usize = 255;
 
 /// A reference from an index node to a child node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -197,6 +197,19 @@ impl fmt::Display for Summary {
 /// Fetch the listing and plan against the repository's directory.
 pub fn prepare(repo: &Repo, opts: &Options) -> Result<Prepared, SyncError> {
     let start = Instant::now();
+    // Changes staged by an interrupted `depotfs sync` are this command's to finish: each is a
+    // whole file, checked against its length, and the rerun publishes it. Any other
+    // interrupted run's changes wait for the operator (`publish --include-interrupted` or
+    // `abort`), as for `add`.
+    let is_sync = |command: &str| command.split_whitespace().nth(1) == Some("sync");
+    if repo
+        .staged()?
+        .interrupted(None)
+        .iter()
+        .any(|r| !is_sync(&r.run.command))
+    {
+        repo.refuse_if_interrupted()?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sync-http")
@@ -355,7 +368,7 @@ impl Prepared {
         progress.finish();
         r?;
         if repo.has_staged()? {
-            if let Some((rev, _)) = repo.publish(None)? {
+            if let Some((rev, _)) = repo.publish(None, true)? {
                 s.published.push(rev);
             }
         }
@@ -487,7 +500,7 @@ impl Run<'_> {
                 Some(PublishEvery::Interval(d)) => since_publish > 0 && last_publish.elapsed() >= d,
                 None => false,
             };
-            if due && let Some((rev, _)) = self.repo.publish(None)? {
+            if due && let Some((rev, _)) = self.repo.publish(None, true)? {
                 tracing::info!("published revision {rev} ({since_publish} files since the last)");
                 s.published.push(rev);
                 since_publish = 0;

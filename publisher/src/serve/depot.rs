@@ -703,7 +703,7 @@ impl super::files::ChunkStream for VerifiedStream {
         let res = res.unwrap_or_else(|e| {
             Err(crate::Error::Io {
                 path: self.path.clone().into(),
-                source: io::Error::other(e),
+                error: io::Error::other(e),
             })
         });
         match res {
