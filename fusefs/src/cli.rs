@@ -4,7 +4,7 @@
 //! `user.depotfs.*` attributes listed in [`crate::fs::XATTRS_STATUS`] (see `getfattr -d -m -
 //! MOUNTPOINT`), so there is no socket or state file to keep in step.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -450,7 +450,9 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
     if let Some(what) = line.trim().strip_prefix("ready ") {
         let (name, rev) = what.rsplit_once(' ').unwrap_or((what, "?"));
-        println!(
+        // Mounted whether or not anyone reads this line (SIGPIPE stays ignored for `mount`).
+        let _ = writeln!(
+            std::io::stdout(),
             "mounted {name} revision {rev} from {source} at {}; cache {} (up to {}); log {}",
             mountpoint.display(),
             a.cache_dir.display(),
