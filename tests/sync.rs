@@ -139,12 +139,14 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() && s.is_char_boundary(i + 3) {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && s.is_char_boundary(i + 3)
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -430,11 +432,14 @@ enum Behaviour {
     WrongLength,
 }
 
+/// Requests a [`TestServer`] received: (request line, Range header).
+type RequestLog = Mutex<Vec<(String, Option<String>)>>;
+
 /// A socket server: `/` is a listing page (`listing`), `/NAME` a file.
 struct TestServer {
     port: u16,
     /// Every request: (request line, Range header).
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    requests: Arc<RequestLog>,
     stop: Arc<AtomicBool>,
 }
 
@@ -493,7 +498,7 @@ impl TestServer {
 
 fn serve(
     mut c: TcpStream,
-    reqs: &Mutex<Vec<(String, Option<String>)>>,
+    reqs: &RequestLog,
     stop: &AtomicBool,
     listing: &[u8],
     files: &HashMap<String, (Vec<u8>, Behaviour)>,

@@ -367,10 +367,10 @@ impl Prepared {
         let r = run.fetch_all(plan.fetch, &mut s);
         progress.finish();
         r?;
-        if repo.has_staged()? {
-            if let Some((rev, _)) = repo.publish(None, true)? {
-                s.published.push(rev);
-            }
+        if repo.has_staged()?
+            && let Some((rev, _)) = repo.publish(None, true)?
+        {
+            s.published.push(rev);
         }
         drop(rt);
         s.elapsed = start.elapsed();
@@ -521,7 +521,7 @@ impl Run<'_> {
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-        let expected = download.len();
+        let expected = download.expected_len();
         let stored =
             ingest::store_reader(&self.repo.objects, &mut download, expected, self.progress);
         let (size, content): (u64, FileContent) = match stored {

@@ -206,7 +206,7 @@ pub struct Download {
 
 impl Download {
     /// The length the server announced (or the listing's).
-    pub fn len(&self) -> Option<u64> {
+    pub fn expected_len(&self) -> Option<u64> {
         self.len
     }
 
