@@ -137,7 +137,7 @@ fn assert_published_matches(store: &Path, want: &BTreeMap<String, PathBuf>) {
                     "{path} mtime"
                 );
                 let mut got = Vec::new();
-                tree.copy_file(content, &mut got).unwrap();
+                tree.copy_file(content, *size, &mut got).unwrap();
                 assert!(got == fs::read(src).unwrap(), "{path} content differs");
             }
             EntryKind::Dir { .. } => assert!(md.is_dir(), "{path}"),
