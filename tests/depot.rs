@@ -697,7 +697,7 @@ fn depot_refuses_hostile_requests() {
 /// `--depot-prefix` moves the view; a bad prefix is refused naming it; the store files stay
 /// where they were; a store whose manifest does not verify answers 503 on the view.
 #[test]
-fn depot_prefix_flag_and_unpublished_store() {
+fn depot_prefix_flag_and_unverifiable_manifest() {
     let repo = Repo::publish("prefix.test", images);
     let port = free_port();
     let mut child = Command::new(cli_run::BIN)
