@@ -2,7 +2,7 @@
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
 //! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, log, ls, cat,
-//!   rollback, verify, gc, serve, replicate
+//!   rollback, verify, gc, serve, replicate, import
 //! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
@@ -49,6 +49,8 @@ enum Cmd {
     Serve(depotfs_publisher::cli::ServeArgs),
     /// Make or update a mirror of a served repository (stratum 1).
     Replicate(depotfs_publisher::cli::ReplicateArgs),
+    /// Import OCI images (registry, OCI layout, docker archive) as trees or SIF files.
+    Import(depotfs_publisher::import::ImportArgs),
     /// Mount a repository (HTTP URL or local STORE).
     Mount(depotfs_fusefs::cli::MountArgs),
     /// Unmount a depotfs mount.
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Gc(a) => depotfs_publisher::cli::gc(a),
         Cmd::Serve(a) => depotfs_publisher::cli::serve(a),
         Cmd::Replicate(a) => depotfs_publisher::cli::replicate(a),
+        Cmd::Import(a) => depotfs_publisher::import::run(a),
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),

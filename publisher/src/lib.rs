@@ -13,6 +13,8 @@
 //! - [`replicate`]: `depotfs replicate`, a verified, incremental, crash-safe mirror of a
 //!   served repository (children-first walk; the manifest is written last).
 //! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`.
+//! - [`import`]: `depotfs import`, OCI images (registry, OCI layout, docker archive) applied
+//!   layer by layer into the staged tree (`--format dir`) or one SIF file (`--format sif`).
 //! - [`cli`]: the subcommands.
 //!
 //! Crate choices: `redb` for the catalog (crash-safe, one file; sled ran out of memory at
@@ -25,6 +27,7 @@
 pub mod cli;
 pub mod db;
 mod error;
+pub mod import;
 pub mod ingest;
 pub mod progress;
 pub mod reader;
