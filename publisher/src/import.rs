@@ -283,7 +283,9 @@ fn fetch_layer(
 ) -> Result<(layers::Changes, u64)> {
     let mut blob = image::Hashing::new(src.open(layer)?);
     let mut sink = |r: &mut dyn Read, size: u64| stage_content(&repo.objects, r, size, progress);
-    let changes = layers::read_layer(&mut blob, &layer.key, &opts.limits, &mut sink)?;
+    let read = layers::read_layer(&mut blob, &layer.key, &opts.limits, &mut sink);
+    // The digest first: a blob that is not what the manifest names is reported as such,
+    // whatever reading it as a layer said.
     let (digest, len) = blob
         .finish()
         .map_err(|e| Error::Input(format!("layer {}: read: {e}", layer.key)))?;
@@ -294,6 +296,7 @@ fn fetch_layer(
             "layer {want}: digest mismatch: the blob has {digest}; refused"
         )));
     }
+    let changes = read?;
     if let Some(want) = &layer.diff_id
         && *want != changes.diff_id
     {
