@@ -744,3 +744,97 @@ fn sif_image_is_listed_mounted_run_and_resolved() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["resolved"]["samtools=1.9"], sif.to_str().unwrap(), "{v}");
 }
+
+/// Hostile layers through a real registry: a path escaping with `..` and an entry written
+/// through a symlink to a directory outside are refused naming the layer and the entry, and
+/// nothing appears outside; a device node is skipped with a warning and a setuid bit
+/// stripped, the rest imported.
+#[test]
+fn hostile_layers_from_the_registry_are_refused_or_neutralised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let outside = d.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let layout = Layout::new(d);
+    // Python's tarfile writes the names verbatim (GNU tar would refuse to).
+    let craft = |name: &str, script: &str| {
+        let tar = d.join(format!("{name}.tar"));
+        sh(Command::new("python3").arg("-c").arg(format!(
+            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
+             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
+             def l(n, target, kind=tarfile.SYMTYPE):\n    i = tarfile.TarInfo(n); i.type = kind; i.linkname = target; t.addfile(i)\n\
+             {script}\nt.close()"
+        )).arg(&tar));
+        let img = format!("{}:{name}", layout.0.display());
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        sh(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &img])
+            .arg(&tar));
+    };
+    let out_s = outside.display().to_string();
+    craft(
+        "dotdot",
+        &format!("f('ok'); f('../../../../../..{out_s}/dotdot')"),
+    );
+    craft(
+        "through",
+        &format!("l('escape', '{out_s}'); f('escape/through')"),
+    );
+    craft(
+        "neutral",
+        "f('bin/suid', b'#!', 0o6755)\ni = tarfile.TarInfo('dev/sda'); i.type = tarfile.BLKTYPE; i.devmajor = 8; t.addfile(i)\nf('etc/ok', b'fine')",
+    );
+    let reg = Registry::start(d, None);
+    for n in ["dotdot", "through", "neutral"] {
+        reg.push(&layout.0, n, &format!("evil/{n}:1"), None, false);
+    }
+    let store = init_store(d);
+    let host = reg.host();
+    let r = |n: &str| format!("docker://{host}/evil/{n}:1");
+    let out = import(
+        &store,
+        &[
+            &r("dotdot"),
+            &r("through"),
+            &r("neutral"),
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = fails(out);
+    let dotdot = layout.layer_digests("dotdot")[0].clone();
+    let through = layout.layer_digests("through")[0].clone();
+    assert!(
+        stdout.contains(&format!(
+            "layer {dotdot}: entry \"../../../../../..{out_s}/dotdot\": path contains '..'"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("layer {through}: entry \"escape/through\": written through the symlink escape -> {out_s}")), "{stdout}");
+    assert!(stdout.contains("1 images imported, 2 failed"), "{stdout}");
+    assert!(stderr.contains("\"dev/sda\": skipped"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    let listing = ls(&store, "images/evil");
+    assert!(
+        listing.contains("neutral:1")
+            && !listing.contains("dotdot")
+            && !listing.contains("through"),
+        "{listing}"
+    );
+    assert!(
+        ls(&store, "images/evil/neutral:1/bin").contains("-0755"),
+        "setuid/setgid stripped"
+    );
+    assert!(
+        !ls(&store, "images/evil/neutral:1").contains("dev"),
+        "device skipped"
+    );
+    assert_eq!(cat(&store, "images/evil/neutral:1/etc/ok"), "fine");
+}
