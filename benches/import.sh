@@ -6,7 +6,7 @@
 #   cargo build --release && bash benches/import.sh [TOOLS] [BASE_MIB] [TOOL_MIB]
 #
 # Defaults (4 tools, 200 MiB base, 220 MiB per tool) make ~1.1 GiB of layers. Needs
-# docker-registry, skopeo, umoci, busybox-static (.ci/run installs them). Prints one line per
+# docker-registry, skopeo, umoci, busybox-static (.ci/run installs them) and bc. Prints one line per
 # step and the ratio; record the output in benches/RESULTS.md.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -70,9 +70,8 @@ done
 layers=$(du -sb "$work/registry" | cut -f1)
 echo "setup: $tools images, $((layers >> 20)) MiB in the registry, $(echo "$(date +%s.%N) - $t0" | bc) s"
 
-"$bin" init "$work/s1" --name bench >/dev/null
-"$bin" init "$work/s2" --name bench >/dev/null
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+"$bin" init "$work/s1" --name bench >/dev/null 2>&1
+"$bin" init "$work/s2" --name bench >/dev/null 2>&1
 
 t0=$(date +%s.%N)
 for t in $(seq 1 "$tools"); do
@@ -86,7 +85,6 @@ for t in $(seq 1 "$tools"); do mv "$work/bundle/tool$t:1.0--0.rootfs" "$work/tre
 t_pipe=$(echo "$(date +%s.%N) - $t0" | bc)
 echo "pipeline (skopeo copy + umoci unpack + depotfs add): $t_pipe s, store $(( $(du -sb "$work/s1/public" | cut -f1) >> 20 )) MiB"
 
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 t0=$(date +%s.%N)
 "$bin" import "$work/s2" "${refs[0]}" --to images/ --insecure-registry "$host" >"$work/first.log" 2>&1
 t_first=$(echo "$(date +%s.%N) - $t0" | bc)
