@@ -215,7 +215,7 @@ fn init_store(dir: &Path) -> PathBuf {
 
 fn import(store: &Path, args: &[&str]) -> std::process::Output {
     let mut a: Vec<&std::ffi::OsStr> = vec!["import".as_ref(), store.as_os_str()];
-    a.extend(args.iter().map(|s| std::ffi::OsStr::new(s)));
+    a.extend(args.iter().map(std::ffi::OsStr::new));
     depotfs(&a)
 }
 
