@@ -2,7 +2,7 @@
 //! implementation live in the crate that owns the job; this file only dispatches.
 //!
 //! - publisher side (`depotfs-publisher::cli`): init, add, rm, publish, abort, log, ls, cat,
-//!   rollback, verify, gc, rebuild-catalog, serve, replicate, sync, status STORE
+//!   rollback, verify, gc, rebuild-catalog, serve, replicate, sync, import, status STORE
 //! - client side (`depotfs-fusefs::cli`): mount, umount, remount, status; doctor
 //! - Galaxy (`resolve.rs` here): resolve
 //! - `demo.rs`: the whole job on sample images
@@ -56,6 +56,8 @@ enum Cmd {
     Replicate(depotfs_publisher::cli::ReplicateArgs),
     /// Stream an HTTP image depot (a directory listing) into the store.
     Sync(depotfs_publisher::cli::SyncArgs),
+    /// Import OCI images (registry, OCI layout, docker archive) as trees or SIF files.
+    Import(depotfs_publisher::import::ImportArgs),
     /// Mount a repository (HTTP URL or local STORE).
     Mount(depotfs_fusefs::cli::MountArgs),
     /// Unmount a depotfs mount.
@@ -118,6 +120,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve(a) => depotfs_publisher::cli::serve(a),
         Cmd::Replicate(a) => depotfs_publisher::cli::replicate(a),
         Cmd::Sync(a) => depotfs_publisher::cli::sync(a),
+        Cmd::Import(a) => depotfs_publisher::import::run(a),
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),

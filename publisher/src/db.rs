@@ -10,6 +10,7 @@
 //! | `meta`      | key                     | bytes                        | `name`, `ttl` |
 //! | `staged`    | path                    | postcard `StagedChange`      | staged, unpublished changes ([`crate::staged`]) |
 //! | `runs`      | start time (ns)         | postcard `Run`               | the runs that staged them |
+//! | `layers`    | layer digest            | postcard `import::layers::Changes` | image layers already imported (`depotfs import` replays them instead of fetching) |
 //!
 //! Paths are relative to the repository root, `/`-separated, without a leading slash; the
 //! root is `""`. Keying `nodes` by (parent, name) makes "the children of a directory" one
@@ -31,6 +32,8 @@ pub const DIRTY: TableDefinition<&str, ()> = TableDefinition::new("dirty");
 pub const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
 /// Tags.
 pub const TAGS: TableDefinition<&str, u64> = TableDefinition::new("tags");
+/// Image layers already imported: digest → their changes (see `import`).
+pub const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 /// Repository settings.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 

@@ -19,6 +19,8 @@
 //!   through the staging path, resumable, published as it goes.
 //! - [`serve`]: `depotfs serve`, a static HTTP server for `STORE/public`, and the depot view
 //!   of the published tree (autoindex pages, verified whole files, a search page at `/`).
+//! - [`import`]: `depotfs import`, OCI images (registry, OCI layout, docker archive) applied
+//!   layer by layer into the staged tree (`--format dir`) or one SIF file (`--format sif`).
 //! - [`cli`]: the subcommands.
 //!
 //! Crate choices: `redb` for the catalog (crash-safe, one file; sled ran out of memory at
@@ -31,6 +33,7 @@
 pub mod cli;
 pub mod db;
 mod error;
+pub mod import;
 pub mod ingest;
 pub mod progress;
 pub mod reader;

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::db::{
-    self, DIRS, DIRTY, DirState, META, NODES, Node, NodeKind, REVISIONS, RevisionRecord, TAGS,
+    self, DIRS, DIRTY, DirState, LAYERS, META, NODES, Node, NodeKind, REVISIONS, RevisionRecord,
+    TAGS,
 };
 use crate::error::{Error, Result};
 use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
@@ -420,6 +421,42 @@ impl Repo {
     pub fn list_dir(&self, dir: &str) -> Result<Vec<(String, Node)>> {
         let txn = self.db.begin_read()?;
         db::children(&txn.open_table(NODES)?, dir)
+    }
+
+    /// Stage `nodes` as the whole subtree at `root` (the first node): whatever was there
+    /// before is removed first.
+    pub fn stage_replace(&self, root: &str, nodes: Vec<(String, Node)>) -> Result<()> {
+        let (parent, _) =
+            db::split(root).ok_or_else(|| Error::Input("cannot replace the root".into()))?;
+        let present = {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(NODES)?;
+            let (p, n) = db::split(root).expect("checked above");
+            t.get((p, n))?.is_some()
+        };
+        if present {
+            self.stage_rm(&[root.to_string()])?;
+        }
+        self.stage_add(parent, nodes)
+    }
+
+    /// The record kept for an imported layer (`depotfs import`), if any.
+    pub fn layer_record(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(LAYERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(digest)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Keep the record of an imported layer whose digests held.
+    pub fn record_layer(&self, digest: &str, record: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LAYERS)?.insert(digest, record)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Is anything staged?

@@ -1,0 +1,281 @@
+//! A registry client for the OCI distribution API (pull only): manifests and indexes by tag
+//! or digest, blobs; the bearer-token flow on `401` + `WWW-Authenticate: Bearer …`, basic
+//! auth from a docker `config.json`; https, or plain http for `--insecure-registry` hosts.
+//!
+//! Every document fetched by digest is checked against it; layer blobs are checked by the
+//! caller while they stream (nothing is staged before the digest holds).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+
+use crate::error::{Error, Result};
+use crate::import::image::{self, INDEX_TYPES, MANIFEST_TYPES, Parsed};
+use crate::import::reference::ImageName;
+use crate::import::{LayerRef, Resolved, Source};
+
+/// Credentials per registry host, from a docker `config.json` (`auths.HOST.auth` =
+/// base64 `user:password`, or `username` + `password`).
+#[derive(Debug, Default, Clone)]
+pub struct Auths {
+    by_host: HashMap<String, (String, String)>,
+}
+
+impl Auths {
+    /// Read `file`.
+    pub fn load(file: &Path) -> Result<Auths> {
+        let text = std::fs::read(file).map_err(Error::io(file))?;
+        let bad = |what: String| Error::Input(format!("--auth-file {}: {what}", file.display()));
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let mut by_host = HashMap::new();
+        if let Some(auths) = v.get("auths").and_then(|a| a.as_object()) {
+            for (host, entry) in auths {
+                let host = host
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string();
+                let pair = if let Some(a) = entry.get("auth").and_then(|a| a.as_str()) {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(a)
+                        .map_err(|e| bad(format!("auths.{host}.auth: not base64: {e}")))?;
+                    let s = String::from_utf8(raw)
+                        .map_err(|_| bad(format!("auths.{host}.auth: not UTF-8")))?;
+                    let (u, p) = s
+                        .split_once(':')
+                        .ok_or_else(|| bad(format!("auths.{host}.auth: not user:password")))?;
+                    (u.to_string(), p.to_string())
+                } else {
+                    let get = |k: &str| entry.get(k).and_then(|x| x.as_str()).map(str::to_string);
+                    match (get("username"), get("password")) {
+                        (Some(u), Some(p)) => (u, p),
+                        _ => continue,
+                    }
+                };
+                by_host.insert(host, pair);
+            }
+        }
+        Ok(Auths { by_host })
+    }
+}
+
+/// A registry connection for one repository.
+#[derive(Debug)]
+pub struct Registry {
+    client: Client,
+    base: String,
+    host: String,
+    repo: String,
+    reference: String,
+    basic: Option<(String, String)>,
+    /// The Authorization header that last worked.
+    auth: Mutex<Option<String>>,
+}
+
+/// Connection options shared by every registry source of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Credentials.
+    pub auths: Auths,
+    /// Hosts reached over plain http.
+    pub insecure: Vec<String>,
+}
+
+fn param<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    // key="value" pairs after the scheme; values are quoted and contain no quotes.
+    let i = header.find(&format!("{key}=\""))?;
+    let rest = &header[i + key.len() + 2..];
+    rest.split('"').next()
+}
+
+impl Registry {
+    /// A connection to `host` for `repo`.
+    pub fn new(host: &str, repo: &str, reference: &str, opts: &Options) -> Result<Registry> {
+        let scheme = if opts.insecure.iter().any(|h| h == host) {
+            "http"
+        } else {
+            "https"
+        };
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(None)
+            .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Input(format!("registry {host}: HTTP client: {e}")))?;
+        Ok(Registry {
+            client,
+            base: format!("{scheme}://{host}/v2/{repo}"),
+            host: host.to_string(),
+            repo: repo.to_string(),
+            reference: reference.to_string(),
+            basic: opts.auths.by_host.get(host).cloned(),
+            auth: Mutex::new(None),
+        })
+    }
+
+    fn what(&self, path: &str) -> String {
+        format!("{}/{}{}", self.host, self.repo, path)
+    }
+
+    /// Send `req()` with the current credentials; on 401, authenticate as the registry asks
+    /// (bearer token or basic) and send it once more.
+    fn send(&self, path: &str, req: impl Fn() -> RequestBuilder) -> Result<Response> {
+        let what = self.what(path);
+        let net = |e: reqwest::Error| Error::Input(format!("{what}: {e}"));
+        let with_auth = |r: RequestBuilder| match self.auth.lock().expect("not poisoned").clone() {
+            Some(a) => r.header(AUTHORIZATION, a),
+            None => r,
+        };
+        let resp = with_auth(req()).send().map_err(net)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return check(resp, &what);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let header = if challenge.to_ascii_lowercase().starts_with("bearer") {
+            Some(format!("Bearer {}", self.token(&challenge, &what)?))
+        } else {
+            self.basic.as_ref().map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            })
+        };
+        let Some(header) = header else {
+            return Err(Error::Input(format!(
+                "{what}: 401 unauthorized and no credentials for {} (give --auth-file)",
+                self.host
+            )));
+        };
+        *self.auth.lock().expect("not poisoned") = Some(header);
+        let resp = with_auth(req()).send().map_err(net)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(Error::Input(format!(
+                "{what}: 401 unauthorized: the registry refused the credentials"
+            )));
+        }
+        check(resp, &what)
+    }
+
+    /// The bearer-token flow: GET realm?service=…&scope=… (with basic credentials when we
+    /// have them), answer `{"token": …}` or `{"access_token": …}`.
+    fn token(&self, challenge: &str, what: &str) -> Result<String> {
+        let realm = param(challenge, "realm").ok_or_else(|| {
+            Error::Input(format!(
+                "{what}: bearer challenge without realm: {challenge}"
+            ))
+        })?;
+        let scope = param(challenge, "scope")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+        let mut query = vec![("scope", scope)];
+        if let Some(s) = param(challenge, "service") {
+            query.push(("service", s.to_string()));
+        }
+        let url = reqwest::Url::parse_with_params(realm, &query)
+            .map_err(|e| Error::Input(format!("{what}: bad token realm {realm:?}: {e}")))?;
+        let mut req = self.client.get(url);
+        if let Some((u, p)) = &self.basic {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req
+            .send()
+            .map_err(|e| Error::Input(format!("{what}: token from {realm}: {e}")))?;
+        let resp = check(resp, &format!("token from {realm}"))?;
+        let body = image::read_doc(resp, realm)?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Input(format!("token from {realm}: not JSON: {e}")))?;
+        v.get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Input(format!("token from {realm}: no token in the answer")))
+    }
+
+    /// A manifest or index by tag or digest: its bytes and content type. By digest, the
+    /// bytes are checked against it.
+    fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>)> {
+        let path = format!("/manifests/{reference}");
+        let accept = INDEX_TYPES
+            .iter()
+            .chain(&MANIFEST_TYPES)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(&path, || self.client.get(&url).header(ACCEPT, &accept))?;
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let what = self.what(&path);
+        let bytes = image::read_doc(resp, &what)?;
+        if reference.starts_with("sha256:") {
+            image::verify(&bytes, reference, &what)?;
+        }
+        Ok((bytes, ct))
+    }
+
+    /// A blob, streamed (the caller checks its digest).
+    fn blob(&self, digest: &str) -> Result<Response> {
+        let path = format!("/blobs/{digest}");
+        let url = format!("{}{path}", self.base);
+        self.send(&path, || self.client.get(&url))
+    }
+}
+
+fn check(resp: Response, what: &str) -> Result<Response> {
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(Error::Input(format!("{what}: HTTP {}", resp.status())))
+    }
+}
+
+impl Source for Registry {
+    fn resolve(&self, platform: &str) -> Result<Resolved> {
+        let (mut bytes, mut ct) = self.manifest(&self.reference)?;
+        let mut what = self.what(&format!("/manifests/{}", self.reference));
+        for _ in 0..2 {
+            match image::parse(&bytes, ct.as_deref(), &what)? {
+                Parsed::Index(entries) => {
+                    let d = image::choose(&entries, platform, &what)?;
+                    what = self.what(&format!("/manifests/{}", d.digest));
+                    (bytes, ct) = self.manifest(&d.digest)?;
+                }
+                Parsed::Manifest { config, layers } => {
+                    let cpath = format!("/blobs/{}", config.digest);
+                    let cbytes = image::read_doc(self.blob(&config.digest)?, &self.what(&cpath))?;
+                    image::verify(&cbytes, &config.digest, &self.what(&cpath))?;
+                    let diff_ids = image::diff_ids(&cbytes, &self.what(&cpath))?;
+                    let name = ImageName {
+                        repo: self.repo.clone(),
+                        tag: self.reference.clone(),
+                    };
+                    return Resolved::new(name, layers, Some(diff_ids), &what);
+                }
+            }
+        }
+        Err(Error::Input(format!(
+            "{what}: an index inside an index inside an index"
+        )))
+    }
+
+    fn open(&self, layer: &LayerRef) -> Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.blob(&layer.locator)?))
+    }
+}

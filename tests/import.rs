@@ -1,0 +1,840 @@
+//! `depotfs import` against real parts: a Debian `docker-registry` run by hand on 127.0.0.1,
+//! filled by `skopeo copy` from OCI layouts built with `umoci` out of busybox-static and
+//! layers made by GNU tar (whiteouts, opaque directories, hard links); the imported trees
+//! mounted with `depotfs mount` and run with `chroot`; SIF files listed by `siftool`,
+//! mounted by `squashfuse` and found by Galaxy's resolver.
+
+mod cli_run;
+mod http_suite;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cli_run::{Mounted, depotfs, fails, ok, ok_stdout, poll};
+use http_suite::free_port;
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (.ci/run installs the Debian packages)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `docker-registry` process on a free port with its storage in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        let port = free_port();
+        let root = dir.join("registry-data");
+        let log = dir.join("registry.log");
+        let auth = htpasswd
+            .map(|p| {
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    p.display()
+                )
+            })
+            .unwrap_or_default();
+        let config = dir.join("registry.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::create(dir.join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry (Debian docker-registry; .ci/run installs it)");
+        let mut r = Registry {
+            child,
+            port,
+            root,
+            log,
+        };
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        http_suite::wait_listening(addr, || match r.child.try_wait() {
+            Ok(Some(s)) => Err(format!(
+                "{s}: {}",
+                fs::read_to_string(dir.join("registry.err")).unwrap_or_default()
+            )),
+            _ => Ok(()),
+        });
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Requests logged so far (access log lines and the app's own, stdout and stderr).
+    fn blob_gets(&self, digest: &str) -> usize {
+        let mut text = fs::read_to_string(&self.log).unwrap_or_default();
+        text += &fs::read_to_string(self.log.with_file_name("registry.err")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}")))
+            .count()
+    }
+
+    /// Push `oci:LAYOUT:TAG` as REPO:TAG.
+    fn push(&self, layout: &Path, tag: &str, repo_tag: &str, creds: Option<&str>, all: bool) {
+        let policy = layout.with_extension("policy.json");
+        fs::write(
+            &policy,
+            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .unwrap();
+        let mut c = Command::new("skopeo");
+        c.arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(cr) = creds {
+            c.args(["--dest-creds", cr]);
+        }
+        if all {
+            c.arg("--all");
+        }
+        c.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.host()));
+        sh(&mut c);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OCI layout built with umoci: `new` then one `raw add-layer` per directory (a layer is
+/// the GNU tar of that directory, so `.wh.` files and hard links go in verbatim).
+struct Layout(PathBuf);
+
+impl Layout {
+    fn new(dir: &Path) -> Layout {
+        let p = dir.join("layout");
+        sh(Command::new("umoci").args(["init", "--layout"]).arg(&p));
+        Layout(p)
+    }
+
+    fn image(&self, tag: &str, arch: &str, layers: &[&Path]) {
+        let img = format!("{}:{tag}", self.0.display());
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        sh(Command::new("umoci").args([
+            "config",
+            "--image",
+            &img,
+            "--os",
+            "linux",
+            "--architecture",
+            arch,
+        ]));
+        for (i, l) in layers.iter().enumerate() {
+            let tar = self.0.with_file_name(format!("{tag}-{i}.tar"));
+            sh(Command::new("tar")
+                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+                .arg(l)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."));
+            sh(Command::new("umoci")
+                .args(["raw", "add-layer", "--image", &img])
+                .arg(&tar));
+        }
+    }
+
+    /// The (gzip) digests of TAG's layers, bottom first.
+    fn layer_digests(&self, tag: &str) -> Vec<String> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.0.join("index.json")).unwrap()).unwrap();
+        let m = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap();
+        let blob = |d: &str| self.0.join("blobs/sha256").join(&d[7..]);
+        let man: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob(m["digest"].as_str().unwrap())).unwrap())
+                .unwrap();
+        man["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A busybox root: bin/busybox (static), bin/sh -> busybox, etc/hello.
+fn busybox_root(dir: &Path) -> PathBuf {
+    let r = dir.join("base");
+    fs::create_dir_all(r.join("bin")).unwrap();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::copy("/bin/busybox", r.join("bin/busybox"))
+        .expect("/bin/busybox (busybox-static; .ci/run installs it)");
+    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+    fs::write(r.join("etc/hello"), "hello from the base layer\n").unwrap();
+    r
+}
+
+fn init_store(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    ok(depotfs(&[
+        "init".as_ref(),
+        store.as_os_str(),
+        "--name".as_ref(),
+        "import.test".as_ref(),
+    ]));
+    store
+}
+
+fn import(store: &Path, args: &[&str]) -> std::process::Output {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["import".as_ref(), store.as_os_str()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    depotfs(&a)
+}
+
+fn cat(store: &Path, path: &str) -> String {
+    ok_stdout(depotfs(&["cat".as_ref(), store.as_os_str(), path.as_ref()]))
+}
+
+fn ls(store: &Path, path: &str) -> String {
+    ok_stdout(depotfs(&["ls".as_ref(), store.as_os_str(), path.as_ref()]))
+}
+
+fn mount(store: &Path, dir: &Path) -> Mounted {
+    let mnt = dir.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    ok(depotfs(&[
+        "mount".as_ref(),
+        store.as_os_str(),
+        mnt.as_os_str(),
+        "--key".as_ref(),
+        store.join("public/repo.pub").as_os_str(),
+        "--cache-dir".as_ref(),
+        dir.join("cache").as_os_str(),
+    ]));
+    poll(Duration::from_secs(10), "mount ready", || {
+        mnt.join("images").exists()
+    });
+    Mounted(mnt)
+}
+
+fn du(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let md = e.metadata().unwrap();
+                        if md.is_dir() {
+                            walk(&e.path())
+                        } else {
+                            md.len()
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(dir)
+}
+
+/// A layer with whiteouts, an opaque directory, hard links and a setuid file over the
+/// busybox base, pushed to the registry, imported, mounted, and run with chroot; the same
+/// image from the OCI layout and from a docker archive gives the same tree.
+#[test]
+fn multi_layer_image_imports_and_runs_from_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let base = busybox_root(d);
+    for (p, c) in [
+        ("a/x", "x"),
+        ("a/y", "y"),
+        ("keep/k", "k"),
+        ("keep/sub/deep", "deep"),
+    ] {
+        fs::create_dir_all(base.join(p).parent().unwrap()).unwrap();
+        fs::write(base.join(p), c).unwrap();
+    }
+    let top = d.join("top");
+    fs::create_dir_all(top.join("a")).unwrap();
+    fs::create_dir_all(top.join("keep")).unwrap();
+    fs::create_dir_all(top.join("hl")).unwrap();
+    fs::write(top.join("a/.wh.x"), "").unwrap();
+    fs::write(top.join("keep/.wh..wh..opq"), "").unwrap();
+    fs::write(top.join("keep/new"), "new in the top layer\n").unwrap();
+    fs::write(top.join("hl/one"), "linked\n").unwrap();
+    fs::hard_link(top.join("hl/one"), top.join("hl/two")).unwrap();
+    fs::write(top.join("hl/suid"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(top.join("hl/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let layout = Layout::new(d);
+    layout.image("1", "amd64", &[&base, &top]);
+
+    let reg = Registry::start(d, None);
+    reg.push(&layout.0, "1", "test/multi:1", None, false);
+    let store = init_store(d);
+    let host = reg.host();
+    let out = ok_stdout(import(
+        &store,
+        &[
+            &format!("docker://{host}/test/multi:1"),
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+        ],
+    ));
+    assert!(out.contains("1 images imported, 0 failed"), "{out}");
+    let root = "images/test/multi:1";
+    assert_eq!(
+        cat(&store, &format!("{root}/etc/hello")),
+        "hello from the base layer\n"
+    );
+    assert_eq!(cat(&store, &format!("{root}/a/y")), "y");
+    assert!(
+        !ls(&store, &format!("{root}/a")).contains(" x\n"),
+        "whiteout"
+    );
+    let keep = ls(&store, &format!("{root}/keep"));
+    assert!(
+        keep.contains(" new\n") && !keep.contains(" k\n") && !keep.contains(" sub\n"),
+        "opaque: {keep}"
+    );
+    assert_eq!(cat(&store, &format!("{root}/hl/two")), "linked\n");
+    let hl = ls(&store, &format!("{root}/hl"));
+    assert!(
+        hl.contains("-0755") && !hl.contains("4755"),
+        "setuid stripped: {hl}"
+    );
+    assert!(ls(&store, &format!("{root}/bin")).contains("sh -> busybox"));
+
+    // The same image from the layout itself and from a docker archive.
+    let out = ok_stdout(import(
+        &store,
+        &[
+            &format!("oci:{}:1", layout.0.display()),
+            "--to",
+            "from-oci/",
+        ],
+    ));
+    assert!(out.contains("-> /from-oci/layout:1"), "{out}");
+    assert_eq!(
+        cat(&store, "from-oci/layout:1/keep/new"),
+        "new in the top layer\n"
+    );
+    let archive = d.join("multi.tar");
+    let policy = layout.0.with_extension("policy.json");
+    sh(Command::new("skopeo")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:1", layout.0.display()))
+        .arg(format!("docker-archive:{}:test/multi:1", archive.display())));
+    let out = ok_stdout(import(
+        &store,
+        &[
+            &format!("docker-archive:{}", archive.display()),
+            "--to",
+            "from-archive/",
+        ],
+    ));
+    assert!(out.contains("-> /from-archive/test/multi:1"), "{out}");
+    assert_eq!(cat(&store, "from-archive/test/multi:1/hl/one"), "linked\n");
+    assert!(!ls(&store, "from-archive/test/multi:1/keep").contains(" k\n"));
+
+    // Mounted: chroot into the imported tree runs busybox from it.
+    let m = mount(&store, d);
+    let out = sh(Command::new("chroot").arg(m.0.join(root)).args([
+        "/bin/sh",
+        "-c",
+        "busybox cat /etc/hello /keep/new; busybox ls /a",
+    ]));
+    assert_eq!(out, "hello from the base layer\nnew in the top layer\ny\n");
+}
+
+/// Two images sharing a base layer: the second import fetches only its own layer (blob GETs
+/// in the registry's log) and stores little more than it (bytes in the store).
+#[test]
+fn shared_base_layer_is_fetched_and_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let base = busybox_root(d);
+    // 4 MiB that does not compress.
+    let noise: Vec<u8> = http_suite::random_bytes(4 << 20, 7);
+    fs::write(base.join("etc/noise"), &noise).unwrap();
+    let tools: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|t| {
+            let p = d.join(format!("tool-{t}"));
+            fs::create_dir_all(p.join("opt")).unwrap();
+            fs::write(
+                p.join(format!("opt/{t}")),
+                http_suite::random_bytes(200 << 10, t.len() as u64 + 99 + (*t == "b") as u64),
+            )
+            .unwrap();
+            p
+        })
+        .collect();
+    let layout = Layout::new(d);
+    layout.image("a", "amd64", &[&base, &tools[0]]);
+    layout.image("b", "amd64", &[&base, &tools[1]]);
+    let digests = layout.layer_digests("b");
+    let reg = Registry::start(d, None);
+    reg.push(&layout.0, "a", "bio/a:1", None, false);
+    reg.push(&layout.0, "b", "bio/b:1", None, false);
+    let store = init_store(d);
+    let host = reg.host();
+    let args = |r: &str| {
+        vec![
+            format!("docker://{host}/{r}"),
+            "--to".into(),
+            "images/".into(),
+            "--insecure-registry".into(),
+            host.clone(),
+        ]
+    };
+    let a1 = args("bio/a:1");
+    ok(import(
+        &store,
+        &a1.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(reg.blob_gets(&digests[0]), 1, "base fetched once");
+    let before = du(&store.join("public/objects"));
+    let b1 = args("bio/b:1");
+    let out = ok_stdout(import(
+        &store,
+        &b1.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(
+        out.contains("1 layers fetched") && out.contains("1 already imported"),
+        "{out}"
+    );
+    assert_eq!(
+        reg.blob_gets(&digests[0]),
+        1,
+        "the base layer is not fetched again"
+    );
+    assert_eq!(reg.blob_gets(&digests[1]), 1, "the new layer is fetched");
+    let grown = du(&store.join("public/objects")) - before;
+    let new_layer = fs::metadata(layout.0.join("blobs/sha256").join(&digests[1][7..]))
+        .unwrap()
+        .len();
+    // The new layer's file plus a few directory and chunk-list objects.
+    assert!(
+        grown < new_layer + (64 << 10),
+        "store grew {grown} bytes for a {new_layer}-byte layer"
+    );
+    let bytes = |p: &str| ok(depotfs(&["cat".as_ref(), store.as_os_str(), p.as_ref()])).stdout;
+    assert_eq!(
+        bytes("images/bio/b:1/opt/b"),
+        fs::read(tools[1].join("opt/b")).unwrap()
+    );
+    assert_eq!(bytes("images/bio/b:1/etc/noise"), noise);
+}
+
+/// An index with two platforms: `--platform` picks the image.
+#[test]
+fn platform_is_picked_from_an_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let layout = Layout::new(d);
+    let mut manifests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let l = d.join(arch);
+        fs::create_dir_all(&l).unwrap();
+        fs::write(l.join("arch"), arch).unwrap();
+        layout.image(arch, arch, &[&l]);
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(layout.0.join("index.json")).unwrap()).unwrap();
+        let mut m = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == arch)
+            .unwrap()
+            .clone();
+        m.as_object_mut().unwrap().remove("annotations");
+        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        manifests.push(m);
+    }
+    let idx = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests
+    }))
+    .unwrap();
+    let digest = sha256_hex(&idx);
+    fs::write(layout.0.join("blobs/sha256").join(&digest), &idx).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.0.join("index.json")).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{digest}"),
+        "size": idx.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}
+    }));
+    fs::write(
+        layout.0.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let reg = Registry::start(d, None);
+    reg.push(&layout.0, "multi", "test/multi:2", None, true);
+    let store = init_store(d);
+    let host = reg.host();
+    let r = format!("docker://{host}/test/multi:2");
+    ok(import(
+        &store,
+        &[&r, "--to", "amd/", "--insecure-registry", &host],
+    ));
+    ok(import(
+        &store,
+        &[
+            &r,
+            "--to",
+            "arm/",
+            "--platform",
+            "linux/arm64",
+            "--insecure-registry",
+            &host,
+        ],
+    ));
+    assert_eq!(cat(&store, "amd/test/multi:2/arch"), "amd64");
+    assert_eq!(cat(&store, "arm/test/multi:2/arch"), "arm64");
+    let out = import(
+        &store,
+        &[
+            &r,
+            "--to",
+            "x/",
+            "--platform",
+            "linux/s390x",
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let e = fails(out);
+    assert!(
+        stdout.contains("no image for platform linux/s390x") && stdout.contains("linux/arm64"),
+        "{stdout}{e}"
+    );
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// htpasswd basic auth: refused without credentials, imported with an --auth-file; a blob
+/// altered on the registry's disk is refused by digest and nothing of it is published; a
+/// failing image in a --from-list run is reported and skipped while the others publish.
+#[test]
+fn basic_auth_altered_blob_and_failing_image_in_a_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let htpasswd = d.join("htpasswd");
+    sh(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["alice", "s3cret"]));
+    let base = busybox_root(d);
+    let layout = Layout::new(d);
+    layout.image("1", "amd64", &[&base]);
+    let other = d.join("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("f"), "other image\n").unwrap();
+    layout.image("2", "amd64", &[&other]);
+    let reg = Registry::start(d, Some(&htpasswd));
+    reg.push(&layout.0, "1", "priv/bb:1", Some("alice:s3cret"), false);
+    reg.push(&layout.0, "2", "priv/other:1", Some("alice:s3cret"), false);
+    let store = init_store(d);
+    let host = reg.host();
+    let r1 = format!("docker://{host}/priv/bb:1");
+    let out = import(
+        &store,
+        &[&r1, "--to", "images/", "--insecure-registry", &host],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && text.contains("401") && text.contains("--auth-file"),
+        "{text}"
+    );
+    let auth = d.join("config.json");
+    fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#),
+    )
+    .unwrap();
+    let a = auth.to_str().unwrap();
+    ok(import(
+        &store,
+        &[
+            &r1,
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+            "--auth-file",
+            a,
+        ],
+    ));
+    assert_eq!(
+        cat(&store, "images/priv/bb:1/etc/hello"),
+        "hello from the base layer\n"
+    );
+
+    // Alter one byte of priv/other's layer blob on the registry's disk.
+    let digest = &layout.layer_digests("2")[0];
+    let data = reg
+        .root
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..])
+        .join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+    let list = d.join("list.txt");
+    fs::write(
+        &list,
+        format!("# images\ndocker://{host}/priv/other:1\n\ndocker://{host}/priv/bb:1\n"),
+    )
+    .unwrap();
+    let out = import(
+        &store,
+        &[
+            "--from-list",
+            list.to_str().unwrap(),
+            "--jobs",
+            "2",
+            "--to",
+            "again/",
+            "--insecure-registry",
+            &host,
+            "--auth-file",
+            a,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("1 images imported, 1 failed"), "{text}");
+    assert!(
+        text.contains(&format!("FAILED docker://{host}/priv/other:1")) && text.contains("mismatch"),
+        "{text}"
+    );
+    assert!(text.contains("published revision"), "{text}");
+    let again = ls(&store, "again/priv");
+    assert!(
+        again.contains("bb:1") && !again.contains("other"),
+        "{again}"
+    );
+}
+
+/// `--format sif`: a SIF file per image, listed by siftool on the mount, its squashfs
+/// partition mounted by squashfuse runs busybox, and Galaxy's resolver finds it by name.
+#[test]
+fn sif_image_is_listed_mounted_run_and_resolved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let base = busybox_root(d);
+    let layout = Layout::new(d);
+    layout.image("1", "amd64", &[&base]);
+    let reg = Registry::start(d, None);
+    reg.push(
+        &layout.0,
+        "1",
+        "biocontainers/samtools:1.9--h10a08f8_12",
+        None,
+        false,
+    );
+    let store = init_store(d);
+    let host = reg.host();
+    let out = ok_stdout(import(
+        &store,
+        &[
+            &format!("docker://{host}/biocontainers/samtools:1.9--h10a08f8_12"),
+            "--to",
+            "images/all/",
+            "--format",
+            "sif",
+            "--insecure-registry",
+            &host,
+        ],
+    ));
+    assert!(
+        out.contains("-> /images/all/samtools:1.9--h10a08f8_12"),
+        "{out}"
+    );
+    let m = mount(&store, d);
+    let sif = m.0.join("images/all/samtools:1.9--h10a08f8_12");
+    let list = sh(Command::new("siftool").arg("list").arg(&sif));
+    assert!(
+        list.contains("FS") && list.contains("Squashfs") && list.contains("amd64"),
+        "{list}"
+    );
+    // The partition's offset from the descriptor table, then squashfuse on it.
+    let info = sh(Command::new("siftool").args(["info", "1"]).arg(&sif));
+    let offset: u64 = info
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Offset:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{info}"));
+    let sq = d.join("sq");
+    fs::create_dir_all(&sq).unwrap();
+    sh(Command::new("squashfuse")
+        .arg("-o")
+        .arg(format!("offset={offset}"))
+        .arg(&sif)
+        .arg(&sq));
+    struct Fuse(PathBuf);
+    impl Drop for Fuse {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+    }
+    let _sq = Fuse(sq.clone());
+    let out = sh(Command::new("chroot")
+        .arg(&sq)
+        .args(["/bin/sh", "-c", "busybox cat /etc/hello"]));
+    assert_eq!(out, "hello from the base layer\n");
+    // Galaxy's resolver (tests/galaxy.rs set-up) finds it in all/.
+    let venv = std::env::var_os("GALAXY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/galaxy-venv"));
+    let all = m.0.join("images/all");
+    let out = sh(Command::new(venv.join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/galaxy/on_mount.py"))
+        .args(["resolve", "--dir", all.to_str().unwrap(), "samtools=1.9"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["resolved"]["samtools=1.9"], sif.to_str().unwrap(), "{v}");
+}
+
+/// Hostile layers through a real registry: a path escaping with `..` and an entry written
+/// through a symlink to a directory outside are refused naming the layer and the entry, and
+/// nothing appears outside; a device node is skipped with a warning and a setuid bit
+/// stripped, the rest imported.
+#[test]
+fn hostile_layers_from_the_registry_are_refused_or_neutralised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let outside = d.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let layout = Layout::new(d);
+    // Python's tarfile writes the names verbatim (GNU tar would refuse to).
+    let craft = |name: &str, script: &str| {
+        let tar = d.join(format!("{name}.tar"));
+        sh(Command::new("python3").arg("-c").arg(format!(
+            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
+             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
+             def l(n, target, kind=tarfile.SYMTYPE):\n    i = tarfile.TarInfo(n); i.type = kind; i.linkname = target; t.addfile(i)\n\
+             {script}\nt.close()"
+        )).arg(&tar));
+        let img = format!("{}:{name}", layout.0.display());
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        sh(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &img])
+            .arg(&tar));
+    };
+    let out_s = outside.display().to_string();
+    craft(
+        "dotdot",
+        &format!("f('ok'); f('../../../../../..{out_s}/dotdot')"),
+    );
+    craft(
+        "through",
+        &format!("l('escape', '{out_s}'); f('escape/through')"),
+    );
+    craft(
+        "neutral",
+        "f('bin/suid', b'#!', 0o6755)\ni = tarfile.TarInfo('dev/sda'); i.type = tarfile.BLKTYPE; i.devmajor = 8; t.addfile(i)\nf('etc/ok', b'fine')",
+    );
+    let reg = Registry::start(d, None);
+    for n in ["dotdot", "through", "neutral"] {
+        reg.push(&layout.0, n, &format!("evil/{n}:1"), None, false);
+    }
+    let store = init_store(d);
+    let host = reg.host();
+    let r = |n: &str| format!("docker://{host}/evil/{n}:1");
+    let out = import(
+        &store,
+        &[
+            &r("dotdot"),
+            &r("through"),
+            &r("neutral"),
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = fails(out);
+    let dotdot = layout.layer_digests("dotdot")[0].clone();
+    let through = layout.layer_digests("through")[0].clone();
+    assert!(
+        stdout.contains(&format!(
+            "layer {dotdot}: entry \"../../../../../..{out_s}/dotdot\": path contains '..'"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("layer {through}: entry \"escape/through\": written through the symlink escape -> {out_s}")), "{stdout}");
+    assert!(stdout.contains("1 images imported, 2 failed"), "{stdout}");
+    assert!(stderr.contains("\"dev/sda\": skipped"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    let listing = ls(&store, "images/evil");
+    assert!(
+        listing.contains("neutral:1")
+            && !listing.contains("dotdot")
+            && !listing.contains("through"),
+        "{listing}"
+    );
+    assert!(
+        ls(&store, "images/evil/neutral:1/bin").contains("-0755"),
+        "setuid/setgid stripped"
+    );
+    assert!(
+        !ls(&store, "images/evil/neutral:1").contains("dev"),
+        "device skipped"
+    );
+    assert_eq!(cat(&store, "images/evil/neutral:1/etc/ok"), "fine");
+}
