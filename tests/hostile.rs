@@ -588,7 +588,7 @@ fn hostile_drip_feed_is_cut_at_the_printed_bound() {
     let repo = Repo::new();
     let m = repo.mount("mnt", "cache", &["--timeout", "2", "--retries", "0"]);
     assert!(
-        m.status().contains("request bound: 2.00 s"),
+        m.status().contains("reads give up: after 2.00 s"),
         "{}",
         m.status()
     );
