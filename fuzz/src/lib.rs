@@ -31,8 +31,11 @@ use depotfs_catalog::{ChunkList, Error, Manifest, ObjectId, SecretKey};
 #[cfg(feature = "publisher")]
 use depotfs_publisher::{ingest, serve::parse};
 
+/// A fuzz target: fails only by panicking.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("object", object),
     ("manifest", manifest),
     ("dir_node", dir_node),
