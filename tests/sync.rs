@@ -341,7 +341,8 @@ fn sync_killed_at_any_moment_resumes_without_refetching() {
     let s = Store::new();
     let depot = Depot::new(s.root.join("depot"));
     for (i, (name, _, mtime)) in names.iter().enumerate() {
-        // 100–400 KB each, so that at 1 MB/s per connection a run takes several seconds.
+        // 100–400 KB each, so that at 300 KB/s per connection a run takes several seconds
+        // (at 1 MB/s an idle machine finished the second run before its kill).
         depot.put(
             name,
             &random_bytes(100_000 + (i % 7) * 50_000, i as u64),
@@ -349,7 +350,7 @@ fn sync_killed_at_any_moment_resumes_without_refetching() {
         );
     }
     let files = depot.files();
-    let ngx = autoindex(&depot.dir, &s.root, 1_000_000);
+    let ngx = autoindex(&depot.dir, &s.root, 300_000);
     let url = format!("http://{}/html/", ngx.addr);
     let jobs = 3;
     let mut kills = 0;
