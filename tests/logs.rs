@@ -116,7 +116,10 @@ fn one_line_per_event_naming_the_mount() {
     let _ = run(&[&"remount", &mp]);
     // A failed revision check alone keeps the mount online (reads of the current revision go
     // on, #16 item 6); a read that no route answers takes it offline.
-    assert!(fs::read(mp.join("g")).is_err(), "g read with every server down");
+    assert!(
+        fs::read(mp.join("g")).is_err(),
+        "g read with every server down"
+    );
     let b = ServedOn::start(&store, b_port);
     poll(Duration::from_secs(30), "back online", || {
         !lines(&log_text(&cache), "leaving offline mode").is_empty()
