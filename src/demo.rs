@@ -42,13 +42,29 @@ fn sample(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// `println!` that never panics: a closed output pipe (`depotfs demo | head`) must not stop
+/// the demo before it has unmounted and stopped its server (SIGPIPE stays ignored here, since
+/// the demo runs servers and mounts); the rest of the narration is dropped.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` of a command's output, never panicking (see [`say!`]).
+fn say_raw(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 struct Step<'a> {
     exe: &'a Path,
 }
 
 impl Step<'_> {
     fn cmd(&self, args: &[&str]) -> Command {
-        println!("\n$ depotfs {}", args.join(" "));
+        say!("\n$ depotfs {}", args.join(" "));
         let mut c = Command::new(self.exe);
         c.args(args);
         c
@@ -57,7 +73,7 @@ impl Step<'_> {
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cmd(args).stderr(Stdio::inherit()).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        print!("{text}");
+        say_raw(&text);
         if !out.status.success() {
             bail!("depotfs {} failed ({})", args.join(" "), out.status);
         }
@@ -111,7 +127,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     } else if let Some(t) = tmp {
         let _ = t.keep();
     }
-    println!("depotfs demo in {}", work.display());
+    say!("depotfs demo in {}", work.display());
     let step = Step { exe: &exe };
 
     // 1. Sample images, named as in Galaxy's all/ directory.
@@ -125,7 +141,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ("bwa:0.7.17--h5bf99c6_8".to_string(), 1_500_000),
         (format!("{mulled}-0"), 4_000_000),
     ];
-    println!(
+    say!(
         "\nGenerating {} sample images in {}",
         names.len(),
         images.display()
@@ -176,13 +192,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 5. List, as Galaxy does (os.listdir).
     let all = mnt.join("all");
-    println!("\n$ ls {}", all.display());
+    say!("\n$ ls {}", all.display());
     let mut listed: Vec<String> = std::fs::read_dir(&all)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     listed.sort();
     for n in &listed {
-        println!("{n}");
+        say!("{n}");
     }
 
     // 6. Resolve like Galaxy, then read the image through the mount and check it.
@@ -205,7 +221,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if got != orig {
         bail!("the image read through the mount differs from the published one");
     }
-    println!(
+    say!(
         "\nread {} bytes of {} through the mount: identical to the published image (blake3 {})",
         got.len(),
         one.trim(),
@@ -217,13 +233,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     step.run(&["umount", &m])?;
     cleanup.mountpoint = None;
     if let Some(mut server) = cleanup.server.take() {
-        println!("\n$ kill {}    # stop depotfs serve", server.id());
+        say!("\n$ kill {}    # stop depotfs serve", server.id());
         let _ = server.kill();
         let _ = server.wait();
-        println!("stopped the server on {listen}");
+        say!("stopped the server on {listen}");
     }
     drop(cleanup);
-    println!(
+    say!(
         "\ndemo finished: published, served, mounted, listed, resolved, verified, unmounted, \
          stopped the server"
     );

@@ -196,7 +196,9 @@ pub fn replicate(a: ReplicateArgs) -> anyhow::Result<ExitCode> {
         full: a.full,
         timeout: Duration::from_secs(a.timeout),
     })?;
-    println!("{report}");
+    // SIGPIPE stays ignored for replicate (a network process): a closed output pipe must not
+    // turn a finished mirror into a panic.
+    let _ = writeln!(std::io::stdout(), "{report}");
     Ok(ExitCode::SUCCESS)
 }
 
