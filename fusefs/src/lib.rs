@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod mount;
 pub mod prefetch;
 pub mod record;
+pub mod reload;
 pub mod store;
 
 pub use error::{Error, Result};
