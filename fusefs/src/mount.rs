@@ -142,7 +142,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     }
     src.disk
         .accept_revision(&manifest.name, manifest.revision)?;
-    let p = finish(o, src, Tree { manifest, signed })?;
+    let p = finish(o, src, Tree { manifest, signed }, false)?;
     if let Some(addr) = o.metrics_listen {
         crate::metrics::start(&p.runtime, addr, p.fs.clone())?;
     }
@@ -200,8 +200,9 @@ fn open_source(o: &Options) -> Result<Source> {
     })
 }
 
-/// The file system serving `tree` (whose root is fetched here) from `src`.
-fn finish(o: &Options, src: Source, tree: Tree) -> Result<Prepared> {
+/// The file system serving `tree` (whose root is fetched here) from `src`; `taking_over` a
+/// mount, it appends to the `--record` trace instead of starting it.
+fn finish(o: &Options, src: Source, tree: Tree, taking_over: bool) -> Result<Prepared> {
     let Source {
         runtime,
         backend,
@@ -219,7 +220,12 @@ fn finish(o: &Options, src: Source, tree: Tree) -> Result<Prepared> {
         manifest.name,
         manifest.revision
     );
-    let recorder = o.record.as_deref().map(Recorder::create).transpose()?;
+    let record = if taking_over {
+        Recorder::append
+    } else {
+        Recorder::create
+    };
+    let recorder = o.record.as_deref().map(record).transpose()?;
     if let Some(r) = &recorder {
         tracing::info!("recording reads to {}", r.path().display());
     }
@@ -625,6 +631,7 @@ fn adopt(o: &Options, src: Source, state: &[u8]) -> Result<Prepared> {
             manifest: m,
             signed,
         },
+        true,
     )?;
     p.runtime.block_on(p.fs.restore(state, trees))?;
     Ok(p)
