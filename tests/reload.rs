@@ -260,3 +260,91 @@ fn reload_under_readers() {
 fn reload_1gib_stream() {
     replace_daemon_under_readers(1024);
 }
+
+/// The daemon's command line, from `/proc/PID/cmdline`, after the executable.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Issue 17 item 3: a background mount's daemon, and the daemon `reload` starts, run the
+/// arguments as given (relative paths and sizes as typed; before, the launcher rebuilt them
+/// flag by flag and a flag it did not know was dropped) plus `--foreground`.
+#[test]
+fn daemons_run_the_original_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("src/files")).unwrap();
+    std::fs::write(d.join("src/files/a"), b"content a\n").unwrap();
+    ok(run(&[&"init", &d.join("store"), &"--name", &"args.test"]));
+    ok(run(&[&"add", &d.join("store"), &d.join("src/files")]));
+    std::fs::create_dir_all(d.join("mnt")).unwrap();
+    let given = [
+        "mount",
+        "store",
+        "mnt",
+        "--cache-dir",
+        "cache",
+        "--mem-size",
+        "32M",
+        "--ttl",
+        "77",
+    ];
+    let out = std::process::Command::new(BIN)
+        .args(given)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    ok(out);
+    let mp = d.join("mnt");
+    let _mounted = Mounted(mp.clone());
+    assert_eq!(
+        std::fs::read_to_string(mp.join("files/a")).unwrap(),
+        "content a\n"
+    );
+    let pid = status_pid(&mp);
+    let log = d.join("cache/logs/mount").display().to_string();
+    let argv = cmdline(pid);
+    assert_eq!(argv[..given.len()], given, "{argv:?}");
+    assert_eq!(
+        argv[given.len()..given.len() + 3],
+        ["--foreground", "--notify-stdout", "--log-file"],
+        "{argv:?}"
+    );
+    assert!(argv[given.len() + 3].starts_with(&log), "{argv:?}");
+
+    let out = ok_stdout(run(&[&"reload", &mp]));
+    let new = status_pid(&mp);
+    assert!(out.contains(&format!("replaced by {new}")), "{out}");
+    let argv = cmdline(new);
+    assert_eq!(argv[..given.len()], given, "{argv:?}");
+    assert_eq!(argv[given.len()], "--foreground", "{argv:?}");
+    assert_eq!(
+        argv[argv.len() - 2..],
+        ["--takeover".to_string(), pid.to_string()],
+        "{argv:?}"
+    );
+    assert!(!argv.contains(&"--notify-stdout".to_string()), "{argv:?}");
+    assert_eq!(
+        std::fs::read_to_string(mp.join("files/a")).unwrap(),
+        "content a\n"
+    );
+
+    // SIGTERM (how systemd stops the unit) unmounts also a mount taken over, which fuser
+    // did not mount in this process.
+    let pid = rustix::process::Pid::from_raw(new as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    cli_run::poll(Duration::from_secs(10), "the daemon exiting", || {
+        std::fs::read_to_string(format!("/proc/{new}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&format!(" {} ", mp.display())),
+        "still mounted after SIGTERM"
+    );
+}
