@@ -23,10 +23,11 @@ use log::warn;
 use nix::fcntl::FcntlArg;
 use nix::fcntl::OFlag;
 use nix::fcntl::fcntl;
-use nix::poll::PollFd;
-use nix::poll::PollFlags;
 use nix::poll::PollTimeout;
-use nix::poll::poll;
+use nix::sys::epoll::Epoll;
+use nix::sys::epoll::EpollCreateFlags;
+use nix::sys::epoll::EpollEvent;
+use nix::sys::epoll::EpollFlags;
 use nix::unistd::Uid;
 use nix::unistd::geteuid;
 use parking_lot::Mutex;
@@ -267,8 +268,8 @@ impl<FS: Filesystem> Session<FS> {
     }
 
     /// A handle that stops [`Session::run_until_stopped`] between two reads. Once one has
-    /// been taken, the loop threads `poll(2)` the FUSE descriptor (made non-blocking)
-    /// together with the handle's pipe instead of blocking in `read(2)`.
+    /// been taken, the loop threads wait in epoll for the FUSE descriptor (made non-blocking)
+    /// or the handle's pipe instead of blocking in `read(2)`.
     /// # Errors
     /// Returns an error if the pipe cannot be created.
     pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
@@ -667,34 +668,41 @@ impl StopHandle {
         while matches!(nix::unistd::read(&self.0.read, &mut buf), Ok(n) if n > 0) {}
     }
 
-    /// Wait until the stop pipe or `ch` is readable; `None` if stopping.
-    fn receive(&self, ch: &Channel, buf: &mut [u8]) -> nix::Result<Option<usize>> {
-        loop {
-            let mut fds = [
-                PollFd::new(self.0.read.as_fd(), PollFlags::POLLIN),
-                PollFd::new(ch.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err),
+    /// What a loop thread waits on: the stop pipe, and `ch` with `EPOLLEXCLUSIVE`, so that
+    /// a request wakes one waiting thread, as a blocking `read(2)` would (with `poll(2)`
+    /// every thread woke for each request; PATCH.md has the numbers).
+    fn waiter(&self, ch: &Channel) -> io::Result<Epoll> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&self.0.read, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+        let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+        epoll.add(ch, EpollEvent::new(exclusive, 1))?;
+        Ok(epoll)
+    }
+}
+
+/// Wait until `waiter` (see [`StopHandle::waiter`]) says the stop pipe or `ch` is readable,
+/// and read a request; `None` if stopping.
+fn receive_or_stop(waiter: &Epoll, ch: &Channel, buf: &mut [u8]) -> nix::Result<Option<usize>> {
+    loop {
+        let mut events = [EpollEvent::empty(); 2];
+        let n = match waiter.wait(&mut events, PollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(err),
+        };
+        if events[..n].iter().any(|e| e.data() == 0) {
+            return Ok(None);
+        }
+        // Another thread may have taken the request: EAGAIN, wait again. An unmounted
+        // connection reads ENODEV.
+        match ch.receive(buf) {
+            Ok(size) => return Ok(Some(size)),
+            Err(
+                nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN,
+            ) => {
+                continue;
             }
-            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-                return Ok(None);
-            }
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                // Another thread may have taken the request: EAGAIN, poll again. An
-                // unmounted connection polls as an error and reads ENODEV.
-                match ch.receive(buf) {
-                    Ok(size) => return Ok(Some(size)),
-                    Err(
-                        nix::errno::Errno::ENOENT
-                        | nix::errno::Errno::EINTR
-                        | nix::errno::Errno::EAGAIN,
-                    ) => continue,
-                    Err(err) => return Err(err),
-                }
-            }
+            Err(err) => return Err(err),
         }
     }
 }
@@ -705,11 +713,15 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        let waiter = match &self.stop {
+            Some(stop) => Some(stop.waiter(&self.ch)?),
+            None => None,
+        };
         loop {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            let received = match &self.stop {
-                Some(stop) => stop.receive(&self.ch, buf),
+            let received = match &waiter {
+                Some(waiter) => receive_or_stop(waiter, &self.ch, buf),
                 None => self.ch.receive_retrying(buf).map(Some),
             };
             match received {
