@@ -1178,3 +1178,53 @@ pub enum DirItem<'a> {
     /// A real entry of directory (parent, entry).
     Entry(&'a Node, &'a Entry),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_over_state_round_trips_and_short_bytes_are_an_error() {
+        let id = ObjectId::of(b"content");
+        let entry = Entry {
+            name: "a".into(),
+            mode: 0o644,
+            mtime_ns: 7,
+            kind: EntryKind::File {
+                size: 7,
+                content: FileContent::Single(id),
+            },
+        };
+        let state = FsState {
+            manifests: vec![b"signed manifest".to_vec()],
+            nodes: vec![NodeState {
+                ino: 42,
+                parent: 1,
+                entry: entry.clone(),
+                rev: 3,
+                lookups: 2,
+            }],
+            open: vec![OpenState {
+                fh: 5,
+                size: 7,
+                file: FileContent::Single(id),
+                tree: 0,
+                path: Some("a".into()),
+            }],
+            next_fh: 6,
+            listed: vec![id],
+        };
+        let bytes = state.to_bytes();
+        let back = FsState::from_bytes(&bytes).unwrap();
+        assert_eq!(back.manifests, state.manifests);
+        let n = &back.nodes[0];
+        assert_eq!((n.ino, n.parent, n.rev, n.lookups), (42, 1, 3, 2));
+        assert_eq!(n.entry, entry);
+        let o = &back.open[0];
+        assert_eq!((o.fh, o.size, o.tree), (5, 7, 0));
+        assert_eq!((back.next_fh, back.listed.clone()), (6, vec![id]));
+        for cut in 0..bytes.len() {
+            assert!(FsState::from_bytes(&bytes[..cut]).is_err(), "{cut} bytes");
+        }
+    }
+}
