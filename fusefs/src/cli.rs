@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::backend::NetOptions;
 use crate::cache;
 use crate::mount::{self, Options};
 
@@ -122,6 +123,27 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
+    /// How to reach the servers of `source` (SOURCE, or the `--server`s joined): `None` for
+    /// a local store.
+    pub fn net_options(&self, source: &str) -> Option<NetOptions> {
+        let servers = if self.servers.is_empty() {
+            if !is_url(source) {
+                return None;
+            }
+            split_servers(source)
+        } else {
+            self.servers.clone()
+        };
+        Some(NetOptions {
+            servers,
+            proxies: self.proxies.clone(),
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            retries: self.retries,
+            failback_after: Duration::from_secs(self.failback_after),
+        })
+    }
+
     /// SOURCE (the servers joined by `,` with `--server`) and MOUNTPOINT.
     fn source_and_mountpoint(&self) -> anyhow::Result<(String, PathBuf)> {
         match (self.servers.is_empty(), &self.source, &self.mountpoint) {
@@ -301,6 +323,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// The server URLs of a SOURCE: separated by `,` or `;`.
+pub(crate) fn split_servers(s: &str) -> Vec<String> {
+    s.split([',', ';'])
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
@@ -367,18 +398,13 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
     // Every path is absolute now; the daemon keeps no directory busy.
     std::env::set_current_dir("/").context("changing directory to /")?;
     let o = Options {
+        net: a.net_options(&source),
         source,
-        servers: a.servers.clone(),
-        proxies: a.proxies.clone(),
         mountpoint,
         key: a.key.clone(),
         cache_dir: a.cache_dir.clone(),
         cache_size: a.cache_size,
         mem_size: a.mem_size,
-        timeout: Duration::from_secs(a.timeout.max(1)),
-        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
-        retries: a.retries,
-        failback_after: Duration::from_secs(a.failback_after),
         allow_other: a.allow_other,
         threads: a.threads,
         metrics_listen: a.metrics_listen,

@@ -27,16 +27,9 @@ pub struct Options {
     /// URL of a served `public/` (several separated by `,` or `;`), or a local STORE (or its
     /// `public/`) path. Ignored when `servers` is not empty.
     pub source: String,
-    /// Server URLs (`--server`), in order of preference.
-    pub servers: Vec<String>,
-    /// Proxy URLs or `DIRECT` (`--proxy`), in order of preference; empty means DIRECT.
-    pub proxies: Vec<String>,
-    /// Bound of a connect.
-    pub connect_timeout: Duration,
-    /// Extra passes over all routes after the first.
-    pub retries: u32,
-    /// Time on a fallback route before the preferred one is tried again.
-    pub failback_after: Duration,
+    /// How to reach the servers (from `--server`/SOURCE, `--proxy`, the timeouts,
+    /// `--retries`, `--failback-after`); `None` for a local store.
+    pub net: Option<NetOptions>,
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// The repository's public key file (defaults to a local store's own `public/repo.pub`).
@@ -47,8 +40,6 @@ pub struct Options {
     pub cache_size: u64,
     /// Decompressed chunks kept in memory, bytes.
     pub mem_size: u64,
-    /// Bound of one attempt (one request on one route).
-    pub timeout: Duration,
     /// Let other users access the mount.
     pub allow_other: bool,
     /// FUSE worker threads.
@@ -78,39 +69,8 @@ pub struct Prepared {
     pub key_file: PathBuf,
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
-}
-
 /// How often an offline mount probes for a server.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
-impl Options {
-    /// The network settings, if the source is HTTP.
-    pub fn net(&self) -> Option<NetOptions> {
-        let servers: Vec<String> = if self.servers.is_empty() {
-            if !is_url(&self.source) {
-                return None;
-            }
-            self.source
-                .split([';', ','])
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(String::from)
-                .collect()
-        } else {
-            self.servers.clone()
-        };
-        Some(NetOptions {
-            servers,
-            proxies: self.proxies.clone(),
-            connect_timeout: self.connect_timeout,
-            timeout: self.timeout,
-            retries: self.retries,
-            failback_after: self.failback_after,
-        })
-    }
-}
 
 /// An opened source: what a daemon has before it knows which revision it serves.
 struct Source {
@@ -163,7 +123,7 @@ fn open_source(o: &Options) -> Result<Source> {
         .thread_name("depotfs-io")
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    let (backend, key_path) = if let Some(net) = o.net() {
+    let (backend, key_path) = if let Some(net) = o.net.clone() {
         let key = o.key.clone().ok_or_else(|| {
             Error::Io("--key FILE (the repository's public key) is required over HTTP".into())
         })?;
