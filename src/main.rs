@@ -64,6 +64,8 @@ enum Cmd {
     Umount(depotfs_fusefs::cli::UmountArgs),
     /// Ask a mount to check for a new revision now.
     Remount(depotfs_fusefs::cli::RemountArgs),
+    /// Replace a mount's daemon under running jobs (the new one takes the live mount over).
+    Reload(depotfs_fusefs::cli::ReloadArgs),
     /// Show a mount's revision, source and cache; or, given a STORE, what is staged there.
     Status(depotfs_fusefs::cli::StatusArgs),
     /// Check a node (FUSE, key, servers and proxies, manifest, cache, autofs, the mount).
@@ -124,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Mount(a) => depotfs_fusefs::cli::mount(a),
         Cmd::Umount(a) => depotfs_fusefs::cli::umount(a),
         Cmd::Remount(a) => depotfs_fusefs::cli::remount(a),
+        Cmd::Reload(a) => depotfs_fusefs::cli::reload(a),
         Cmd::Status(a) if depotfs_publisher::cli::is_store(&a.mountpoint) => {
             depotfs_publisher::cli::status(&a.mountpoint)
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::backend::NetOptions;
 use crate::cache;
 use crate::mount::{self, Options};
 
@@ -115,9 +116,34 @@ pub struct MountArgs {
     /// Internal: report readiness on stdout (used by the background launcher).
     #[arg(long, hide = true)]
     pub notify_stdout: bool,
+    /// Internal: take the live mount over from daemon PID (`depotfs reload` starts the new
+    /// daemon with the old one's arguments and this).
+    #[arg(long, hide = true, value_name = "PID")]
+    pub takeover: Option<u32>,
 }
 
 impl MountArgs {
+    /// How to reach the servers of `source` (SOURCE, or the `--server`s joined): `None` for
+    /// a local store.
+    pub fn net_options(&self, source: &str) -> Option<NetOptions> {
+        let servers = if self.servers.is_empty() {
+            if !is_url(source) {
+                return None;
+            }
+            split_servers(source)
+        } else {
+            self.servers.clone()
+        };
+        Some(NetOptions {
+            servers,
+            proxies: self.proxies.clone(),
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            retries: self.retries,
+            failback_after: Duration::from_secs(self.failback_after),
+        })
+    }
+
     /// SOURCE (the servers joined by `,` with `--server`) and MOUNTPOINT.
     fn source_and_mountpoint(&self) -> anyhow::Result<(String, PathBuf)> {
         match (self.servers.is_empty(), &self.source, &self.mountpoint) {
@@ -143,6 +169,61 @@ pub struct UmountArgs {
     /// Detach even if busy or if the mount process is gone (`umount -l`).
     #[arg(long, short)]
     pub lazy: bool,
+}
+
+/// `depotfs reload`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+A new daemon process takes over the live mount: the old one stops reading requests, answers
+those it has, hands the FUSE connection and its state (revision, inode numbers, open files)
+to the new one and exits. Jobs with open files read on; nothing is unmounted. The new daemon
+runs with the old one's arguments. If it cannot start or refuses the state, the old daemon
+serves on and this command fails with the reason. docs/reload.md explains how it works.")]
+pub struct ReloadArgs {
+    /// The mountpoint whose daemon is replaced.
+    pub mountpoint: PathBuf,
+    /// The new daemon's executable (default: the path the running daemon was started
+    /// from, e.g. an upgraded /usr/local/bin/depotfs).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+}
+
+/// `depotfs reload`: replace the mount's daemon under running jobs; prints the old and new
+/// pid.
+pub fn reload(a: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let mp = absolute(&a.mountpoint)?;
+    live_mount(&mp)?;
+    let old: u32 = xattr(&mp, "user.depotfs.pid")?
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: user.depotfs.pid is not a number", mp.display()))?;
+    let binary = a.binary.as_deref().map(absolute).transpose()?;
+    let answer = crate::reload::request(old, binary).with_context(|| {
+        format!(
+            "{}: asking daemon {old} to hand its mount over (a daemon older than \
+             `depotfs reload` has no control socket: remount it once)",
+            mp.display()
+        )
+    })?;
+    match answer {
+        Ok(new) => {
+            let now = xattr(&mp, "user.depotfs.pid")?;
+            println!(
+                "reloaded {}: daemon {old} replaced by {new} (depotfs {}); now served by pid {}",
+                mp.display(),
+                xattr(&mp, "user.depotfs.version")?.trim(),
+                now.trim()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            eprintln!(
+                "depotfs reload {}: {why}; daemon {old} serves on",
+                mp.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `depotfs remount`.
@@ -242,6 +323,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// The server URLs of a SOURCE: separated by `,` or `;`.
+pub(crate) fn split_servers(s: &str) -> Vec<String> {
+    s.split([',', ';'])
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
@@ -274,6 +364,9 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// Mount.
 pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
+    // How this process was started, before anything changes directory: a background mount
+    // and `depotfs reload` start the daemon again with these arguments.
+    let launch = crate::reload::Launch::current();
     let (mut source, mountpoint) = a.source_and_mountpoint()?;
     let mountpoint = absolute(&mountpoint)?;
     a.cache_dir = absolute(&a.cache_dir)?;
@@ -295,24 +388,23 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
              (repo.pub, from the publisher's STORE/public/)"
         );
     }
-    refuse_stacking(&mountpoint)?;
+    if a.takeover.is_none() {
+        refuse_stacking(&mountpoint)?;
+    }
     a.log_file = a.log_file.as_deref().map(absolute).transpose()?;
     if !a.foreground {
         return launch_background(&a, &source, &mountpoint);
     }
+    // Every path is absolute now; the daemon keeps no directory busy.
+    std::env::set_current_dir("/").context("changing directory to /")?;
     let o = Options {
+        net: a.net_options(&source),
         source,
-        servers: a.servers.clone(),
-        proxies: a.proxies.clone(),
         mountpoint,
         key: a.key.clone(),
         cache_dir: a.cache_dir.clone(),
         cache_size: a.cache_size,
         mem_size: a.mem_size,
-        timeout: Duration::from_secs(a.timeout.max(1)),
-        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
-        retries: a.retries,
-        failback_after: Duration::from_secs(a.failback_after),
         allow_other: a.allow_other,
         threads: a.threads,
         metrics_listen: a.metrics_listen,
@@ -323,23 +415,31 @@ pub fn mount(mut a: MountArgs) -> anyhow::Result<ExitCode> {
     };
     let notify = a.notify_stdout;
     let _span = tracing::info_span!("mount", mp = %o.mountpoint.display()).entered();
-    let result = mount::prepare(&o).and_then(|p| {
-        let m = p.fs.manifest();
-        mount::serve(&o, p, || {
+    let result = match a.takeover {
+        Some(old) => mount::take_over(&o, old, launch, || {
             tracing::info!(
-                "mounted {} revision {} from {} at {} (cache {})",
-                m.name,
-                m.revision,
-                o.source,
-                o.mountpoint.display(),
-                o.cache_dir.display()
-            );
-            if notify {
-                // `ready NAME REVISION`, for the background launcher's line.
-                println!("ready {} {}", m.name, m.revision);
-            }
-        })
-    });
+                "serving {} in place of daemon {old}",
+                o.mountpoint.display()
+            )
+        }),
+        None => mount::prepare(&o).and_then(|p| {
+            let m = p.fs.manifest();
+            mount::serve(&o, p, launch, || {
+                tracing::info!(
+                    "mounted {} revision {} from {} at {} (cache {})",
+                    m.name,
+                    m.revision,
+                    o.source,
+                    o.mountpoint.display(),
+                    o.cache_dir.display()
+                );
+                if notify {
+                    // `ready NAME REVISION`, for the background launcher's line.
+                    println!("ready {} {}", m.name, m.revision);
+                }
+            })
+        }),
+    };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if notify => {
@@ -380,56 +480,13 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
         .open(&log_path)
         .with_context(|| format!("opening the log file {}", log_path.display()))?;
     let log_start = log.metadata().map_or(0, |m| m.len());
+    // The daemon is this command again, with the same arguments (so no option can be
+    // forgotten on the way) and in the same directory (so relative paths mean the same).
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("mount");
-    if a.servers.is_empty() {
-        cmd.arg(source);
-    }
-    for s in &a.servers {
-        cmd.arg("--server").arg(s);
-    }
-    for p in &a.proxies {
-        cmd.arg("--proxy").arg(p);
-    }
-    cmd.arg(mountpoint)
-        .arg("--cache-dir")
-        .arg(&a.cache_dir)
-        .arg("--cache-size")
-        .arg(a.cache_size.to_string())
-        .arg("--mem-size")
-        .arg(a.mem_size.to_string())
-        .arg("--timeout")
-        .arg(a.timeout.to_string())
-        .arg("--connect-timeout")
-        .arg(a.connect_timeout.to_string())
-        .arg("--retries")
-        .arg(a.retries.to_string())
-        .arg("--failback-after")
-        .arg(a.failback_after.to_string())
-        .arg("--threads")
-        .arg(a.threads.to_string())
-        .arg("--log-file")
-        .arg(&log_path)
-        .arg("--log-size")
-        .arg(a.log_size.to_string())
+    cmd.args(std::env::args_os().skip(1))
         .args(["--foreground", "--notify-stdout"]);
-    if let Some(k) = &a.key {
-        cmd.arg("--key").arg(k);
-    }
-    if a.allow_other {
-        cmd.arg("--allow-other");
-    }
-    if let Some(t) = a.manifest_ttl {
-        cmd.arg("--ttl").arg(t.to_string());
-    }
-    if let Some(m) = a.metrics_listen {
-        cmd.arg("--metrics-listen").arg(m.to_string());
-    }
-    cmd.arg("--prefetch-rate").arg(a.prefetch_rate.to_string());
-    cmd.arg("--kernel-readahead")
-        .arg(a.kernel_readahead.to_string());
-    if let Some(r) = &a.record {
-        cmd.arg("--record").arg(r);
+    if a.log_file.is_none() {
+        cmd.arg("--log-file").arg(&log_path);
     }
     // Two malloc arenas instead of glibc's 8 per core: the peak RSS after listing 118,594
     // names and reading 5 GB fell from 211 to 174 MB (P9 in benches/RESULTS.md), at no cost
@@ -439,7 +496,6 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
     }
     use std::os::unix::process::CommandExt;
     let mut child = cmd
-        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -16,7 +16,7 @@ use depotfs_catalog::{Manifest, PublicKey};
 
 use crate::backend::{self, DIRECT};
 use crate::cache;
-use crate::cli::{MountArgs, parse_size};
+use crate::cli::{MountArgs, parse_size, split_servers};
 
 /// `depotfs doctor`.
 #[derive(Debug, clap::Args)]
@@ -165,14 +165,6 @@ fn checks(a: &DoctorArgs) -> Vec<Check> {
     }
     out.extend(autofs());
     out
-}
-
-fn split_servers(s: &str) -> Vec<String> {
-    s.split([',', ';'])
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 fn fuse_device() -> Check {

@@ -37,6 +37,9 @@ const BLKSIZE: u32 = 128 * 1024;
 pub struct Tree {
     /// The verified manifest.
     pub manifest: Manifest,
+    /// Its signed text, as fetched (handed to a new daemon by `depotfs reload`, which
+    /// verifies it again).
+    pub signed: Vec<u8>,
 }
 
 impl Tree {
@@ -88,9 +91,11 @@ enum Content {
 #[derive(Debug)]
 struct OpenFile {
     size: u64,
+    /// Where its bytes are (the entry's), and the same ready to read.
+    file: FileContent,
     content: Content,
     /// The revision the file was opened in.
-    _tree: Arc<Tree>,
+    tree: Arc<Tree>,
     /// Sequential-read detection and the readahead window.
     ra: Readahead,
     /// The path relative to the root, when reads are recorded (`--record`).
@@ -337,8 +342,8 @@ impl DepotFs {
     /// directories known from the old tree are re-resolved when next used. Returns the
     /// `(parent inode, name)` of every known entry, for the kernel to drop its cached
     /// dentries.
-    pub fn switch(&self, manifest: Manifest) -> Vec<(u64, String)> {
-        let tree = Arc::new(Tree { manifest });
+    pub fn switch(&self, manifest: Manifest, signed: Vec<u8>) -> Vec<(u64, String)> {
+        let tree = Arc::new(Tree { manifest, signed });
         let root = root_node(&tree);
         let mut nodes = self.nodes.lock().expect("poisoned");
         *self.tree.write().expect("poisoned") = tree;
@@ -678,12 +683,38 @@ impl DepotFs {
     /// Open file `ino`: fetch its chunk list (if any) and remember the revision.
     pub async fn open(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
-        let (size, content) = match &node.entry.kind {
+        let (size, file) = match &node.entry.kind {
             EntryKind::File { size, content } => (*size, *content),
             EntryKind::Dir { .. } => return Err(Error::IsDir),
             EntryKind::Symlink { .. } => return Err(Error::NotFound),
         };
-        let content = match content {
+        let content = self.content(size, file).await?;
+        let path = self.reading.recorder.as_ref().and_then(|_| {
+            let p = self.path_of(ino);
+            if p.is_none() {
+                tracing::warn!(
+                    "--record: the path of inode {ino} is unknown; its reads are not recorded"
+                );
+            }
+            p
+        });
+        let of = Arc::new(OpenFile {
+            size,
+            file,
+            content,
+            tree: self.tree(),
+            ra: Readahead::default(),
+            path,
+            failed: Mutex::new(None),
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().expect("poisoned").insert(fh, of);
+        Ok(fh)
+    }
+
+    /// A file's content ready to read: its chunk list fetched and checked against `size`.
+    async fn content(&self, size: u64, content: FileContent) -> Result<Content> {
+        Ok(match content {
             FileContent::Empty => Content::Empty,
             FileContent::Single(id) => Content::Single(id),
             FileContent::Chunked(id) => {
@@ -708,27 +739,7 @@ impl DepotFs {
                 }
                 Content::Chunked(c)
             }
-        };
-        let path = self.reading.recorder.as_ref().and_then(|_| {
-            let p = self.path_of(ino);
-            if p.is_none() {
-                tracing::warn!(
-                    "--record: the path of inode {ino} is unknown; its reads are not recorded"
-                );
-            }
-            p
-        });
-        let of = Arc::new(OpenFile {
-            size,
-            content,
-            _tree: self.tree(),
-            ra: Readahead::default(),
-            path,
-            failed: Mutex::new(None),
-        });
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().expect("poisoned").insert(fh, of);
-        Ok(fh)
+        })
     }
 
     /// Forget an open file.
@@ -941,6 +952,159 @@ impl DepotFs {
     }
 }
 
+/// What a new daemon needs of this one to serve its mount on (`depotfs reload`, see
+/// [`crate::reload`]): the revisions in use as their signed manifest texts (verified again by
+/// the receiver), the inode table with the kernel's lookup counts, the open files and the
+/// revision each was opened in, and the next file handle. Encoded with postcard.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct FsState {
+    /// Signed manifest texts: the revision served first, then those open files were opened
+    /// in.
+    pub manifests: Vec<Vec<u8>>,
+    nodes: Vec<NodeState>,
+    open: Vec<OpenState>,
+    next_fh: u64,
+    /// Chunk lists whose access list was prefetched already.
+    listed: Vec<ObjectId>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct NodeState {
+    ino: u64,
+    parent: u64,
+    entry: Entry,
+    rev: u64,
+    lookups: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct OpenState {
+    fh: u64,
+    size: u64,
+    file: FileContent,
+    /// Index into [`FsState::manifests`].
+    tree: usize,
+    path: Option<String>,
+}
+
+impl FsState {
+    /// The encoded state.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serialising to memory cannot fail")
+    }
+
+    /// Decode a state; an error says what is wrong, never a panic.
+    pub fn from_bytes(b: &[u8]) -> Result<FsState> {
+        postcard::from_bytes(b).map_err(|e| Error::Io(format!("handed-over state: {e}")))
+    }
+}
+
+impl DepotFs {
+    /// This file system's state, for a daemon taking over (call it once requests have
+    /// stopped).
+    pub fn state(&self) -> FsState {
+        let current = self.tree();
+        let mut trees = vec![current.clone()];
+        let open = self
+            .open
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(fh, of)| {
+                let tree = match trees.iter().position(|t| Arc::ptr_eq(t, &of.tree)) {
+                    Some(i) => i,
+                    None => {
+                        trees.push(of.tree.clone());
+                        trees.len() - 1
+                    }
+                };
+                OpenState {
+                    fh: *fh,
+                    size: of.size,
+                    file: of.file,
+                    tree,
+                    path: of.path.clone(),
+                }
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .lock()
+            .expect("poisoned")
+            .values()
+            .map(|(n, lookups)| NodeState {
+                ino: n.ino,
+                parent: n.parent,
+                entry: n.entry.clone(),
+                rev: n.rev,
+                lookups: *lookups,
+            })
+            .collect();
+        FsState {
+            manifests: trees.iter().map(|t| t.signed.clone()).collect(),
+            nodes,
+            open,
+            next_fh: self.next_fh.load(Ordering::Relaxed),
+            listed: self
+                .listed
+                .lock()
+                .expect("poisoned")
+                .iter()
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// Take over `state` from the daemon before: `trees` are its manifests, verified, in
+    /// order (the first is the revision to serve). Open files get their chunk lists again
+    /// (from the cache, normally).
+    pub async fn restore(&self, state: FsState, trees: Vec<Tree>) -> Result<()> {
+        let trees: Vec<Arc<Tree>> = trees.into_iter().map(Arc::new).collect();
+        let current = trees
+            .first()
+            .ok_or_else(|| Error::Io("handed-over state has no manifest".into()))?;
+        let root = root_node(current);
+        let mut open = HashMap::new();
+        for o in state.open {
+            let tree = trees.get(o.tree).ok_or_else(|| {
+                Error::Io(format!("handed-over file handle {} has no revision", o.fh))
+            })?;
+            let of = OpenFile {
+                size: o.size,
+                file: o.file,
+                content: self.content(o.size, o.file).await?,
+                tree: tree.clone(),
+                ra: Readahead::default(),
+                path: o.path,
+                failed: Mutex::new(None),
+            };
+            open.insert(o.fh, Arc::new(of));
+        }
+        let mut nodes: HashMap<u64, (Arc<Node>, u64)> = state
+            .nodes
+            .into_iter()
+            .filter(|n| n.ino != 1)
+            .map(|n| {
+                let node = Node {
+                    ino: n.ino,
+                    parent: n.parent,
+                    entry: n.entry,
+                    rev: n.rev,
+                    nlink: OnceLock::new(),
+                };
+                (n.ino, (Arc::new(node), n.lookups))
+            })
+            .collect();
+        nodes.insert(1, (root, 1));
+        *self.tree.write().expect("poisoned") = current.clone();
+        *self.nodes.lock().expect("poisoned") = nodes;
+        *self.open.lock().expect("poisoned") = open;
+        self.next_fh.store(state.next_fh.max(1), Ordering::Relaxed);
+        self.listed.lock().expect("poisoned").extend(state.listed);
+        Ok(())
+    }
+}
+
 /// The numbers `status` and `/metrics` report.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -1013,4 +1177,54 @@ pub enum DirItem<'a> {
     Dot(u64, &'static str),
     /// A real entry of directory (parent, entry).
     Entry(&'a Node, &'a Entry),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_over_state_round_trips_and_short_bytes_are_an_error() {
+        let id = ObjectId::of(b"content");
+        let entry = Entry {
+            name: "a".into(),
+            mode: 0o644,
+            mtime_ns: 7,
+            kind: EntryKind::File {
+                size: 7,
+                content: FileContent::Single(id),
+            },
+        };
+        let state = FsState {
+            manifests: vec![b"signed manifest".to_vec()],
+            nodes: vec![NodeState {
+                ino: 42,
+                parent: 1,
+                entry: entry.clone(),
+                rev: 3,
+                lookups: 2,
+            }],
+            open: vec![OpenState {
+                fh: 5,
+                size: 7,
+                file: FileContent::Single(id),
+                tree: 0,
+                path: Some("a".into()),
+            }],
+            next_fh: 6,
+            listed: vec![id],
+        };
+        let bytes = state.to_bytes();
+        let back = FsState::from_bytes(&bytes).unwrap();
+        assert_eq!(back.manifests, state.manifests);
+        let n = &back.nodes[0];
+        assert_eq!((n.ino, n.parent, n.rev, n.lookups), (42, 1, 3, 2));
+        assert_eq!(n.entry, entry);
+        let o = &back.open[0];
+        assert_eq!((o.fh, o.size, o.tree), (5, 7, 0));
+        assert_eq!((back.next_fh, back.listed.clone()), (6, vec![id]));
+        for cut in 0..bytes.len() {
+            assert!(FsState::from_bytes(&bytes[..cut]).is_err(), "{cut} bytes");
+        }
+    }
 }

@@ -22,7 +22,8 @@
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
-//!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
+//!   SIGUSR1); [`reload`] — `depotfs reload`, a new daemon taking the live mount over (the
+//!   FUSE descriptor and [`fs::FsState`] over the control socket); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
 //!   `--metrics-listen`, the counters in the Prometheus text format; [`doctor`] — `depotfs
 //!   doctor`, a node's checks one line each.
 //!
@@ -33,9 +34,12 @@
 //! remount, metric names) are in `fusefs/README.md`.
 //!
 //! Crate choices: `fuser` 0.18 (pure-Rust mount, `Send` replies so requests can be answered
-//! from tasks, multi-threaded sessions with `clone_fd`); `tokio` for the async fetch layer and
-//! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount and ids without
-//! `unsafe`; a 60-line LRU of our own rather than another dependency.
+//! from tasks, multi-threaded sessions with `clone_fd`), vendored in `fusefs/vendor/fuser/`
+//! with a small patch for `depotfs reload` (listed in its `PATCH.md`: a session on an
+//! initialised descriptor, a stop handle, the descriptor back without unmounting); `postcard`
+//! for the state handed to the new daemon; `tokio` for the async fetch layer and
+//! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount, ids and SCM_RIGHTS
+//! without `unsafe`; a 60-line LRU of our own rather than another dependency.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -52,6 +56,7 @@ pub mod metrics;
 pub mod mount;
 pub mod prefetch;
 pub mod record;
+pub mod reload;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 //! `user.depotfs.checks` and described in `user.depotfs.last_check`, which is how
 //! `depotfs remount` learns it.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use crate::backend::{Backend, NetOptions};
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
-use crate::fs::{DepotFs, MountInfo, Reading, Tree};
+use crate::fs::{DepotFs, FsState, MountInfo, Reading, Tree};
 use crate::fuse::Fuse;
 use crate::record::Recorder;
+use crate::reload::{self, Control, Launch, Takeover};
 use crate::store::ObjectStore;
 
 /// Everything needed to mount.
@@ -25,16 +27,9 @@ pub struct Options {
     /// URL of a served `public/` (several separated by `,` or `;`), or a local STORE (or its
     /// `public/`) path. Ignored when `servers` is not empty.
     pub source: String,
-    /// Server URLs (`--server`), in order of preference.
-    pub servers: Vec<String>,
-    /// Proxy URLs or `DIRECT` (`--proxy`), in order of preference; empty means DIRECT.
-    pub proxies: Vec<String>,
-    /// Bound of a connect.
-    pub connect_timeout: Duration,
-    /// Extra passes over all routes after the first.
-    pub retries: u32,
-    /// Time on a fallback route before the preferred one is tried again.
-    pub failback_after: Duration,
+    /// How to reach the servers (from `--server`/SOURCE, `--proxy`, the timeouts,
+    /// `--retries`, `--failback-after`); `None` for a local store.
+    pub net: Option<NetOptions>,
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// The repository's public key file (defaults to a local store's own `public/repo.pub`).
@@ -45,8 +40,6 @@ pub struct Options {
     pub cache_size: u64,
     /// Decompressed chunks kept in memory, bytes.
     pub mem_size: u64,
-    /// Bound of one attempt (one request on one route).
-    pub timeout: Duration,
     /// Let other users access the mount.
     pub allow_other: bool,
     /// FUSE worker threads.
@@ -76,43 +69,48 @@ pub struct Prepared {
     pub key_file: PathBuf,
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
-}
-
 /// How often an offline mount probes for a server.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-impl Options {
-    /// The network settings, if the source is HTTP.
-    pub fn net(&self) -> Option<NetOptions> {
-        let servers: Vec<String> = if self.servers.is_empty() {
-            if !is_url(&self.source) {
-                return None;
-            }
-            self.source
-                .split([';', ','])
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(String::from)
-                .collect()
-        } else {
-            self.servers.clone()
-        };
-        Some(NetOptions {
-            servers,
-            proxies: self.proxies.clone(),
-            connect_timeout: self.connect_timeout,
-            timeout: self.timeout,
-            retries: self.retries,
-            failback_after: self.failback_after,
-        })
-    }
+/// An opened source: what a daemon has before it knows which revision it serves.
+struct Source {
+    runtime: tokio::runtime::Runtime,
+    backend: Backend,
+    key: PublicKey,
+    key_file: PathBuf,
+    disk: DiskCache,
 }
 
 /// Open the source, check the manifest (signature, name, revision) and fetch the root
 /// directory: everything that must hold before anything is served.
 pub fn prepare(o: &Options) -> Result<Prepared> {
+    let src = open_source(o)?;
+    let (manifest, signed) = fetch_manifest(
+        &src.runtime,
+        &src.backend,
+        &src.key,
+        &src.key_file,
+        &src.disk,
+    )?;
+    if let Some(seen) = src.disk.accepted_revision(&manifest.name)?
+        && manifest.revision < seen
+    {
+        return Err(Error::Manifest(format!(
+            "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
+            manifest.revision, manifest.name
+        )));
+    }
+    src.disk
+        .accept_revision(&manifest.name, manifest.revision)?;
+    let p = finish(o, src, Tree { manifest, signed }, false)?;
+    if let Some(addr) = o.metrics_listen {
+        crate::metrics::start(&p.runtime, addr, p.fs.clone())?;
+    }
+    Ok(p)
+}
+
+/// The runtime, backend, key and cache of `o`.
+fn open_source(o: &Options) -> Result<Source> {
     crate::fusermount::check_allow_other(o.allow_other)?;
     // Every line the daemon logs names its mount: the caller's span (see cli.rs) is entered
     // on each runtime thread for the thread's life.
@@ -125,7 +123,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         .thread_name("depotfs-io")
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    let (backend, key_path) = if let Some(net) = o.net() {
+    let (backend, key_path) = if let Some(net) = o.net.clone() {
         let key = o.key.clone().ok_or_else(|| {
             Error::Io("--key FILE (the repository's public key) is required over HTTP".into())
         })?;
@@ -153,16 +151,26 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     // The cache directory also holds the rollback guard, so it is opened for a local store
     // too; objects of a local store are not copied into it.
     let disk = DiskCache::open(&o.cache_dir, o.cache_size)?;
-    let manifest = fetch_manifest(&runtime, &backend, &key, &key_path, &disk)?;
-    if let Some(seen) = disk.accepted_revision(&manifest.name)?
-        && manifest.revision < seen
-    {
-        return Err(Error::Manifest(format!(
-            "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
-            manifest.revision, manifest.name
-        )));
-    }
-    disk.accept_revision(&manifest.name, manifest.revision)?;
+    Ok(Source {
+        runtime,
+        backend,
+        key,
+        key_file: key_path,
+        disk,
+    })
+}
+
+/// The file system serving `tree` (whose root is fetched here) from `src`; `taking_over` a
+/// mount, it appends to the `--record` trace instead of starting it.
+fn finish(o: &Options, src: Source, tree: Tree, taking_over: bool) -> Result<Prepared> {
+    let Source {
+        runtime,
+        backend,
+        key,
+        key_file: key_path,
+        disk,
+    } = src;
+    let manifest = &tree.manifest;
     let disk = (!backend.is_local()).then_some(disk);
     let source = backend.describe();
     let store = Arc::new(ObjectStore::new(backend, disk, o.mem_size));
@@ -172,7 +180,12 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         manifest.name,
         manifest.revision
     );
-    let recorder = o.record.as_deref().map(Recorder::create).transpose()?;
+    let record = if taking_over {
+        Recorder::append
+    } else {
+        Recorder::create
+    };
+    let recorder = o.record.as_deref().map(record).transpose()?;
     if let Some(r) = &recorder {
         tracing::info!("recording reads to {}", r.path().display());
     }
@@ -183,7 +196,7 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     let fs = Arc::new(
         DepotFs::new(
             store,
-            Tree { manifest },
+            tree,
             MountInfo {
                 source,
                 started_ns: std::time::SystemTime::now()
@@ -194,9 +207,6 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
         )
         .with_reading(reading),
     );
-    if let Some(addr) = o.metrics_listen {
-        crate::metrics::start(&runtime, addr, fs.clone())?;
-    }
     Ok(Prepared {
         fs,
         runtime,
@@ -237,14 +247,14 @@ fn fetch_manifest(
     key: &PublicKey,
     key_file: &Path,
     disk: &DiskCache,
-) -> Result<Manifest> {
+) -> Result<(Manifest, Vec<u8>)> {
     let saved = Some(saved_manifest_path(disk, backend));
     match runtime.block_on(backend.get_manifest_patiently()) {
         Ok(bytes) => {
             let m = Manifest::parse_verified(&bytes, key, None)
                 .map_err(|e| verify_error(e, key_file))?;
             save_manifest(disk, backend, &bytes);
-            Ok(m)
+            Ok((m, bytes))
         }
         Err(e @ (Error::Fetch { .. } | Error::Timeout { .. } | Error::Offline(_))) => {
             let Some(bytes) = saved.and_then(|p| std::fs::read(p).ok()) else {
@@ -255,7 +265,9 @@ fn fetch_manifest(
                 "{e}; starting offline: using the last verified manifest from the cache \
                  (cached files are readable; the mount leaves offline mode when a server answers)"
             );
-            Manifest::parse_verified(&bytes, key, None).map_err(|e| verify_error(e, key_file))
+            let m = Manifest::parse_verified(&bytes, key, None)
+                .map_err(|e| verify_error(e, key_file))?;
+            Ok((m, bytes))
         }
         Err(e) => Err(e),
     }
@@ -360,7 +372,7 @@ async fn check(
         m.revision
     );
     let (now, was) = (m.revision, cur.revision);
-    let stale = fs.switch(m);
+    let stale = fs.switch(m, bytes.to_vec());
     let notifier = notifier.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for (parent, name) in stale {
@@ -530,9 +542,91 @@ impl SessionEnd {
     }
 }
 
+/// Take over the live mount of daemon `old` (`depotfs reload`, see [`crate::reload`]) and
+/// serve it like [`serve`]. What fails before this daemon serves is reported to the old
+/// one, which serves on.
+pub fn take_over(o: &Options, old: u32, launch: Launch, ready: impl FnOnce()) -> Result<()> {
+    let src = open_source(o)?;
+    let t = Takeover::ask(old)?;
+    match adopt(o, src, &t.state) {
+        Ok(p) => serve_session(o, p, launch, Some(t), ready),
+        Err(e) => {
+            t.failed(&e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// The file system of a handed-over `state`: its manifests verified again with this
+/// daemon's key (one repository; the served revision not older than the one accepted here).
+fn adopt(o: &Options, src: Source, state: &[u8]) -> Result<Prepared> {
+    let state = FsState::from_bytes(state)?;
+    let mut trees: Vec<Tree> = Vec::new();
+    for signed in &state.manifests {
+        let name = trees.first().map(|t| t.manifest.name.as_str());
+        let manifest = Manifest::parse_verified(signed, &src.key, name)
+            .map_err(|e| verify_error(e, &src.key_file))?;
+        trees.push(Tree {
+            manifest,
+            signed: signed.clone(),
+        });
+    }
+    let Some(first) = trees.first() else {
+        return Err(Error::Io("the handed-over state names no revision".into()));
+    };
+    let m = first.manifest.clone();
+    if let Some(seen) = src.disk.accepted_revision(&m.name)?
+        && m.revision < seen
+    {
+        return Err(Error::Manifest(format!(
+            "revision {} of {} is older than revision {seen} already accepted here (rollback refused)",
+            m.revision, m.name
+        )));
+    }
+    let signed = first.signed.clone();
+    let p = finish(
+        o,
+        src,
+        Tree {
+            manifest: m,
+            signed,
+        },
+        true,
+    )?;
+    p.runtime.block_on(p.fs.restore(state, trees))?;
+    Ok(p)
+}
+
 /// Mount `prepared` at `o.mountpoint` and serve until unmounted or until SIGTERM/SIGINT
-/// (which unmount). `ready` is called once the kernel has accepted the mount.
-pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()> {
+/// (which unmount), or until `depotfs reload` hands the mount to a new daemon. `ready` is
+/// called once the kernel has accepted the mount.
+pub fn serve(o: &Options, prepared: Prepared, launch: Launch, ready: impl FnOnce()) -> Result<()> {
+    serve_session(o, prepared, launch, None, ready)
+}
+
+/// Unmount `mountpoint`: through fuser when this process mounted it, else (a mount taken
+/// over) directly or through fusermount3.
+fn unmount_now(
+    fuser_mount: &mut fuser::SessionUnmounter,
+    mountpoint: &Path,
+) -> std::io::Result<()> {
+    fuser_mount.unmount()?;
+    if fuse_mount_at(mountpoint)?.is_some_and(|m| m.is_depotfs()) {
+        let flags = rustix::mount::UnmountFlags::empty();
+        if rustix::mount::unmount(mountpoint, flags).is_err() {
+            crate::fusermount::unmount(mountpoint, false).map_err(std::io::Error::other)?;
+        }
+    }
+    Ok(())
+}
+
+fn serve_session(
+    o: &Options,
+    prepared: Prepared,
+    launch: Launch,
+    handed: Option<Takeover>,
+    ready: impl FnOnce(),
+) -> Result<()> {
     let Prepared {
         fs,
         runtime,
@@ -559,23 +653,34 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
         mountpoint: o.mountpoint.clone(),
     };
     let root = rustix::process::geteuid().is_root();
-    // Not root, fuser mounts through fusermount3 (setuid) once mount(2) is refused; that
-    // needs /dev/fuse open to all (0666, the kernel's and udev's mode).
-    let mut session = fuser::Session::new(
-        Fuse::new(fs.clone()).on_end(end),
-        &o.mountpoint,
-        &config,
-    )
-    .map_err(|e| {
-        let hint = if !root && e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (as a non-root user /dev/fuse must be mode 0666, as udev makes it; here it is not)"
-        } else {
-            ""
-        };
-        Error::io(format!("mounting {}{hint}", o.mountpoint.display()), e)
-    })?;
+    let fuse = Fuse::new(fs.clone()).on_end(end);
+    let (mut session, handed) = match handed {
+        Some(mut t) => {
+            let fd = t
+                .take_fd()
+                .map_err(|e| Error::io("the handed-over FUSE descriptor", e))?;
+            let acl = config.acl;
+            let s = fuser::Session::from_initialized_fd(fuse, fd, acl, config, t.version);
+            (s, Some(t))
+        }
+        // Not root, fuser mounts through fusermount3 (setuid) once mount(2) is refused; that
+        // needs /dev/fuse open to all (0666, the kernel's and udev's mode).
+        None => (
+            fuser::Session::new(fuse, &o.mountpoint, &config).map_err(|e| {
+                let hint = if !root && e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (as a non-root user /dev/fuse must be mode 0666, as udev makes it; here it is not)"
+                } else {
+                    ""
+                };
+                Error::io(format!("mounting {}{hint}", o.mountpoint.display()), e)
+            })?,
+            None,
+        ),
+    };
     *unmounter.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
-    if o.kernel_readahead_kib > 0 && !root {
+    if handed.is_some() {
+        // The kernel keeps the readahead the first daemon set.
+    } else if o.kernel_readahead_kib > 0 && !root {
         tracing::info!(
             "kernel readahead of {} left at the kernel's default: setting it needs root (uid {})",
             o.mountpoint.display(),
@@ -642,6 +747,7 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
         }
     });
     let mut unmounter = session.unmount_callable();
+    let mp = o.mountpoint.clone();
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -655,7 +761,7 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
             _ = int.recv() => {}
         }
         tracing::info!("signal received: unmounting");
-        if let Err(e) = unmounter.unmount() {
+        if let Err(e) = unmount_now(&mut unmounter, &mp) {
             tracing::warn!("unmount: {e}");
         }
     });
@@ -666,10 +772,75 @@ pub fn serve(o: &Options, prepared: Prepared, ready: impl FnOnce()) -> Result<()
             f.flush();
         }
     });
+    let stop = session
+        .stop_handle()
+        .map_err(|e| Error::io("the FUSE loop's stop pipe", e))?;
+    let control = Control::listen(launch, move || stop.stop())
+        .inspect_err(|e| tracing::warn!("{e}: `depotfs reload` cannot replace this daemon"))
+        .ok();
+    if let Some(t) = handed {
+        // systemd follows the new pid (the unit has NotifyAccess=all) before the old one
+        // exits.
+        reload::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        if let Err(e) = t.serving() {
+            tracing::warn!("{e}");
+        }
+        tracing::info!(
+            "took over {}: revision {}, {} inodes known to the kernel",
+            o.mountpoint.display(),
+            fs.manifest().revision,
+            fs.inode_count()
+        );
+        if let Some(addr) = o.metrics_listen {
+            // The old daemon frees the address as it exits.
+            let since = std::time::Instant::now();
+            while let Err(e) = crate::metrics::start(&runtime, addr, fs.clone()) {
+                if since.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!("{e}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    } else {
+        reload::notify_systemd("READY=1");
+    }
     ready();
-    let served = session.run().map_err(|e| Error::io("FUSE session", e));
+    let served = loop {
+        match session.run_until_stopped() {
+            Ok(None) => break Ok(None),
+            Err(e) => break Err(Error::io("FUSE session", e)),
+            Ok(Some(stopped)) => {
+                session = stopped;
+                let Some(job) = control.as_ref().and_then(Control::job) else {
+                    continue;
+                };
+                fs.flush();
+                let version = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
+                match job.hand_over(session.as_fd(), version, fs.state().to_bytes()) {
+                    Ok(new) => break Ok(Some((session, new))),
+                    Err(why) => {
+                        tracing::warn!("reload failed, this daemon serves on: {why}");
+                        if let Some(c) = &control {
+                            c.resume();
+                        }
+                    }
+                }
+            }
+        }
+    };
     fs.flush();
-    served?;
+    if let Some((session, new)) = served? {
+        tracing::info!(
+            "reload: daemon {new} serves {} now; daemon {} exits",
+            o.mountpoint.display(),
+            std::process::id()
+        );
+        // Neither unmount nor destroy: the mount lives on in the new daemon.
+        drop(session.into_fd());
+        runtime.shutdown_background();
+        return Ok(());
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

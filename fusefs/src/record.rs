@@ -39,6 +39,19 @@ impl Recorder {
         })
     }
 
+    /// Append to the trace file `path` (a daemon taking a mount over goes on with the old
+    /// one's trace).
+    pub fn append(path: &Path) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("--record {}", path.display()), e))?;
+        Ok(Recorder {
+            path: path.to_path_buf(),
+            out: Mutex::new(BufWriter::new(f)),
+        })
+    }
+
     /// The trace file.
     pub fn path(&self) -> &Path {
         &self.path
