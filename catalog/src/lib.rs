@@ -18,8 +18,10 @@
 //!   client can look up one name or stream a listing piece by piece.
 //! - [`manifest`] — the signed `public/manifest`: repository name, revision, root, times, TTL.
 //!
-//! - [`object_file`] — creating an object file in a store or cache directory, whole or not at
-//!   all (`O_TMPFILE` + link, direct I/O for large ones).
+//! - [`object_file`] — writing a file atomically, the one way depotfs does it: an object file
+//!   in a store or cache directory, whole or not at all (`O_TMPFILE` + link, direct I/O for
+//!   large ones), and a file replaced through a temporary name and a rename (manifests, keys,
+//!   records).
 //!
 //! Apart from [`object_file`], the crate does no I/O: it encodes, decodes and verifies.
 //! Publisher and client supply objects through the [`dir::NodeSource`] trait. See `docs/format.md` for the decisions and

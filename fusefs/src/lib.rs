@@ -17,13 +17,14 @@
 //!   ([`depotfs_catalog::object::decode`]) and cached: memory LRUs of parsed directory nodes,
 //!   chunk lists and decompressed chunks, single-flight downloads, refetch-once on corruption.
 //! - [`cache`] — the disk cache: content-addressed files, LRU eviction to a byte limit,
-//!   crash-safe (temp file + rename, verified on load), the rollback guard.
+//!   crash-safe (files appear whole through [`depotfs_catalog::object_file`], verified on
+//!   load), the rollback guard.
 //! - [`backend`] — moving bytes: HTTP(S) servers × proxies (one `reqwest` client per
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
 //!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
-//!   `--metrics-listen`, the counters in the Prometheus text format; [`doctor`] — `depotfs
+//!   `--metrics-listen`, the counters as Prometheus metrics (served by `depotfs_http`); [`doctor`] — `depotfs
 //!   doctor`, a node's checks one line each.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
