@@ -588,3 +588,6 @@ impl Ticker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
