@@ -23,9 +23,10 @@
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
-//!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
-//!   `--metrics-listen`, the counters as Prometheus metrics (served by `depotfs_http`); [`doctor`] — `depotfs
-//!   doctor`, a node's checks one line each.
+//!   SIGUSR1); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] —
+//!   `mount`, `umount`, `remount`, `status`; [`metrics`] — `--metrics-listen`, the counters
+//!   as Prometheus metrics (served by `depotfs_http`); [`doctor`] — `depotfs doctor`, a
+//!   node's checks one line each.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
@@ -35,10 +36,10 @@
 //!
 //! Crate choices: `fuser` 0.18 (pure-Rust mount, `Send` replies so requests can be answered
 //! from tasks, multi-threaded sessions with `clone_fd`); `tokio` for the async fetch layer and
-//! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount and ids without
+//! signals; `reqwest` (rustls) for HTTP, set up by `depotfs-http` like every depotfs client;
+//! `prometheus` for the metrics' types and encoding; `rustix` for xattrs, unmount and ids without
 //! `unsafe`; a 60-line LRU of our own rather than another dependency.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod backend;
 pub mod cache;
