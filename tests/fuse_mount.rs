@@ -898,7 +898,10 @@ fn fuse_sigterm_and_sigint_unmount() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let guard = Mount { mp: mp.clone() };
+        let guard = Mount {
+            mp: mp.clone(),
+            _unmount: Mounted(mp.clone()),
+        };
         let start = Instant::now();
         while try_xattr(&mp, "user.depotfs.revision").is_err() {
             assert!(
