@@ -28,8 +28,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, depotfs};
-use http_suite::{free_port, random_bytes, wait_listening};
+use cli_run::{BIN, Mounted, depotfs};
+use http_suite::{free_port, poll_for, random_bytes, wait_listening};
 
 const NGINX_SITE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -114,18 +114,6 @@ fn http_get(url: &str) -> Result<String, String> {
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.text())
         .map_err(|e| format!("GET {url}: {e}"))
-}
-
-/// Poll `f` every 50 ms until it returns `Some`, failing with `what` after `limit`.
-fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Read a whole file in another thread; a read that takes longer than `limit` fails the
@@ -469,6 +457,7 @@ impl Squid {
 struct Mount {
     mp: PathBuf,
     metrics: u16,
+    _unmount: Mounted,
 }
 
 impl Mount {
@@ -498,6 +487,7 @@ impl Mount {
         let m = Mount {
             mp: mp.clone(),
             metrics,
+            _unmount: Mounted(mp.clone()),
         };
         assert!(
             out.status.success(),
@@ -536,15 +526,6 @@ impl Mount {
     fn status(&self) -> String {
         let out = ok(&["status", self.mp.to_str().unwrap()]);
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let done = depotfs(&["umount", self.mp.to_str().unwrap()]);
-        if !done.status.success() {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
     }
 }
 
@@ -759,7 +740,7 @@ fn fleet_squid_serves_second_client_from_cache() {
         assert_eq!(n, 1, "the mirror served {o} {n} times");
     }
     // squid logs a request when it ends: wait until both clients' requests are there.
-    let log = poll(
+    let log = poll_for(
         Duration::from_secs(20),
         "both clients in squid's log",
         || {
@@ -813,7 +794,7 @@ fn fleet_dead_proxy_first_fails_over_to_squid() {
         .filter(|p| p.starts_with("/objects/"))
         .collect();
     assert!(!objects.is_empty());
-    poll(
+    poll_for(
         Duration::from_secs(20),
         "the objects in squid's log",
         || {
@@ -857,7 +838,7 @@ fn fleet_new_revision_while_reading() {
     sync_mirror(&fleet.store().join("public"), &public);
 
     let start = Instant::now();
-    poll(
+    poll_for(
         Duration::from_secs(15),
         "the new image in the --ttl 2 mount",
         || {
@@ -945,7 +926,7 @@ fn fleet_replayed_and_foreign_manifests_are_refused() {
             "remount refused the {what} manifest without a reason"
         );
         assert!(refused(&by_hand) > hand0, "{what}: refusal not counted");
-        poll(
+        poll_for(
             Duration::from_secs(15),
             &format!("the --ttl 1 mount refusing the {what} manifest"),
             || (refused(&by_ttl) > ttl0).then_some(()),
@@ -1019,14 +1000,14 @@ fn fleet_all_servers_down_then_back() {
         "EIO took {took:?}, over the bound {bound:?}"
     );
     eprintln!("all servers down: EIO after {took:?}");
-    poll(Duration::from_secs(10), "depotfs_offline 1", || {
+    poll_for(Duration::from_secs(10), "depotfs_offline 1", || {
         (m.metric("depotfs_offline", &[]) == 1.0).then_some(())
     });
     assert_eq!(m.names("images").len(), 3, "listing while offline");
 
     m1.restart();
     m2.restart();
-    let got = poll(
+    let got = poll_for(
         Duration::from_secs(30),
         "the uncached read after the mirrors came back",
         || read_within(&m.path("images/tool-a.sif"), limit).0.ok(),
@@ -1036,7 +1017,7 @@ fn fleet_all_servers_down_then_back() {
         &fleet.source("tool-a.sif"),
         "tool-a.sif after recovery",
     );
-    poll(Duration::from_secs(10), "depotfs_offline 0", || {
+    poll_for(Duration::from_secs(10), "depotfs_offline 0", || {
         (m.metric("depotfs_offline", &[]) == 0.0).then_some(())
     });
 }
@@ -1115,7 +1096,7 @@ fn fleet_prometheus_scrapes_mount_and_serve() {
         prom.alive(&log)
     });
     // The API answers 503 until the TSDB is open.
-    poll(Duration::from_secs(60), "Prometheus ready", || {
+    poll_for(Duration::from_secs(60), "Prometheus ready", || {
         if let Err(e) = prom.alive(&log) {
             panic!("prometheus exited: {e}");
         }
@@ -1127,7 +1108,7 @@ fn fleet_prometheus_scrapes_mount_and_serve() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
     };
 
-    poll(
+    poll_for(
         Duration::from_secs(60),
         "both targets up in Prometheus",
         || {
@@ -1149,13 +1130,13 @@ fn fleet_prometheus_scrapes_mount_and_serve() {
         v.parse().ok()
     };
     let revision = fleet.revision() as f64;
-    let got = poll(
+    let got = poll_for(
         Duration::from_secs(30),
         "depotfs_revision in Prometheus",
         || query(&format!("depotfs_revision{{instance=\"{mount_target}\"}}")),
     );
     assert_eq!(got, revision, "Prometheus' depotfs_revision");
-    let count = poll(
+    let count = poll_for(
         Duration::from_secs(30),
         "the fetch histogram in Prometheus",
         || {

@@ -15,55 +15,46 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, http_get, ok, run, try_xattr, xattr};
-use http_suite::free_port;
+use cli_run::{BIN, Mounted, http_get, ok, poll, run, try_xattr, xattr};
+use http_suite::{Rng, free_port};
 
 // ---------------------------------------------------------------------------------------
 // Corpus
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+/// `n` bytes of `r`: words that compress well, or incompressible noise.
+fn corpus_bytes(r: &mut Rng, n: usize, compressible: bool) -> Vec<u8> {
+    if !compressible {
+        return r.bytes(n);
     }
-    fn bytes(&mut self, n: usize, compressible: bool) -> Vec<u8> {
-        let words: [&[u8]; 6] = [
-            b"samtools ",
-            b"bwa ",
-            b"ACGT",
-            b"mulled-v2 ",
-            b"\x7fELF",
-            b"\0\0\0\0",
-        ];
-        let mut v = Vec::with_capacity(n + 16);
-        while v.len() < n {
-            if compressible {
-                v.extend_from_slice(words[(self.next() % 6) as usize]);
-            } else {
-                v.extend_from_slice(&self.next().to_le_bytes());
-            }
-        }
-        v.truncate(n);
-        v
+    let words: [&[u8]; 6] = [
+        b"samtools ",
+        b"bwa ",
+        b"ACGT",
+        b"mulled-v2 ",
+        b"\x7fELF",
+        b"\0\0\0\0",
+    ];
+    let mut v = Vec::with_capacity(n + 16);
+    while v.len() < n {
+        v.extend_from_slice(words[(r.next_u64() % 6) as usize]);
     }
+    v.truncate(n);
+    v
 }
 
 /// A tree with small, empty, exactly-one-chunk-limit and multi-chunk files, a directory
 /// large enough to be split into several nodes, deep nesting, symlinks and varied modes.
 /// About 20 MB.
 fn make_corpus(root: &Path) {
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut r = Rng::new(1);
     let w = |p: &Path, data: &[u8], mode: u32| {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, data).unwrap();
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
     };
     for i in 0..150 {
-        let n = (r.next() % 20_000) as usize;
-        let data = r.bytes(n, i % 2 == 0);
+        let n = (r.next_u64() % 20_000) as usize;
+        let data = corpus_bytes(&mut r, n, i % 2 == 0);
         w(
             &root.join(format!("small/f{i:03}")),
             &data,
@@ -81,22 +72,22 @@ fn make_corpus(root: &Path) {
     let one_mib = 1 << 20;
     w(
         &root.join("big/exactly-1MiB"),
-        &r.bytes(one_mib, false),
+        &corpus_bytes(&mut r, one_mib, false),
         0o644,
     );
     w(
         &root.join("big/1MiB-plus-1"),
-        &r.bytes(one_mib + 1, true),
+        &corpus_bytes(&mut r, one_mib + 1, true),
         0o755,
     );
     w(
         &root.join("big/random-5M.sif"),
-        &r.bytes(5 * one_mib + 12345, false),
+        &corpus_bytes(&mut r, 5 * one_mib + 12345, false),
         0o755,
     );
     w(
         &root.join("big/text-9M"),
-        &r.bytes(9 * one_mib + 7, true),
+        &corpus_bytes(&mut r, 9 * one_mib + 7, true),
         0o644,
     );
     w(&root.join("deep/a/b/c/d/e/leaf.txt"), b"deep leaf\n", 0o644);
@@ -326,6 +317,7 @@ fn depotfs_serve(store: &Path) -> Server {
 /// A depotfs mount, unmounted when dropped.
 struct Mount {
     mp: PathBuf,
+    _unmount: Mounted,
 }
 
 impl Mount {
@@ -333,6 +325,7 @@ impl Mount {
         let out = Mount::try_new(source, mp, extra);
         let m = Mount {
             mp: mp.to_path_buf(),
+            _unmount: Mounted(mp.to_path_buf()),
         };
         ok(out);
         m
@@ -357,19 +350,6 @@ impl Mount {
     }
     fn pid(&self) -> u32 {
         self.stat("pid") as u32
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if !Command::new(BIN)
-            .arg("umount")
-            .arg(&self.mp)
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
     }
 }
 
@@ -743,11 +723,9 @@ fn fuse_kill9_remount_and_offline() {
     let torn = repo.object_of(&mp.join("corpus/small/f010"));
     let pid = m.pid();
     assert!(kill("-KILL", pid));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        fs::metadata(mp.join("corpus")).is_err(),
-        "dead mount still answers"
-    );
+    poll(Duration::from_secs(10), "dead mount still answers", || {
+        fs::metadata(mp.join("corpus")).is_err()
+    });
     ok(run(&[&"umount", &"--lazy", &mp]));
     std::mem::forget(m);
 
@@ -920,7 +898,10 @@ fn fuse_sigterm_and_sigint_unmount() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let guard = Mount { mp: mp.clone() };
+        let guard = Mount {
+            mp: mp.clone(),
+            _unmount: Mounted(mp.clone()),
+        };
         let start = Instant::now();
         while try_xattr(&mp, "user.depotfs.revision").is_err() {
             assert!(

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, http_get, ok, poll, run};
+use cli_run::{BIN, Mounted, http_get, ok, poll, run};
 use http_suite::{free_port, random_bytes};
 
 /// A published repository: 40 files of 30 KB (one object each) under `d/`.
@@ -123,6 +123,7 @@ struct Mount {
     mp: PathBuf,
     log: PathBuf,
     metrics: u16,
+    _unmount: Mounted,
 }
 
 impl Mount {
@@ -148,6 +149,7 @@ impl Mount {
             .collect();
         let m = Mount {
             log: repo.cache().join("logs").join(format!("mount{tag}.log")),
+            _unmount: Mounted(mp.clone()),
             mp,
             metrics,
         };
@@ -174,14 +176,6 @@ impl Mount {
     /// `user.depotfs.NAME` of `rel` under the mountpoint.
     fn xattr_of(&self, rel: &str, name: &str) -> String {
         cli_run::xattr(&self.mp.join(rel), &format!("user.depotfs.{name}"))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if !run(&[&"umount", &self.mp]).status.success() {
-            let _ = Command::new("umount").arg("-l").arg(&self.mp).status();
-        }
     }
 }
 

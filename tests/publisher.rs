@@ -13,6 +13,9 @@ use depotfs_catalog::{EntryKind, ObjectId};
 use depotfs_publisher::reader::LocalTree;
 use depotfs_publisher::store::{Layout, Objects};
 
+mod http_suite;
+use http_suite::random_bytes;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_depotfs"));
     c.env("RUST_LOG", "warn");
@@ -36,30 +39,20 @@ fn run_fail(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 /// An image-like file: shared "package" blocks (identical across images of one tool),
 /// compressible text, and incompressible noise.
 fn image(tool: u64, version: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
-    let shared = noise(600_000, tool);
+    let shared = random_bytes(600_000, tool);
     let text =
         format!("#!/bin/sh\n# tool {tool} version {version}\nexec something --flag\n").repeat(2000);
     while out.len() < len {
         out.extend_from_slice(&shared);
         out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(&noise(200_000, tool * 1000 + version + out.len() as u64));
+        out.extend_from_slice(&random_bytes(
+            200_000,
+            tool * 1000 + version + out.len() as u64,
+        ));
     }
     out.truncate(len);
     out

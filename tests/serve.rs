@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use http_suite::{Fixture, free_port, get, raw, wait_listening};
+use http_suite::{Fixture, free_port, get, poll, raw, wait_listening};
 
 /// A running `depotfs serve`, killed when dropped.
 struct Server {
@@ -344,7 +344,10 @@ fn serve_logs_startup_and_requests() {
     let fx = Fixture::new();
     let s = Server::start(&fx.store, fx.path());
     assert_eq!(get(s.addr, "/repo.pub").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // The request's line is written after the response: wait for it.
+    poll(Duration::from_secs(10), "the request's log line", || {
+        s.log().contains("/repo.pub")
+    });
     let log = s.log();
     let public = std::fs::canonicalize(&fx.public).unwrap();
     assert!(

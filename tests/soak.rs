@@ -87,13 +87,8 @@ struct Counts {
 type Files = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
 
 fn reader(mp: PathBuf, files: Files, stop: Arc<AtomicBool>, c: Arc<Counts>) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64) ^ (Arc::as_ptr(&c) as u64);
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = http_suite::Rng::new(std::process::id() as u64 ^ (Arc::as_ptr(&c) as u64));
+    let mut next = move || rng.next_u64();
     while !stop.load(Ordering::Relaxed) {
         let (name, data) = {
             let f = files.lock().unwrap();

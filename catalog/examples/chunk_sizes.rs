@@ -39,10 +39,10 @@ fn main() {
             min >> 10,
             avg >> 10,
             max >> 10,
-            input / chunks.max(1) >> 10,
+            (input / chunks.max(1)) >> 10,
             unique >> 20,
             100.0 * (1.0 - unique as f64 / input as f64),
-            (weighted / files.len() as f64) as usize >> 10
+            ((weighted / files.len() as f64) as usize) >> 10
         );
     }
 }

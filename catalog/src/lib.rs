@@ -18,8 +18,10 @@
 //!   client can look up one name or stream a listing piece by piece.
 //! - [`manifest`] — the signed `public/manifest`: repository name, revision, root, times, TTL.
 //!
-//! - [`object_file`] — creating an object file in a store or cache directory, whole or not at
-//!   all (`O_TMPFILE` + link, direct I/O for large ones).
+//! - [`object_file`] — writing a file atomically, the one way depotfs does it: an object file
+//!   in a store or cache directory, whole or not at all (`O_TMPFILE` + link, direct I/O for
+//!   large ones), and a file replaced through a temporary name and a rename (manifests, keys,
+//!   records).
 //!
 //! Apart from [`object_file`], the crate does no I/O: it encodes, decodes and verifies.
 //! Publisher and client supply objects through the [`dir::NodeSource`] trait. See `docs/format.md` for the decisions and
@@ -29,7 +31,6 @@
 //! unmaintained); `ed25519-dalek` 3 for signatures; `zstd` for compression; `blake3` for names; `rustix` for `O_TMPFILE`, `linkat` and
 //! direct I/O without `unsafe`.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod chunking;
 pub mod dir;

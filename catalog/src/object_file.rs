@@ -1,16 +1,21 @@
-//! Creating object files: the one way the publisher's store and the client's cache write an
-//! object to disk (the only I/O in this crate).
+//! Writing files atomically: the one way depotfs writes a file that a reader must see whole
+//! or not at all (the only I/O in this crate), used by the publisher's store, the client's
+//! cache and its saved manifests and revision records.
 //!
-//! An object file is immutable and named by its content, so it must appear whole or not at
-//! all, and a second writer of the same object has nothing to do. [`create`] makes the file
-//! anonymous in its final directory (`O_TMPFILE`), writes it, and links it under its name.
-//! Large objects are written with direct I/O. The callers keep a fallback through a temporary
-//! name for filesystems without `O_TMPFILE` ([`std::io::ErrorKind::Unsupported`]).
+//! - [`create`]: an immutable object file, named by its content, so a second writer of the
+//!   same object has nothing to do. Made anonymous in its final directory (`O_TMPFILE`),
+//!   written (large objects with direct I/O on request), and linked under its name; through
+//!   [`replace`] on filesystems without `O_TMPFILE`.
+//! - [`replace`]: a file whose content changes (a manifest, a key, a record), written under
+//!   a temporary name and renamed over the old one, so readers see the old file or the new.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Makes the temporary names of [`replace`] unique within this process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Direct I/O failed once with EINVAL on this filesystem (or its alignment): write buffered.
 static DIRECT_IO_OFF: AtomicBool = AtomicBool::new(false);
@@ -44,9 +49,59 @@ thread_local! {
 /// would wait for the device too.) Falls back to buffered writes where direct I/O is refused
 /// (tmpfs, some network filesystems).
 ///
-/// [`std::io::ErrorKind::Unsupported`] means this filesystem cannot make anonymous files or
-/// link them (no `O_TMPFILE`, no `/proc`): the caller writes through a temporary name instead.
-pub fn create(dest: &Path, bytes: &[u8], direct: bool) -> std::io::Result<()> {
+/// Where this filesystem cannot make anonymous files or link them (no `O_TMPFILE`, no
+/// `/proc`), the object is written through [`replace`] with a temporary file in `tmp_dir`
+/// (on the same filesystem as `dest`).
+pub fn create(dest: &Path, bytes: &[u8], direct: bool, tmp_dir: &Path) -> std::io::Result<()> {
+    match create_anonymous(dest, bytes, direct) {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            replace(dest, bytes, tmp_dir, false)
+        }
+        done => done,
+    }
+}
+
+/// Write `bytes` to `dest` so that readers see the old file or the new one, never a part:
+/// a temporary file in `tmp_dir` (on the same filesystem as `dest`), made world-readable
+/// (0644) and renamed over `dest`. With `durable`, the file is synced before the rename and
+/// `dest`'s directory after it, so the new file survives a power loss (a manifest).
+///
+/// The temporary file is named `NAME.PID.SEQ` after `dest`'s file name, so a cleaner can tell
+/// the leftovers of a process that no longer runs; it is removed when the write fails.
+pub fn replace(dest: &Path, bytes: &[u8], tmp_dir: &Path, durable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dest
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy());
+    let tmp = tmp_dir.join(format!(
+        "{name}.{}.{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        if durable {
+            f.sync_all()?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, dest)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if durable {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
+}
+
+/// [`create`] without the fallback: [`std::io::ErrorKind::Unsupported`] where the filesystem
+/// cannot make or link anonymous files.
+fn create_anonymous(dest: &Path, bytes: &[u8], direct: bool) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
     let dir = dest.parent().unwrap_or(Path::new("."));
     let open = |direct: bool| {
@@ -147,35 +202,61 @@ mod tests {
                 continue;
             }
             let d = scratch(&base, "whole");
+            let tmp = scratch(&base, "whole-tmp");
             let sizes = [0, 1, 4095, 4096, DIO_MIN - 1, DIO_MIN, DIO_MIN + 1, 300_001];
             for (i, &n) in sizes.iter().enumerate() {
                 let bytes: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
                 for direct in [false, true] {
                     let p = d.join(format!("{i}-{direct}"));
-                    match create(&p, &bytes, direct) {
-                        Ok(()) => {}
-                        // No O_TMPFILE here: the callers fall back; nothing to check.
-                        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return,
-                        Err(e) => panic!("{}: {e}", p.display()),
+                    if let Err(e) = create(&p, &bytes, direct, &tmp) {
+                        panic!("{}: {e}", p.display());
                     }
                     assert_eq!(std::fs::read(&p).unwrap(), bytes, "{} bytes", n);
                     let mode = std::fs::metadata(&p).unwrap().permissions().mode();
                     assert_eq!(mode & 0o777, 0o644);
                     // A second writer of the same object changes nothing.
-                    create(&p, b"other bytes", direct).unwrap();
+                    create(&p, b"other bytes", direct, &tmp).unwrap();
                     assert_eq!(std::fs::read(&p).unwrap(), bytes);
                 }
             }
             assert_eq!(std::fs::read_dir(&d).unwrap().count(), 2 * sizes.len());
+            assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
             std::fs::remove_dir_all(&d).unwrap();
+            std::fs::remove_dir_all(&tmp).unwrap();
         }
     }
 
     #[test]
     fn a_missing_directory_is_an_error() {
         let d = scratch(&std::env::temp_dir(), "missing");
-        let e = create(&d.join("no/such/dir/obj"), b"x", false).unwrap_err();
+        let e = create(&d.join("no/such/dir/obj"), b"x", false, &d).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        let e = replace(&d.join("no/such/dir/file"), b"x", &d, false).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            0,
+            "temporary file removed"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A replaced file holds exactly the new bytes, world-readable, with nothing left in the
+    /// temporary directory; durable or not.
+    #[test]
+    fn replaces_files_whole() {
+        let d = scratch(&std::env::temp_dir(), "replace");
+        let tmp = d.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let p = d.join("manifest");
+        for (i, durable) in [false, true, false].into_iter().enumerate() {
+            let bytes = format!("revision {i}\n");
+            replace(&p, bytes.as_bytes(), &tmp, durable).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), bytes);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+            assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -226,27 +226,24 @@ fn cause(e: &reqwest::Error) -> String {
     last
 }
 
-/// The HTTP client of one proxy (or [`DIRECT`]): environment proxy settings ignored.
+/// The HTTP client of one proxy (or [`DIRECT`]): environment proxy settings ignored
+/// (the shared set-up of [`depotfs_http::client`], with this mount's bounds).
 pub fn client(
     label: &str,
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<reqwest::Client> {
-    let b = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(connect_timeout.min(timeout))
+    let proxy = if label.eq_ignore_ascii_case(DIRECT) {
+        depotfs_http::Proxy::Direct
+    } else {
+        depotfs_http::Proxy::Url(label)
+    };
+    depotfs_http::client("depotfs", connect_timeout.min(timeout), proxy)
+        .map_err(|e| Error::Io(format!("proxy {label:?}: {e}")))?
         .timeout(timeout)
         .read_timeout(timeout)
         .pool_max_idle_per_host(64)
-        .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")));
-    let b = if label.eq_ignore_ascii_case(DIRECT) {
-        b
-    } else {
-        let p =
-            reqwest::Proxy::all(label).map_err(|e| Error::Io(format!("proxy {label:?}: {e}")))?;
-        b.proxy(p)
-    };
-    b.build()
+        .build()
         .map_err(|e| Error::Io(format!("HTTP client for proxy {label}: {e}")))
 }
 

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! DIR/objects/ab/cdef…       an object exactly as fetched (header + payload, still encoded)
-//! DIR/tmp/<hex>.<pid>.<n>    a download being written; renamed into objects/ when complete
+//! DIR/tmp/<name>.<pid>.<n>   a file being written under a temporary name (only where the
+//!                            file system has no O_TMPFILE, and for revision records)
 //! DIR/revisions/<repo name>  the highest revision this machine has accepted (rollback guard)
 //! ```
 //!
-//! - **kill -9**: a file appears under `objects/` only by `rename` of a complete temp file,
-//!   and every load is verified again ([`depotfs_catalog::object::decode`]) by the caller,
+//! - **kill -9**: a file appears under `objects/` only whole, linked from an anonymous file
+//!   or renamed from a complete temp file ([`depotfs_catalog::object_file`]), and every load
+//!   is verified again ([`depotfs_catalog::object::decode`]) by the caller,
 //!   which discards a torn or corrupt file and refetches. Temp files of dead processes are
 //!   removed when a mount starts.
 //! - **LRU across restarts**: a file's mtime is its last use; the index is rebuilt from the
@@ -25,7 +27,6 @@
 //!   `Arc`), and on Unix a file being read stays readable after it is unlinked anyway.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +47,6 @@ pub const DEFAULT_LIMIT: u64 = 4 << 30;
 pub struct DiskCache {
     dir: PathBuf,
     index: Mutex<Lru<ObjectId, ()>>,
-    tmp_seq: AtomicU64,
     /// Objects evicted to stay within the limit since open.
     evictions: AtomicU64,
     /// Set while the cache cannot store (see [`DiskCache::keep`]).
@@ -150,7 +150,6 @@ impl DiskCache {
         let cache = DiskCache {
             dir: dir.to_path_buf(),
             index: Mutex::new(Lru::new(limit)),
-            tmp_seq: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             not_storing: Mutex::new(None),
             store_failures: AtomicU64::new(0),
@@ -222,37 +221,19 @@ impl DiskCache {
     /// Store the encoded bytes of `id` (already verified by the caller), then evict the
     /// least recently used objects until the cache is within its limit.
     pub fn store(&self, id: &ObjectId, bytes: &[u8]) -> Result<()> {
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{}.{}.{n}", id.to_hex(), std::process::id()));
         let fin = self.path(id);
-        let write = || -> std::io::Result<()> {
-            // Anonymous, then linked whole (see object_file). Buffered: a direct write would
-            // make the reader wait for the device (16 parallel cold readers: 260-280 MiB/s
-            // direct, 340-360 buffered, the writeback coming after). The fan-out directory
-            // is made only when missing: a `mkdir` of an existing one on every store was 3 %
-            // of the daemon's samples with 16 cold readers.
-            let mut created = object_file::create(&fin, bytes, false);
-            if matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
-                fs::create_dir_all(fin.parent().expect("objects/ab"))?;
-                created = object_file::create(&fin, bytes, false);
-            }
-            match created {
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
-                done => return done,
-            }
-            // Through a temporary name; the directory exists (the attempt above got into it).
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            drop(f);
-            fs::rename(&tmp, &fin)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(fin.display(), e));
+        let tmp = self.dir.join("tmp");
+        // Anonymous, then linked whole (see object_file). Buffered: a direct write would make
+        // the reader wait for the device (16 parallel cold readers: 260-280 MiB/s direct,
+        // 340-360 buffered, the writeback coming after). The fan-out directory is made only
+        // when missing: a `mkdir` of an existing one on every store was 3 % of the daemon's
+        // samples with 16 cold readers.
+        let mut created = object_file::create(&fin, bytes, false, &tmp);
+        if matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            created = fs::create_dir_all(fin.parent().expect("objects/ab"))
+                .and_then(|()| object_file::create(&fin, bytes, false, &tmp));
         }
+        created.map_err(|e| Error::io(fin.display(), e))?;
         self.adopt(id, bytes.len() as u64);
         Ok(())
     }
@@ -369,10 +350,13 @@ impl DiskCache {
             return Ok(());
         }
         let p = self.revision_path(name);
-        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
-        fs::write(&tmp, format!("{rev}\n"))
-            .and_then(|()| fs::rename(&tmp, &p))
-            .map_err(|e| Error::io(p.display(), e))
+        object_file::replace(
+            &p,
+            format!("{rev}\n").as_bytes(),
+            &self.dir.join("tmp"),
+            false,
+        )
+        .map_err(|e| Error::io(p.display(), e))
     }
 
     fn revision_path(&self, name: &str) -> PathBuf {

@@ -1227,4 +1227,86 @@ mod tests {
             assert!(FsState::from_bytes(&bytes[..cut]).is_err(), "{cut} bytes");
         }
     }
+    use depotfs_catalog::object::{self, ObjectKind};
+
+    fn file(name: &str, content: FileContent) -> Entry {
+        Entry {
+            name: name.into(),
+            mode: 0o644,
+            mtime_ns: 0,
+            kind: EntryKind::File { size: 1, content },
+        }
+    }
+
+    fn dir(name: &str, tree: ObjectId) -> Entry {
+        Entry {
+            name: name.into(),
+            mode: 0o755,
+            mtime_ns: 0,
+            kind: EntryKind::Dir { tree, entries: 1 },
+        }
+    }
+
+    /// An inode number depends on the parent, the name and a file's content, never on a
+    /// directory's tree (a directory keeps its inode across revisions), and is never 0 or 1.
+    #[test]
+    fn inode_numbers_follow_path_and_file_content() {
+        let a = ObjectId::of(b"a");
+        let b = ObjectId::of(b"b");
+        let f = child_ino(1, &file("x", FileContent::Single(a)));
+        assert!(f >= 2);
+        assert_eq!(f, child_ino(1, &file("x", FileContent::Single(a))));
+        assert_ne!(f, child_ino(1, &file("x", FileContent::Single(b))));
+        assert_ne!(f, child_ino(1, &file("y", FileContent::Single(a))));
+        assert_ne!(f, child_ino(2, &file("x", FileContent::Single(a))));
+        // The same content object, whole or chunked, is the same version of the path.
+        assert_eq!(f, child_ino(1, &file("x", FileContent::Chunked(a))));
+        assert_eq!(
+            child_ino(1, &dir("d", a)),
+            child_ino(1, &dir("d", b)),
+            "a directory whose entries change keeps its inode"
+        );
+        assert_eq!(
+            content_key(&file("e", FileContent::Empty)),
+            Some(ObjectId::of(b""))
+        );
+    }
+
+    /// Times before the epoch are kept (negative nanoseconds), as are those after it.
+    #[test]
+    fn times_either_side_of_the_epoch() {
+        assert_eq!(time(0), UNIX_EPOCH);
+        assert_eq!(
+            time(1_500_000_000),
+            UNIX_EPOCH + Duration::from_millis(1500)
+        );
+        assert_eq!(time(-2_000_000_000), UNIX_EPOCH - Duration::from_secs(2));
+        assert_eq!(time(i64::MIN), UNIX_EPOCH - Duration::from_nanos(1 << 63));
+    }
+
+    /// The background walk of a directory is bounded by its entry count, and capped.
+    #[test]
+    fn directory_walk_budget_grows_with_entries_and_is_capped() {
+        assert_eq!(dir_walk_budget(0), 64);
+        assert_eq!(dir_walk_budget(800), 164);
+        assert!(
+            dir_walk_budget(800) as u64 > 800 / 12,
+            "an honest tree fits"
+        );
+        assert_eq!(dir_walk_budget(u64::MAX), 1 << 20);
+    }
+
+    /// A piece inside a chunk is its bytes; one outside (a lying chunk list) is an error
+    /// naming the chunk, never a panic.
+    #[test]
+    fn pieces_out_of_range_are_errors() {
+        let enc = object::encode(ObjectKind::Chunk, b"0123456789", 1);
+        let v = object::decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap();
+        assert_eq!(piece(&v, 2, 5).unwrap(), b"234");
+        assert_eq!(piece(&v, 10, 10).unwrap(), b"");
+        for (from, to) in [(5, 11), (11, 12), (6, 5), (0, u64::MAX)] {
+            let e = piece(&v, from, to).unwrap_err().to_string();
+            assert!(e.contains(&enc.id.to_string()), "{e}");
+        }
+    }
 }

@@ -17,15 +17,17 @@
 //!   ([`depotfs_catalog::object::decode`]) and cached: memory LRUs of parsed directory nodes,
 //!   chunk lists and decompressed chunks, single-flight downloads, refetch-once on corruption.
 //! - [`cache`] — the disk cache: content-addressed files, LRU eviction to a byte limit,
-//!   crash-safe (temp file + rename, verified on load), the rollback guard.
+//!   crash-safe (files appear whole through [`depotfs_catalog::object_file`], verified on
+//!   load), the rollback guard.
 //! - [`backend`] — moving bytes: HTTP(S) servers × proxies (one `reqwest` client per
 //!   proxy) with proxy-vs-server failover, failback, retries, a request bound and offline
 //!   mode; or a local directory.
 //! - [`mount`] — manifest check, mount session and revision checks (TTL, offline probe,
 //!   SIGUSR1); [`reload`] — `depotfs reload`, a new daemon taking the live mount over (the
-//!   FUSE descriptor and [`fs::FsState`] over the control socket); [`fusermount`] — what a non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`; [`metrics`] —
-//!   `--metrics-listen`, the counters in the Prometheus text format; [`doctor`] — `depotfs
-//!   doctor`, a node's checks one line each.
+//!   FUSE descriptor and [`fs::FsState`] over the control socket); [`fusermount`] — what a
+//!   non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`;
+//!   [`metrics`] — `--metrics-listen`, the counters as Prometheus metrics (served by
+//!   `depotfs_http`); [`doctor`] — `depotfs doctor`, a node's checks one line each.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
@@ -38,10 +40,10 @@
 //! with a small patch for `depotfs reload` (listed in its `PATCH.md`: a session on an
 //! initialised descriptor, a stop handle, the descriptor back without unmounting); `postcard`
 //! for the state handed to the new daemon; `tokio` for the async fetch layer and
-//! signals; `reqwest` (rustls) for HTTP; `rustix` for xattrs, unmount, ids and SCM_RIGHTS
-//! without `unsafe`; a 60-line LRU of our own rather than another dependency.
+//! signals; `reqwest` (rustls) for HTTP, set up by `depotfs-http` like every depotfs client;
+//! `prometheus` for the metrics' types and encoding; `rustix` for xattrs, unmount, ids and
+//! SCM_RIGHTS without `unsafe`; a 60-line LRU of our own rather than another dependency.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod backend;
 pub mod cache;

@@ -1,14 +1,19 @@
-//! `--metrics-listen ADDR`: the mount's counters in the Prometheus text format at
-//! `GET /metrics`, from a minimal HTTP/1.1 responder on the mount's runtime (one request per
-//! connection; the numbers are read at scrape time from the same counters `status` shows).
+//! `--metrics-listen ADDR`: the mount's counters as Prometheus metrics at `GET /metrics`.
+//!
+//! The numbers are read at scrape time from the same counters `status` shows (the store's
+//! `Stats`, the cache, the backend's per-route counters), by a [`Collector`] of the
+//! prometheus crate; encoding and the HTTP server are [`depotfs_http::metrics`], shared with
+//! `depotfs serve`. The names are listed in `fusefs/README.md`; the fleet tests and
+//! `deploy/prometheus` rely on them.
 
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus::Registry;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType, MetricType::COUNTER, MetricType::GAUGE};
 use tokio::net::TcpListener;
 
 use crate::backend::{BUCKETS, Http, RESULTS};
@@ -20,332 +25,331 @@ pub fn start(rt: &tokio::runtime::Runtime, addr: SocketAddr, fs: Arc<DepotFs>) -
     let listener = rt
         .block_on(TcpListener::bind(addr))
         .map_err(|e| Error::io(format!("metrics listener {addr}"), e))?;
+    let registry = Registry::new();
+    registry
+        .register(Box::new(MountCollector(fs)))
+        .map_err(|e| Error::Io(format!("metrics registry: {e}")))?;
     tracing::info!("metrics at http://{addr}/metrics");
-    rt.spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let fs = fs.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut n = 0;
-                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => n += k,
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = if head.starts_with("GET ") && path == "/metrics" {
-                    ("200 OK", render(&fs))
-                } else {
-                    ("404 Not Found", "not found\n".to_string())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
+    rt.spawn(depotfs_http::metrics::serve(listener, registry));
     Ok(())
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The mount's metrics, gathered from its counters at each scrape.
+#[derive(Debug)]
+struct MountCollector(Arc<DepotFs>);
+
+impl Collector for MountCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        // The families are built at each scrape; nothing to check at registration.
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        families(&self.0)
+    }
 }
 
-/// Writes families: one HELP and TYPE line each, then its samples.
-struct Out(String);
+/// Families under construction: each sample goes into the last family begun.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
 
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Families {
+    /// Begin family `name`.
+    fn family(&mut self, name: &str, kind: MetricType, help: &str) {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(kind);
+        self.0.push(f);
     }
-    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "{name}{labels} {v}");
+
+    /// A sample of the last family with `labels`.
+    fn sample(&mut self, labels: &[(&str, &str)], v: f64) {
+        let f = self.0.last_mut().expect("a family begun");
+        let mut m = proto::Metric::default();
+        m.set_label(label_pairs(labels));
+        match f.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = proto::Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+        }
+        f.mut_metric().push(m);
     }
-    fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+
+    /// A family with one unlabelled sample.
+    fn one(&mut self, name: &str, kind: MetricType, help: &str, v: f64) {
         self.family(name, kind, help);
-        self.sample(name, "", v);
+        self.sample(&[], v);
     }
 }
 
-/// The exposition text (Prometheus text format 0.0.4). The names are listed in
-/// `fusefs/README.md`; the fleet tests rely on them.
-pub fn render(fs: &DepotFs) -> String {
+/// The label pairs of a sample.
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+/// Every family of the mount, as of now.
+fn families(fs: &DepotFs) -> Vec<MetricFamily> {
     let s = fs.snapshot();
     let m = fs.manifest();
     let store = fs.store();
     let backend = store.backend();
-    let mut o = Out(String::new());
+    let mut o = Families::default();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let published = m.published_ns as f64 / 1e9;
     o.family(
         "depotfs_info",
-        "gauge",
+        GAUGE,
         "The mounted repository and its servers.",
     );
     o.sample(
-        "depotfs_info",
-        &format!(
-            "{{repository=\"{}\",source=\"{}\"}}",
-            label(&s.name),
-            label(&backend.describe())
-        ),
-        1,
+        &[("repository", &s.name), ("source", &backend.describe())],
+        1.0,
     );
     o.one(
         "depotfs_revision",
-        "gauge",
+        GAUGE,
         "Revision being served.",
-        s.revision,
+        s.revision as f64,
     );
     o.one(
         "depotfs_revision_timestamp_seconds",
-        "gauge",
+        GAUGE,
         "When the revision being served was published (Unix time).",
         published,
     );
     o.one(
         "depotfs_revision_age_seconds",
-        "gauge",
+        GAUGE,
         "Seconds since the revision being served was published.",
         (now - published).max(0.0),
     );
     o.one(
         "depotfs_cache_hits_total",
-        "counter",
+        COUNTER,
         "Objects answered from memory or the disk cache.",
-        s.hits,
+        s.hits as f64,
     );
     o.one(
         "depotfs_cache_misses_total",
-        "counter",
+        COUNTER,
         "Objects downloaded.",
-        s.misses,
+        s.misses as f64,
     );
     o.one(
         "depotfs_cache_bytes",
-        "gauge",
+        GAUGE,
         "Bytes in the disk cache.",
-        s.cache_used,
+        s.cache_used as f64,
     );
     o.one(
         "depotfs_cache_limit_bytes",
-        "gauge",
+        GAUGE,
         "Disk cache limit.",
-        s.cache_limit,
+        s.cache_limit as f64,
     );
     o.one(
         "depotfs_cache_evictions_total",
-        "counter",
+        COUNTER,
         "Objects evicted from the disk cache to stay within its limit.",
-        store.disk().map_or(0, |d| d.evictions()),
+        store.disk().map_or(0, |d| d.evictions()) as f64,
     );
     o.one(
         "depotfs_cache_storing",
-        "gauge",
+        GAUGE,
         "1 while the disk cache stores what is fetched; 0 while it cannot (e.g. its file system is full) and reads are served without caching.",
-        u8::from(store.disk().is_none_or(|d| d.storing())),
+        f64::from(u8::from(store.disk().is_none_or(|d| d.storing()))),
     );
     o.one(
         "depotfs_cache_store_failures_total",
-        "counter",
+        COUNTER,
         "Objects the disk cache failed to store (e.g. no space left on its file system).",
-        store.disk().map_or(0, |d| d.store_failures()),
+        store.disk().map_or(0, |d| d.store_failures()) as f64,
     );
     o.one(
         "depotfs_fetched_bytes_total",
-        "counter",
+        COUNTER,
         "Encoded bytes downloaded.",
-        s.bytes_fetched,
+        s.bytes_fetched as f64,
     );
     o.one(
         "depotfs_read_bytes_total",
-        "counter",
+        COUNTER,
         "File bytes returned to readers.",
-        s.bytes_read,
+        s.bytes_read as f64,
     );
     o.one(
         "depotfs_verification_failures_total",
-        "counter",
+        COUNTER,
         "Downloads that failed verification.",
-        s.corrupt,
-    );
-    o.family(
-        "depotfs_prefetched_chunks_total",
-        "counter",
-        "Chunks loaded before a reader asked (each load once): by sequential readahead, or from an image's access list when it was opened.",
-    );
-    o.family(
-        "depotfs_prefetched_bytes_total",
-        "counter",
-        "Plaintext bytes of those chunks.",
-    );
-    o.family(
-        "depotfs_prefetched_downloaded_bytes_total",
-        "counter",
-        "Encoded bytes those loads downloaded (a part of depotfs_fetched_bytes_total).",
+        s.corrupt as f64,
     );
     {
-        use std::sync::atomic::Ordering::Relaxed;
         let st = &store.stats;
-        for (by, n, b, f) in [
+        let by = [
             (
                 "readahead",
-                &st.readahead_objects,
-                &st.readahead_bytes,
-                &st.readahead_fetched,
+                [
+                    &st.readahead_objects,
+                    &st.readahead_bytes,
+                    &st.readahead_fetched,
+                ],
             ),
             (
                 "access_list",
-                &st.list_objects,
-                &st.list_bytes,
-                &st.list_fetched,
+                [&st.list_objects, &st.list_bytes, &st.list_fetched],
             ),
-        ] {
-            let l = format!("{{by=\"{by}\"}}");
-            o.sample("depotfs_prefetched_chunks_total", &l, n.load(Relaxed));
-            o.sample("depotfs_prefetched_bytes_total", &l, b.load(Relaxed));
-            o.sample(
+        ];
+        for (k, (name, help)) in [
+            (
+                "depotfs_prefetched_chunks_total",
+                "Chunks loaded before a reader asked (each load once): by sequential readahead, or from an image's access list when it was opened.",
+            ),
+            (
+                "depotfs_prefetched_bytes_total",
+                "Plaintext bytes of those chunks.",
+            ),
+            (
                 "depotfs_prefetched_downloaded_bytes_total",
-                &l,
-                f.load(Relaxed),
-            );
+                "Encoded bytes those loads downloaded (a part of depotfs_fetched_bytes_total).",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            o.family(name, COUNTER, help);
+            for (label, counters) in &by {
+                o.sample(&[("by", label)], counters[k].load(Ordering::Relaxed) as f64);
+            }
         }
     }
     o.one(
         "depotfs_inodes",
-        "gauge",
+        GAUGE,
         "Inodes known to the kernel.",
-        s.inodes,
+        s.inodes as f64,
     );
     o.one(
         "depotfs_offline",
-        "gauge",
+        GAUGE,
         "1 while every server is unreachable and only cached data is served.",
-        u8::from(backend.offline_since().is_some()),
+        f64::from(u8::from(backend.offline_since().is_some())),
     );
     o.family(
         "depotfs_manifest_refused_total",
-        "counter",
+        COUNTER,
         "Manifests refused at a revision check, by reason.",
     );
     {
         let refused = store.stats.manifest_refused.lock().expect("poisoned");
         for reason in ["older", "signature", "name"] {
             if !refused.contains_key(reason) {
-                o.sample(
-                    "depotfs_manifest_refused_total",
-                    &format!("{{reason=\"{reason}\"}}"),
-                    0,
-                );
+                o.sample(&[("reason", reason)], 0.0);
             }
         }
         for (reason, n) in refused.iter() {
-            o.sample(
-                "depotfs_manifest_refused_total",
-                &format!("{{reason=\"{}\"}}", label(reason)),
-                n,
-            );
+            o.sample(&[("reason", reason)], *n as f64);
         }
     }
     o.family(
         "depotfs_current_server_info",
-        "gauge",
+        GAUGE,
         "The route in use: 1 for the current server and proxy.",
     );
     o.sample(
-        "depotfs_current_server_info",
-        &format!(
-            "{{server=\"{}\",proxy=\"{}\"}}",
-            label(&backend.current()),
-            label(&backend.current_proxy())
-        ),
-        1,
+        &[
+            ("server", &backend.current()),
+            ("proxy", &backend.current_proxy()),
+        ],
+        1.0,
     );
     if let Some(net) = backend.net() {
-        render_net(&mut o, net);
+        net_families(&mut o, net);
     }
     o.0
 }
 
 /// Per-route fetch counters and durations, and failovers.
-fn render_net(o: &mut Out, net: &Http) {
+fn net_families(o: &mut Families, net: &Http) {
     let (pf, sf) = net.failovers();
     o.family(
         "depotfs_failovers_total",
-        "counter",
+        COUNTER,
         "Switches to another proxy or server after a failure.",
     );
-    o.sample("depotfs_failovers_total", "{kind=\"proxy\"}", pf);
-    o.sample("depotfs_failovers_total", "{kind=\"server\"}", sf);
-    let routes: Vec<(usize, usize, String)> = net
+    o.sample(&[("kind", "proxy")], pf as f64);
+    o.sample(&[("kind", "server")], sf as f64);
+    let proxies = net.proxy_labels();
+    let routes: Vec<(usize, usize, &str, &str)> = net
         .options()
         .servers
         .iter()
         .enumerate()
         .flat_map(|(si, server)| {
-            net.proxy_labels()
-                .into_iter()
+            proxies
+                .iter()
                 .enumerate()
-                .map(move |(pi, proxy)| {
-                    (
-                        si,
-                        pi,
-                        format!("server=\"{}\",proxy=\"{}\"", label(server), label(proxy)),
-                    )
-                })
+                .map(move |(pi, proxy)| (si, pi, server.as_str(), *proxy))
         })
         .collect();
     o.family(
         "depotfs_fetches_total",
-        "counter",
+        COUNTER,
         "Fetch attempts by route and result.",
     );
-    for (si, pi, l) in &routes {
-        let r = net.route(*si, *pi);
+    for &(si, pi, server, proxy) in &routes {
+        let r = net.route(si, pi);
         for (k, result) in RESULTS.iter().enumerate() {
             o.sample(
-                "depotfs_fetches_total",
-                &format!("{{{l},result=\"{result}\"}}"),
-                r.results[k].load(Ordering::Relaxed),
+                &[("server", server), ("proxy", proxy), ("result", result)],
+                r.results[k].load(Ordering::Relaxed) as f64,
             );
         }
     }
-    let h = "depotfs_fetch_duration_seconds";
-    o.family(h, "histogram", "Duration of fetch attempts by route.");
-    for (si, pi, l) in &routes {
-        let r = net.route(*si, *pi);
+    let mut h = MetricFamily::default();
+    h.set_name("depotfs_fetch_duration_seconds".into());
+    h.set_help("Duration of fetch attempts by route.".into());
+    h.set_field_type(MetricType::HISTOGRAM);
+    for &(si, pi, server, proxy) in &routes {
+        let r = net.route(si, pi);
         let mut cumulative = 0;
-        for (k, le) in BUCKETS.iter().enumerate() {
-            cumulative += r.buckets[k].load(Ordering::Relaxed);
-            o.sample(
-                &format!("{h}_bucket"),
-                &format!("{{{l},le=\"{le}\"}}"),
-                cumulative,
-            );
-        }
+        let buckets = BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(k, le)| {
+                cumulative += r.buckets[k].load(Ordering::Relaxed);
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
         cumulative += r.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        o.sample(
-            &format!("{h}_bucket"),
-            &format!("{{{l},le=\"+Inf\"}}"),
-            cumulative,
-        );
-        o.sample(
-            &format!("{h}_sum"),
-            &format!("{{{l}}}"),
-            r.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        o.sample(&format!("{h}_count"), &format!("{{{l}}}"), cumulative);
+        let mut hist = proto::Histogram::default();
+        hist.set_bucket(buckets);
+        hist.set_sample_count(cumulative);
+        hist.set_sample_sum(r.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let mut m = proto::Metric::default();
+        m.set_label(label_pairs(&[("server", server), ("proxy", proxy)]));
+        m.set_histogram(hist);
+        h.mut_metric().push(m);
     }
+    o.0.push(h);
 }

@@ -280,8 +280,8 @@ fn saved_manifest_path(disk: &DiskCache, backend: &Backend) -> std::path::PathBu
 
 fn save_manifest(disk: &DiskCache, backend: &Backend, bytes: &[u8]) {
     let p = saved_manifest_path(disk, backend);
-    let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &p)) {
+    let tmp = disk.dir().join("tmp");
+    if let Err(e) = depotfs_catalog::object_file::replace(&p, bytes, &tmp, false) {
         tracing::warn!("saving manifest: {e}");
     }
 }

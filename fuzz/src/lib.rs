@@ -19,7 +19,6 @@
 //! it to [`TARGETS`], put a few seed files in `fuzz/corpus/NAME/` and a three-line binary in
 //! `fuzz/afl/src/bin/NAME.rs`; `tests/corpus.rs` replays it from then on.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 use std::sync::Arc;
 #[cfg(feature = "publisher")]

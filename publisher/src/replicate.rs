@@ -267,11 +267,10 @@ impl Source {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .user_agent(concat!("depotfs-replicate/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        let proxy = depotfs_http::Proxy::Environment;
+        let client = depotfs_http::client("depotfs-replicate", connect_timeout, proxy)
+            .and_then(|b| b.timeout(timeout).build())
             .map_err(|e| ReplicateError::Fetch {
                 url: url.to_string(),
                 message: format!("HTTP client: {e}"),
@@ -589,3 +588,6 @@ impl Ticker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

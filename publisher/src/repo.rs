@@ -1065,3 +1065,6 @@ fn db_builder() -> redb::Builder {
 pub fn open_read_only(layout: &Layout) -> Result<redb::ReadOnlyDatabase> {
     Ok(db_builder().open_read_only(layout.catalog())?)
 }
+
+#[cfg(test)]
+mod tests;

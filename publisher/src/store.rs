@@ -14,9 +14,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use depotfs_catalog::object::{self, Encoded, ObjectKind, Verified};
 use depotfs_catalog::object_file;
@@ -164,21 +163,10 @@ impl Layout {
     }
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Write `bytes` to `dest` through a temporary file in STORE/tmp and a rename, so readers see
-/// the old file or the new one, never a part.
+/// the old file or the new one, never a part ([`object_file::replace`]).
 pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = layout.tmp().join(format!(
-        "{}.{}.tmp",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(bytes).map_err(Error::io(&tmp))?;
-    drop(f);
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(Error::io(&tmp))?;
-    fs::rename(&tmp, dest).map_err(Error::io(dest))
+    object_file::replace(dest, bytes, &layout.tmp(), false).map_err(Error::io(dest))
 }
 
 /// Objects in a store: existence checks, writes, verified reads.
@@ -204,13 +192,8 @@ impl Objects {
         if dest.exists() {
             return Ok(0);
         }
-        match object_file::create(&dest, &enc.bytes, true) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                write_atomic(&self.layout, &dest, &enc.bytes)?
-            }
-            Err(e) => return Err(Error::io(&dest)(e)),
-        }
+        object_file::create(&dest, &enc.bytes, true, &self.layout.tmp())
+            .map_err(Error::io(&dest))?;
         Ok(enc.bytes.len() as u64)
     }
 

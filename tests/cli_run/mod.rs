@@ -56,14 +56,7 @@ pub fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Poll `f` every 50 ms until it is true; panic with `what` after `limit`.
-pub fn poll(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
+pub use super::http_suite::poll;
 
 /// `depotfs serve STORE --listen 127.0.0.1:PORT`, killed when dropped.
 pub struct Served {

@@ -31,18 +31,56 @@ pub struct Fixture {
     pub objects: Vec<(String, Vec<u8>)>,
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), so a failure is reproducible.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+/// Poll `f` every 50 ms until it is true; panic with `what` after `limit`: the way a test
+/// waits for something to happen, instead of sleeping a fixed time.
+pub fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    poll_for(limit, what, || f().then_some(()))
+}
+
+/// [`poll`] for a value: call `f` every 50 ms until it returns `Some`, and return that.
+pub fn poll_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    out.truncate(len);
-    out
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*): the one generator of test data, so a
+/// failure is reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator whose sequence depends only on `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// `len` incompressible bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// `len` deterministic pseudo-random bytes of `seed` ([`Rng`]).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    Rng::new(seed).bytes(len)
 }
 
 impl Fixture {

@@ -104,11 +104,9 @@ impl Registry {
         } else {
             "https"
         };
-        let client = Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
-            .user_agent(concat!("depotfs/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let proxy = depotfs_http::Proxy::Environment;
+        let client = depotfs_http::blocking_client("depotfs", Duration::from_secs(30), proxy)
+            .and_then(|b| b.timeout(None).build())
             .map_err(|e| Error::Input(format!("registry {host}: HTTP client: {e}")))?;
         Ok(Registry {
             client,

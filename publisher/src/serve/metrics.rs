@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::{Method, StatusCode};
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::parse::Kind;
 
@@ -153,11 +150,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> anyhow::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .context("encoding metrics")?;
-        Ok(out)
+        depotfs_http::metrics::render(&self.registry).context("encoding metrics")
     }
 
     /// Pre-create the label sets that always exist, so a scrape shows zeros, not gaps.
@@ -187,4 +180,4 @@ impl Drop for ConnectionGuard {
 }
 
 /// `Content-Type` of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use depotfs_http::metrics::CONTENT_TYPE;

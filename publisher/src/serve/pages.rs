@@ -299,6 +299,9 @@ pub fn index_page(info: &RepoInfo<'_>, index: &SearchIndex, query: &str, limit: 
     o
 }
 
+/// The versions of one tool, each with its builds (search results grouped for the page).
+type Versions<'a> = Vec<(&'a str, Vec<&'a Hit>)>;
+
 fn search_results(
     o: &mut String,
     info: &RepoInfo<'_>,
@@ -307,9 +310,9 @@ fn search_results(
     limit: usize,
 ) {
     let found = index.find(query, limit);
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p id=\"count\">{} {} <q>{}</q>{}.</p>\n",
+        "<p id=\"count\">{} {} <q>{}</q>{}.</p>",
         found.total,
         if found.total == 1 {
             "image matches"
@@ -324,7 +327,7 @@ fn search_results(
         }
     );
     // Group by tool (the part before `:`), a row per version, its builds side by side.
-    let mut tools: Vec<(&str, Vec<(&str, Vec<&Hit>)>)> = Vec::new();
+    let mut tools: Vec<(&str, Versions<'_>)> = Vec::new();
     for h in &found.hits {
         let (tool, version) = split_image(h.name());
         let t = match tools.iter().position(|(n, _)| *n == tool) {
@@ -363,11 +366,7 @@ fn search_results(
                 );
             }
             let sizes: Vec<String> = hits.iter().map(|h| human_size(h.size)).collect();
-            let _ = write!(
-                o,
-                "</td><td class=\"num\">{}</td></tr>\n",
-                sizes.join(" / ")
-            );
+            let _ = writeln!(o, "</td><td class=\"num\">{}</td></tr>", sizes.join(" / "));
         }
         o.push_str("</table>\n");
     }

@@ -60,11 +60,10 @@ enum Attempt {
 impl Fetcher {
     /// A client whose connects and reads time out after `timeout`.
     pub fn new(rt: Handle, timeout: Duration) -> Result<Fetcher, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .user_agent(concat!("depotfs-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let client =
+            depotfs_http::client("depotfs-sync", timeout, depotfs_http::Proxy::Environment)
+                .and_then(|b| b.build())
+                .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Fetcher {
             client,
             rt,
