@@ -185,12 +185,23 @@ pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Objects {
     layout: Layout,
+    /// Bytes of the objects this handle (and its clones) wrote, for the batch commands'
+    /// metrics (`batch_metrics`).
+    written: std::sync::Arc<AtomicU64>,
 }
 
 impl Objects {
     /// The objects of the store at `layout`.
     pub fn new(layout: Layout) -> Self {
-        Objects { layout }
+        Objects {
+            layout,
+            written: Default::default(),
+        }
+    }
+
+    /// Bytes of the objects written through this handle so far (present ones not counted).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Is object `id` present?
@@ -211,6 +222,8 @@ impl Objects {
             }
             Err(e) => return Err(Error::io(&dest)(e)),
         }
+        self.written
+            .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
         Ok(enc.bytes.len() as u64)
     }
 
