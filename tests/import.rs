@@ -432,7 +432,9 @@ fn shared_base_layer_is_fetched_and_stored_once() {
     ));
     assert_eq!(reg.blob_gets(&digests[0]), 1, "base fetched once");
     let before = du(&store.join("public/objects"));
-    let b1 = args("bio/b:1");
+    let prom = d.join("import.prom");
+    let mut b1 = args("bio/b:1");
+    b1.extend(["--metrics-file".into(), prom.display().to_string()]);
     let out = ok_stdout(import(
         &store,
         &b1.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -448,9 +450,39 @@ fn shared_base_layer_is_fetched_and_stored_once() {
     );
     assert_eq!(reg.blob_gets(&digests[1]), 1, "the new layer is fetched");
     let grown = du(&store.join("public/objects")) - before;
+    // The new layer's blob as the registry holds it (gzip).
     let new_layer = fs::metadata(layout.0.join("blobs/sha256").join(&digests[1][7..]))
         .unwrap()
         .len();
+    // Fetched: the registry sent the new layer's compressed bytes once, the base's not
+    // again (the ≤ 1.05x target of benches/import.sh, here exact).
+    assert_eq!(logged_blob_bytes(&reg, &digests[1]), vec![new_layer]);
+    assert_eq!(logged_blob_bytes(&reg, &digests[0]).len(), 1);
+    // The metrics file says the same.
+    let text = fs::read_to_string(&prom).unwrap();
+    let m = |series: &str| {
+        cli_run::prom_value(&text, series).unwrap_or_else(|| panic!("{series}: {text}"))
+    };
+    assert_eq!(
+        m("depotfs_batch_items{command=\"import\",outcome=\"fetched\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("depotfs_batch_items{command=\"import\",outcome=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(m("depotfs_batch_layers_reused{command=\"import\"}"), 1.0);
+    assert_eq!(
+        m("depotfs_batch_downloaded_bytes{command=\"import\"}"),
+        new_layer as f64
+    );
+    let stored = m("depotfs_batch_stored_bytes{command=\"import\"}");
+    assert!(
+        stored > (200 << 10) as f64 && stored <= grown as f64,
+        "stored {stored}, store grew {grown}"
+    );
+    assert_eq!(m("depotfs_batch_exit_status{command=\"import\"}"), 0.0);
+    assert!(m("depotfs_batch_last_success_timestamp_seconds{command=\"import\"}") > 1.7e9);
     // The new layer's file plus a few directory and chunk-list objects.
     assert!(
         grown < new_layer + (64 << 10),
@@ -652,10 +684,31 @@ fn basic_auth_altered_blob_and_failing_image_in_a_list() {
             &host,
             "--auth-file",
             a,
+            "--metrics-file",
+            d.join("list.prom").to_str().unwrap(),
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "{text}");
+    let prom = fs::read_to_string(d.join("list.prom")).unwrap();
+    for (series, v) in [
+        (
+            "depotfs_batch_items{command=\"import\",outcome=\"fetched\"}",
+            1.0,
+        ),
+        (
+            "depotfs_batch_items{command=\"import\",outcome=\"failed\"}",
+            1.0,
+        ),
+        ("depotfs_batch_exit_status{command=\"import\"}", 1.0),
+    ] {
+        assert_eq!(
+            cli_run::prom_value(&prom, series),
+            Some(v),
+            "{series}: {prom}"
+        );
+    }
+    assert!(!prom.contains("last_success"), "never succeeded: {prom}");
     assert!(text.contains("1 images imported, 1 failed"), "{text}");
     assert!(
         text.contains(&format!("FAILED docker://{host}/priv/other:1")) && text.contains("mismatch"),
@@ -1164,5 +1217,99 @@ fn bearer_token_flow_against_a_token_auth_registry() {
     assert!(
         !top.contains("expired") && !top.contains("refused"),
         "{top}"
+    );
+}
+
+/// A blob whose length is not its descriptor's size is refused before it is read: one grown
+/// by 256 MiB on the registry's disk fails at once (the registry's log shows it was not sent
+/// whole), one cut short too; the manifest's other images import.
+#[test]
+fn blob_lengths_are_held_to_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let layout = Layout::new(d);
+    for n in ["long", "short", "fine"] {
+        let l = d.join(n);
+        fs::create_dir_all(&l).unwrap();
+        fs::write(
+            l.join("f"),
+            http_suite::random_bytes(100_000, n.as_bytes()[0] as u64),
+        )
+        .unwrap();
+        layout.image(n, "amd64", &[&l]);
+    }
+    let reg = Registry::start(d, None);
+    for n in ["long", "short", "fine"] {
+        reg.push(&layout.0, n, &format!("len/{n}:1"), None, false);
+    }
+    let data = |n: &str| {
+        let digest = &layout.layer_digests(n)[0];
+        let p = reg
+            .root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&digest[7..9])
+            .join(&digest[7..])
+            .join("data");
+        (digest.clone(), p)
+    };
+    let (long, long_data) = data("long");
+    let size = fs::metadata(&long_data).unwrap().len();
+    // Sparse: 256 MiB more without writing them.
+    fs::File::options()
+        .write(true)
+        .open(&long_data)
+        .unwrap()
+        .set_len(size + (256 << 20))
+        .unwrap();
+    let (_, short_data) = data("short");
+    let short_size = fs::metadata(&short_data).unwrap().len();
+    fs::File::options()
+        .write(true)
+        .open(&short_data)
+        .unwrap()
+        .set_len(short_size - 10)
+        .unwrap();
+    let store = init_store(d);
+    let host = reg.host();
+    let r = |n: &str| format!("docker://{host}/len/{n}:1");
+    let out = import(
+        &store,
+        &[
+            &r("long"),
+            &r("short"),
+            &r("fine"),
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = fails(out);
+    assert!(
+        text.contains(&format!(
+            "FAILED {}: {host}/len/long/blobs/{long}: the registry sends {} bytes, the manifest's descriptor gives {size}; refused",
+            r("long"),
+            size + (256 << 20)
+        )),
+        "{text}{err}"
+    );
+    assert!(
+        text.contains(&format!(
+            "the registry sends {} bytes, the manifest's descriptor gives {short_size}; refused",
+            short_size - 10
+        )),
+        "{text}"
+    );
+    assert!(text.contains("1 images imported, 2 failed"), "{text}");
+    let sent: u64 = logged_blob_bytes(&reg, &long).iter().sum();
+    assert!(
+        sent < 64 << 20,
+        "the registry sent {sent} bytes of the long blob"
+    );
+    let listing = ls(&store, "images/len");
+    assert!(
+        listing.contains("fine:1") && !listing.contains("long") && !listing.contains("short"),
+        "{listing}"
     );
 }
