@@ -7,7 +7,8 @@
 #
 # Defaults (4 tools, 200 MiB base, 220 MiB per tool) make ~1.1 GiB of layers. Needs
 # docker-registry, skopeo, umoci, busybox-static (.ci/run installs them) and bc. Prints one line per
-# step and the ratio; record the output in benches/RESULTS.md.
+# step, the speed-up, and for the images after the first the bytes fetched and stored against
+# their own layers' compressed (gzip) size; record the output in benches/RESULTS.md.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${DEPOTFS:-$repo/target/release/depotfs}"
@@ -85,15 +86,31 @@ for t in $(seq 1 "$tools"); do mv "$work/bundle/tool$t:1.0--0.rootfs" "$work/tre
 t_pipe=$(echo "$(date +%s.%N) - $t0" | bc)
 echo "pipeline (skopeo copy + umoci unpack + depotfs add): $t_pipe s, store $(( $(du -sb "$work/s1/public" | cut -f1) >> 20 )) MiB"
 
+echo "load average before the timed steps: $(cut -d' ' -f1-3 /proc/loadavg)"
 t0=$(date +%s.%N)
 "$bin" import "$work/s2" "${refs[0]}" --to images/ --insecure-registry "$host" >"$work/first.log" 2>&1
 t_first=$(echo "$(date +%s.%N) - $t0" | bc)
 s_first=$(du -sb "$work/s2/public" | cut -f1)
-"$bin" import "$work/s2" "${refs[@]:1}" --to images/ --jobs 2 --insecure-registry "$host" >"$work/rest.log" 2>&1
+"$bin" import "$work/s2" "${refs[@]:1}" --to images/ --jobs 2 --insecure-registry "$host" \
+    --metrics-file "$work/rest.prom" >"$work/rest.log" 2>&1
 t_import=$(echo "$(date +%s.%N) - $t0" | bc)
 s_all=$(du -sb "$work/s2/public" | cut -f1)
 echo "depotfs import: first image $t_first s; all $tools images $t_import s, store $((s_all >> 20)) MiB"
 tool_blob=$(du -sb "$work/tool2.tar" | cut -f1)
-echo "second and later images: store grew $(( (s_all - s_first) / (tools - 1) >> 20 )) MiB per image for a $((tool_blob >> 20)) MiB tool layer (uncompressed)"
+# The later images' own (tool) layers as the registry holds them: gzip, from the manifests.
+tool_gz=$(python3 - "$work/oci" "$tools" <<'EOF'
+import json, sys
+d, n = sys.argv[1], int(sys.argv[2])
+blob = lambda dg: json.load(open(f"{d}/blobs/sha256/{dg[7:]}"))
+idx = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in json.load(open(f"{d}/index.json"))["manifests"]}
+print(sum(blob(idx[f"tool{t}"])["layers"][1]["size"] for t in range(2, n + 1)))
+EOF
+)
+fetched=$(sed -n 's/^depotfs_batch_downloaded_bytes{command="import"} //p' "$work/rest.prom")
+grown=$((s_all - s_first))
+echo "second and later images ($((tools - 1))): their own layers $((tool_gz >> 20)) MiB gzip in all ($((tool_blob >> 20)) MiB uncompressed each);" \
+    "fetched $((fetched >> 20)) MiB = $(echo "scale=3; $fetched / $tool_gz" | bc)x," \
+    "store grew $((grown >> 20)) MiB = $(echo "scale=3; $grown / $tool_gz" | bc)x (target <= 1.05x each)"
 echo "speed-up: $(echo "scale=2; $t_pipe / $t_import" | bc)x"
 tail -1 "$work/rest.log"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -241,11 +241,19 @@ pub struct SyncArgs {
     /// Seconds without progress before a request is retried (connect, headers, body).
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Write the run's Prometheus metrics to FILE (node_exporter's textfile collector).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// `depotfs sync`: prints the plan (`--dry-run`) or one summary line; fails when any file
 /// failed.
 pub fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
+    let file = a.metrics_file.clone();
+    crate::batch_metrics::run("sync", file.as_deref(), |m| sync_run(a, m))
+}
+
+fn sync_run(a: SyncArgs, m: &mut crate::batch_metrics::Counts) -> anyhow::Result<ExitCode> {
     let only = match &a.from_list {
         None => None,
         Some(f) => Some(
@@ -280,6 +288,16 @@ pub fn sync(a: SyncArgs) -> anyhow::Result<ExitCode> {
     }
     let s = prepared.apply(&repo, &opts)?;
     println!("{s}");
+    m.items = vec![
+        ("fetched", s.fetched),
+        ("replaced", s.replaced),
+        ("unchanged", s.unchanged),
+        ("skipped", s.refused),
+        ("removed", s.removed),
+        ("failed", s.failed.len() as u64),
+    ];
+    m.downloaded_bytes = s.bytes;
+    m.stored_bytes = repo.objects.written();
     if s.failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }

@@ -113,7 +113,7 @@ impl Resolved {
 }
 
 /// Where images come from: resolve the image, then stream its layers.
-pub trait Source {
+pub trait Source: Send + Sync {
     /// The image for `platform` (`os/arch[/variant]`).
     fn resolve(&self, platform: &str) -> Result<Resolved>;
     /// The bytes of `layer` as stored (the caller checks the digests).
@@ -273,7 +273,22 @@ fn objects_present(objects: &Objects, changes: &layers::Changes) -> bool {
     })
 }
 
-/// Fetch and read one layer, checking its digests; nothing of it is used unless they hold.
+/// Counts the bytes read through it as progress.
+struct Counted<'a, R> {
+    inner: R,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes(n as u64);
+        Ok(n)
+    }
+}
+
+/// Fetch and read one layer, checking its length and digests; nothing of it is used unless
+/// they hold. `progress` counts blob bytes.
 fn fetch_layer(
     repo: &Repo,
     src: &dyn Source,
@@ -281,14 +296,19 @@ fn fetch_layer(
     opts: &Options,
     progress: &Progress,
 ) -> Result<(layers::Changes, u64)> {
-    let mut blob = image::Hashing::new(src.open(layer)?);
-    let mut sink = |r: &mut dyn Read, size: u64| stage_content(&repo.objects, r, size, progress);
+    let counted = Counted {
+        inner: src.open(layer)?,
+        progress,
+    };
+    let mut blob = image::Hashing::new(image::SizeChecked::new(counted, layer.size));
+    let staging = Progress::hidden();
+    let mut sink = |r: &mut dyn Read, size: u64| stage_content(&repo.objects, r, size, &staging);
     let read = layers::read_layer(&mut blob, &layer.key, &opts.limits, &mut sink);
     // The digest first: a blob that is not what the manifest names is reported as such,
     // whatever reading it as a layer said.
     let (digest, len) = blob
         .finish()
-        .map_err(|e| Error::Input(format!("layer {}: read: {e}", layer.key)))?;
+        .map_err(|e| Error::Input(format!("layer {}: blob: {e}", layer.key)))?;
     if let Some(want) = &layer.blob_digest
         && *want != digest
     {
@@ -308,17 +328,37 @@ fn fetch_layer(
     Ok((changes, len))
 }
 
-/// Import one image into the staged tree (not published).
+/// An image resolved, with the source its layers come from.
+pub struct Planned {
+    src: Box<dyn Source>,
+    img: Resolved,
+}
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planned").field("img", &self.img).finish()
+    }
+}
+
+/// Resolve REF (`text`) to its image for `opts.platform`.
+pub fn plan(text: &str, opts: &Options) -> Result<Planned> {
+    let r = Reference::parse(text)?;
+    let src = source(&r, &opts.registry)?;
+    let img = src.resolve(&opts.platform)?;
+    Ok(Planned { src, img })
+}
+
+/// Import one image into the staged tree (not published). `progress` counts blob bytes
+/// and images.
 pub fn import_one(
     repo: &Repo,
     text: &str,
+    planned: &Planned,
     opts: &Options,
     progress: &Progress,
 ) -> Result<Imported> {
     let start = Instant::now();
-    let r = Reference::parse(text)?;
-    let src = source(&r, &opts.registry)?;
-    let img = src.resolve(&opts.platform)?;
+    let (src, img) = (&planned.src, &planned.img);
     let n = img.layers.len();
     let mut tree = layers::Tree::new();
     let mut done = Imported::default();
@@ -371,7 +411,7 @@ pub fn import_one(
                 &repo.layout.tmp(),
                 &tree,
                 &opts.platform,
-                progress,
+                &Progress::hidden(),
             )?;
             repo.stage_replace(&path, vec![(path.clone(), node)])?;
             done.path = path;
@@ -421,10 +461,41 @@ pub struct ImportArgs {
     /// Stage only; publish later with `depotfs publish`.
     #[arg(long)]
     pub no_publish: bool,
+    /// Write the run's Prometheus metrics to FILE (node_exporter's textfile collector).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `f(i)` for `i` in `0..n` on `jobs` threads; the results in order.
+fn parallel<T: Send>(n: usize, jobs: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, n.max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = f(i);
+                    results.lock().expect("not poisoned").push((i, r));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("not poisoned");
+    results.sort_by_key(|r| r.0);
+    results.into_iter().map(|r| r.1).collect()
 }
 
 /// `depotfs import`: every image staged or reported; the successes published together.
 pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let file = a.metrics_file.clone();
+    crate::batch_metrics::run("import", file.as_deref(), |m| run_import(a, m))
+}
+
+fn run_import(a: ImportArgs, m: &mut crate::batch_metrics::Counts) -> anyhow::Result<ExitCode> {
     let mut refs = a.refs.clone();
     if let Some(list) = &a.from_list {
         let text = std::fs::read_to_string(list)
@@ -457,27 +528,37 @@ pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
     let repo = Repo::open(&a.store)?;
     // Changes an interrupted run left staged wait for the operator's choice, as for `add`.
     repo.refuse_if_interrupted()?;
-    let progress = Progress::new("importing", refs.len() as u64, 0);
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, Result<Imported>)>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..a.jobs.clamp(1, refs.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(r) = refs.get(i) else { break };
-                    let res = import_one(&repo, r, &opts, &progress);
-                    if let Err(e) = &res {
-                        tracing::error!("{r}: {e}; skipped");
-                    }
-                    results.lock().expect("not poisoned").push((i, res));
-                }
-            });
+    // Resolve every image first: the bar's byte total is the blobs still to fetch.
+    let planned = parallel(refs.len(), a.jobs, |i| plan(&refs[i], &opts));
+    let mut to_fetch = std::collections::HashMap::new();
+    for p in planned.iter().flatten() {
+        for l in &p.img.layers {
+            if !to_fetch.contains_key(&l.key) && repo.layer_record(&l.key)?.is_none() {
+                to_fetch.insert(l.key.clone(), l.size);
+            }
         }
+    }
+    let total = to_fetch.values().sum();
+    tracing::info!(
+        "{} of {} images resolved; {} layers ({} MiB) to fetch",
+        planned.iter().flatten().count(),
+        refs.len(),
+        to_fetch.len(),
+        total >> 20
+    );
+    let progress = Progress::new("importing", refs.len() as u64, total);
+    let results: Vec<(usize, Result<Imported>)> = parallel(refs.len(), a.jobs, |i| {
+        let r = &refs[i];
+        let res = match &planned[i] {
+            Ok(p) => import_one(&repo, r, p, &opts, &progress),
+            Err(e) => Err(Error::Input(e.to_string())),
+        };
+        if let Err(e) = &res {
+            tracing::error!("{r}: {e}; skipped");
+        }
+        (i, res)
     });
     progress.finish();
-    let mut results = results.into_inner().expect("not poisoned");
-    results.sort_by_key(|r| r.0);
     let (mut ok, mut failed, mut fetched, mut reused, mut bytes) = (0, 0, 0, 0, 0);
     for (i, r) in &results {
         match r {
@@ -497,6 +578,9 @@ pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{ok} images imported, {failed} failed; {fetched} layers fetched ({bytes} bytes), {reused} already imported"
     );
+    m.items = vec![("fetched", ok), ("failed", failed)];
+    m.downloaded_bytes = bytes;
+    m.layers_reused = Some(reused);
     if ok > 0 {
         if a.no_publish {
             repo.keep_staged()?;
@@ -511,6 +595,7 @@ pub fn run(a: ImportArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    m.stored_bytes = repo.objects.written();
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {

@@ -21,6 +21,7 @@
 //!   of the published tree (autoindex pages, verified whole files, a search page at `/`).
 //! - [`import`]: `depotfs import`, OCI images (registry, OCI layout, docker archive) applied
 //!   layer by layer into the staged tree (`--format dir`) or one SIF file (`--format sif`).
+//! - [`batch_metrics`]: the Prometheus textfile (`--metrics-file`) of `sync` and `import`.
 //! - [`cli`]: the subcommands.
 //!
 //! Crate choices: `redb` for the catalog (crash-safe, one file, several readers beside one
@@ -31,6 +32,7 @@
 //! up by `depotfs-http`) for `replicate`, `sync` and `import`.
 #![forbid(unsafe_code)]
 
+pub mod batch_metrics;
 pub mod cli;
 pub mod db;
 mod error;

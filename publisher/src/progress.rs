@@ -23,7 +23,22 @@ pub struct Progress {
 impl Progress {
     /// Start reporting an operation over `total_files` files of `total_bytes` bytes.
     pub fn new(what: &'static str, total_files: u64, total_bytes: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        Self::with_bar(
+            what,
+            total_files,
+            total_bytes,
+            std::io::stderr().is_terminal(),
+        )
+    }
+
+    /// Counts that show nowhere: for work whose progress another [`Progress`] reports in
+    /// other units (`import` counts blob bytes, not the file bytes it stages).
+    pub fn hidden() -> Self {
+        Self::with_bar("", 0, 0, false)
+    }
+
+    fn with_bar(what: &'static str, total_files: u64, total_bytes: u64, bar: bool) -> Self {
+        let bar = bar.then(|| {
             let b = ProgressBar::new(total_bytes);
             b.set_style(
                 ProgressStyle::with_template(
@@ -57,6 +72,9 @@ impl Progress {
 
     /// One more file done.
     pub fn file_done(&self) {
+        if self.what.is_empty() {
+            return; // hidden
+        }
         let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(b) = &self.bar {
             b.set_message(format!("{} {files}/{}", self.what, self.total_files));

@@ -16,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use depotfs_catalog::object::{self, Encoded, ObjectKind, Verified};
 use depotfs_catalog::object_file;
@@ -173,12 +174,23 @@ pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Objects {
     layout: Layout,
+    /// Bytes of the objects this handle (and its clones) wrote, for the batch commands'
+    /// metrics (`batch_metrics`).
+    written: std::sync::Arc<AtomicU64>,
 }
 
 impl Objects {
     /// The objects of the store at `layout`.
     pub fn new(layout: Layout) -> Self {
-        Objects { layout }
+        Objects {
+            layout,
+            written: Default::default(),
+        }
+    }
+
+    /// Bytes of the objects written through this handle so far (present ones not counted).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Is object `id` present?
@@ -194,6 +206,8 @@ impl Objects {
         }
         object_file::create(&dest, &enc.bytes, true, &self.layout.tmp())
             .map_err(Error::io(&dest))?;
+        self.written
+            .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
         Ok(enc.bytes.len() as u64)
     }
 

@@ -153,3 +153,15 @@ pub fn http_get(port: u16, path: &str) -> String {
     c.read_to_string(&mut out).expect("reading the response");
     out
 }
+
+/// The value of `series` (a metric name with its labels as the Prometheus text format
+/// writes them, e.g. `depotfs_batch_items{command="sync",outcome="fetched"}`) in `text`.
+pub fn prom_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -213,6 +213,75 @@ pub fn read_doc(r: impl Read, what: &str) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Read a document a descriptor names: exactly `size` bytes (at most [`DOC_MAX`]).
+pub fn read_doc_sized(r: impl Read, size: u64, what: &str) -> Result<Vec<u8>> {
+    if size > DOC_MAX {
+        return Err(Error::Input(format!(
+            "{what}: its descriptor gives {size} bytes, more than the {DOC_MAX} a document may have; refused"
+        )));
+    }
+    read_doc(SizeChecked::new(r, size), what)
+}
+
+/// A blob held to the length its descriptor gives: reading fails as soon as one byte more
+/// arrives (whatever follows is not read), and at the end if fewer came.
+#[derive(Debug)]
+pub struct SizeChecked<R> {
+    inner: R,
+    size: u64,
+    got: u64,
+    failed: bool,
+}
+
+impl<R: Read> SizeChecked<R> {
+    /// Hold `inner` to `size` bytes.
+    pub fn new(inner: R, size: u64) -> Self {
+        SizeChecked {
+            inner,
+            size,
+            got: 0,
+            failed: false,
+        }
+    }
+
+    fn fail(&mut self, msg: String) -> io::Error {
+        self.failed = true;
+        io::Error::new(io::ErrorKind::InvalidData, msg)
+    }
+}
+
+impl<R: Read> Read for SizeChecked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob refused for its length",
+            ));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte past the size is enough to know it is too long.
+        let room = (self.size - self.got).saturating_add(1);
+        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..n])?;
+        self.got += n as u64;
+        if self.got > self.size {
+            let size = self.size;
+            return Err(self.fail(format!(
+                "longer than the {size} bytes its descriptor gives; refused"
+            )));
+        }
+        if n == 0 && self.got < self.size {
+            let (got, size) = (self.got, self.size);
+            return Err(self.fail(format!(
+                "ends after {got} bytes, its descriptor gives {size}; refused"
+            )));
+        }
+        Ok(n)
+    }
+}
+
 /// A reader that hashes (sha256) and counts what passes through it.
 #[derive(Debug)]
 pub struct Hashing<R> {
@@ -248,5 +317,81 @@ impl<R: Read> Read for Hashing<R> {
         self.hash.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that would yield `len` bytes and counts what was asked of it.
+    struct Endless {
+        len: u64,
+        given: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min((self.len - self.given) as usize);
+            buf[..n].fill(7);
+            self.given += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn read_all(r: &mut impl Read) -> io::Result<u64> {
+        io::copy(r, &mut io::sink())
+    }
+
+    #[test]
+    fn a_longer_blob_is_refused_at_its_size_not_at_its_end() {
+        let mut r = SizeChecked::new(
+            Endless {
+                len: 1 << 40,
+                given: 0,
+            },
+            100_000,
+        );
+        let e = read_all(&mut r).unwrap_err();
+        assert!(
+            e.to_string().contains("longer than the 100000 bytes"),
+            "{e}"
+        );
+        assert_eq!(
+            r.inner.given, 100_001,
+            "read one byte past the size, no more"
+        );
+        assert!(read_all(&mut r).is_err(), "stays refused");
+    }
+
+    #[test]
+    fn a_shorter_blob_is_refused_and_an_exact_one_passes() {
+        let mut short = SizeChecked::new(Endless { len: 99, given: 0 }, 100);
+        let e = read_all(&mut short).unwrap_err();
+        assert!(e.to_string().contains("ends after 99 bytes"), "{e}");
+        let mut exact = SizeChecked::new(Endless { len: 100, given: 0 }, 100);
+        assert_eq!(read_all(&mut exact).unwrap(), 100);
+    }
+
+    #[test]
+    fn a_document_is_bounded_by_its_descriptor() {
+        let doc = br#"{"schemaVersion":2}"#;
+        assert_eq!(
+            read_doc_sized(&doc[..], doc.len() as u64, "m").unwrap(),
+            doc
+        );
+        let e = read_doc_sized(&doc[..], 5, "m").unwrap_err().to_string();
+        assert!(e.contains("m: longer than the 5 bytes"), "{e}");
+        let e = read_doc_sized(&doc[..], DOC_MAX + 1, "m")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the"), "{e}");
+        // Without a descriptor the document is still bounded.
+        let big = Endless {
+            len: 1 << 30,
+            given: 0,
+        };
+        let e = read_doc(big, "m").unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

@@ -3,7 +3,10 @@
 //! auth from a docker `config.json`; https, or plain http for `--insecure-registry` hosts.
 //!
 //! Every document fetched by digest is checked against it; layer blobs are checked by the
-//! caller while they stream (nothing is staged before the digest holds).
+//! caller while they stream (nothing is staged before the digest holds). Lengths hold too:
+//! a blob whose Content-Length is not its descriptor's size is refused before it is read,
+//! one that streams past it as soon as it does (`image::SizeChecked`), and a manifest or
+//! index is read to its descriptor's size or at most `image::DOC_MAX` bytes.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -142,7 +145,8 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let header = if challenge.to_ascii_lowercase().starts_with("bearer") {
+        let bearer = challenge.to_ascii_lowercase().starts_with("bearer");
+        let header = if bearer {
             Some(format!("Bearer {}", self.token(&challenge, &what)?))
         } else {
             self.basic.as_ref().map(|(u, p)| {
@@ -161,9 +165,15 @@ impl Registry {
         *self.auth.lock().expect("not poisoned") = Some(header);
         let resp = with_auth(req()).send().map_err(net)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(Error::Input(format!(
-                "{what}: 401 unauthorized: the registry refused the credentials"
-            )));
+            let refused = if bearer {
+                format!(
+                    "the registry refused the token from {} (expired, or not for this repository)",
+                    param(&challenge, "realm").unwrap_or("its realm")
+                )
+            } else {
+                "the registry refused the credentials".to_string()
+            };
+            return Err(Error::Input(format!("{what}: 401 unauthorized: {refused}")));
         }
         check(resp, &what)
     }
@@ -204,8 +214,8 @@ impl Registry {
     }
 
     /// A manifest or index by tag or digest: its bytes and content type. By digest, the
-    /// bytes are checked against it.
-    fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>)> {
+    /// bytes are checked against it, and against `size` when a descriptor gave one.
+    fn manifest(&self, reference: &str, size: Option<u64>) -> Result<(Vec<u8>, Option<String>)> {
         let path = format!("/manifests/{reference}");
         let accept = INDEX_TYPES
             .iter()
@@ -221,18 +231,29 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let what = self.what(&path);
-        let bytes = image::read_doc(resp, &what)?;
+        let bytes = match size {
+            Some(size) => image::read_doc_sized(resp, size, &what)?,
+            None => image::read_doc(resp, &what)?,
+        };
         if reference.starts_with("sha256:") {
             image::verify(&bytes, reference, &what)?;
         }
         Ok((bytes, ct))
     }
 
-    /// A blob, streamed (the caller checks its digest).
-    fn blob(&self, digest: &str) -> Result<Response> {
+    /// A blob of `size` bytes (its descriptor's), streamed (the caller checks its digest and
+    /// its length). A Content-Length other than `size` is refused before any byte is read.
+    fn blob(&self, digest: &str, size: u64) -> Result<Response> {
         let path = format!("/blobs/{digest}");
         let url = format!("{}{path}", self.base);
-        self.send(&path, || self.client.get(&url))
+        let resp = self.send(&path, || self.client.get(&url))?;
+        match resp.content_length() {
+            Some(n) if n != size => Err(Error::Input(format!(
+                "{}: the registry sends {n} bytes, the manifest's descriptor gives {size}; refused",
+                self.what(&path)
+            ))),
+            _ => Ok(resp),
+        }
     }
 }
 
@@ -246,18 +267,22 @@ fn check(resp: Response, what: &str) -> Result<Response> {
 
 impl Source for Registry {
     fn resolve(&self, platform: &str) -> Result<Resolved> {
-        let (mut bytes, mut ct) = self.manifest(&self.reference)?;
+        let (mut bytes, mut ct) = self.manifest(&self.reference, None)?;
         let mut what = self.what(&format!("/manifests/{}", self.reference));
         for _ in 0..2 {
             match image::parse(&bytes, ct.as_deref(), &what)? {
                 Parsed::Index(entries) => {
                     let d = image::choose(&entries, platform, &what)?;
                     what = self.what(&format!("/manifests/{}", d.digest));
-                    (bytes, ct) = self.manifest(&d.digest)?;
+                    (bytes, ct) = self.manifest(&d.digest, Some(d.size))?;
                 }
                 Parsed::Manifest { config, layers } => {
                     let cpath = format!("/blobs/{}", config.digest);
-                    let cbytes = image::read_doc(self.blob(&config.digest)?, &self.what(&cpath))?;
+                    let cbytes = image::read_doc_sized(
+                        self.blob(&config.digest, config.size)?,
+                        config.size,
+                        &self.what(&cpath),
+                    )?;
                     image::verify(&cbytes, &config.digest, &self.what(&cpath))?;
                     let diff_ids = image::diff_ids(&cbytes, &self.what(&cpath))?;
                     let name = ImageName {
@@ -274,6 +299,6 @@ impl Source for Registry {
     }
 
     fn open(&self, layer: &LayerRef) -> Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.blob(&layer.locator)?))
+        Ok(Box::new(self.blob(&layer.locator, layer.size)?))
     }
 }
