@@ -37,16 +37,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
+use depotfs_catalog::dir::NODE_MAX_BYTES;
+use depotfs_catalog::graph;
 use depotfs_catalog::object::{self, ObjectKind};
-use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
+use depotfs_catalog::{Manifest, ObjectId, PublicKey};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::store;
 
-/// Largest chunk-list plaintext accepted (the same bound the readers use).
-const CHUNK_LIST_MAX: u64 = crate::reader::CHUNK_LIST_MAX;
 /// The mirror's private directory: lock and temporary files. Web servers must not serve it
 /// (the shipped nginx site refuses every dot-path).
 pub const STATE_DIR: &str = ".depotfs-replicate";
@@ -483,53 +482,17 @@ async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) ->
     Ok(())
 }
 
-/// The objects `v` references, with the kind and size bound each must have.
-fn children(
-    v: &object::Verified,
-) -> Result<Vec<(ObjectId, ObjectKind, u64)>, depotfs_catalog::Error> {
-    Ok(match v.kind() {
-        ObjectKind::Chunk => Vec::new(),
-        ObjectKind::ChunkList => ChunkList::from_verified(v)?
-            .chunks
-            .iter()
-            .map(|c| (c.id, ObjectKind::Chunk, u64::from(c.len)))
-            .collect(),
-        ObjectKind::DirNode => match DirNode::from_verified(v)? {
-            DirNode::Index(cs) => cs
-                .iter()
-                .map(|c| (c.id, ObjectKind::DirNode, NODE_MAX_BYTES))
-                .collect(),
-            DirNode::Leaf(es) => es
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    EntryKind::Dir { tree, .. } => {
-                        Some((*tree, ObjectKind::DirNode, NODE_MAX_BYTES))
-                    }
-                    EntryKind::File { size, content } => match content {
-                        FileContent::Empty => None,
-                        FileContent::Single(c) => Some((*c, ObjectKind::Chunk, *size)),
-                        FileContent::Chunked(l) => {
-                            Some((*l, ObjectKind::ChunkList, CHUNK_LIST_MAX))
-                        }
-                    },
-                    EntryKind::Symlink { .. } => None,
-                })
-                .collect(),
-        },
-    })
-}
-
 /// Ensure every child of `v` (fetched from `from`), concurrently; the first failure stops
 /// the others (dropping the set aborts its tasks).
 async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> Result<()> {
-    let kids = children(v).map_err(|source| ReplicateError::BadObject {
+    let kids = graph::children(v).map_err(|source| ReplicateError::BadObject {
         id: v.id(),
         url: from.to_string(),
         source: Box::new(source),
     })?;
     let mut set = JoinSet::new();
-    for (id, kind, max) in kids {
-        set.spawn(ensure(walk.clone(), id, kind, max));
+    for c in kids {
+        set.spawn(ensure(walk.clone(), c.id, c.kind, c.max_len));
     }
     while let Some(r) = set.join_next().await {
         match r {
