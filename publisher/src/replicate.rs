@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +44,7 @@ use depotfs_catalog::{Manifest, ObjectId, PublicKey};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::progress::Counter;
 use crate::store;
 
 /// The mirror's private directory: lock and temporary files. Web servers must not serve it
@@ -231,7 +232,7 @@ async fn run_async(opts: &Options) -> Result<Report> {
         fetched: AtomicU64::new(0),
         fetched_bytes: AtomicU64::new(0),
         present: AtomicU64::new(0),
-        ticker: Ticker::new(),
+        ticker: Counter::new("replicating"),
     });
     let result = ensure(walk.clone(), m.root, ObjectKind::DirNode, NODE_MAX_BYTES).await;
     walk.ticker.finish();
@@ -421,7 +422,7 @@ struct Walk {
     fetched: AtomicU64,
     fetched_bytes: AtomicU64,
     present: AtomicU64,
-    ticker: Ticker,
+    ticker: Counter,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -478,7 +479,14 @@ async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) ->
     walk.fetched.fetch_add(1, Ordering::Relaxed);
     walk.fetched_bytes
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    walk.ticker.tick(&walk);
+    walk.ticker.tick(|| {
+        format!(
+            "fetched {} objects ({} MiB), {} present",
+            walk.fetched.load(Ordering::Relaxed),
+            walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
+            walk.present.load(Ordering::Relaxed)
+        )
+    });
     Ok(())
 }
 
@@ -502,53 +510,4 @@ async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> 
         }
     }
     Ok(())
-}
-
-/// Progress: a spinner with counts on a terminal, a log line every 5 s otherwise (the
-/// total is unknown until the walk ends, so there is no bar to fill).
-#[derive(Debug)]
-struct Ticker {
-    bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Instant>,
-}
-
-impl Ticker {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.enable_steady_tick(Duration::from_millis(200));
-            b.set_message("replicating");
-            b
-        });
-        Ticker {
-            bar,
-            last_log: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn tick(&self, walk: &Walk) {
-        let msg = || {
-            format!(
-                "replicating: fetched {} objects ({} MiB), {} present",
-                walk.fetched.load(Ordering::Relaxed),
-                walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
-                walk.present.load(Ordering::Relaxed)
-            )
-        };
-        if let Some(b) = &self.bar {
-            b.set_message(msg());
-            return;
-        }
-        let mut last = self.last_log.lock().expect("not poisoned");
-        if last.elapsed() >= Duration::from_secs(5) {
-            *last = Instant::now();
-            tracing::info!("{}", msg());
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
 }
