@@ -243,3 +243,40 @@ fn verify_since_checks_only_what_changed() {
         "{msg}"
     );
 }
+
+/// `benches/scale --smoke`: the benchmark's whole sequence at 10,000 objects (gen, publish
+/// one more, log, ls, verify, gc, replicate, verify --since, incremental replicate), so the
+/// by-hand runs at millions of objects do not rot. Checks what does not depend on speed:
+/// every step ran, one more 64 MiB image adds a few KiB of metadata, and the incremental
+/// replicate fetched that image's objects only (≈ 256 chunks of 256 KiB), not the store's.
+#[test]
+fn bench_scale_smoke() {
+    let work = tempfile::tempdir().unwrap();
+    let scale_gen = Path::new(BIN).parent().unwrap().join("examples/scale_gen");
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/scale"))
+        .args(["--smoke", "--work"])
+        .arg(work.path())
+        .env("DEPOTFS_BIN", BIN)
+        .env("SCALE_GEN", &scale_gen)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("| 10000 |"))
+        .unwrap_or_else(|| panic!("no result row: {text}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    // Columns: 5 publish+1 meta KiB, 16 replicate+1 fetched.
+    let meta_kib: u64 = row[5].split(' ').next().unwrap().parse().unwrap();
+    assert!(meta_kib <= 64, "{text}");
+    let fetched: u64 = row[16].parse().unwrap();
+    assert!((100..400).contains(&fetched), "{text}");
+}

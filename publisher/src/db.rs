@@ -204,16 +204,14 @@ pub fn all_revisions(
     Ok(out)
 }
 
-/// One row of `nodes`, decoded.
+/// The row of `nodes` for `name` in directory `parent`, decoded.
 pub fn get_node(
     nodes: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    path: &str,
+    parent: &str,
+    name: &str,
 ) -> Result<Option<Node>> {
-    let Some((p, n)) = split(path) else {
-        return Ok(None);
-    };
     nodes
-        .get((p, n))?
+        .get((parent, name))?
         .map(|v| dec("node", v.value()))
         .transpose()
 }

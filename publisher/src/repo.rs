@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use depotfs_catalog::dir;
 use depotfs_catalog::graph::{self, Child};
@@ -82,6 +82,9 @@ const GC_SWEEP: &str = "gc_sweep";
 const VERIFY_PROGRESS: &str = "verify_progress";
 /// `meta` key of the revision of the last clean full verify.
 const VERIFY_FULL: &str = "verify_full";
+/// How often gc and verify save their checkpoint (the first right after the first fan-out
+/// directory or batch): each is a durable catalog commit, ~0.1-0.2 s on a busy disk.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Data objects verified in parallel between checkpoints.
 const VERIFY_BATCH: usize = 4096;
 
@@ -277,10 +280,7 @@ impl Repo {
             for part in to.split('/').filter(|p| !p.is_empty()) {
                 let parent = at.clone();
                 at = db::join(&at, part);
-                let existing = t
-                    .get((parent.as_str(), part))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let existing = db::get_node(&t, parent.as_str(), part)?;
                 match existing {
                     Some(Node {
                         kind: NodeKind::Dir,
@@ -306,10 +306,7 @@ impl Repo {
             for (path, node) in nodes {
                 let (parent, name) = db::split(&path)
                     .ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-                let old = t
-                    .get((parent, name))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let old = db::get_node(&t, parent, name)?;
                 if old.as_ref() == Some(&node) {
                     continue; // the same again: no change
                 }
@@ -331,10 +328,7 @@ impl Repo {
                     mark_dirty(&mut dirty, parent);
                 }
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(())
@@ -367,10 +361,7 @@ impl Repo {
                 let Some((parent, name)) = db::split(path) else {
                     continue;
                 };
-                let node = t
-                    .get((parent, name))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let node = db::get_node(&t, parent, name)?;
                 let (mut node, list_id) = match node {
                     Some(
                         n @ Node {
@@ -416,10 +407,7 @@ impl Repo {
                 mark_dirty(&mut dirty, parent);
                 report.changed += 1;
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(report)
@@ -441,10 +429,7 @@ impl Repo {
                 let gone = remove_subtree(&mut t, p, &mut dirty)?;
                 rec.removed(p, gone)?;
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(())
@@ -591,11 +576,9 @@ impl Repo {
             for d in &dirty {
                 let exists = match db::split(d) {
                     None => true,
-                    Some((p, n)) => nodes
-                        .get((p, n))?
-                        .map(|v| db::dec::<Node>("node", v.value()))
-                        .transpose()?
-                        .is_some_and(|n| matches!(n.kind, NodeKind::Dir)),
+                    Some((p, n)) => {
+                        db::get_node(&nodes, p, n)?.is_some_and(|n| matches!(n.kind, NodeKind::Dir))
+                    }
                 };
                 if !exists {
                     dirs.remove(d.as_str())?;
@@ -604,12 +587,7 @@ impl Repo {
                 let state = self.build_dir(&nodes, &dirs, d, now)?;
                 dirs.insert(d.as_str(), db::enc(&state).as_slice())?;
             }
-            let root: DirState = db::dec(
-                "dir",
-                dirs.get("")?
-                    .ok_or_else(|| Error::Db("root not built".into()))?
-                    .value(),
-            )?;
+            let root = db::get_dir(&dirs, "")?.ok_or_else(|| Error::Db("root not built".into()))?;
             let rev = last.map_or(0, |l| l.0 + 1);
             let rec = RevisionRecord {
                 root: root.tree,
@@ -672,16 +650,9 @@ impl Repo {
                 }
                 NodeKind::Symlink { target } => (EntryKind::Symlink { target }, node.mtime_ns),
                 NodeKind::Dir => {
-                    let st: DirState = db::dec(
-                        "dir",
-                        dirs.get(path.as_str())?
-                            .ok_or_else(|| {
-                                Error::Db(format!(
-                                    "directory {path} was not built before its parent"
-                                ))
-                            })?
-                            .value(),
-                    )?;
+                    let st = db::get_dir(dirs, &path)?.ok_or_else(|| {
+                        Error::Db(format!("directory {path} was not built before its parent"))
+                    })?;
                     files += st.files;
                     bytes += st.bytes;
                     (
@@ -701,10 +672,7 @@ impl Repo {
             });
         }
         let digest = *digest.finalize().as_bytes();
-        let old: Option<DirState> = dirs
-            .get(d)?
-            .map(|v| db::dec("dir", v.value()))
-            .transpose()?;
+        let old = db::get_dir(dirs, d)?;
         let mtime_ns = match old {
             Some(o) if o.digest == digest => o.mtime_ns,
             _ => now,
@@ -806,8 +774,8 @@ impl Repo {
     ///
     /// Marks with a [`Marker`] (memory bounded by the metadata objects, chunks spilled to
     /// sorted runs), flags the revisions it prunes, then sweeps the fan-out directories in
-    /// order, merge-joining each listing with the marked ids. A checkpoint after each
-    /// directory (`meta` `gc_sweep`) lets a killed gc resume where it stopped: skipping a
+    /// order, merge-joining each listing with the marked ids. A checkpoint (`meta`
+    /// `gc_sweep`, after the first directory and then every 2 s) lets a killed gc resume where it stopped: skipping a
     /// directory already swept can only leave garbage, never delete a live object.
     pub fn gc(&self, keep: u64) -> Result<GcReport> {
         let keep = keep.max(1);
@@ -856,6 +824,7 @@ impl Repo {
             (report.kept, report.removed, report.removed_bytes) =
                 (r.kept, r.removed, r.removed_bytes);
         }
+        let mut last_save = None;
         let progress = Progress::new(
             "gc: sweeping",
             256 - u64::from(first),
@@ -897,7 +866,10 @@ impl Repo {
                 removed: report.removed,
                 removed_bytes: report.removed_bytes,
             };
-            self.db.set_meta(GC_SWEEP, Some(&db::enc(&checkpoint)))?;
+            if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
+                self.db.set_meta(GC_SWEEP, Some(&db::enc(&checkpoint)))?;
+                last_save = Some(Instant::now());
+            }
             progress.bytes(1);
             progress.file_done();
         }
@@ -1005,6 +977,7 @@ impl Repo {
             done = p;
         }
         let counter = Counter::new("verify: reading data");
+        let mut last_save = None;
         let mut batch = Vec::with_capacity(VERIFY_BATCH);
         loop {
             batch.clear();
@@ -1032,8 +1005,10 @@ impl Repo {
             done.bytes += batch.iter().map(|l| l.len).sum::<u64>();
             done.through = batch.last().copied();
             counter.tick(|| format!("{} objects, {} MiB", done.objects, done.bytes >> 20));
-            // A commit per batch: a few ms against reading 4096 objects.
-            self.db.set_meta(VERIFY_PROGRESS, Some(&db::enc(&done)))?;
+            if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
+                self.db.set_meta(VERIFY_PROGRESS, Some(&db::enc(&done)))?;
+                last_save = Some(Instant::now());
+            }
         }
         counter.finish();
         self.db.set_meta(VERIFY_PROGRESS, None)?;
@@ -1129,8 +1104,8 @@ fn remove_subtree(
     dirty: &mut BTreeSet<String>,
 ) -> Result<u64> {
     let (p, n) = db::split(path).expect("not the root");
-    let mut bytes = match t.get((p, n))?.map(|v| db::dec::<Node>("node", v.value())) {
-        Some(Ok(Node {
+    let mut bytes = match db::get_node(t, p, n) {
+        Ok(Some(Node {
             kind: NodeKind::File { size, .. },
             ..
         })) => size,
