@@ -869,6 +869,10 @@ impl Repo {
             if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
                 self.db.set_meta(GC_SWEEP, Some(&db::enc(&checkpoint)))?;
                 last_save = Some(Instant::now());
+                tracing::debug!(
+                    "gc: checkpoint saved: next fan-out directory {:02x}",
+                    b as u16 + 1
+                );
             }
             progress.bytes(1);
             progress.file_done();
@@ -1008,6 +1012,7 @@ impl Repo {
             if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
                 self.db.set_meta(VERIFY_PROGRESS, Some(&db::enc(&done)))?;
                 last_save = Some(Instant::now());
+                tracing::debug!("verify: checkpoint saved after {} objects", done.objects);
             }
         }
         counter.finish();
