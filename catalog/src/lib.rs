@@ -16,6 +16,8 @@
 //!   B-tree ("prolly tree") of [`dir::DirNode`] objects, so a 118,594-entry directory is a
 //!   few hundred small pieces, a change rewrites one leaf and its path to the top, and a
 //!   client can look up one name or stream a listing piece by piece.
+//! - [`graph`] — the object graph: the children of a verified object (kind and size bound of
+//!   each reference), for every walk: replicate, gc, verify, the client's prefetch.
 //! - [`manifest`] — the signed `public/manifest`: repository name, revision, root, times, TTL.
 //!
 //! - [`object_file`] — writing a file atomically, the one way depotfs does it: an object file
@@ -35,6 +37,7 @@
 pub mod chunking;
 pub mod dir;
 mod error;
+pub mod graph;
 mod id;
 pub mod manifest;
 pub mod object;

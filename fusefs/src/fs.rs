@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use depotfs_catalog::dir::{self, NodeSource, SINGLE_LEAF_MAX};
+use depotfs_catalog::graph;
 use depotfs_catalog::{DirNode, Entry, EntryKind, FileContent, Manifest, ObjectId};
 use fuser::{FileAttr, FileType, INodeNo};
 use tokio::runtime::Handle;
@@ -614,13 +615,12 @@ impl DepotFs {
                     };
                     match done {
                         Ok((i, Ok(n))) => {
-                            if let DirNode::Index(cs) = &*n {
-                                children[i] = cs
-                                    .iter()
-                                    .map(|c| c.id)
-                                    .filter(|id| seen.len() < budget && seen.insert(*id))
-                                    .collect();
-                            }
+                            children[i] = graph::node_children(&n)
+                                .into_iter()
+                                .filter(|c| c.edge == graph::Edge::Index)
+                                .map(|c| c.id)
+                                .filter(|id| seen.len() < budget && seen.insert(*id))
+                                .collect();
                         }
                         // The listing itself reports what fails.
                         Ok((_, Err(e))) => tracing::debug!("directory prefetch: {e}"),

@@ -39,8 +39,8 @@ pub const XATTRS_NET: [&str; 13] = [
     "user.depotfs.cache_state",
 ];
 
-/// Largest chunk list accepted (a 10 GiB file has ~10k chunks of 36 bytes).
-const CHUNK_LIST_MAX: u64 = 64 << 20;
+/// Largest chunk list accepted (the format's bound).
+use depotfs_catalog::graph::CHUNK_LIST_MAX;
 /// Largest chunk accepted: a chunk of a large file, or a whole small file.
 const CHUNK_PLAIN_MAX: u64 = if CHUNK_MAX as u64 > SMALL_FILE_MAX {
     CHUNK_MAX as u64

@@ -121,11 +121,15 @@ pub struct RollbackArgs {
     pub rev: u64,
 }
 
-/// `depotfs verify STORE`
+/// `depotfs verify STORE [--since REV|last]`
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// The repository.
     pub store: PathBuf,
+    /// Check only what the revisions after REV changed (`last`: the revision of the last
+    /// full verify that found nothing wrong).
+    #[arg(long, value_name = "REV|last")]
+    pub since: Option<String>,
 }
 
 /// `depotfs rebuild-catalog STORE`
@@ -654,10 +658,24 @@ pub fn rollback(a: RollbackArgs) -> anyhow::Result<ExitCode> {
 /// `depotfs verify`
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let repo = Repo::open(&a.store)?;
-    let r = repo.verify()?;
+    let since = match a.since.as_deref() {
+        None => None,
+        Some("last") => Some(repo.last_full_verify()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--since last: {} has had no clean full verify yet; run `depotfs verify {}` first",
+                a.store.display(),
+                a.store.display()
+            )
+        })?),
+        Some(rev) => Some(rev.parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("--since {rev:?}: expected a revision number or `last`")
+        })?),
+    };
+    let r = repo.verify(since)?;
     if r.problems.is_empty() {
+        let scope = since.map_or(String::new(), |s| format!(" changed since revision {s}"));
         println!(
-            "ok: {} objects of {} revisions verified, manifest signature holds",
+            "ok: {} objects of {} revisions verified{scope}, manifest signature holds",
             r.objects, r.revisions
         );
         Ok(ExitCode::SUCCESS)

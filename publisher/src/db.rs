@@ -12,12 +12,19 @@
 //! | `runs`      | start time (ns)         | postcard `Run`               | the runs that staged them |
 //! | `layers`    | layer digest            | postcard `import::layers::Changes` | image layers already imported (`depotfs import` replays them instead of fetching) |
 //!
+//! | `meta` rows of maintenance | `verify_full`, `verify_progress`, `gc_sweep` | | the revision of the last clean full `verify`; checkpoints of an interrupted `verify` / `gc` |
+//!
+//! [`Catalog`] owns the database and speaks in these records; the `get_*` helpers read one
+//! decoded row from a table inside a caller's transaction.
+//!
 //! Paths are relative to the repository root, `/`-separated, without a leading slash; the
 //! root is `""`. Keying `nodes` by (parent, name) makes "the children of a directory" one
 //! contiguous range, which is what publishing a directory needs.
 
+use std::collections::BTreeSet;
+
 use depotfs_catalog::{FileContent, ObjectId};
-use redb::{ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -195,6 +202,122 @@ pub fn all_revisions(
         out.push((k.value(), dec("revision", v.value())?));
     }
     Ok(out)
+}
+
+/// The row of `nodes` for `name` in directory `parent`, decoded.
+pub fn get_node(
+    nodes: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    parent: &str,
+    name: &str,
+) -> Result<Option<Node>> {
+    nodes
+        .get((parent, name))?
+        .map(|v| dec("node", v.value()))
+        .transpose()
+}
+
+/// One row of `dirs`, decoded.
+pub fn get_dir(
+    dirs: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &str,
+) -> Result<Option<DirState>> {
+    dirs.get(path)?.map(|v| dec("dir", v.value())).transpose()
+}
+
+/// Record directories as dirty (to rebuild at the next publish).
+pub fn add_dirty(txn: &redb::WriteTransaction, dirty: &BTreeSet<String>) -> Result<()> {
+    let mut d = txn.open_table(DIRTY)?;
+    for p in dirty {
+        d.insert(p.as_str(), ())?;
+    }
+    Ok(())
+}
+
+/// The catalog database, for the operations that need no staging transaction of their own
+/// (`gc`, `verify`, `log`, settings).
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+impl Catalog {
+    /// Wrap an opened database.
+    pub fn new(db: Database) -> Self {
+        Catalog { db }
+    }
+
+    /// A read transaction (for staging code that reads several tables at once).
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// A write transaction (for staging and publishing).
+    pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        Ok(self.db.begin_write()?)
+    }
+
+    /// A `meta` value, if set.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Set (`Some`) or remove (`None`) a `meta` value, committed.
+    pub fn set_meta(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(META)?;
+            match value {
+                Some(v) => t.insert(key, v)?,
+                None => t.remove(key)?,
+            };
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// All revisions, oldest first.
+    pub fn revisions(&self) -> Result<Vec<(u64, RevisionRecord)>> {
+        let txn = self.db.begin_read()?;
+        all_revisions(&txn.open_table(REVISIONS)?)
+    }
+
+    /// Flag revisions whose objects `gc` deletes.
+    pub fn mark_pruned(&self, revs: &[u64]) -> Result<()> {
+        if revs.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(REVISIONS)?;
+            for rev in revs {
+                let Some(v) = t.get(*rev)?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let mut rec: RevisionRecord = dec("revision", &v)?;
+                rec.pruned = true;
+                t.insert(*rev, enc(&rec).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Call `f(content, size)` for every regular file of the staged tree.
+    pub fn for_each_staged_file(
+        &self,
+        f: &mut dyn FnMut(&FileContent, u64) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        for row in txn.open_table(NODES)?.iter()? {
+            let node: Node = dec("node", row?.1.value())?;
+            if let NodeKind::File { size, content } = node.kind {
+                f(&content, size)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

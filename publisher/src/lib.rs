@@ -38,6 +38,7 @@ pub mod db;
 mod error;
 pub mod import;
 pub mod ingest;
+pub mod mark;
 pub mod progress;
 pub mod reader;
 pub mod rebuild;

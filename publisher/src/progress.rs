@@ -102,3 +102,55 @@ impl Progress {
         }
     }
 }
+
+/// Progress of an operation whose total is unknown until it ends (a graph walk): a spinner
+/// with the caller's message on a terminal, the message as a log line every 5 s otherwise.
+#[derive(Debug)]
+pub struct Counter {
+    bar: Option<ProgressBar>,
+    what: &'static str,
+    last: Mutex<Instant>,
+}
+
+impl Counter {
+    /// Start reporting `what`.
+    pub fn new(what: &'static str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(200));
+            b.set_message(what);
+            b
+        });
+        Counter {
+            bar,
+            what,
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Something more was done; `msg` says how much (called only when it is shown: at most
+    /// every 200 ms on a terminal, every 5 s in a log).
+    pub fn tick(&self, msg: impl FnOnce() -> String) {
+        let every = if self.bar.is_some() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        let mut last = self.last.lock().expect("not poisoned");
+        if last.elapsed() < every {
+            return;
+        }
+        *last = Instant::now();
+        match &self.bar {
+            Some(b) => b.set_message(format!("{}: {}", self.what, msg())),
+            None => tracing::info!("{}: {}", self.what, msg()),
+        }
+    }
+
+    /// Stop the spinner.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

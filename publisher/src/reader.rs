@@ -15,8 +15,8 @@ use depotfs_catalog::{
 use crate::error::{Error, Result};
 use crate::store::Objects;
 
-/// Largest chunk-list object accepted (a 10 GB file has ~10,000 chunks of ~40 bytes each).
-pub const CHUNK_LIST_MAX: u64 = 64 << 20;
+/// Largest chunk-list object accepted (the format's bound).
+pub use depotfs_catalog::graph::CHUNK_LIST_MAX;
 
 /// A [`NodeSource`] over a store's objects, remembering the nodes it has parsed.
 #[derive(Debug)]

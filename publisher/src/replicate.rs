@@ -30,23 +30,22 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::future::Future;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
+use depotfs_catalog::dir::NODE_MAX_BYTES;
+use depotfs_catalog::graph;
 use depotfs_catalog::object::{self, ObjectKind};
-use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
+use depotfs_catalog::{Manifest, ObjectId, PublicKey};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::progress::Counter;
 use crate::store;
 
-/// Largest chunk-list plaintext accepted (the same bound the readers use).
-const CHUNK_LIST_MAX: u64 = crate::reader::CHUNK_LIST_MAX;
 /// The mirror's private directory: lock and temporary files. Web servers must not serve it
 /// (the shipped nginx site refuses every dot-path).
 pub const STATE_DIR: &str = ".depotfs-replicate";
@@ -232,7 +231,7 @@ async fn run_async(opts: &Options) -> Result<Report> {
         fetched: AtomicU64::new(0),
         fetched_bytes: AtomicU64::new(0),
         present: AtomicU64::new(0),
-        ticker: Ticker::new(),
+        ticker: Counter::new("replicating"),
     });
     let result = ensure(walk.clone(), m.root, ObjectKind::DirNode, NODE_MAX_BYTES).await;
     walk.ticker.finish();
@@ -309,7 +308,6 @@ impl Source {
 #[derive(Debug, Clone)]
 struct Mirror {
     root: PathBuf,
-    counter: Arc<AtomicU64>,
 }
 
 impl Mirror {
@@ -317,7 +315,6 @@ impl Mirror {
     fn open(root: &Path) -> Result<Self> {
         let m = Mirror {
             root: root.to_path_buf(),
-            counter: Arc::new(AtomicU64::new(0)),
         };
         for b in 0..=255u8 {
             let d = m.path(&format!("objects/{b:02x}"));
@@ -371,30 +368,11 @@ impl Mirror {
             })
     }
 
-    /// Write `bytes` to `dest` through a temporary file and a rename. With `durable`, the
-    /// file and the directory are synced too (the manifest).
+    /// Write `bytes` to `dest` through a temporary file and a rename
+    /// (`object_file::replace`). With `durable`, the file and the directory are synced too
+    /// (the manifest).
     fn write_atomic(&self, dest: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-        let tmp = self.tmp().join(format!(
-            "{}.{}",
-            std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        if durable {
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        drop(f);
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
-        fs::rename(&tmp, dest).map_err(io(dest))?;
-        if durable {
-            let dir = dest.parent().unwrap_or(&self.root);
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
-        Ok(())
+        depotfs_catalog::object_file::replace(dest, bytes, &self.tmp(), durable).map_err(io(dest))
     }
 
     /// Flush everything written to the mirror's file system.
@@ -421,7 +399,7 @@ struct Walk {
     fetched: AtomicU64,
     fetched_bytes: AtomicU64,
     present: AtomicU64,
-    ticker: Ticker,
+    ticker: Counter,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -478,57 +456,28 @@ async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) ->
     walk.fetched.fetch_add(1, Ordering::Relaxed);
     walk.fetched_bytes
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    walk.ticker.tick(&walk);
+    walk.ticker.tick(|| {
+        format!(
+            "fetched {} objects ({} MiB), {} present",
+            walk.fetched.load(Ordering::Relaxed),
+            walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
+            walk.present.load(Ordering::Relaxed)
+        )
+    });
     Ok(())
-}
-
-/// The objects `v` references, with the kind and size bound each must have.
-fn children(
-    v: &object::Verified,
-) -> Result<Vec<(ObjectId, ObjectKind, u64)>, depotfs_catalog::Error> {
-    Ok(match v.kind() {
-        ObjectKind::Chunk => Vec::new(),
-        ObjectKind::ChunkList => ChunkList::from_verified(v)?
-            .chunks
-            .iter()
-            .map(|c| (c.id, ObjectKind::Chunk, u64::from(c.len)))
-            .collect(),
-        ObjectKind::DirNode => match DirNode::from_verified(v)? {
-            DirNode::Index(cs) => cs
-                .iter()
-                .map(|c| (c.id, ObjectKind::DirNode, NODE_MAX_BYTES))
-                .collect(),
-            DirNode::Leaf(es) => es
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    EntryKind::Dir { tree, .. } => {
-                        Some((*tree, ObjectKind::DirNode, NODE_MAX_BYTES))
-                    }
-                    EntryKind::File { size, content } => match content {
-                        FileContent::Empty => None,
-                        FileContent::Single(c) => Some((*c, ObjectKind::Chunk, *size)),
-                        FileContent::Chunked(l) => {
-                            Some((*l, ObjectKind::ChunkList, CHUNK_LIST_MAX))
-                        }
-                    },
-                    EntryKind::Symlink { .. } => None,
-                })
-                .collect(),
-        },
-    })
 }
 
 /// Ensure every child of `v` (fetched from `from`), concurrently; the first failure stops
 /// the others (dropping the set aborts its tasks).
 async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> Result<()> {
-    let kids = children(v).map_err(|source| ReplicateError::BadObject {
+    let kids = graph::children(v).map_err(|source| ReplicateError::BadObject {
         id: v.id(),
         url: from.to_string(),
         source: Box::new(source),
     })?;
     let mut set = JoinSet::new();
-    for (id, kind, max) in kids {
-        set.spawn(ensure(walk.clone(), id, kind, max));
+    for c in kids {
+        set.spawn(ensure(walk.clone(), c.id, c.kind, c.max_len));
     }
     while let Some(r) = set.join_next().await {
         match r {
@@ -539,55 +488,3 @@ async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> 
     }
     Ok(())
 }
-
-/// Progress: a spinner with counts on a terminal, a log line every 5 s otherwise (the
-/// total is unknown until the walk ends, so there is no bar to fill).
-#[derive(Debug)]
-struct Ticker {
-    bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Instant>,
-}
-
-impl Ticker {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.enable_steady_tick(Duration::from_millis(200));
-            b.set_message("replicating");
-            b
-        });
-        Ticker {
-            bar,
-            last_log: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn tick(&self, walk: &Walk) {
-        let msg = || {
-            format!(
-                "replicating: fetched {} objects ({} MiB), {} present",
-                walk.fetched.load(Ordering::Relaxed),
-                walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
-                walk.present.load(Ordering::Relaxed)
-            )
-        };
-        if let Some(b) = &self.bar {
-            b.set_message(msg());
-            return;
-        }
-        let mut last = self.last_log.lock().expect("not poisoned");
-        if last.elapsed() >= Duration::from_secs(5) {
-            *last = Instant::now();
-            tracing::info!("{}", msg());
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests;

@@ -8,25 +8,28 @@
 //! revision without its manifest: the next open rewrites the manifest from the record
 //! ([`Repo::open`]), so a revision number is never published twice with different trees.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use depotfs_catalog::dir;
+use depotfs_catalog::graph::{self, Child};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{
     ChunkList, Entry, EntryKind, FORMAT_VERSION, FileContent, Manifest, ObjectId,
 };
 use rayon::prelude::*;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use crate::db::{
-    self, DIRS, DIRTY, DirState, LAYERS, META, NODES, Node, NodeKind, REVISIONS, RevisionRecord,
-    TAGS,
+    self, Catalog, DIRS, DIRTY, DirState, LAYERS, META, NODES, Node, NodeKind, REVISIONS,
+    RevisionRecord, TAGS,
 };
 use crate::error::{Error, Result};
 use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
+use crate::mark::{Leaf, Marker};
+use crate::progress::{Counter, Progress};
 use crate::reader::{CHUNK_LIST_MAX, LocalTree};
 use crate::staged::{self, Recorder, RunId};
 use crate::store::{self, Layout, Lock, Objects};
@@ -41,7 +44,7 @@ pub struct Repo {
     pub layout: Layout,
     /// Its objects.
     pub objects: Objects,
-    db: Database,
+    db: Catalog,
     /// This process as a staging run.
     run: RunId,
     _lock: Lock,
@@ -71,6 +74,40 @@ pub struct TraceReport {
     pub chunks: u64,
     /// Traced paths skipped: missing, or not chunked files.
     pub skipped: Vec<String>,
+}
+
+/// `meta` key of an interrupted gc's sweep checkpoint.
+const GC_SWEEP: &str = "gc_sweep";
+/// `meta` key of an interrupted verify's checkpoint.
+const VERIFY_PROGRESS: &str = "verify_progress";
+/// `meta` key of the revision of the last clean full verify.
+const VERIFY_FULL: &str = "verify_full";
+/// How often gc and verify save their checkpoint (the first right after the first fan-out
+/// directory or batch): each is a durable catalog commit, ~0.1-0.2 s on a busy disk.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Data objects verified in parallel between checkpoints.
+const VERIFY_BATCH: usize = 4096;
+
+/// Where an interrupted gc's sweep stopped.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct GcSweep {
+    /// The first fan-out directory not yet swept.
+    next: u16,
+    kept: u64,
+    removed: u64,
+    removed_bytes: u64,
+}
+
+/// Where an interrupted verify stopped: the data objects are checked in (id, length) order.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct VerifyProgress {
+    /// Which run this is (the `--since` argument and the revisions walked).
+    key: [u8; 32],
+    /// The last object checked.
+    through: Option<Leaf>,
+    objects: u64,
+    bytes: u64,
+    problems: Vec<String>,
 }
 
 /// What `verify` found.
@@ -143,7 +180,7 @@ impl Repo {
         let repo = Repo {
             objects: Objects::new(layout.clone()),
             layout,
-            db,
+            db: Catalog::new(db),
             run: RunId::current(now_ns()),
             _lock: lock,
         };
@@ -243,10 +280,7 @@ impl Repo {
             for part in to.split('/').filter(|p| !p.is_empty()) {
                 let parent = at.clone();
                 at = db::join(&at, part);
-                let existing = t
-                    .get((parent.as_str(), part))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let existing = db::get_node(&t, parent.as_str(), part)?;
                 match existing {
                     Some(Node {
                         kind: NodeKind::Dir,
@@ -272,10 +306,7 @@ impl Repo {
             for (path, node) in nodes {
                 let (parent, name) = db::split(&path)
                     .ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-                let old = t
-                    .get((parent, name))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let old = db::get_node(&t, parent, name)?;
                 if old.as_ref() == Some(&node) {
                     continue; // the same again: no change
                 }
@@ -297,10 +328,7 @@ impl Repo {
                     mark_dirty(&mut dirty, parent);
                 }
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(())
@@ -333,10 +361,7 @@ impl Repo {
                 let Some((parent, name)) = db::split(path) else {
                     continue;
                 };
-                let node = t
-                    .get((parent, name))?
-                    .map(|v| db::dec::<Node>("node", v.value()))
-                    .transpose()?;
+                let node = db::get_node(&t, parent, name)?;
                 let (mut node, list_id) = match node {
                     Some(
                         n @ Node {
@@ -382,10 +407,7 @@ impl Repo {
                 mark_dirty(&mut dirty, parent);
                 report.changed += 1;
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(report)
@@ -407,10 +429,7 @@ impl Repo {
                 let gone = remove_subtree(&mut t, p, &mut dirty)?;
                 rec.removed(p, gone)?;
             }
-            let mut d = txn.open_table(DIRTY)?;
-            for p in &dirty {
-                d.insert(p.as_str(), ())?;
-            }
+            db::add_dirty(&txn, &dirty)?;
         }
         txn.commit()?;
         Ok(())
@@ -557,11 +576,9 @@ impl Repo {
             for d in &dirty {
                 let exists = match db::split(d) {
                     None => true,
-                    Some((p, n)) => nodes
-                        .get((p, n))?
-                        .map(|v| db::dec::<Node>("node", v.value()))
-                        .transpose()?
-                        .is_some_and(|n| matches!(n.kind, NodeKind::Dir)),
+                    Some((p, n)) => {
+                        db::get_node(&nodes, p, n)?.is_some_and(|n| matches!(n.kind, NodeKind::Dir))
+                    }
                 };
                 if !exists {
                     dirs.remove(d.as_str())?;
@@ -570,12 +587,7 @@ impl Repo {
                 let state = self.build_dir(&nodes, &dirs, d, now)?;
                 dirs.insert(d.as_str(), db::enc(&state).as_slice())?;
             }
-            let root: DirState = db::dec(
-                "dir",
-                dirs.get("")?
-                    .ok_or_else(|| Error::Db("root not built".into()))?
-                    .value(),
-            )?;
+            let root = db::get_dir(&dirs, "")?.ok_or_else(|| Error::Db("root not built".into()))?;
             let rev = last.map_or(0, |l| l.0 + 1);
             let rec = RevisionRecord {
                 root: root.tree,
@@ -638,16 +650,9 @@ impl Repo {
                 }
                 NodeKind::Symlink { target } => (EntryKind::Symlink { target }, node.mtime_ns),
                 NodeKind::Dir => {
-                    let st: DirState = db::dec(
-                        "dir",
-                        dirs.get(path.as_str())?
-                            .ok_or_else(|| {
-                                Error::Db(format!(
-                                    "directory {path} was not built before its parent"
-                                ))
-                            })?
-                            .value(),
-                    )?;
+                    let st = db::get_dir(dirs, &path)?.ok_or_else(|| {
+                        Error::Db(format!("directory {path} was not built before its parent"))
+                    })?;
                     files += st.files;
                     bytes += st.bytes;
                     (
@@ -667,10 +672,7 @@ impl Repo {
             });
         }
         let digest = *digest.finalize().as_bytes();
-        let old: Option<DirState> = dirs
-            .get(d)?
-            .map(|v| db::dec("dir", v.value()))
-            .transpose()?;
+        let old = db::get_dir(dirs, d)?;
         let mtime_ns = match old {
             Some(o) if o.digest == digest => o.mtime_ns,
             _ => now,
@@ -690,8 +692,7 @@ impl Repo {
 
     /// All revisions, oldest first.
     pub fn revisions(&self) -> Result<Vec<(u64, RevisionRecord)>> {
-        let txn = self.db.begin_read()?;
-        db::all_revisions(&txn.open_table(REVISIONS)?)
+        self.db.revisions()
     }
 
     /// Publish a new revision whose tree is revision `rev`'s.
@@ -768,62 +769,22 @@ impl Repo {
         Ok(rows)
     }
 
-    /// Every object a tree needs: its directory nodes, chunk lists and chunks (with their
-    /// lengths, for verification). Subtrees already in `seen` are skipped. `seen` holds
-    /// (id, kind): an id referenced as two kinds is checked as each (a damaged or format-1
-    /// store where a file shares a directory node's id is caught, not skipped).
-    fn collect(
-        &self,
-        reader: &LocalTree,
-        root: &ObjectId,
-        seen: &mut Seen,
-        chunks: &mut Vec<(ObjectId, u64)>,
-        lists: &mut Vec<ObjectId>,
-    ) -> Result<()> {
-        let node = |id: ObjectId| (id, ObjectKind::DirNode);
-        if !seen.insert(node(*root)) {
-            return Ok(());
-        }
-        seen.extend(dir::node_ids(reader, root)?.into_iter().map(node));
-        let mut walk_err = None;
-        reader.walk(root, "", &mut |_, e| {
-            Ok(match &e.kind {
-                EntryKind::Dir { tree, .. } => {
-                    if seen.contains(&node(*tree)) {
-                        false
-                    } else {
-                        match dir::node_ids(reader, tree) {
-                            Ok(ids) => seen.extend(ids.into_iter().map(node)),
-                            Err(err) => walk_err = Some(err),
-                        }
-                        true
-                    }
-                }
-                EntryKind::File { content, size } => {
-                    add_content(content, *size, seen, chunks, lists);
-                    false
-                }
-                EntryKind::Symlink { .. } => false,
-            })
-        })?;
-        if let Some(e) = walk_err {
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
     /// Delete objects unreachable from the newest `keep` revisions, tagged revisions and
     /// the staged tree. Also clears STORE/tmp.
+    ///
+    /// Marks with a [`Marker`] (memory bounded by the metadata objects, chunks spilled to
+    /// sorted runs), flags the revisions it prunes, then sweeps the fan-out directories in
+    /// order, merge-joining each listing with the marked ids. A checkpoint (`meta`
+    /// `gc_sweep`, after the first directory and then every 2 s) lets a killed gc resume where it stopped: skipping a
+    /// directory already swept can only leave garbage, never delete a live object.
     pub fn gc(&self, keep: u64) -> Result<GcReport> {
         let keep = keep.max(1);
         let revs = self.revisions()?;
         let newest_kept = revs.len().saturating_sub(keep as usize);
-        let reader = LocalTree::new(self.objects.clone());
-        let mut seen = HashSet::new();
-        let mut chunks = Vec::new();
-        let mut lists = Vec::new();
         let mut report = GcReport::default();
         let mut to_prune = Vec::new();
+        let mut marker = Marker::new(&self.objects, &self.layout.tmp(), "gc: marking")?;
+        let abort = &mut |_: &Child, e: Error| Err(e);
         for (i, (rev, rec)) in revs.iter().enumerate() {
             if i < newest_kept && rec.tag.is_none() {
                 if !rec.pruned {
@@ -831,30 +792,66 @@ impl Repo {
                 }
                 continue;
             }
-            self.collect(&reader, &rec.root, &mut seen, &mut chunks, &mut lists)?;
+            marker.mark_tree(rec.root, abort)?;
         }
         // The staged tree: files added with --no-publish are referenced only here.
-        {
-            let txn = self.db.begin_read()?;
-            for row in txn.open_table(NODES)?.iter()? {
-                let node: Node = db::dec("node", row?.1.value())?;
-                if let NodeKind::File { size, content } = node.kind {
-                    add_content(&content, size, &mut seen, &mut chunks, &mut lists);
+        self.db.for_each_staged_file(
+            &mut |content, size| match graph::content_child(content, size) {
+                Some(c) => marker.mark(c, abort),
+                None => Ok(()),
+            },
+        )?;
+        marker.finish();
+        // Flag the pruned revisions before any of their objects goes: a gc killed during
+        // the sweep never leaves a half-deleted revision that `rollback` would accept.
+        self.db.mark_pruned(&to_prune)?;
+        report.pruned_revisions = to_prune.len() as u64;
+
+        let mut interior: Vec<ObjectId> = marker.interior().iter().map(|(id, _)| *id).collect();
+        interior.sort_unstable();
+        interior.dedup();
+        let mut leaves = marker.leaves.merged()?;
+        let resumed: Option<GcSweep> = self
+            .db
+            .meta(GC_SWEEP)?
+            .and_then(|v| db::dec("gc checkpoint", &v).ok());
+        let first = resumed.as_ref().map_or(0, |r| r.next);
+        if let Some(r) = &resumed {
+            tracing::info!(
+                "gc: resuming an interrupted sweep at fan-out directory {:02x}",
+                r.next
+            );
+            (report.kept, report.removed, report.removed_bytes) =
+                (r.kept, r.removed, r.removed_bytes);
+        }
+        let mut last_save = None;
+        let progress = Progress::new(
+            "gc: sweeping",
+            256 - u64::from(first),
+            256 - u64::from(first),
+        );
+        for b in first..=255u16 {
+            let b = b as u8;
+            let mut upper = [0xffu8; 32];
+            upper[0] = b;
+            let mut live: Vec<ObjectId> = Vec::new();
+            while let Some(l) = leaves.next_if_at_most(&ObjectId(upper))? {
+                if l.id.0[0] == b {
+                    live.push(l.id);
                 }
             }
-        }
-        for l in &lists {
-            for c in reader.chunk_list(l)?.chunks {
-                seen.insert((c.id, ObjectKind::Chunk));
-            }
-        }
-        let seen: HashSet<ObjectId> = seen.into_iter().map(|(id, _)| id).collect();
-        for b in 0..=255u8 {
+            let lo = interior.partition_point(|id| id.0[0] < b);
+            let hi = interior.partition_point(|id| id.0[0] <= b);
+            live.extend_from_slice(&interior[lo..hi]);
+            live.sort_unstable();
+            live.dedup();
             let d = self.layout.objects().join(format!("{b:02x}"));
             for f in fs::read_dir(&d).map_err(Error::io(&d))? {
                 let f = f.map_err(Error::io(&d))?;
                 let name = format!("{b:02x}{}", f.file_name().to_string_lossy());
-                let keep = name.parse::<ObjectId>().is_ok_and(|id| seen.contains(&id));
+                let keep = name
+                    .parse::<ObjectId>()
+                    .is_ok_and(|id| live.binary_search(&id).is_ok());
                 if keep {
                     report.kept += 1;
                 } else {
@@ -863,29 +860,45 @@ impl Repo {
                     fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
                 }
             }
+            let checkpoint = GcSweep {
+                next: u16::from(b) + 1,
+                kept: report.kept,
+                removed: report.removed,
+                removed_bytes: report.removed_bytes,
+            };
+            if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
+                self.db.set_meta(GC_SWEEP, Some(&db::enc(&checkpoint)))?;
+                last_save = Some(Instant::now());
+                tracing::debug!(
+                    "gc: checkpoint saved: next fan-out directory {:02x}",
+                    b as u16 + 1
+                );
+            }
+            progress.bytes(1);
+            progress.file_done();
         }
+        progress.finish();
+        drop(leaves);
+        self.db.set_meta(GC_SWEEP, None)?;
         let tmp = self.layout.tmp();
         for f in fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
             let f = f.map_err(Error::io(&tmp))?;
-            fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(REVISIONS)?;
-            for rev in &to_prune {
-                let mut rec: RevisionRecord =
-                    db::dec("revision", t.get(*rev)?.expect("listed").value())?;
-                rec.pruned = true;
-                t.insert(*rev, db::enc(&rec).as_slice())?;
+            let p = f.path();
+            if f.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p).map_err(Error::io(&p))?;
+            } else {
+                fs::remove_file(&p).map_err(Error::io(&p))?;
             }
         }
-        txn.commit()?;
-        report.pruned_revisions = to_prune.len() as u64;
         Ok(report)
     }
 
-    /// Check the manifest and every object of every retained revision.
-    pub fn verify(&self) -> Result<VerifyReport> {
+    /// Check the manifest and every object of every retained revision; with `since`, only
+    /// what the retained revisions after `since` changed (each compared with the one before,
+    /// path by path). A clean full verify is remembered (`meta` `verify_full`, shown by
+    /// [`Repo::last_full_verify`]); a killed verify resumes after the last object it
+    /// checkpointed when run again with the same arguments on the same revisions.
+    pub fn verify(&self, since: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let revs = self.revisions()?;
         match self.layout.load_manifest() {
@@ -901,42 +914,131 @@ impl Repo {
                 }
             }
         }
-        let reader = LocalTree::new(self.objects.clone());
-        let mut seen = HashSet::new();
-        let mut chunks = Vec::new();
-        let mut lists = Vec::new();
-        for (rev, rec) in revs.iter().filter(|r| !r.1.pruned) {
+        let mut key = blake3::Hasher::new();
+        key.update(&db::enc(&since));
+        let mut marker = Marker::new(
+            &self.objects,
+            &self.layout.tmp(),
+            "verify: reading metadata",
+        )?;
+        let mut problems = Vec::new();
+        let mut base = match since {
+            None => None,
+            Some(s) => {
+                let rec = revs
+                    .iter()
+                    .find(|r| r.0 == s)
+                    .ok_or_else(|| Error::Input(format!("no revision {s} (see `depotfs log`)")))?;
+                if rec.1.pruned {
+                    return Err(Error::Input(format!(
+                        "revision {s} was garbage-collected: verify without --since"
+                    )));
+                }
+                Some(rec.1.root)
+            }
+        };
+        for (rev, rec) in revs
+            .iter()
+            .filter(|r| !r.1.pruned && since.is_none_or(|s| r.0 > s))
+        {
             report.revisions += 1;
-            if let Err(e) = self.collect(&reader, &rec.root, &mut seen, &mut chunks, &mut lists) {
-                report.problems.push(format!("revision {rev}: {e}"));
+            key.update(&db::enc(&(rev, rec.root)));
+            let bad = &mut |c: &Child, e: Error| {
+                problems.push(match c.kind {
+                    ObjectKind::ChunkList => format!("chunk list {}: {e}", c.id),
+                    _ => format!("revision {rev}: {e}"),
+                });
+                Ok(())
+            };
+            marker.mark_changes(base, rec.root, bad)?;
+            if since.is_some() {
+                base = Some(rec.root);
             }
         }
-        for l in &lists {
-            match reader.chunk_list(l) {
-                Ok(list) => chunks.extend(list.chunks.iter().map(|c| (c.id, c.len as u64))),
-                Err(e) => report.problems.push(format!("chunk list {l}: {e}")),
+        marker.finish();
+        let key = *key.finalize().as_bytes();
+        let interior = marker.interior().len() as u64;
+        let mut leaves = marker.leaves.merged()?;
+
+        let mut done = VerifyProgress {
+            key,
+            through: None,
+            objects: 0,
+            bytes: 0,
+            problems: Vec::new(),
+        };
+        if let Some(p) = self
+            .db
+            .meta(VERIFY_PROGRESS)?
+            .and_then(|v| db::dec::<VerifyProgress>("verify checkpoint", &v).ok())
+            .filter(|p| p.key == key)
+        {
+            tracing::info!(
+                "verify: resuming an interrupted run after {} objects ({} MiB)",
+                p.objects,
+                p.bytes >> 20
+            );
+            done = p;
+        }
+        let counter = Counter::new("verify: reading data");
+        let mut last_save = None;
+        let mut batch = Vec::with_capacity(VERIFY_BATCH);
+        loop {
+            batch.clear();
+            while batch.len() < VERIFY_BATCH
+                && let Some(l) = leaves.next_leaf()?
+            {
+                if done.through.is_none_or(|t| l > t) {
+                    batch.push(l);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let bad: Vec<String> = batch
+                .par_iter()
+                .filter_map(|l| {
+                    self.objects
+                        .get(&l.id, ObjectKind::Chunk, l.len)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+                .collect();
+            done.problems.extend(bad);
+            done.objects += batch.len() as u64;
+            done.bytes += batch.iter().map(|l| l.len).sum::<u64>();
+            done.through = batch.last().copied();
+            counter.tick(|| format!("{} objects, {} MiB", done.objects, done.bytes >> 20));
+            if last_save.is_none_or(|t: Instant| t.elapsed() >= CHECKPOINT_EVERY) {
+                self.db.set_meta(VERIFY_PROGRESS, Some(&db::enc(&done)))?;
+                last_save = Some(Instant::now());
+                tracing::debug!("verify: checkpoint saved after {} objects", done.objects);
             }
         }
-        chunks.sort();
-        chunks.dedup();
-        let bad: Vec<String> = chunks
-            .par_iter()
-            .filter_map(|(id, len)| {
-                self.objects
-                    .get(id, ObjectKind::Chunk, *len)
-                    .err()
-                    .map(|e| e.to_string())
-            })
-            .collect();
-        report.problems.extend(bad);
-        // Directory nodes were verified as they were read; count them too.
-        report.objects = (seen.len() + chunks.len()) as u64;
+        counter.finish();
+        self.db.set_meta(VERIFY_PROGRESS, None)?;
+        report.problems.extend(problems);
+        report.problems.extend(done.problems);
+        // Metadata objects were verified as they were read; count them too.
+        report.objects = interior + done.objects;
+        if since.is_none()
+            && report.problems.is_empty()
+            && let Some((rev, _)) = revs.last()
+        {
+            self.db
+                .set_meta(VERIFY_FULL, Some(rev.to_string().as_bytes()))?;
+        }
         Ok(report)
     }
-}
 
-/// Objects reached so far, by (id, the kind they are referenced as).
-type Seen = HashSet<(ObjectId, ObjectKind)>;
+    /// The latest revision at the last full `verify` that found nothing wrong.
+    pub fn last_full_verify(&self) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .meta(VERIFY_FULL)?
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok()))
+    }
+}
 
 /// Add one child of a directory to the digest that decides whether the directory's mtime
 /// moves at publish ([`DirState::digest`]): subdirectories count by name and mode only.
@@ -986,28 +1088,6 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "no message".into())
 }
 
-fn add_content(
-    content: &FileContent,
-    size: u64,
-    seen: &mut Seen,
-    chunks: &mut Vec<(ObjectId, u64)>,
-    lists: &mut Vec<ObjectId>,
-) {
-    match content {
-        FileContent::Empty => {}
-        FileContent::Single(id) => {
-            if seen.insert((*id, ObjectKind::Chunk)) {
-                chunks.push((*id, size));
-            }
-        }
-        FileContent::Chunked(id) => {
-            if seen.insert((*id, ObjectKind::ChunkList)) {
-                lists.push(*id);
-            }
-        }
-    }
-}
-
 fn mark_dirty(dirty: &mut BTreeSet<String>, dir: &str) {
     let mut d = dir.to_string();
     loop {
@@ -1029,8 +1109,8 @@ fn remove_subtree(
     dirty: &mut BTreeSet<String>,
 ) -> Result<u64> {
     let (p, n) = db::split(path).expect("not the root");
-    let mut bytes = match t.get((p, n))?.map(|v| db::dec::<Node>("node", v.value())) {
-        Some(Ok(Node {
+    let mut bytes = match db::get_node(t, p, n) {
+        Ok(Some(Node {
             kind: NodeKind::File { size, .. },
             ..
         })) => size,
