@@ -25,6 +25,11 @@
 //! `Last-Modified`, and `If-None-Match`/`If-Modified-Since` (304; `If-None-Match` wins when
 //! both are sent). The query string is ignored.
 //!
+//! Connections: at most (`RLIMIT_NOFILE` − 64) / 2 at once. One waiting for a request —
+//! silent since it connected (closed after 10 s) or idle between keep-alive requests (closed
+//! after 30 s) — gives its slot to a new client when every slot is taken, the one waiting
+//! longest first; one with a request in flight never does (`conns`).
+//!
 //! Confinement to the root, in two fences: the request path is split before
 //! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
 //! and a dot file (the temporary file of rsync or another copier filling a mirror) is a 404
