@@ -153,6 +153,87 @@ fn serve_survives_silent_connections_beyond_its_fd_limit() {
     }
 }
 
+/// Read exactly one response (headers and `Content-Length` bytes) from a keep-alive
+/// connection; `None` if the server closed it first.
+fn read_one(c: &mut impl Read) -> Option<http_suite::Resp> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(0) if head.is_empty() => return None,
+            Ok(0) => panic!("closed inside a response head"),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if head.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return None;
+            }
+            Err(e) => panic!("reading a response: {e}"),
+        }
+    }
+    let mut r = http_suite::parse_response(&head);
+    let len: usize = r.expect_header("content-length").parse().unwrap();
+    r.body = vec![0; len];
+    c.read_exact(&mut r.body).expect("response body");
+    Some(r)
+}
+
+/// Keep-alive connections idle after a request cannot keep a new client out (#16): with the
+/// fd limit at 600 (268 connection slots), 300 clients each make a request and keep their
+/// connection open; every one is answered, because the connection idle longest gives its
+/// slot up; a connection with a download in flight is never closed for a new one; and an
+/// idle connection nobody needs is closed after the idle timeout.
+#[test]
+fn serve_idle_keep_alive_connections_give_their_slots_to_new_clients() {
+    let fx = Fixture::new();
+    let s = Server::start_with_fd_limit(&fx.store, fx.path(), Some(600));
+    let (small, small_body) = fx.small();
+    let (large, large_body) = fx.large();
+    // A download in flight: eight pipelined requests for the 5 MiB object (40 MiB, more than
+    // the socket buffers hold), of which the client reads only the first bytes for now.
+    let mut busy = TcpStream::connect(s.addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let one = format!("GET {large} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    busy.write_all(one.repeat(8).as_bytes()).unwrap();
+    let mut start = [0u8; 64 << 10];
+    busy.read_exact(&mut start).unwrap();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut c = TcpStream::connect_timeout(&s.addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        c.write_all(format!("GET {small} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = read_one(&mut c).unwrap_or_else(|| panic!("connection {i} closed unanswered"));
+        assert_eq!((r.status, &r.body), (200, small_body), "connection {i}");
+        idle.push(c);
+    }
+    for _ in 0..5 {
+        let r = get(s.addr, small);
+        assert_eq!((r.status, &r.body), (200, small_body), "{}", s.log());
+    }
+    // The first idle connections gave their slots up: closed, not answered.
+    let mut first = idle.remove(0);
+    first
+        .write_all(format!("GET {small} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok();
+    assert!(
+        read_one(&mut first).is_none(),
+        "the oldest idle connection was kept"
+    );
+    // The download was never cut: all eight answers arrive whole.
+    let mut download = Read::chain(&start[..], &busy);
+    for i in 0..8 {
+        let r = read_one(&mut download)
+            .unwrap_or_else(|| panic!("the download in flight was cut at answer {i}"));
+        assert_eq!((r.status, &r.body), (200, large_body), "answer {i}");
+    }
+    // The last idle connection is closed by the server after the idle timeout (30 s).
+    let mut last = idle.pop().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert!(read_one(&mut last).is_none(), "an idle connection was kept");
+}
+
 #[test]
 fn serve_passes_the_shared_http_checks() {
     let fx = Fixture::new();

@@ -14,8 +14,10 @@
 //! | `chunk_list` | a chunk list's plaintext: [`ChunkList::from_verified`], its offsets, `locate` and the publisher's `prefetch_order` (with the `publisher` feature) |
 //! | `trace` | an access trace (`depotfs add --trace`): [`ingest::parse_trace_bytes`] |
 //! | `serve_request` | a request's path and headers in `depotfs serve`: [`parse::parse_path`], [`parse::parse_range`], `If-None-Match`, `If-Range` |
+//! | `listing` | a depot's directory listing as `depotfs sync` fetches it (nginx autoindex HTML and JSON, Apache mod_autoindex): [`listing::parse`] |
+//! | `layer` | an image layer as `depotfs import` fetches it (a tar, plain, gzip or zstd): [`layers::read_layer`] under small [`layers::Limits`], then [`layers::Tree::apply`] twice (the layer over itself) |
 //!
-//! Adding a parser (a depot listing, a tar layer): write `pub fn NAME(data: &[u8])` here, add
+//! Adding a parser: write `pub fn NAME(data: &[u8])` here, add
 //! it to [`TARGETS`], put a few seed files in `fuzz/corpus/NAME/` and a three-line binary in
 //! `fuzz/afl/src/bin/NAME.rs`; `tests/corpus.rs` replays it from then on.
 #![forbid(unsafe_code)]
@@ -28,7 +30,7 @@ use depotfs_catalog::dir::{self, DirNode, NodeSource};
 use depotfs_catalog::object::{self, ObjectKind, Verified};
 use depotfs_catalog::{ChunkList, Error, Manifest, ObjectId, SecretKey};
 #[cfg(feature = "publisher")]
-use depotfs_publisher::{ingest, serve::parse};
+use depotfs_publisher::{import::layers, ingest, serve::parse, sync::listing};
 
 /// A fuzz target: fails only by panicking.
 pub type Target = fn(&[u8]);
@@ -43,6 +45,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("trace", trace),
     #[cfg(feature = "publisher")]
     ("serve_request", serve_request),
+    #[cfg(feature = "publisher")]
+    ("listing", listing),
+    #[cfg(feature = "publisher")]
+    ("layer", layer),
 ];
 
 const KINDS: [ObjectKind; 3] = [
@@ -230,4 +236,73 @@ pub fn serve_request(data: &[u8]) {
     let _ = parse::if_range_holds(if_range, &etag, mtime);
     let _ = parse::not_modified(Some(none_match), Some(if_range), &etag, mtime);
     let _ = parse::not_modified(None, Some(if_range), &etag, mtime);
+}
+
+/// A depot listing page: parsed; every accepted name is a valid name, listed once.
+#[cfg(feature = "publisher")]
+pub fn listing(data: &[u8]) {
+    let Ok(l) = listing::parse(data) else {
+        return;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for e in &l.entries {
+        assert!(listing::check_name(&e.name).is_ok(), "{:?}", e.name);
+        assert!(seen.insert(&e.name), "{:?} listed twice", e.name);
+        assert!(e.precision_s == 1 || e.precision_s == 60);
+    }
+}
+
+/// An image layer: read under small limits (so a bomb stops early), its files read to their
+/// end by a sink that refuses short contents as the store's does; then applied to an empty
+/// tree and once more over itself. Every path that ends in the tree is relative, without
+/// `.`/`..`, and its parents are directories.
+#[cfg(feature = "publisher")]
+pub fn layer(data: &[u8]) {
+    use depotfs_catalog::FileContent;
+    use depotfs_publisher::db::NodeKind;
+    use std::io::Read;
+
+    let limits = layers::Limits {
+        layer_entries: 4096,
+        image_entries: 8192,
+        file_bytes: 1 << 20,
+        layer_bytes: 4 << 20,
+    };
+    let mut sink = |r: &mut dyn Read, size: u64| {
+        let mut v = Vec::new();
+        r.take(size + 1)
+            .read_to_end(&mut v)
+            .map_err(|e| depotfs_publisher::Error::Input(e.to_string()))?;
+        if v.len() as u64 != size {
+            return Err(depotfs_publisher::Error::Input(format!(
+                "{} bytes of {size}",
+                v.len()
+            )));
+        }
+        Ok(FileContent::Single(ObjectId::of(&v)))
+    };
+    let Ok(changes) = layers::read_layer(data, "fuzz", &limits, &mut sink) else {
+        return;
+    };
+    let mut tree = layers::Tree::new();
+    for _ in 0..2 {
+        if tree.apply("fuzz", &changes, &limits).is_err() {
+            return;
+        }
+    }
+    for (path, _) in tree.iter() {
+        assert!(!path.is_empty() && !path.starts_with('/'), "{path:?}");
+        assert!(
+            path.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."),
+            "{path:?}"
+        );
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            assert!(
+                matches!(tree.get(parent).map(|n| &n.kind), Some(NodeKind::Dir)),
+                "{path:?}: parent is not a directory"
+            );
+        }
+    }
+    assert!(tree.len() as u64 <= limits.image_entries);
 }

@@ -388,7 +388,14 @@ pub fn parse_trace_bytes(name: &str, bytes: &[u8]) -> Result<Vec<TraceRead>> {
                 "path {path:?} must be relative to the repository root (no leading '/')"
             )));
         }
+        let raw = path;
         let path = db::normalize(path).map_err(|e| bad(e.to_string()))?;
+        if path.is_empty() {
+            // Found by fuzzing (fuzz/corpus/trace/crash-root): `.` was read as the root.
+            return Err(bad(format!(
+                "path {raw:?} names the repository root, not a file"
+            )));
+        }
         let number = |field: &str, s: &str| {
             s.parse::<u64>()
                 .map_err(|_| bad(format!("{field} {s:?} is not a non-negative integer")))
@@ -482,6 +489,7 @@ mod trace_tests {
             ("a\t1\t2\t3\n", ":1: expected PATH"),
             ("x\t0\t1\na/../b\t0\t1\n", ":2: repository path"),
             ("a 0 1\n", ":1: expected PATH"),
+            ("a\t0\t1\n.\t0\t1\n", ":2: path \".\" names the repository root"),
         ] {
             fs::write(&f, text).unwrap();
             let e = parse_trace(&f).unwrap_err().to_string();

@@ -25,6 +25,11 @@
 //! `Last-Modified`, and `If-None-Match`/`If-Modified-Since` (304; `If-None-Match` wins when
 //! both are sent). The query string is ignored.
 //!
+//! Connections: at most (`RLIMIT_NOFILE` − 64) / 2 at once. One waiting for a request —
+//! silent since it connected (closed after 10 s) or idle between keep-alive requests (closed
+//! after 30 s) — gives its slot to a new client when every slot is taken, the one waiting
+//! longest first; one with a request in flight never does (`conns`).
+//!
 //! Confinement to the root, in two fences: the request path is split before
 //! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
 //! and a dot file (the temporary file of rsync or another copier filling a mirror) is a 404
@@ -62,6 +67,7 @@
 //! the same port; put the server behind a firewall rule or a proxy if that matters.
 #![forbid(unsafe_code)]
 
+mod conns;
 pub mod depot;
 mod files;
 mod handler;
@@ -83,6 +89,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
+use conns::{Conns, FIRST_REQUEST_TIMEOUT, IDLE_TIMEOUT};
 use handler::State;
 
 /// How long a stop waits for requests in flight before it drops their connections.
@@ -91,12 +98,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A client has this long to send a request's headers once it has sent its first byte
 /// (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A new connection has this long to send its first complete request head; one that sends
-/// nothing, or only part of a request, is closed. hyper's own header timeout does not cover
-/// this wait: the HTTP/1-or-h2 detection of hyper-util's `auto` builder reads the first
-/// bytes (up to the 24-byte h2 preface) before any timer of hyper's runs.
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// File descriptors kept for everything but client connections: the listener, files being
 /// served (one per request in flight), the runtime, logs.
@@ -144,53 +145,6 @@ pub fn public_dir(store: &Path) -> anyhow::Result<PathBuf> {
         "{} has neither a public/ directory nor a manifest: not a depotfs store or mirror",
         store.display()
     )
-}
-
-/// Connections that have not sent a complete request yet, oldest first: the ones to close
-/// when every connection slot is taken, or when [`FIRST_REQUEST_TIMEOUT`] passes.
-#[derive(Debug, Default)]
-struct Silent {
-    next: std::sync::atomic::AtomicU64,
-    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>,
-}
-
-impl Silent {
-    /// Record a new connection as silent; returns its number and the receiver
-    /// [`Silent::until_closed`] needs.
-    fn register(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting.lock().expect("not poisoned").insert(n, tx);
-        (n, rx)
-    }
-
-    /// Connection `n` sent a complete request: it is no longer silent.
-    fn spoke(&self, n: u64) {
-        self.waiting.lock().expect("not poisoned").remove(&n);
-    }
-
-    /// Resolves when connection `n` must be closed for its silence: evicted by
-    /// [`Silent::evict_oldest`], or still silent after [`FIRST_REQUEST_TIMEOUT`]. Never
-    /// resolves once it has spoken.
-    async fn until_closed(&self, n: u64, mut rx: tokio::sync::oneshot::Receiver<()>) {
-        tokio::select! {
-            // Ok: evicted. Err: the sender was dropped because the connection spoke.
-            r = &mut rx => if r.is_ok() { return },
-            () = tokio::time::sleep(FIRST_REQUEST_TIMEOUT) => {
-                if self.waiting.lock().expect("not poisoned").remove(&n).is_some() {
-                    return;
-                }
-            }
-        }
-        std::future::pending::<()>().await
-    }
-
-    /// Close the connection that has been silent longest, if any.
-    fn evict_oldest(&self) {
-        if let Some((_, tx)) = self.waiting.lock().expect("not poisoned").pop_first() {
-            let _ = tx.send(());
-        }
-    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed before this returns.
@@ -243,19 +197,20 @@ pub async fn serve_on(
     let mut shutdown = std::pin::pin!(shutdown);
     let limit = connection_limit();
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
-    let silent = Arc::new(Silent::default());
+    let conns = Arc::new(Conns::default());
     tracing::info!(
-        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request"
+        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request, {IDLE_TIMEOUT:?} between keep-alive requests"
     );
 
     loop {
         // A free slot first, so an accepted connection always has its file descriptors. When
-        // none is free, the connection that has waited longest without sending a byte gives
-        // its slot up: silent connections cannot keep a real request out.
+        // none is free, the connection that has waited longest for a request (silent since it
+        // connected, or idle between keep-alive requests) gives its slot up: waiting
+        // connections cannot keep a real request out.
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
-                silent.evict_oldest();
+                conns.evict_oldest();
                 tokio::select! {
                     s = Arc::clone(&slots).acquire_owned() => s.expect("never closed"),
                     () = &mut shutdown => break,
@@ -281,13 +236,19 @@ pub async fn serve_on(
         let st = Arc::clone(&state);
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let silent = Arc::clone(&silent);
-        let (n, rx) = silent.register();
+        let conns = Arc::clone(&conns);
+        let (n, evicted) = conns.register();
         tokio::spawn(async move {
-            let spoke = Arc::clone(&silent);
+            let requests = Arc::clone(&conns);
             let service = hyper::service::service_fn(move |req| {
-                spoke.spoke(n);
-                handler::handle(Arc::clone(&st), req, peer)
+                let in_flight = requests.begin(n);
+                let st = Arc::clone(&st);
+                async move {
+                    let resp = handler::handle(st, req, peer).await?;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|body| conns::Tracked::new(body, in_flight)),
+                    )
+                }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -296,12 +257,9 @@ pub async fn serve_on(
                 r = watcher.watch(conn) => if let Err(e) = r {
                     tracing::debug!(%peer, "connection ended: {e}");
                 },
-                () = silent.until_closed(n, rx) => tracing::debug!(
-                    %peer,
-                    "closed: no complete request within {FIRST_REQUEST_TIMEOUT:?}, or evicted for a new connection"
-                ),
+                why = conns.until_closed(n, evicted) => tracing::debug!(%peer, "closed: {why}"),
             }
-            silent.spoke(n);
+            conns.remove(n);
             drop((guard, slot));
         });
     }

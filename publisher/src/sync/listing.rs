@@ -399,13 +399,16 @@ fn parse_size(tok: &str) -> Option<Size> {
     if let Ok(n) = tok.parse::<u64>() {
         return Some(Size::Exact(n));
     }
-    let (num, unit) = tok.split_at(tok.len().checked_sub(1)?);
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        "P" => 50,
+    // The unit is the last character, which may be any character on a hostile page (split
+    // at its boundary, not at `len - 1`: found by fuzzing, fuzz/corpus/listing/crash-*).
+    let unit = tok.chars().next_back()?;
+    let num = &tok[..tok.len() - unit.len_utf8()];
+    let shift = match unit.to_ascii_uppercase() {
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        'P' => 50,
         _ => return None,
     };
     let v: f64 = num
