@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use hyper::body::Bytes;
+
 use depotfs_catalog::dir::{self, NODE_MAX_BYTES, NodeSource};
 use depotfs_catalog::object::ObjectKind;
 use depotfs_catalog::{
@@ -140,6 +142,26 @@ impl LocalTree {
             }));
         }
         Ok(v)
+    }
+
+    /// Bytes `from..to` of one piece, verified, without copying them: a raw chunk is
+    /// verified inside the buffer it was read into, and the slice shares that buffer.
+    pub fn piece_bytes(&self, piece: &ChunkRef, from: usize, to: usize) -> Result<Bytes> {
+        /// A verified plaintext as the owner of a [`Bytes`].
+        struct Plain(Verified);
+        impl AsRef<[u8]> for Plain {
+            fn as_ref(&self) -> &[u8] {
+                self.0.data()
+            }
+        }
+        let v = self.piece(piece)?;
+        if from > to || to > v.data().len() {
+            return Err(Error::Input(format!(
+                "bytes {from}..{to} of a piece of {} bytes",
+                v.data().len()
+            )));
+        }
+        Ok(Bytes::from_owner(Plain(v)).slice(from..to))
     }
 
     /// Write the verified content of a file of `size` bytes to `out`.
