@@ -997,8 +997,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// Symlinks in the published tree: one whose target resolves inside the tree (in its own
 /// directory, through `..` into another, to a directory, through another link) is listed
 /// with its target's size and served with its target's bytes and ETag, Range included; one
-/// that escapes (absolute, `..` above the root), dangles or loops is neither listed nor
-/// served.
+/// that escapes (absolute, `..` above the root), dangles or loops (also back into a directory
+/// above it) is neither listed nor served.
 #[test]
 fn depot_follows_symlinks_inside_the_tree_only() {
     use std::os::unix::fs::symlink;
@@ -1012,6 +1012,7 @@ fn depot_follows_symlinks_inside_the_tree_only() {
         symlink("no-such-image", all.join("dangles")).unwrap();
         symlink("loop-b", all.join("loop-a")).unwrap();
         symlink("loop-a", all.join("loop-b")).unwrap();
+        symlink("../all", all.join("cycle")).unwrap();
         // Galaxy's two-level index: s/sa/NAME -> ../../all/NAME.
         let sa = src.join("s/sa");
         std::fs::create_dir_all(&sa).unwrap();
@@ -1063,7 +1064,9 @@ fn depot_follows_symlinks_inside_the_tree_only() {
         "{r:?}"
     );
 
-    for bad in ["escapes", "absolute", "dangles", "loop-a", "loop-b"] {
+    for bad in [
+        "escapes", "absolute", "dangles", "loop-a", "loop-b", "cycle/",
+    ] {
         let r = get(a, &format!("/files/all/{bad}"));
         assert_eq!(r.status, 404, "{bad}: {r:?}");
     }
@@ -1079,7 +1082,9 @@ fn depot_follows_symlinks_inside_the_tree_only() {
         .unwrap_or_else(|| panic!("samtools-latest not listed:\n{html}"));
     assert!(line.trim_end().ends_with(&size), "{line}");
     assert!(html.contains("href=\"link-to-link\""), "{html}");
-    for bad in ["escapes", "absolute", "dangles", "loop-a", "loop-b"] {
+    for bad in [
+        "escapes", "absolute", "dangles", "loop-a", "loop-b", "cycle",
+    ] {
         assert!(!html.contains(bad), "{bad} listed:\n{html}");
     }
     let top = String::from_utf8(get(a, "/files/").body).unwrap();

@@ -34,7 +34,8 @@
 //! of the tree is listed under its own name with its target's type, size and date, and
 //! served with its target's content (a directory link redirects and lists like a
 //! directory). A link that escapes the tree (an absolute target, or `..` above the root),
-//! dangles, or loops is neither listed nor served (404): the tree has no bytes for it.
+//! dangles, or loops (more than [`MAX_LINKS`] links, or a link back into a directory above
+//! it, which a recursive crawler would follow forever) is neither listed nor served (404).
 //!
 //! Cold downloads are read ahead: the chunks after the one being sent are read from disk
 //! and verified on the blocking pool in parallel, up to [`READ_AHEAD_BYTES`] (and
@@ -556,7 +557,22 @@ fn resolve(tree: &LocalTree, from: Place, parts: &[String]) -> crate::Result<Opt
     let mut at = from;
     let mut todo: VecDeque<String> = parts.iter().cloned().collect();
     let mut links = 0;
-    while let Some(part) = todo.pop_front() {
+    // Links being followed: the components left once its target is walked, and the
+    // directories from the root to the link's own (a link into one of them is a cycle).
+    let mut following: Vec<(usize, Vec<ObjectId>)> = Vec::new();
+    loop {
+        while let Some((rest, above)) = following.last() {
+            if todo.len() > *rest {
+                break;
+            }
+            if matches!(at.leaf, Leaf::Dir(_)) && above.contains(&at.tree()) {
+                return Ok(None);
+            }
+            following.pop();
+        }
+        let Some(part) = todo.pop_front() else {
+            break;
+        };
         if let Leaf::File(_) = at.leaf {
             return Ok(None); // a file is not a directory
         }
@@ -587,6 +603,7 @@ fn resolve(tree: &LocalTree, from: Place, parts: &[String]) -> crate::Result<Opt
                 if target.starts_with('/') || links > MAX_LINKS {
                     return Ok(None);
                 }
+                following.push((todo.len(), at.dirs.clone()));
                 for p in target.split('/').rev() {
                     todo.push_front(p.to_owned());
                 }
