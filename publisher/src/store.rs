@@ -216,10 +216,15 @@ impl Objects {
 
     /// Read and verify object `id`.
     pub fn get(&self, id: &ObjectId, kind: ObjectKind, max_len: u64) -> Result<Verified> {
-        let path = self.layout.object(id);
-        let bytes = fs::read(&path).map_err(Error::io(&path))?;
         // A raw object is verified inside the buffer it was read into (no copy).
-        Ok(object::decode_owned(*id, kind, bytes, max_len)?)
+        Ok(object::decode_owned(*id, kind, self.read(id)?, max_len)?)
+    }
+
+    /// The encoded bytes of object `id`, **not verified**: for a caller that reads now and
+    /// verifies later with `object::decode_owned` (the reader's `UnverifiedPiece`).
+    pub fn read(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        let path = self.layout.object(id);
+        fs::read(&path).map_err(Error::io(&path))
     }
 }
 

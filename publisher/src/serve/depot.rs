@@ -41,7 +41,9 @@
 //! and verified on the blocking pool in parallel, up to [`READ_AHEAD_BYTES`] (and
 //! [`READ_AHEAD_CHUNKS`]) per download and [`READ_AHEAD_TOTAL`] bytes for all downloads
 //! together, so memory stays bounded whatever the number of connections; a download always
-//! has its next chunk in flight. Chunks are sent in order, each only after its verification.
+//! has its next chunk in flight. Only the next [`VERIFY_AHEAD`] chunks are verified at a time
+//! (the disk wants depth, the CPUs want the sending to overlap the verifying). Chunks are
+//! sent in order, each only after its verification.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -69,7 +71,7 @@ use super::metrics::Metrics;
 use super::pages::{self, RepoInfo};
 use super::parse::{self, PathRefused, RangeAnswer};
 use super::search::SearchIndex;
-use crate::reader::LocalTree;
+use crate::reader::{LocalTree, UnverifiedPiece};
 use crate::store::{Layout, Objects};
 
 /// A `Range` header with more ranges than this is refused (416).
@@ -80,6 +82,10 @@ pub const MAX_RANGE_HEADER: usize = 1024;
 pub const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// Chunk reads in flight per download, at most.
 pub const READ_AHEAD_CHUNKS: usize = 32;
+/// Chunks verified at once per download: the next ones to send. (Verifying all the chunks
+/// read ahead at once made them finish together on 2 CPUs, and sending stopped overlapping
+/// verifying: warm downloads fell from 1.9x to 0.3x nginx.)
+pub const VERIFY_AHEAD: usize = 2;
 /// Bytes read ahead by all downloads together (beyond each one's next chunk).
 pub const READ_AHEAD_TOTAL: u64 = 256 << 20;
 /// Symbolic links followed while resolving one path, at most (Linux's `MAXSYMLINKS`).
@@ -762,9 +768,19 @@ pub struct VerifiedStream {
 struct Reading {
     id: ObjectId,
     len: u64,
-    task: JoinHandle<crate::Result<Bytes>>,
+    /// The part of the piece that is sent.
+    from: usize,
+    to: usize,
+    stage: Stage,
     /// Its share of the depot's read-ahead budget (none for the piece sent next).
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a piece is: read from disk (not verified), then verified.
+#[derive(Debug)]
+enum Stage {
+    Read(JoinHandle<crate::Result<UnverifiedPiece>>),
+    Verify(JoinHandle<crate::Result<Bytes>>),
 }
 
 impl VerifiedStream {
@@ -822,14 +838,34 @@ impl VerifiedStream {
             };
             self.plan.pop_front();
             let rev = Arc::clone(&self.rev);
-            let task = tokio::task::spawn_blocking(move || rev.tree.piece_bytes(&piece, from, to));
+            let task = tokio::task::spawn_blocking(move || rev.tree.read_piece(&piece));
             self.reading_bytes += len;
             self.reading.push_back(Reading {
                 id: piece.id,
                 len,
-                task,
+                from,
+                to,
+                stage: Stage::Read(task),
                 _permit: permit,
             });
+        }
+    }
+
+    /// Start verifying each of the next [`VERIFY_AHEAD`] pieces whose read is done (their
+    /// reads are polled with `cx`, so a read finishing wakes the body).
+    fn verify_next(&mut self, cx: &mut Context<'_>) {
+        for r in self.reading.iter_mut().take(VERIFY_AHEAD) {
+            let Stage::Read(task) = &mut r.stage else {
+                continue;
+            };
+            let Poll::Ready(read) = Pin::new(task).poll(cx) else {
+                continue;
+            };
+            let (from, to) = (r.from, r.to);
+            r.stage = Stage::Verify(tokio::task::spawn_blocking(move || {
+                read.map_err(|e| crate::Error::Input(format!("reading a chunk: {e}")))?
+                    .and_then(|raw| raw.verify(from, to))
+            }));
         }
     }
 }
@@ -840,11 +876,15 @@ impl super::files::ChunkStream for VerifiedStream {
             return Poll::Ready(None);
         }
         self.fill();
+        self.verify_next(cx);
         let Some(next) = self.reading.front_mut() else {
             return Poll::Ready(None);
         };
         let id = next.id;
-        let res = ready!(Pin::new(&mut next.task).poll(cx));
+        let Stage::Verify(task) = &mut next.stage else {
+            return Poll::Pending; // its read is pending, and wakes the body when done
+        };
+        let res = ready!(Pin::new(task).poll(cx));
         if let Some(done) = self.reading.pop_front() {
             self.reading_bytes -= done.len;
         }
