@@ -76,6 +76,9 @@ pub fn time_of(mtime_ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(u64::try_from(mtime_ns).unwrap_or(0))
 }
 
+/// A tool's versions on the search page, each with its builds.
+type Versions<'a> = Vec<(&'a str, Vec<&'a Hit>)>;
+
 /// The entries a directory page shows, in nginx's order: directories first, then files, each
 /// in byte order of their names; dot files and symlinks left out (the depot view replaces a
 /// link that resolves inside the tree by its target first).
@@ -308,9 +311,9 @@ fn search_results(
     limit: usize,
 ) {
     let found = index.find(query, limit);
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p id=\"count\">{} {} <q>{}</q>{}.</p>\n",
+        "<p id=\"count\">{} {} <q>{}</q>{}.</p>",
         found.total,
         if found.total == 1 {
             "image matches"
@@ -325,7 +328,7 @@ fn search_results(
         }
     );
     // Group by tool (the part before `:`), a row per version, its builds side by side.
-    let mut tools: Vec<(&str, Vec<(&str, Vec<&Hit>)>)> = Vec::new();
+    let mut tools: Vec<(&str, Versions<'_>)> = Vec::new();
     for h in &found.hits {
         let (tool, version) = split_image(h.name());
         let t = match tools.iter().position(|(n, _)| *n == tool) {
@@ -364,11 +367,7 @@ fn search_results(
                 );
             }
             let sizes: Vec<String> = hits.iter().map(|h| human_size(h.size)).collect();
-            let _ = write!(
-                o,
-                "</td><td class=\"num\">{}</td></tr>\n",
-                sizes.join(" / ")
-            );
+            let _ = writeln!(o, "</td><td class=\"num\">{}</td></tr>", sizes.join(" / "));
         }
         o.push_str("</table>\n");
     }
