@@ -9,25 +9,125 @@
 # total is about TOTAL_GIB; contents half random, half repeated blocks (squashfs images are
 # mostly compressed already).
 #
-# Usage: benches/sync.sh [WORK_DIR]   (needs nginx, rclone, GNU time; DEPOTFS_BIN or
-# target/release/depotfs). Prints one line per run; writes WORK_DIR/results.txt.
+# Mode `incremental` measures the other target: a sync against the full 118,594-name index
+# with 100 new images spends <= 3 s on listing and planning. Its depot holds every name of the
+# real listing with its date and its size scaled down 2^20 times (1 byte per MiB: a store of
+# 32 TB is not possible here, and the plan compares sizes whatever they are); the store is
+# made once with `depotfs add` of that directory, then each run adds NEW (100) images of
+# NEW_MIB to the depot and syncs: the time until the plan is the sync's own log line
+# ("planned in"), the rest is downloading, staging and publishing the 100 images into the
+# directory of 118,694 names.
+#
+# Usage: benches/sync.sh [compare|incremental] [WORK_DIR]
+#   (needs nginx, rclone, GNU time; DEPOTFS_BIN or target/release/depotfs; root to drop the
+#   page cache). RUNS (default 3) runs, each printing its load average before and after.
+#   DEPOT_DIR puts the depot elsewhere (e.g. /dev/shm/… on a machine short of disk); with
+#   KEEP=0 (default) (a)'s copy and (b)'s store are deleted before (c), so the disk holds at
+#   most the depot and two copies. Writes WORK_DIR/results.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=compare
+case ${1:-} in compare | incremental) MODE=$1; shift ;; esac
 WORK=${1:-/var/tmp/depotfs-sync-bench}
 BIN=${DEPOTFS_BIN:-$PWD/target/release/depotfs}
 TOTAL_GIB=${TOTAL_GIB:-2.2}
 STEP=${STEP:-1500}
 JOBS=${JOBS:-4}
+RUNS=${RUNS:-3}
+KEEP=${KEEP:-0}
+NEW=${NEW:-100}
+NEW_MIB=${NEW_MIB:-2}
+LISTING=tests/data/cvmfs_singularity_all_2026-01-28.tsv.gz
 mkdir -p "$WORK"
-DEPOT=$WORK/depot
 cp "$BIN" "$WORK/depotfs"; BIN=$WORK/depotfs
 
-if [ ! -e "$DEPOT/.complete" ]; then
-    rm -rf "$DEPOT"; mkdir -p "$DEPOT"
-    python3 - "$DEPOT" "$TOTAL_GIB" "$STEP" <<'EOF'
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# run NAME CMD...: wall seconds and peak RSS (KiB) from GNU time.
+run() {
+    local name=$1; shift
+    /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" > "$WORK/out.$name" 2> "$WORK/err.$name"
+    read -r secs rss < "$WORK/time.$name"
+    echo "$name $secs $rss"
+}
+
+# serve DIR: nginx with autoindex on a free port; sets URL.
+serve() {
+    local port
+    port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+    NG=$WORK/nginx; rm -rf "$NG"; mkdir -p "$NG/tmp"
+    cat > "$NG/nginx.conf" <<EOF
+daemon on; pid $NG/nginx.pid; worker_processes 2; error_log $NG/error.log;
+events { worker_connections 256; }
+http { access_log off; sendfile on; client_body_temp_path $NG/tmp;
+  server { listen 127.0.0.1:$port; location / { root $1; autoindex on; } } }
+EOF
+    nginx -p "$NG" -c "$NG/nginx.conf"
+    trap 'kill $(cat "$NG/nginx.pid") 2>/dev/null || true' EXIT
+    URL=http://127.0.0.1:$port/
+}
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+incremental() {
+    local depot=${DEPOT_DIR:-$WORK/inc-depot}/all store=$WORK/inc-store
+    if [ ! -e "$depot/../.complete" ] || [ ! -e "$store/.complete" ]; then
+        rm -rf "$depot" "$store"; mkdir -p "$depot"
+        python3 - "$depot" "$LISTING" <<'EOF'
+import gzip, os, sys
+depot, listing = sys.argv[1], sys.argv[2]
+n = 0
+for line in list(gzip.open(listing, "rt"))[1:]:
+    name, size, mtime = line.rstrip("\n").split("\t")[:3]
+    p = os.path.join(depot, name)
+    if size == "4096" and name == "bin":  # the listing's one directory
+        os.makedirs(p, exist_ok=True)
+        continue
+    with open(p, "wb") as f:
+        f.write((name.encode() * (1 + (int(size) >> 20) // max(1, len(name))))[: max(1, int(size) >> 20)])
+    os.utime(p, (int(mtime), int(mtime)))
+    n += 1
+print(f"{n} images in the depot")
+EOF
+        "$BIN" init "$store" --name bench.inc > /dev/null 2>&1
+        echo "setup: depotfs add of the $(ls -f "$depot" | wc -l) names (once)"
+        run inc_setup_add "$BIN" add "$store" "$depot"
+        touch "$depot/../.complete" "$store/.complete"
+    fi
+    serve "$(dirname "$depot")"
+    local url=${URL}all/
+    {
+        echo "incremental: $(ls -f "$depot" | grep -vc '^\.\.\?$') names listed before the run; $NEW new images of $NEW_MIB MiB per run; jobs $JOBS"
+        for r in $(seq 1 "$RUNS"); do
+            local tag
+            tag=$(date +%s)-$r
+            for i in $(seq 1 "$NEW"); do
+                head -c $((NEW_MIB << 20)) /dev/urandom > "$depot/zz-bench-$tag-$i:1.0--0"
+            done
+            drop_caches
+            echo "run $r load-before $(load)"
+            run "inc_$r" "$BIN" sync "$store" "$url" --to all/ --jobs "$JOBS"
+            echo "run $r load-after $(load)"
+            # The sync's own log: "listing URL: N files, … planned in S s"; the summary.
+            grep -o 'listing [^ ]*: [0-9]* files.*planned in [0-9.]* s' "$WORK/err.inc_$r" | sed "s/^/run $r /"
+            grep '^sync:' "$WORK/out.inc_$r" | sed "s/^/run $r /"
+        done
+    } | tee "$WORK/results-incremental.txt"
+    awk '
+        $1=="run" && $3=="listing" {for (i=1;i<=NF;i++) if ($i=="planned") plan[$2]=$(i+2)}
+        $1 ~ /^inc_[0-9]+$/ {n=substr($1,5); wall[n]=$2; rss[n]=$3}
+        END {for (n in wall) printf "run %s: listing + plan %.2f s (target <= 3 s); whole sync %.1f s; peak RSS %.0f MB\n", n, plan[n], wall[n], rss[n]/1024}
+    ' "$WORK/results-incremental.txt" | sort | tee -a "$WORK/results-incremental.txt"
+}
+
+compare() {
+    local depot=${DEPOT_DIR:-$WORK/depot}
+    if [ ! -e "$depot/.complete" ]; then
+        rm -rf "$depot"; mkdir -p "$depot"
+        python3 - "$depot" "$TOTAL_GIB" "$STEP" "$LISTING" <<'EOF'
 import gzip, os, random, sys
-depot, total_gib, step = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-rows = [l.rstrip("\n").split("\t") for l in gzip.open("tests/data/cvmfs_singularity_all_2026-01-28.tsv.gz", "rt")][1:]
+depot, total_gib, step, listing = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rows = [l.rstrip("\n").split("\t") for l in gzip.open(listing, "rt")][1:]
 rows = [r for r in rows if ":" in r[0]][::step]
 scale = total_gib * 2**30 / sum(int(r[1]) for r in rows)
 rnd = random.Random(12)
@@ -42,50 +142,44 @@ for name, size, mtime in rows:
     os.utime(os.path.join(depot, name), (int(mtime), int(mtime)))
 print(f"{len(rows)} images, {sum(os.path.getsize(os.path.join(depot, r[0])) for r in rows)} bytes")
 EOF
-    touch "$DEPOT/.complete"
-fi
-BYTES=$(find "$DEPOT" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {print s}')
-COUNT=$(find "$DEPOT" -type f ! -name .complete | wc -l)
-
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-NG=$WORK/nginx; rm -rf "$NG"; mkdir -p "$NG/tmp"
-cat > "$NG/nginx.conf" <<EOF
-daemon on; pid $NG/nginx.pid; worker_processes 2; error_log $NG/error.log;
-events { worker_connections 256; }
-http { access_log off; sendfile on; client_body_temp_path $NG/tmp;
-  server { listen 127.0.0.1:$PORT; location / { root $DEPOT; autoindex on; } } }
-EOF
-nginx -p "$NG" -c "$NG/nginx.conf"
-trap 'kill $(cat "$NG/nginx.pid") 2>/dev/null || true' EXIT
-URL=http://127.0.0.1:$PORT/
-cat "$DEPOT"/* > /dev/null   # the depot from the page cache, for every run alike
-
-# run NAME CMD...: wall seconds and peak RSS (KiB) from GNU time.
-run() {
-    local name=$1; shift
-    /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" > "$WORK/out.$name" 2> "$WORK/err.$name"
-    read -r secs rss < "$WORK/time.$name"
-    echo "$name $secs $rss"
+        touch "$depot/.complete"
+    fi
+    local bytes count
+    bytes=$(find "$depot" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {print s}')
+    count=$(find "$depot" -type f ! -name .complete | wc -l)
+    serve "$depot"
+    # The depot from the page cache, for every run alike.
+    warm() { drop_caches; cat "$depot"/* > /dev/null; }
+    {
+        echo "images $count bytes $bytes jobs $JOBS depot $depot"
+        for r in $(seq 1 "$RUNS"); do
+            rm -rf "$WORK/rclone" "$WORK/store-b" "$WORK/store-c"
+            "$BIN" init "$WORK/store-b" --name bench.b > /dev/null 2>&1
+            "$BIN" init "$WORK/store-c" --name bench.c > /dev/null 2>&1
+            warm
+            echo "run $r load-before $(load)"
+            run "a_rclone_$r" rclone copy --http-url "$URL" :http: "$WORK/rclone" --transfers "$JOBS"
+            run "b_add_$r" sh -c "\"$BIN\" add \"$WORK/store-b\" --to all/ \"$WORK/rclone\"/*"
+            echo "run $r load-mid $(load)"
+            [ "$KEEP" = 1 ] || rm -rf "$WORK/rclone" "$WORK/store-b"
+            warm
+            run "c_sync_$r" "$BIN" sync "$WORK/store-c" "$URL" --to all/ --jobs "$JOBS"
+            echo "run $r load-after $(load)"
+            "$BIN" verify "$WORK/store-c" > /dev/null 2>&1 || echo "run $r: verify of (c)'s store FAILED"
+        done
+    } | tee "$WORK/results.txt"
+    awk -v bytes="$bytes" '
+        $1 ~ /^a_rclone_/ {n=substr($1,10); a[n]=$2; arss[n]=$3}
+        $1 ~ /^b_add_/ {n=substr($1,7); b[n]=$2; brss[n]=$3}
+        $1 ~ /^c_sync_/ {n=substr($1,8); c[n]=$2; crss[n]=$3}
+        END {
+            for (n in c) {
+                printf "run %s: (a) rclone copy %.1f s, %.0f MiB/s, RSS %.0f MB", n, a[n], bytes/a[n]/2^20, arss[n]/1024
+                printf " | (b) rclone + add %.1f s (add %.1f s, RSS %.0f MB)", a[n]+b[n], b[n], brss[n]/1024
+                printf " | (c) sync %.1f s, %.0f MiB/s, RSS %.0f MB", c[n], bytes/c[n]/2^20, crss[n]/1024
+                printf " | (b)/(c) %.2fx (>= 1.5x), (c)/(a) throughput %.2fx (>= 0.9x)\n", (a[n]+b[n])/c[n], a[n]/c[n]
+            }
+        }' "$WORK/results.txt" | sort | tee -a "$WORK/results.txt"
 }
 
-rm -rf "$WORK/rclone" "$WORK/store-b" "$WORK/store-c"
-"$BIN" init "$WORK/store-b" --name bench.b > /dev/null 2>&1
-"$BIN" init "$WORK/store-c" --name bench.c > /dev/null 2>&1
-sync_fs() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$DEPOT"/* > /dev/null; }
-{
-    echo "images $COUNT bytes $BYTES jobs $JOBS"
-    sync_fs
-    run a_rclone rclone copy --http-url "$URL" :http: "$WORK/rclone" --transfers "$JOBS"
-    run b_add sh -c "\"$BIN\" add \"$WORK/store-b\" --to all/ \"$WORK/rclone\"/*"
-    sync_fs
-    run c_sync "$BIN" sync "$WORK/store-c" "$URL" --to all/ --jobs "$JOBS"
-    echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
-} | tee "$WORK/results.txt"
-awk -v bytes="$BYTES" '
-    $1=="a_rclone" {a=$2; arss=$3} $1=="b_add" {b=$2; brss=$3} $1=="c_sync" {c=$2; crss=$3}
-    END {
-        printf "(a) rclone copy: %.1f s, %.0f MiB/s, peak RSS %.0f MB\n", a, bytes/a/2^20, arss/1024
-        printf "(b) rclone + depotfs add: %.1f s (add %.1f s, peak RSS %.0f MB)\n", a+b, b, brss/1024
-        printf "(c) depotfs sync: %.1f s, %.0f MiB/s, peak RSS %.0f MB\n", c, bytes/c/2^20, crss/1024
-        printf "(b)/(c) = %.2fx (target >= 1.5x); (c)/(a) throughput = %.2fx (target >= 0.9x)\n", (a+b)/c, a/c
-    }' "$WORK/results.txt" | tee -a "$WORK/results.txt"
+$MODE

@@ -993,3 +993,108 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Symlinks in the published tree: one whose target resolves inside the tree (in its own
+/// directory, through `..` into another, to a directory, through another link) is listed
+/// with its target's size and served with its target's bytes and ETag, Range included; one
+/// that escapes (absolute, `..` above the root), dangles or loops (also back into a directory
+/// above it) is neither listed nor served.
+#[test]
+fn depot_follows_symlinks_inside_the_tree_only() {
+    use std::os::unix::fs::symlink;
+    let repo = Repo::publish("depot.links", |src| {
+        images(src);
+        let all = src.join("all");
+        symlink("samtools:1.9--h91753b0_8", all.join("samtools-latest")).unwrap();
+        symlink("samtools-latest", all.join("link-to-link")).unwrap();
+        symlink("../../etc/passwd", all.join("escapes")).unwrap();
+        symlink("/etc/passwd", all.join("absolute")).unwrap();
+        symlink("no-such-image", all.join("dangles")).unwrap();
+        symlink("loop-b", all.join("loop-a")).unwrap();
+        symlink("loop-a", all.join("loop-b")).unwrap();
+        symlink("../all", all.join("cycle")).unwrap();
+        // Galaxy's two-level index: s/sa/NAME -> ../../all/NAME.
+        let sa = src.join("s/sa");
+        std::fs::create_dir_all(&sa).unwrap();
+        symlink(
+            "../../all/samtools:1.10--h2e538c0_3",
+            sa.join("samtools:1.10--h2e538c0_3"),
+        )
+        .unwrap();
+        symlink("all", src.join("everything")).unwrap();
+    });
+    let s = Served::start(&repo.store());
+    let a = addr(&s);
+    let src = |name: &str| std::fs::read(repo.src().join("all").join(name)).unwrap();
+    let target = get(a, "/files/all/samtools%3A1.9--h91753b0_8");
+    assert_eq!(target.status, 200);
+    for path in [
+        "/files/all/samtools-latest",
+        "/files/all/link-to-link",
+        "/files/everything/samtools%3A1.9--h91753b0_8",
+    ] {
+        let r = get(a, path);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(
+            r.body == src("samtools:1.9--h91753b0_8"),
+            "{path}: bytes differ"
+        );
+        assert_eq!(r.header("etag"), target.header("etag"), "{path}");
+    }
+    let r = raw(
+        a,
+        "GET",
+        "/files/all/samtools-latest",
+        &[("Range", "bytes=100-199")],
+    );
+    assert_eq!(r.status, 206, "{r:?}");
+    assert!(r.body == src("samtools:1.9--h91753b0_8")[100..200]);
+    let r = get(a, "/files/s/sa/samtools%3A1.10--h2e538c0_3");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body == src("samtools:1.10--h2e538c0_3"));
+
+    // A link to a directory behaves as the directory: redirect, then its listing.
+    let r = get(a, "/files/everything");
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(r.header("location"), Some("/files/everything/"));
+    let r = get(a, "/files/everything/");
+    assert_eq!(r.status, 200);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("href=\"samtools%3A1.9--h91753b0_8\""),
+        "{r:?}"
+    );
+
+    for bad in [
+        "escapes", "absolute", "dangles", "loop-a", "loop-b", "cycle/",
+    ] {
+        let r = get(a, &format!("/files/all/{bad}"));
+        assert_eq!(r.status, 404, "{bad}: {r:?}");
+    }
+    let r = get(a, "/files/all/samtools-latest/");
+    assert_eq!(r.status, 404, "a file link with a trailing slash: {r:?}");
+
+    // Listings: good links under their own names with their target's size; bad ones absent.
+    let html = String::from_utf8(get(a, "/files/all/").body).unwrap();
+    let size = IMAGES[0].1.to_string();
+    let line = html
+        .lines()
+        .find(|l| l.contains("href=\"samtools-latest\""))
+        .unwrap_or_else(|| panic!("samtools-latest not listed:\n{html}"));
+    assert!(line.trim_end().ends_with(&size), "{line}");
+    assert!(html.contains("href=\"link-to-link\""), "{html}");
+    for bad in [
+        "escapes", "absolute", "dangles", "loop-a", "loop-b", "cycle",
+    ] {
+        assert!(!html.contains(bad), "{bad} listed:\n{html}");
+    }
+    let top = String::from_utf8(get(a, "/files/").body).unwrap();
+    assert!(top.contains("href=\"everything/\""), "{top}");
+    let json = String::from_utf8(get(a, "/files/all/?format=json").body).unwrap();
+    let obj = json
+        .split("\r\n")
+        .find(|l| l.contains("\"name\":\"samtools-latest\""))
+        .unwrap_or_else(|| panic!("samtools-latest not in {json}"));
+    assert!(obj.contains("\"type\":\"file\""), "{obj}");
+    assert!(obj.contains(&format!("\"size\":{size} }}")), "{obj}");
+    assert!(!json.contains("escapes"), "{json}");
+}

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use hyper::body::Bytes;
+
 use depotfs_catalog::dir::{self, NODE_MAX_BYTES, NodeSource};
 use depotfs_catalog::object::ObjectKind;
 use depotfs_catalog::{
@@ -126,20 +128,21 @@ impl LocalTree {
 
     /// The verified plaintext of one piece of a file; exactly `piece.len` bytes.
     pub fn piece(&self, piece: &ChunkRef) -> Result<Verified> {
-        let v = self
-            .objects
-            .get(&piece.id, ObjectKind::Chunk, u64::from(piece.len))?;
-        if v.data().len() != piece.len as usize {
-            return Err(Error::Format(depotfs_catalog::Error::BadObject {
-                id: piece.id,
-                what: format!(
-                    "{} bytes where its file expects {}",
-                    v.data().len(),
-                    piece.len
-                ),
-            }));
-        }
-        Ok(v)
+        self.read_piece(piece)?.verified()
+    }
+
+    /// One piece read from disk, to be verified later (and elsewhere: the depot view reads
+    /// far ahead but verifies only the next chunks to send).
+    pub fn read_piece(&self, piece: &ChunkRef) -> Result<UnverifiedPiece> {
+        Ok(UnverifiedPiece {
+            piece: *piece,
+            bytes: self.objects.read(&piece.id)?,
+        })
+    }
+
+    /// Bytes `from..to` of one piece, verified, without copying them.
+    pub fn piece_bytes(&self, piece: &ChunkRef, from: usize, to: usize) -> Result<Bytes> {
+        self.read_piece(piece)?.verify(from, to)
     }
 
     /// Write the verified content of a file of `size` bytes to `out`.
@@ -152,6 +155,53 @@ impl LocalTree {
             n += v.data().len() as u64;
         }
         Ok(n)
+    }
+}
+
+/// A piece's object as read from disk, not verified: its bytes can only be had through
+/// [`UnverifiedPiece::verify`].
+#[derive(Debug)]
+pub struct UnverifiedPiece {
+    piece: ChunkRef,
+    bytes: Vec<u8>,
+}
+
+impl UnverifiedPiece {
+    fn verified(self) -> Result<Verified> {
+        let len = self.piece.len;
+        let v = depotfs_catalog::object::decode_owned(
+            self.piece.id,
+            ObjectKind::Chunk,
+            self.bytes,
+            u64::from(len),
+        )?;
+        if v.data().len() != len as usize {
+            return Err(Error::Format(depotfs_catalog::Error::BadObject {
+                id: self.piece.id,
+                what: format!("{} bytes where its file expects {len}", v.data().len()),
+            }));
+        }
+        Ok(v)
+    }
+
+    /// Verify the piece and give bytes `from..to` of it without copying them: a raw chunk
+    /// is verified inside the buffer it was read into, and the slice shares that buffer.
+    pub fn verify(self, from: usize, to: usize) -> Result<Bytes> {
+        /// A verified plaintext as the owner of a [`Bytes`].
+        struct Plain(Verified);
+        impl AsRef<[u8]> for Plain {
+            fn as_ref(&self) -> &[u8] {
+                self.0.data()
+            }
+        }
+        let v = self.verified()?;
+        if from > to || to > v.data().len() {
+            return Err(Error::Input(format!(
+                "bytes {from}..{to} of a piece of {} bytes",
+                v.data().len()
+            )));
+        }
+        Ok(Bytes::from_owner(Plain(v)).slice(from..to))
     }
 }
 

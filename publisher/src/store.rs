@@ -213,9 +213,15 @@ impl Objects {
 
     /// Read and verify object `id`.
     pub fn get(&self, id: &ObjectId, kind: ObjectKind, max_len: u64) -> Result<Verified> {
+        // A raw object is verified inside the buffer it was read into (no copy).
+        Ok(object::decode_owned(*id, kind, self.read(id)?, max_len)?)
+    }
+
+    /// The encoded bytes of object `id`, **not verified**: for a caller that reads now and
+    /// verifies later with `object::decode_owned` (the reader's `UnverifiedPiece`).
+    pub fn read(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let path = self.layout.object(id);
-        let bytes = fs::read(&path).map_err(Error::io(&path))?;
-        Ok(object::decode(*id, kind, &bytes, max_len)?)
+        fs::read(&path).map_err(Error::io(&path))
     }
 }
 

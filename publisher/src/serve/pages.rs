@@ -76,8 +76,12 @@ pub fn time_of(mtime_ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(u64::try_from(mtime_ns).unwrap_or(0))
 }
 
+/// A tool's versions on the search page, each with its builds.
+type Versions<'a> = Vec<(&'a str, Vec<&'a Hit>)>;
+
 /// The entries a directory page shows, in nginx's order: directories first, then files, each
-/// in byte order of their names; dot files and symlinks (not served) left out.
+/// in byte order of their names; dot files and symlinks left out (the depot view replaces a
+/// link that resolves inside the tree by its target first).
 pub fn shown(entries: &[Entry]) -> Vec<Entry> {
     let visible =
         |e: &&Entry| !e.name.starts_with('.') && !matches!(e.kind, EntryKind::Symlink { .. });
