@@ -489,7 +489,10 @@ mod trace_tests {
             ("a\t1\t2\t3\n", ":1: expected PATH"),
             ("x\t0\t1\na/../b\t0\t1\n", ":2: repository path"),
             ("a 0 1\n", ":1: expected PATH"),
-            ("a\t0\t1\n.\t0\t1\n", ":2: path \".\" names the repository root"),
+            (
+                "a\t0\t1\n.\t0\t1\n",
+                ":2: path \".\" names the repository root",
+            ),
         ] {
             fs::write(&f, text).unwrap();
             let e = parse_trace(&f).unwrap_err().to_string();

@@ -303,9 +303,6 @@ pub fn index_page(info: &RepoInfo<'_>, index: &SearchIndex, query: &str, limit: 
     o
 }
 
-/// The versions of one tool, each with its builds (search results grouped for the page).
-type Versions<'a> = Vec<(&'a str, Vec<&'a Hit>)>;
-
 fn search_results(
     o: &mut String,
     info: &RepoInfo<'_>,
