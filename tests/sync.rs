@@ -185,7 +185,12 @@ impl Store {
 
     /// The published `all/`: name → (size, mtime text) from `depotfs ls`.
     fn published(&self) -> BTreeMap<String, (u64, String)> {
-        ok_stdout(run(&[&"ls", &self.store, &"all"]))
+        let out = run(&[&"ls", &self.store, &"all"]);
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no such file") {
+            // Nothing published yet (a sync killed before its first publish).
+            return BTreeMap::new();
+        }
+        ok_stdout(out)
             .lines()
             .filter(|l| l.starts_with('-'))
             .map(|l| {
@@ -406,8 +411,10 @@ fn sync_killed_at_any_moment_resumes_without_refetching() {
     let gets = file_gets(&ngx);
     let twice: Vec<(&String, &u32)> = gets.iter().filter(|(_, n)| **n > 1).collect();
     let extra: u32 = gets.values().map(|n| n - 1).sum();
+    // A kill loses at most two files per worker: the one it was downloading and the one the
+    // stager had received but not yet committed (publisher/src/sync.rs, `fetch_all`).
     assert!(
-        extra as usize <= kills * jobs,
+        extra as usize <= kills * 2 * jobs,
         "{extra} repeated downloads for {kills} kills of {jobs} jobs: {twice:?}"
     );
     // A run after that fetches nothing.

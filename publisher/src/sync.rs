@@ -428,7 +428,11 @@ impl Run<'_> {
             .map_err(|e| SyncError::Setup(format!("thread pool: {e}")))?;
         let queue = Mutex::new(todo.into_iter());
         let stop = AtomicBool::new(false);
-        let (tx, rx) = mpsc::channel::<Done>();
+        // A rendezvous channel: a worker hands its finished file to the stager before it takes
+        // the next one, so a kill -9 loses at most two files per worker (the one it was
+        // downloading and the one the stager had received but not yet committed), however far
+        // the stager falls behind (a publish on a loaded machine).
+        let (tx, rx) = mpsc::sync_channel::<Done>(0);
         std::thread::scope(|scope| {
             for i in 0..jobs {
                 let tx = tx.clone();
