@@ -253,11 +253,15 @@ impl DiskCache {
         {
             return;
         }
+        let began = std::time::Instant::now();
         let stored = self.store(id, bytes);
         let mut not = self.not_storing.lock().expect("poisoned");
         match stored {
             Ok(()) => {
-                if let Some(n) = not.take() {
+                // Only a store that began after the last failure proves the cache can store
+                // again: one that raced the failure (begun before it, on a file system that
+                // had room for it then) proves nothing, and flipping back would say it twice.
+                if let Some(n) = not.take_if(|n| began > n.tried) {
                     tracing::warn!(
                         "cache: storing again in {} (after {} s without: {})",
                         self.dir.display(),
