@@ -255,6 +255,11 @@ impl DiskCache {
         }
         let began = std::time::Instant::now();
         let stored = self.store(id, bytes);
+        self.note_store(began, stored);
+    }
+
+    /// Record the outcome of a store that began at `began` (see [`DiskCache::keep`]).
+    fn note_store(&self, began: std::time::Instant, stored: Result<()>) {
         let mut not = self.not_storing.lock().expect("poisoned");
         match stored {
             Ok(()) => {
@@ -420,5 +425,29 @@ mod tests {
         assert!(e.contains("not a revision number"), "{e}");
         assert!(c.accept_revision("a.b", 1).is_err());
         assert_eq!(fs::read(&guard).unwrap(), b"\x00\xffgarbage");
+    }
+
+    /// A store that began before the cache's first failure and finished after it (parallel
+    /// readers on a file system that just filled up) does not flip the cache back to storing:
+    /// only a store begun after the failure does. (CI of stop 23 saw "not storing" said twice.)
+    #[test]
+    fn a_store_racing_the_first_failure_does_not_say_storing_again() {
+        let d = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(d.path(), 1 << 20).unwrap();
+        let raced = std::time::Instant::now();
+        let full = Error::io(
+            "objects/ab/cd",
+            std::io::Error::other("No space left on device"),
+        );
+        c.note_store(std::time::Instant::now(), Err(full));
+        assert!(!c.storing());
+        c.note_store(raced, Ok(()));
+        assert!(
+            !c.storing(),
+            "a store begun before the failure proves nothing"
+        );
+        assert_eq!(c.store_failures(), 1);
+        c.note_store(std::time::Instant::now(), Ok(()));
+        assert!(c.storing(), "a store begun after it does");
     }
 }
