@@ -467,17 +467,17 @@ fn slowdown_answers_are_retried() {
     // The next four PUTs (objects, then the manifest's turn comes too) answer 503 SlowDown.
     faults.slowdown_puts.store(4, Ordering::SeqCst);
     let src = source(dir.path(), 7);
-    add_source(&ep, &store, &src);
+    add_source(ep, store, &src);
     assert_eq!(
         faults.slowdowns.load(Ordering::SeqCst),
         4,
         "the proxy's 503s were not all used"
     );
-    assert_eq!(bucket_manifest(&moto, "slow/r/manifest", &key).revision, 1);
+    assert_eq!(bucket_manifest(moto, "slow/r/manifest", key).revision, 1);
     let verify = ok_stdout(s3_run(&moto.endpoint(), &[&"verify", &store]));
     assert!(verify.starts_with("ok: "), "{verify}");
     let url = format!("{}/slow/r/", moto.endpoint());
-    let m = mount(&url, &key, dir.path(), "mnt");
+    let m = mount(&url, key, dir.path(), "mnt");
     same_tree(&src, &m.0);
 }
 
@@ -486,8 +486,8 @@ fn kill_9_mid_upload_keeps_the_last_revision_whole() {
     let p = Proxied::new("kill");
     let (moto, faults, ep, dir, store, key) = (&p.moto, &p.faults, &p.ep, &p.dir, &p.store, &p.key);
     let src1 = source(dir.path(), 11);
-    add_source(&ep, &store, &src1);
-    let m1 = bucket_manifest(&moto, "kill/r/manifest", &key);
+    add_source(ep, store, &src1);
+    let m1 = bucket_manifest(moto, "kill/r/manifest", key);
 
     // 24 MiB of new chunks, each upload held 1 s: killed once some are in the bucket.
     let big = dir.path().join("huge.bin");
@@ -495,7 +495,7 @@ fn kill_9_mid_upload_keeps_the_last_revision_whole() {
     faults.delay_object_ms.store(1000, Ordering::SeqCst);
     let puts_before = faults.object_puts.load(Ordering::SeqCst);
     let manifests_before = faults.manifest_puts.load(Ordering::SeqCst);
-    let mut child = s3_cmd(&ep, &[&"add", &store, &big])
+    let mut child = s3_cmd(ep, &[&"add", &store, &big])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -514,23 +514,56 @@ fn kill_9_mid_upload_keeps_the_last_revision_whole() {
         "the killed publish wrote a manifest"
     );
     // The bucket still serves revision 1, whole: a mount reads every file of it.
-    let m = bucket_manifest(&moto, "kill/r/manifest", &key);
+    let m = bucket_manifest(moto, "kill/r/manifest", key);
     assert_eq!((m.revision, m.root), (m1.revision, m1.root));
     {
         let url = format!("{}/kill/r/", moto.endpoint());
-        let mnt = mount(&url, &key, dir.path(), "mnt1");
+        let mnt = mount(&url, key, dir.path(), "mnt1");
         same_tree(&src1, &mnt.0);
         assert!(!mnt.0.join("huge.bin").exists());
     }
     // Adding again after an abort (of whatever the killed run staged) publishes revision 2.
-    ok(s3_run(&ep, &[&"abort", &store]));
-    ok(s3_run(&ep, &[&"add", &store, &big]));
-    let m2 = bucket_manifest(&moto, "kill/r/manifest", &key);
+    ok(s3_run(ep, &[&"abort", &store]));
+    ok(s3_run(ep, &[&"add", &store, &big]));
+    let m2 = bucket_manifest(moto, "kill/r/manifest", key);
     assert_eq!(m2.revision, 2);
     let url = format!("{}/kill/r/", moto.endpoint());
-    let mnt = mount(&url, &key, dir.path(), "mnt2");
+    let mnt = mount(&url, key, dir.path(), "mnt2");
     assert_eq!(
         fs::read(mnt.0.join("huge.bin")).unwrap(),
         fs::read(&big).unwrap()
     );
+}
+
+#[test]
+fn large_objects_are_uploaded_in_parts() {
+    use depotfs_publisher::public::{BlockingBucket, CACHE_OBJECT, MULTIPART_THRESHOLD};
+    let moto = Moto::start();
+    moto.create_bucket("parts");
+    let ep = moto.endpoint();
+    let config = [
+        ("aws_endpoint", ep.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "testing"),
+        ("aws_secret_access_key", "testing"),
+        ("aws_region", "us-east-1"),
+    ];
+    let b = BlockingBucket::open_with("s3://parts/p", &config).unwrap();
+    let big = random_bytes(MULTIPART_THRESHOLD + (3 << 20), 5);
+    b.put_now("objects/ab/big", &big, CACHE_OBJECT).unwrap();
+    let r = moto.get("parts/p/objects/ab/big");
+    assert!(r.status().is_success());
+    // S3 names a multipart object's ETag after its parts: "…-2" for two.
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(
+        etag.trim_matches('"').ends_with("-2"),
+        "not multipart: {etag}"
+    );
+    assert_eq!(r.headers()["cache-control"], CACHE_OBJECT);
+    assert!(r.bytes().unwrap() == big, "the multipart object differs");
+    // A small one is one PUT.
+    b.put_now("objects/ab/small", b"small", CACHE_OBJECT)
+        .unwrap();
+    let etag = moto.get("parts/p/objects/ab/small").headers()["etag"].clone();
+    assert!(!etag.to_str().unwrap().contains('-'), "{etag:?}");
 }

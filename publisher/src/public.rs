@@ -66,6 +66,12 @@ impl Bucket {
     /// The bucket prefix at `url` (`s3://BUCKET` or `s3://BUCKET/PREFIX`), configured from the
     /// environment (see the module docs). Makes no request.
     pub fn open(url: &str) -> Result<Bucket> {
+        Bucket::open_with(url, &[])
+    }
+
+    /// [`Bucket::open`] with `config` (object_store's keys, e.g. `aws_endpoint`) over the
+    /// environment's.
+    pub fn open_with(url: &str, config: &[(&str, &str)]) -> Result<Bucket> {
         let bad = |what: &str| Error::Input(format!("{url}: {what}"));
         let rest = url
             .strip_prefix("s3://")
@@ -103,6 +109,10 @@ impl Bucket {
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
             builder = builder.with_region("us-east-1");
+        }
+        for (k, v) in config {
+            let key = k.parse().map_err(|e| bad(&format!("S3 option {k}: {e}")))?;
+            builder = builder.with_config(key, *v);
         }
         let store = builder
             .build()
@@ -245,6 +255,11 @@ pub struct BlockingBucket {
 impl BlockingBucket {
     /// The bucket prefix at `url`.
     pub fn open(url: &str) -> Result<BlockingBucket> {
+        BlockingBucket::open_with(url, &[])
+    }
+
+    /// [`Bucket::open_with`] for synchronous code.
+    pub fn open_with(url: &str, config: &[(&str, &str)]) -> Result<BlockingBucket> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("depotfs-s3")
@@ -252,7 +267,7 @@ impl BlockingBucket {
             .build()
             .map_err(Error::io("tokio runtime"))?;
         Ok(BlockingBucket {
-            bucket: Arc::new(Bucket::open(url)?),
+            bucket: Arc::new(Bucket::open_with(url, config)?),
             rt,
             permits: Arc::new(Semaphore::new(UPLOAD_JOBS as usize)),
             known: Mutex::default(),
