@@ -377,6 +377,11 @@ struct Faults {
     object_puts: AtomicUsize,
     /// Manifest PUTs forwarded and answered.
     manifest_puts: AtomicUsize,
+    /// Object PUTs received and not yet answered.
+    objects_in_flight: AtomicUsize,
+    /// Manifest PUTs that arrived while object PUTs were in flight: a revision shown
+    /// before its objects are all there.
+    early_manifests: AtomicUsize,
 }
 
 /// A proxy in front of moto on a free port, one request per connection, with [`Faults`].
@@ -441,20 +446,27 @@ fn proxy_one(mut client: TcpStream, upstream: u16, f: &Faults) -> std::io::Resul
         )?;
         return Ok(());
     }
+    let is_manifest = is_put && request.contains("/manifest ");
     if is_object {
+        f.objects_in_flight.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(
             f.delay_object_ms.load(Ordering::SeqCst),
         ));
+    } else if is_manifest && f.objects_in_flight.load(Ordering::SeqCst) > 0 {
+        f.early_manifests.fetch_add(1, Ordering::SeqCst);
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.write_all(out.as_bytes())?;
     up.write_all(&body)?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
+    if is_object {
+        f.objects_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
     client.write_all(&resp)?;
     if is_object {
         f.object_puts.fetch_add(1, Ordering::SeqCst);
-    } else if is_put && request.contains("/manifest ") {
+    } else if is_manifest {
         f.manifest_puts.fetch_add(1, Ordering::SeqCst);
     }
     Ok(())
@@ -522,9 +534,21 @@ fn kill_9_mid_upload_keeps_the_last_revision_whole() {
         same_tree(&src1, &mnt.0);
         assert!(!mnt.0.join("huge.bin").exists());
     }
-    // Adding again after an abort (of whatever the killed run staged) publishes revision 2.
+    // Adding again after an abort (of whatever the killed run staged) publishes revision 2,
+    // its manifest PUT only once no object upload is in flight (uploads held 300 ms).
     ok(s3_run(ep, &[&"abort", &store]));
+    poll(
+        Duration::from_secs(10),
+        "the killed run's uploads drained",
+        || faults.objects_in_flight.load(Ordering::SeqCst) == 0,
+    );
+    faults.delay_object_ms.store(300, Ordering::SeqCst);
     ok(s3_run(ep, &[&"add", &store, &big]));
+    assert_eq!(
+        faults.early_manifests.load(Ordering::SeqCst),
+        0,
+        "a manifest was uploaded while objects were"
+    );
     let m2 = bucket_manifest(moto, "kill/r/manifest", key);
     assert_eq!(m2.revision, 2);
     let url = format!("{}/kill/r/", moto.endpoint());
