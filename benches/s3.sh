@@ -49,7 +49,13 @@ out=$WORK/results.txt
     echo "benches/s3.sh $(date -u '+%F %T UTC') commit $(git rev-parse --short HEAD) bin $BIN"
     echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; corpus $FILES x $FILE_MIB MiB = $total_mib MiB"
 } | tee "$out"
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>>"$WORK/err.log"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+secs() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>>"$WORK/err.log" || { echo "failed: $*" >&2; tail -3 "$WORK/err.log" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    echo "$t1 - $t0" | bc
+}
 for run in $(seq "$RUNS"); do
     curl -s -X PUT -o /dev/null "http://127.0.0.1:$port/bench$run"
     curl -s -X PUT -o /dev/null "http://127.0.0.1:$port/rclone$run"
@@ -60,7 +66,10 @@ for run in $(seq "$RUNS"); do
     "$BIN" init "$WORK/bucket" --name bench --public "s3://bench$run/r" >/dev/null
     b=$(secs "$BIN" add "$WORK/bucket" "$WORK/corpus")
     store_mib=$(du -sm "$WORK/local/public" | cut -f1)
-    c=$(secs rclone copy --transfers 32 --checkers 32 "$WORK/local/public" "bench:rclone$run/r")
+    # (AWS_CA_BUNDLE, if the environment sets one, makes rclone 1.60's S3 client refuse to start.)
+    c=$(secs env -u AWS_CA_BUNDLE rclone copy --transfers 32 --checkers 32 "$WORK/local/public" "bench:rclone$run/r")
+    env -u AWS_CA_BUNDLE rclone size "bench:rclone$run/r" | tr '\n' ' ' | sed 's/^/  rclone bucket: /' | tee -a "$out"
+    echo | tee -a "$out"
     for x in "a local disk:$a" "b bucket:$b" "c rclone copy of a's public/ ($store_mib MiB):$c"; do
         printf '  (%s) %6.2f s  %6.1f MiB/s of input\n' "${x%%:*}" "${x##*:}" "$(echo "$total_mib / ${x##*:}" | bc -l)"
     done | tee -a "$out"
