@@ -591,3 +591,46 @@ fn large_objects_are_uploaded_in_parts() {
     let etag = moto.get("parts/p/objects/ab/small").headers()["etag"].clone();
     assert!(!etag.to_str().unwrap().contains('-'), "{etag:?}");
 }
+
+#[test]
+fn the_shared_aws_files_configure_the_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("files");
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let config = dir.path().join("config");
+    fs::write(
+        &credentials,
+        "[depot]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    fs::write(
+        &config,
+        format!(
+            "[profile depot]\nregion = eu-west-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("init")
+        .arg(&store)
+        .args(["--name", "files.test", "--public", "s3://files/p"]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("AWS_PROFILE", "depot")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_CONFIG_FILE", &config)
+        .output()
+        .unwrap();
+    ok(out);
+    assert_eq!(
+        moto.get("files/p/repo.pub").bytes().unwrap(),
+        fs::read(store.join("public/repo.pub")).unwrap()
+    );
+}

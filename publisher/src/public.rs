@@ -15,8 +15,10 @@
 //! `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` (a non-AWS
 //! server: MinIO, Ceph RGW, Garage, SeaweedFS), `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true` for
 //! `BUCKET.host` addressing (the default is path-style, `host/BUCKET`, which every
-//! S3-compatible server accepts). An `http://` endpoint is allowed as given. Shared
-//! `~/.aws/credentials` profiles are not read (object_store does not).
+//! S3-compatible server accepts). An `http://` endpoint is allowed as given. What the
+//! environment does not set comes from the shared files' profile (`AWS_PROFILE`, else
+//! `default`) in `~/.aws/credentials` and `~/.aws/config` ([`SharedConfig`]: keys, session
+//! token, `region`, `endpoint_url`); object_store itself does not read them.
 //!
 //! **Ordering.** Objects are immutable and named by their content; they are uploaded with
 //! `Cache-Control: public, max-age=31536000, immutable`. The manifest is one `PUT` (S3
@@ -98,17 +100,36 @@ impl Bucket {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(RetryConfig::default());
-        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL")
-            .or_else(|_| std::env::var("AWS_ENDPOINT"))
-            .map(|e| e.to_ascii_lowercase())
-            && endpoint.starts_with("http://")
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let shared = SharedConfig::load(env("AWS_PROFILE").as_deref().unwrap_or("default"));
+        if env("AWS_ACCESS_KEY_ID").is_none()
+            && let (Some(id), Some(secret)) = (
+                shared.get("aws_access_key_id"),
+                shared.get("aws_secret_access_key"),
+            )
+        {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+            if let Some(token) = shared.get("aws_session_token") {
+                builder = builder.with_token(token);
+            }
+        }
+        let endpoint = env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT"));
+        if endpoint.is_none()
+            && let Some(e) = shared.get("endpoint_url")
+        {
+            builder = builder.with_endpoint(e);
+        }
+        if endpoint
+            .as_deref()
+            .or(shared.get("endpoint_url"))
+            .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"))
         {
             builder = builder.with_allow_http(true);
         }
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            builder = builder.with_region("us-east-1");
+        if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+            builder = builder.with_region(shared.get("region").unwrap_or("us-east-1"));
         }
         for (k, v) in config {
             let key = k.parse().map_err(|e| bad(&format!("S3 option {k}: {e}")))?;
@@ -238,6 +259,70 @@ impl Bucket {
     }
 }
 
+/// The settings of one profile in the AWS shared files, `~/.aws/credentials` and
+/// `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`): the keys, the
+/// session token, `region` and `endpoint_url`, used for what the environment does not set
+/// (the AWS CLI's and SDKs' order).
+#[derive(Debug, Default)]
+pub struct SharedConfig(Vec<(String, String)>);
+
+impl SharedConfig {
+    /// Profile `profile` from the shared files (missing files are empty).
+    pub fn load(profile: &str) -> SharedConfig {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let path = |var: &str, default: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| format!("{home}/.aws/{default}"))
+        };
+        let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+        SharedConfig::parse(
+            &read(path("AWS_SHARED_CREDENTIALS_FILE", "credentials")),
+            &read(path("AWS_CONFIG_FILE", "config")),
+            profile,
+        )
+    }
+
+    /// Profile `profile` of a credentials file (`[NAME]` sections) and a config file
+    /// (`[profile NAME]`, or `[default]`); the credentials file wins.
+    pub fn parse(credentials: &str, config: &str, profile: &str) -> SharedConfig {
+        let config_section = if profile == "default" {
+            "default".to_string()
+        } else {
+            format!("profile {profile}")
+        };
+        let mut pairs = section(credentials, profile);
+        pairs.extend(section(config, &config_section));
+        SharedConfig(pairs)
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `key = value` lines of section `[name]` of an INI text (comments `#`, `;`).
+fn section(text: &str, name: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = s.split_whitespace().collect::<Vec<_>>().join(" ") == name;
+        } else if inside && let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
 /// A [`Bucket`] for the publisher's synchronous code (rayon workers): its own runtime;
 /// objects are uploaded in the background, [`UPLOAD_JOBS`] at a time, and
 /// [`BlockingBucket::flush`] waits for them all.
@@ -353,5 +438,29 @@ impl BlockingBucket {
     pub fn put_now(&self, rel: &str, bytes: &[u8], cache: &str) -> Result<()> {
         self.rt
             .block_on(self.bucket.put(rel, Bytes::copy_from_slice(bytes), cache))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedConfig;
+
+    #[test]
+    fn shared_files_give_the_profile_asked_for() {
+        let credentials = "[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key = s0\n\n\
+            [ci]\n# a comment\naws_access_key_id=AKCI\naws_secret_access_key = s1\naws_session_token = t1\n";
+        let config = "[default]\nregion = eu-west-1\n[profile ci]\nregion = eu-central-1\n\
+            endpoint_url = http://127.0.0.1:9000\n[ci]\nregion = wrong\n";
+        let ci = SharedConfig::parse(credentials, config, "ci");
+        assert_eq!(ci.get("aws_access_key_id"), Some("AKCI"));
+        assert_eq!(ci.get("aws_secret_access_key"), Some("s1"));
+        assert_eq!(ci.get("aws_session_token"), Some("t1"));
+        assert_eq!(ci.get("region"), Some("eu-central-1"));
+        assert_eq!(ci.get("endpoint_url"), Some("http://127.0.0.1:9000"));
+        let d = SharedConfig::parse(credentials, config, "default");
+        assert_eq!(d.get("aws_access_key_id"), Some("AKDEFAULT"));
+        assert_eq!(d.get("region"), Some("eu-west-1"));
+        assert_eq!(d.get("endpoint_url"), None);
+        assert_eq!(SharedConfig::parse("", "", "none").get("region"), None);
     }
 }
