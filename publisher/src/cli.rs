@@ -14,7 +14,7 @@ use crate::reader::LocalTree;
 use crate::repo::Repo;
 use crate::store::{Layout, Objects};
 
-/// `depotfs init STORE --name NAME`
+/// `depotfs init STORE --name NAME [--public s3://BUCKET/PREFIX]`
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Directory to create (must not exist, or be empty).
@@ -22,6 +22,11 @@ pub struct InitArgs {
     /// Repository name, e.g. singularity.example.org.
     #[arg(long)]
     pub name: String,
+    /// Keep the public side (manifest, repo.pub, objects/) in an S3-compatible bucket
+    /// instead of STORE/public/; STORE keeps the catalog, the key and the lock. Configured
+    /// by the AWS_* environment (AWS_ENDPOINT_URL, AWS_REGION, credentials): see README.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub public: Option<String>,
 }
 
 /// `depotfs add STORE [--to DIR] [--from-list FILE] [--trace FILE] [--no-publish] [PATH...]`
@@ -163,12 +168,13 @@ pub struct ServeArgs {
     pub depot_prefix: String,
 }
 
-/// `depotfs replicate SOURCE_URL DEST_DIR --key PUBKEY [--jobs N] [--name NAME] [--full]`.
+/// `depotfs replicate SOURCE_URL DEST_DIR|s3://BUCKET/PREFIX --key PUBKEY [--jobs N] [--name NAME] [--full]`.
 #[derive(Debug, clap::Args)]
 pub struct ReplicateArgs {
     /// URL of the source's served `public/` (the origin or another replica).
     pub source_url: String,
-    /// The mirror directory to create or update (serve it with any web server).
+    /// The mirror directory to create or update (serve it with any web server), or
+    /// `s3://BUCKET/PREFIX` (a bucket, configured by the AWS_* environment: see README).
     pub dest_dir: PathBuf,
     /// The repository's public key file.
     #[arg(long)]
@@ -319,11 +325,12 @@ use crate::staged::time;
 
 /// `depotfs init`
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
-    Repo::init(&a.store, &a.name)?;
+    let repo = Repo::init_with_public(&a.store, &a.name, a.public.as_deref())?;
     println!(
-        "created repository {} in {} (revision 0, empty)",
+        "created repository {} in {} (revision 0, empty), public side in {}",
         a.name,
-        a.store.display()
+        a.store.display(),
+        repo.objects.describe()
     );
     println!(
         "public key: {}",
@@ -508,7 +515,7 @@ pub fn status(store: &std::path::Path) -> anyhow::Result<ExitCode> {
     layout.check()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "store:         {}", store.display())?;
-    match layout.load_manifest() {
+    match Objects::open(layout.clone()).and_then(|o| o.load_manifest()) {
         Ok(m) => writeln!(
             out,
             "published:     revision {} of {}, {}",
@@ -586,9 +593,9 @@ pub fn log(a: LogArgs) -> anyhow::Result<ExitCode> {
 
 /// Open the published revision of a store for reading (no lock needed).
 fn published(store: &std::path::Path) -> anyhow::Result<(depotfs_catalog::Manifest, LocalTree)> {
-    let layout = Layout::new(store);
-    let m = layout.load_manifest()?;
-    Ok((m, LocalTree::new(Objects::new(layout))))
+    let objects = Objects::open(Layout::new(store))?;
+    let m = objects.load_manifest()?;
+    Ok((m, LocalTree::new(objects)))
 }
 
 /// `depotfs ls`

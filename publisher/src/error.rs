@@ -55,6 +55,14 @@ pub enum Error {
         /// Why the manifest write failed.
         source: Box<Error>,
     },
+    /// A request to the store's bucket failed (after the client's retries).
+    #[error("{url}: {message}")]
+    Bucket {
+        /// `s3://BUCKET/PREFIX/…` of the object concerned.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A user input (path, name, revision) is not acceptable.
     #[error("{0}")]
     Input(String),

@@ -40,6 +40,7 @@ pub mod import;
 pub mod ingest;
 pub mod mark;
 pub mod progress;
+pub mod public;
 pub mod reader;
 pub mod rebuild;
 pub mod replicate;

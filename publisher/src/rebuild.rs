@@ -57,15 +57,16 @@ struct Rows {
 /// Rebuild the catalog of the store at `root` from its published tree (see the module doc).
 pub fn rebuild_catalog(root: &std::path::Path) -> Result<RebuildReport> {
     let layout = Layout::new(root);
-    if !layout.objects().is_dir() {
+    if !layout.objects().is_dir() && !layout.bucket_file().is_file() {
         return Err(Error::BadStore {
             path: layout.root.clone(),
             what: "not a depotfs store (no public/objects)".into(),
         });
     }
     let _lock = Lock::acquire(&layout)?;
-    let m = layout.load_manifest()?;
-    let reader = LocalTree::new(Objects::new(layout.clone()));
+    let objects = Objects::open(layout.clone())?;
+    let m = objects.load_manifest()?;
+    let reader = LocalTree::new(objects);
     let mut rows = Rows::default();
     let top = rebuild_dir(&reader, "", m.root, m.root_mtime_ns, &mut rows)?;
     if top.entries != m.root_entries {

@@ -25,6 +25,11 @@
 //! that are damaged.
 //!
 //! Objects of older revisions are kept; nothing here deletes objects.
+//!
+//! **A mirror in a bucket.** DEST `s3://BUCKET/PREFIX` ([`crate::public`]) gets the same
+//! layout and the same order: objects (children first, `Cache-Control` immutable) are
+//! uploaded before the manifest, which is replaced by one `PUT` (short `Cache-Control`).
+//! A bucket has no lock: run one replicate per bucket prefix (the systemd timer does).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -44,6 +49,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::progress::Counter;
+use crate::public::{self, Bucket, CACHE_MANIFEST, CACHE_OBJECT, CACHE_PUBLIC_KEY};
 use crate::store;
 
 /// The mirror's private directory: lock and temporary files. Web servers must not serve it
@@ -113,7 +119,7 @@ type Result<T, E = ReplicateError> = std::result::Result<T, E>;
 pub struct Options {
     /// URL of the served `public/` of the source (origin or another mirror).
     pub source_url: String,
-    /// The mirror directory.
+    /// The mirror directory, or `s3://BUCKET/PREFIX`.
     pub dest: PathBuf,
     /// The repository's public key file.
     pub key: PathBuf,
@@ -179,7 +185,7 @@ async fn run_async(opts: &Options) -> Result<Report> {
     let _lock = mirror.lock()?;
     mirror.clean_tmp()?;
 
-    let current = mirror.current_manifest(&key)?;
+    let current = mirror.current_manifest(&key).await?;
     let name = opts
         .name
         .clone()
@@ -239,10 +245,14 @@ async fn run_async(opts: &Options) -> Result<Report> {
 
     // Objects first, durably; then the key and the manifest.
     mirror.sync()?;
-    if fs::read(mirror.path("repo.pub")).ok().as_deref() != Some(key_text.as_bytes()) {
-        mirror.write_atomic(&mirror.path("repo.pub"), key_text.as_bytes(), true)?;
+    if mirror.read("repo.pub").await?.as_deref() != Some(key_text.as_bytes()) {
+        mirror
+            .write_file("repo.pub", key_text.as_bytes(), CACHE_PUBLIC_KEY)
+            .await?;
     }
-    mirror.write_atomic(&mirror.path("manifest"), &manifest_bytes, true)?;
+    mirror
+        .write_file("manifest", &manifest_bytes, CACHE_MANIFEST)
+        .await?;
     Ok(Report {
         revision: m.revision,
         previous: current.map(|c| c.revision),
@@ -304,18 +314,20 @@ impl Source {
     }
 }
 
-/// The mirror directory.
+/// The mirror: a directory, or a bucket prefix.
 #[derive(Debug, Clone)]
-struct Mirror {
-    root: PathBuf,
+enum Mirror {
+    Dir(PathBuf),
+    Bucket(Arc<Bucket>),
 }
 
 impl Mirror {
-    /// Create the skeleton if needed.
+    /// Open DEST, creating a directory's skeleton if needed.
     fn open(root: &Path) -> Result<Self> {
-        let m = Mirror {
-            root: root.to_path_buf(),
-        };
+        if let Some(url) = root.to_str().filter(|d| public::is_bucket_url(d)) {
+            return Ok(Mirror::Bucket(Arc::new(Bucket::open(url)?)));
+        }
+        let m = Mirror::Dir(root.to_path_buf());
         for b in 0..=255u8 {
             let d = m.path(&format!("objects/{b:02x}"));
             fs::create_dir_all(&d).map_err(io(&d))?;
@@ -324,62 +336,114 @@ impl Mirror {
         Ok(m)
     }
 
+    /// `rel` in the mirror, for messages (a path, or an `s3://` URL).
     fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
+        match self {
+            Mirror::Dir(root) => root.join(rel),
+            Mirror::Bucket(b) => b.url(rel).into(),
+        }
     }
 
     fn tmp(&self) -> PathBuf {
-        self.root.join(STATE_DIR).join("tmp")
+        self.path(STATE_DIR).join("tmp")
     }
 
-    /// Take the mirror's lock (`DEST/.depotfs-replicate/lock`, the publisher's flock).
-    fn lock(&self) -> Result<store::Lock> {
-        Ok(store::Lock::acquire(&store::Layout::new(
-            self.root.join(STATE_DIR),
-        ))?)
+    /// Take a directory mirror's lock (`DEST/.depotfs-replicate/lock`, the publisher's
+    /// flock); a bucket has none.
+    fn lock(&self) -> Result<Option<store::Lock>> {
+        match self {
+            Mirror::Dir(_) => Ok(Some(store::Lock::acquire(&store::Layout::new(
+                self.path(STATE_DIR),
+            ))?)),
+            Mirror::Bucket(_) => Ok(None),
+        }
     }
 
     /// Remove temporary files an interrupted run left behind (we hold the lock).
     fn clean_tmp(&self) -> Result<()> {
-        let tmp = self.tmp();
-        for e in fs::read_dir(&tmp).map_err(io(&tmp))? {
-            let p = e.map_err(io(&tmp))?.path();
-            fs::remove_file(&p).map_err(io(&p))?;
+        if let Mirror::Dir(_) = self {
+            let tmp = self.tmp();
+            for e in fs::read_dir(&tmp).map_err(io(&tmp))? {
+                let p = e.map_err(io(&tmp))?.path();
+                fs::remove_file(&p).map_err(io(&p))?;
+            }
         }
         Ok(())
     }
 
+    /// Does the mirror hold `rel`?
+    async fn has(&self, rel: &str) -> Result<bool> {
+        match self {
+            Mirror::Dir(_) => Ok(self.path(rel).exists()),
+            Mirror::Bucket(b) => Ok(b.exists(rel).await?),
+        }
+    }
+
+    /// The bytes of `rel`, if the mirror holds it.
+    async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Mirror::Dir(_) => {
+                let path = self.path(rel);
+                match fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io(&path)(e)),
+                }
+            }
+            Mirror::Bucket(b) => Ok(b.get(rel).await?.map(|b| b.to_vec())),
+        }
+    }
+
     /// The mirror's current manifest, if it has one. It must verify under `key`: a mirror
     /// of another repository is not silently overwritten.
-    fn current_manifest(&self, key: &PublicKey) -> Result<Option<Manifest>> {
-        let path = self.path("manifest");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
+    async fn current_manifest(&self, key: &PublicKey) -> Result<Option<Manifest>> {
+        let Some(bytes) = self.read("manifest").await? else {
+            return Ok(None);
         };
         Manifest::parse_verified(&bytes, key, None)
             .map(Some)
             .map_err(|e| ReplicateError::Manifest {
-                what: path.display().to_string(),
+                what: self.path("manifest").display().to_string(),
                 message: format!(
                     "the mirror's own manifest is not acceptable ({e}); is DEST a mirror of another repository?"
                 ),
             })
     }
 
-    /// Write `bytes` to `dest` through a temporary file and a rename
-    /// (`object_file::replace`). With `durable`, the file and the directory are synced too
-    /// (the manifest).
-    fn write_atomic(&self, dest: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-        depotfs_catalog::object_file::replace(dest, bytes, &self.tmp(), durable).map_err(io(dest))
+    /// Write object `rel`: a temporary file and a rename, or one upload.
+    async fn write_object(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Mirror::Dir(_) => self.write_atomic(rel, &bytes, false),
+            Mirror::Bucket(b) => Ok(b.put(rel, bytes.into(), CACHE_OBJECT).await?),
+        }
     }
 
-    /// Flush everything written to the mirror's file system.
+    /// Replace `rel` (the key, the manifest): durably on disk, one `PUT` with `Cache-Control:
+    /// cache` in a bucket.
+    async fn write_file(&self, rel: &str, bytes: &[u8], cache: &str) -> Result<()> {
+        match self {
+            Mirror::Dir(_) => self.write_atomic(rel, bytes, true),
+            Mirror::Bucket(b) => Ok(b.put(rel, bytes.to_vec().into(), cache).await?),
+        }
+    }
+
+    /// Write `bytes` to `rel` through a temporary file and a rename
+    /// (`object_file::replace`). With `durable`, the file and the directory are synced too
+    /// (the manifest).
+    fn write_atomic(&self, rel: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        let dest = self.path(rel);
+        depotfs_catalog::object_file::replace(&dest, bytes, &self.tmp(), durable).map_err(io(&dest))
+    }
+
+    /// Flush everything written to the mirror's file system (a bucket's uploads are done
+    /// when they return).
     fn sync(&self) -> Result<()> {
-        let dir = File::open(&self.root).map_err(io(&self.root))?;
+        let Mirror::Dir(root) = self else {
+            return Ok(());
+        };
+        let dir = File::open(root).map_err(io(root))?;
         rustix::fs::syncfs(&dir).map_err(|e| ReplicateError::Io {
-            path: self.root.clone(),
+            path: root.clone(),
             error: e.into(),
         })
     }
@@ -423,13 +487,13 @@ fn ensure(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> BoxF
 async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<()> {
     let rel = id.store_path();
     let dest = walk.mirror.path(&rel);
-    if dest.exists() {
+    if walk.mirror.has(&rel).await? {
         if !walk.full {
             walk.present.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        // --full: check the local copy and descend; refetch it if it is damaged.
-        let local = fs::read(&dest).map_err(io(&dest))?;
+        // --full: check the mirror's copy and descend; refetch it if it is damaged.
+        let local = walk.mirror.read(&rel).await?.unwrap_or_default();
         match object::decode(id, kind, &local, max_len) {
             Ok(v) => {
                 let src = dest.display().to_string();
@@ -452,10 +516,10 @@ async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) ->
             source: Box::new(source),
         })?;
     ensure_children(&walk, &v, &url).await?;
-    walk.mirror.write_atomic(&dest, &bytes, false)?;
+    let len = bytes.len() as u64;
+    walk.mirror.write_object(&rel, bytes).await?;
     walk.fetched.fetch_add(1, Ordering::Relaxed);
-    walk.fetched_bytes
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    walk.fetched_bytes.fetch_add(len, Ordering::Relaxed);
     walk.ticker.tick(|| {
         format!(
             "fetched {} objects ({} MiB), {} present",

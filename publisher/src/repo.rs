@@ -32,7 +32,7 @@ use crate::mark::{Leaf, Marker};
 use crate::progress::{Counter, Progress};
 use crate::reader::{CHUNK_LIST_MAX, LocalTree};
 use crate::staged::{self, Recorder, RunId};
-use crate::store::{self, Layout, Lock, Objects};
+use crate::store::{Layout, Lock, Objects};
 
 /// Default manifest TTL in seconds.
 pub const DEFAULT_TTL: u64 = 240;
@@ -143,13 +143,29 @@ fn catalog_err(e: Error) -> depotfs_catalog::Error {
 impl Repo {
     /// Create a repository at `root` named `name`, and publish its empty revision 0.
     pub fn init(root: &Path, name: &str) -> Result<Repo> {
+        Repo::init_with_public(root, name, None)
+    }
+
+    /// [`Repo::init`], with the public side in the bucket `public` (`s3://BUCKET/PREFIX`)
+    /// if given, else in `STORE/public/`.
+    pub fn init_with_public(root: &Path, name: &str, public: Option<&str>) -> Result<Repo> {
         if name.is_empty() || name.contains(char::is_whitespace) {
             return Err(Error::Input(format!(
                 "repository name {name:?} must be non-empty, without spaces"
             )));
         }
         let layout = Layout::new(root);
-        layout.create()?;
+        if let Some(url) = public {
+            // Refuse a bad URL or a prefix holding another repository before STORE exists.
+            let objects = Objects::open_bucket(&layout, url)?;
+            if objects.has_manifest()? {
+                return Err(Error::Input(format!(
+                    "{url} already holds a manifest (another repository's public side?); \
+                     depotfs init needs an empty prefix"
+                )));
+            }
+        }
+        layout.create(public)?;
         let db = db_builder().create(layout.catalog())?;
         let txn = db.begin_write()?;
         {
@@ -166,6 +182,7 @@ impl Repo {
         txn.commit()?;
         drop(db);
         let repo = Repo::open(root)?;
+        repo.objects.publish_key()?;
         repo.publish(None, false)?;
         Ok(repo)
     }
@@ -178,7 +195,7 @@ impl Repo {
         let lock = Lock::acquire(&layout)?;
         let db = open_catalog(&layout)?;
         let repo = Repo {
-            objects: Objects::new(layout.clone()),
+            objects: Objects::open(layout.clone())?,
             layout,
             db: Catalog::new(db),
             run: RunId::current(now_ns()),
@@ -241,7 +258,7 @@ impl Repo {
         let Some((rev, rec)) = db::latest_revision(&txn.open_table(REVISIONS)?)? else {
             return Ok(());
         };
-        let current = self.layout.load_manifest().ok();
+        let current = self.objects.load_manifest().ok();
         if current.as_ref().map(|m| (m.revision, m.root)) != Some((rev, rec.root)) {
             tracing::warn!(
                 "manifest does not show recorded revision {rev}: rewriting it (an earlier publish was interrupted)"
@@ -263,7 +280,7 @@ impl Repo {
             ttl: self.meta("ttl")?.parse().unwrap_or(DEFAULT_TTL),
         };
         let text = m.sign(&self.layout.load_secret_key()?);
-        store::write_atomic(&self.layout, &self.layout.manifest(), text.as_bytes())
+        self.objects.write_manifest(text.as_bytes())
     }
 
     /// Stage `nodes` (repository path, node), created under directory `to` (made if missing).
@@ -330,6 +347,8 @@ impl Repo {
             }
             db::add_dirty(&txn, &dirty)?;
         }
+        // What this records must be in the public store first (a bucket's uploads).
+        self.objects.uploaded()?;
         txn.commit()?;
         Ok(())
     }
@@ -409,6 +428,8 @@ impl Repo {
             }
             db::add_dirty(&txn, &dirty)?;
         }
+        // What this records must be in the public store first (a bucket's uploads).
+        self.objects.uploaded()?;
         txn.commit()?;
         Ok(report)
     }
@@ -474,6 +495,8 @@ impl Repo {
     pub fn record_layer(&self, digest: &str, record: &[u8]) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(LAYERS)?.insert(digest, record)?;
+        // What this records must be in the public store first (a bucket's uploads).
+        self.objects.uploaded()?;
         txn.commit()?;
         Ok(())
     }
@@ -609,7 +632,7 @@ impl Repo {
         {
             staged::clear(&txn)?;
         }
-        store::sync_filesystem(&self.layout)?;
+        self.objects.flush()?;
         txn.commit()?;
         self.write_manifest(result.0, &result.1)
             .map_err(|e| Error::ManifestPending {
@@ -845,21 +868,12 @@ impl Repo {
             live.extend_from_slice(&interior[lo..hi]);
             live.sort_unstable();
             live.dedup();
-            let d = self.layout.objects().join(format!("{b:02x}"));
-            for f in fs::read_dir(&d).map_err(Error::io(&d))? {
-                let f = f.map_err(Error::io(&d))?;
-                let name = format!("{b:02x}{}", f.file_name().to_string_lossy());
-                let keep = name
-                    .parse::<ObjectId>()
-                    .is_ok_and(|id| live.binary_search(&id).is_ok());
-                if keep {
-                    report.kept += 1;
-                } else {
-                    report.removed += 1;
-                    report.removed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-                    fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
-                }
-            }
+            let (kept, removed, removed_bytes) = self
+                .objects
+                .sweep_fanout(b, &|id| live.binary_search(id).is_ok())?;
+            report.kept += kept;
+            report.removed += removed;
+            report.removed_bytes += removed_bytes;
             let checkpoint = GcSweep {
                 next: u16::from(b) + 1,
                 kept: report.kept,
@@ -901,7 +915,7 @@ impl Repo {
     pub fn verify(&self, since: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let revs = self.revisions()?;
-        match self.layout.load_manifest() {
+        match self.objects.load_manifest() {
             Err(e) => report.problems.push(format!("manifest: {e}")),
             Ok(m) => {
                 if let Some((rev, rec)) = revs.last()

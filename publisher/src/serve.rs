@@ -135,6 +135,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 /// looks like a public directory (has a `manifest`: a mirror is a bare public directory).
 pub fn public_dir(store: &Path) -> anyhow::Result<PathBuf> {
     let public = store.join("public");
+    if let Some(url) = crate::store::Layout::new(store).bucket_url()? {
+        anyhow::bail!(
+            "{}'s public side is the bucket {url}: serve it from the bucket's endpoint (docs/s3.md)",
+            store.display()
+        );
+    }
     if public.is_dir() {
         return Ok(public);
     }

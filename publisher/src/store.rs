@@ -10,7 +10,12 @@
 //!   repo.key           the ed25519 signing key, mode 0600
 //!   lock               flock()ed by the one publisher at work; holds its pid
 //!   tmp/               scratch space for files written under a temporary name
+//!   public.url         only when the public side is a bucket: `s3://BUCKET/PREFIX`
 //! ```
+//!
+//! With `depotfs init --public s3://BUCKET/PREFIX`, `manifest`, `repo.pub` and `objects/` are
+//! in the bucket ([`crate::public`]); `STORE/public/` then holds only a copy of `repo.pub`.
+//! [`Objects`] is the one place that tells the two apart.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -23,6 +28,7 @@ use depotfs_catalog::object_file;
 use depotfs_catalog::{Manifest, ObjectId, PublicKey, SecretKey};
 
 use crate::error::{Error, Result};
+use crate::public::{BlockingBucket, CACHE_MANIFEST, CACHE_PUBLIC_KEY};
 
 /// Paths of one store.
 #[derive(Debug, Clone)]
@@ -85,9 +91,23 @@ impl Layout {
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// `STORE/public.url`: the bucket holding the public side, if it is one.
+    pub fn bucket_file(&self) -> PathBuf {
+        self.root.join("public.url")
+    }
+    /// The `s3://` URL of the bucket holding the public side, if it is one.
+    pub fn bucket_url(&self) -> Result<Option<String>> {
+        let path = self.bucket_file();
+        match fs::read_to_string(&path) {
+            Ok(url) => Ok(Some(url.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path)(e)),
+        }
+    }
 
-    /// Create the directory skeleton and keys of a new store. Refuses a non-empty STORE.
-    pub fn create(&self) -> Result<SecretKey> {
+    /// Create the directory skeleton and keys of a new store, its public side in `bucket` if
+    /// given (then only `repo.pub`'s copy is under `public/`). Refuses a non-empty STORE.
+    pub fn create(&self, bucket: Option<&str>) -> Result<SecretKey> {
         if let Ok(mut rd) = fs::read_dir(&self.root)
             && rd.next().is_some()
         {
@@ -97,11 +117,15 @@ impl Layout {
             )));
         }
         fs::create_dir_all(&self.root).map_err(Error::io(&self.root))?;
-        for b in 0..=255u8 {
+        fs::create_dir_all(self.public()).map_err(Error::io(self.public()))?;
+        fs::create_dir_all(self.tmp()).map_err(Error::io(self.tmp()))?;
+        if let Some(url) = bucket {
+            write_atomic(self, &self.bucket_file(), format!("{url}\n").as_bytes())?;
+        }
+        for b in (0..=255u8).filter(|_| bucket.is_none()) {
             let d = self.objects().join(format!("{b:02x}"));
             fs::create_dir_all(&d).map_err(Error::io(&d))?;
         }
-        fs::create_dir_all(self.tmp()).map_err(Error::io(self.tmp()))?;
         let mut seed = [0u8; 32];
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut seed))
@@ -122,7 +146,7 @@ impl Layout {
 
     /// Check that STORE looks like a depotfs store.
     pub fn check(&self) -> Result<()> {
-        if !self.catalog().is_file() || !self.objects().is_dir() {
+        if !self.catalog().is_file() || !(self.objects().is_dir() || self.bucket_file().is_file()) {
             return Err(Error::BadStore {
                 path: self.root.clone(),
                 what: "not a depotfs store (no catalog.redb or public/objects); create one with `depotfs init`".into(),
@@ -151,13 +175,17 @@ impl Layout {
         })
     }
 
-    /// The published manifest, verified with the store's own key.
+    /// The published manifest of a public directory, verified with the store's own key.
     pub fn load_manifest(&self) -> Result<Manifest> {
         let path = self.manifest();
         let bytes = fs::read(&path).map_err(Error::io(&path))?;
-        Manifest::parse_verified(&bytes, &self.load_public_key()?, None).map_err(|e| {
+        self.verify_manifest(&bytes, &path.display().to_string())
+    }
+
+    fn verify_manifest(&self, bytes: &[u8], from: &str) -> Result<Manifest> {
+        Manifest::parse_verified(bytes, &self.load_public_key()?, None).map_err(|e| {
             Error::BadStore {
-                path,
+                path: from.into(),
                 what: e.to_string(),
             }
         })
@@ -170,21 +198,58 @@ pub fn write_atomic(layout: &Layout, dest: &Path, bytes: &[u8]) -> Result<()> {
     object_file::replace(dest, bytes, &layout.tmp(), false).map_err(Error::io(dest))
 }
 
-/// Objects in a store: existence checks, writes, verified reads.
+/// The public side of a store — objects, manifest, key — in `STORE/public/` or in a bucket
+/// (`public.url`, [`crate::public`]): existence checks, writes, verified reads, the
+/// barrier before a manifest, the manifest itself, gc's sweep. The rest of the publisher
+/// does not know which.
 #[derive(Debug, Clone)]
 pub struct Objects {
     layout: Layout,
+    /// The bucket, when the public side is one.
+    bucket: Option<std::sync::Arc<BlockingBucket>>,
     /// Bytes of the objects this handle (and its clones) wrote, for the batch commands'
     /// metrics (`batch_metrics`).
     written: std::sync::Arc<AtomicU64>,
 }
 
 impl Objects {
-    /// The objects of the store at `layout`.
+    /// The objects of the public directory of `layout` (never a bucket: `depotfs serve`'s
+    /// public directory, a mirror).
     pub fn new(layout: Layout) -> Self {
         Objects {
             layout,
+            bucket: None,
             written: Default::default(),
+        }
+    }
+
+    /// The public side of the store at `layout`: its bucket if `STORE/public.url` names
+    /// one, else `STORE/public/`.
+    pub fn open(layout: Layout) -> Result<Self> {
+        let bucket = match layout.bucket_url()? {
+            Some(url) => Some(std::sync::Arc::new(BlockingBucket::open(&url)?)),
+            None => None,
+        };
+        Ok(Objects {
+            bucket,
+            ..Objects::new(layout)
+        })
+    }
+
+    /// The bucket `url` as the public side of `layout`'s store (before `STORE/public.url`
+    /// is written: `init`).
+    pub fn open_bucket(layout: &Layout, url: &str) -> Result<Self> {
+        Ok(Objects {
+            bucket: Some(std::sync::Arc::new(BlockingBucket::open(url)?)),
+            ..Objects::new(layout.clone())
+        })
+    }
+
+    /// Where the public side is, for messages: `STORE/public` or `s3://BUCKET/PREFIX`.
+    pub fn describe(&self) -> String {
+        match &self.bucket {
+            Some(b) => b.url("").trim_end_matches('/').to_string(),
+            None => self.layout.public().display().to_string(),
         }
     }
 
@@ -193,22 +258,55 @@ impl Objects {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// Is object `id` present?
+    /// Is object `id` present? (A bucket that cannot answer says no: the object is then
+    /// uploaded again, which is harmless.)
     pub fn has(&self, id: &ObjectId) -> bool {
-        self.layout.object(id).exists()
+        match &self.bucket {
+            Some(b) => b.has(id).unwrap_or_else(|e| {
+                tracing::debug!("{e}");
+                false
+            }),
+            None => self.layout.object(id).exists(),
+        }
     }
 
     /// Store an encoded object unless it is present. Returns the bytes written (0 if present).
+    /// A bucket's upload runs in the background: [`Objects::flush`] waits for it.
     pub fn put(&self, enc: &Encoded) -> Result<u64> {
-        let dest = self.layout.object(&enc.id);
-        if dest.exists() {
-            return Ok(0);
+        if let Some(b) = &self.bucket {
+            if !b.put(&enc.id, &enc.bytes)? {
+                return Ok(0);
+            }
+        } else {
+            let dest = self.layout.object(&enc.id);
+            if dest.exists() {
+                return Ok(0);
+            }
+            object_file::create(&dest, &enc.bytes, true, &self.layout.tmp())
+                .map_err(Error::io(&dest))?;
         }
-        object_file::create(&dest, &enc.bytes, true, &self.layout.tmp())
-            .map_err(Error::io(&dest))?;
         self.written
             .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
         Ok(enc.bytes.len() as u64)
+    }
+
+    /// Make every object written so far durable (file system sync, or every upload done),
+    /// so the manifest written next never names an object a reader cannot get.
+    pub fn flush(&self) -> Result<()> {
+        match &self.bucket {
+            Some(b) => b.flush(),
+            None => sync_filesystem(&self.layout),
+        }
+    }
+
+    /// Wait until every object put so far is in the public store: a bucket's background
+    /// uploads (before the catalog records anything that references them); on disk they
+    /// are there already (made durable by [`Objects::flush`] before a revision).
+    pub fn uploaded(&self) -> Result<()> {
+        match &self.bucket {
+            Some(b) => b.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Read and verify object `id`.
@@ -220,8 +318,95 @@ impl Objects {
     /// The encoded bytes of object `id`, **not verified**: for a caller that reads now and
     /// verifies later with `object::decode_owned` (the reader's `UnverifiedPiece`).
     pub fn read(&self, id: &ObjectId) -> Result<Vec<u8>> {
-        let path = self.layout.object(id);
-        fs::read(&path).map_err(Error::io(&path))
+        match &self.bucket {
+            Some(b) => {
+                let rel = id.store_path();
+                b.get(&rel)?
+                    .map(|v| v.to_vec())
+                    .ok_or_else(|| Error::Bucket {
+                        url: b.url(&rel),
+                        message: "no such object".into(),
+                    })
+            }
+            None => {
+                let path = self.layout.object(id);
+                fs::read(&path).map_err(Error::io(&path))
+            }
+        }
+    }
+
+    /// The published manifest, verified with the store's own key.
+    pub fn load_manifest(&self) -> Result<Manifest> {
+        match &self.bucket {
+            Some(b) => {
+                let bytes = b.get("manifest")?.ok_or_else(|| Error::Bucket {
+                    url: b.url("manifest"),
+                    message: "no manifest".into(),
+                })?;
+                self.layout.verify_manifest(&bytes, &b.url("manifest"))
+            }
+            None => self.layout.load_manifest(),
+        }
+    }
+
+    /// Replace the manifest (a rename on disk, one `PUT` in a bucket: readers see the old
+    /// one or the new one).
+    pub fn write_manifest(&self, text: &[u8]) -> Result<()> {
+        match &self.bucket {
+            Some(b) => b.put_now("manifest", text, CACHE_MANIFEST),
+            None => write_atomic(&self.layout, &self.layout.manifest(), text),
+        }
+    }
+
+    /// Upload `STORE/public/repo.pub` to the bucket, if the public side is one.
+    pub fn publish_key(&self) -> Result<()> {
+        if let Some(b) = &self.bucket {
+            let path = self.layout.public_key();
+            let text = fs::read(&path).map_err(Error::io(&path))?;
+            b.put_now("repo.pub", &text, CACHE_PUBLIC_KEY)?;
+        }
+        Ok(())
+    }
+
+    /// Does the public side already hold a manifest? (`init` refuses a bucket prefix that
+    /// does: it belongs to another repository.)
+    pub fn has_manifest(&self) -> Result<bool> {
+        match &self.bucket {
+            Some(b) => Ok(b.get("manifest")?.is_some()),
+            None => Ok(self.layout.manifest().exists()),
+        }
+    }
+
+    /// gc's sweep of fan-out directory `b` (`objects/ab/`): delete each object for which
+    /// `live` says no. Returns (kept, removed, removed bytes).
+    pub fn sweep_fanout(&self, b: u8, live: &dyn Fn(&ObjectId) -> bool) -> Result<(u64, u64, u64)> {
+        let (mut kept, mut removed, mut removed_bytes) = (0, 0, 0);
+        if let Some(bucket) = &self.bucket {
+            let listing = bucket.block_on(bucket.bucket().list_fanout(b))?;
+            for (id, rel, size) in listing {
+                if id.as_ref().is_some_and(live) {
+                    kept += 1;
+                } else {
+                    removed += 1;
+                    removed_bytes += size;
+                    bucket.block_on(bucket.bucket().delete(&rel))?;
+                }
+            }
+            return Ok((kept, removed, removed_bytes));
+        }
+        let d = self.layout.objects().join(format!("{b:02x}"));
+        for f in fs::read_dir(&d).map_err(Error::io(&d))? {
+            let f = f.map_err(Error::io(&d))?;
+            let name = format!("{b:02x}{}", f.file_name().to_string_lossy());
+            if name.parse::<ObjectId>().is_ok_and(|id| live(&id)) {
+                kept += 1;
+            } else {
+                removed += 1;
+                removed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(f.path()).map_err(Error::io(f.path()))?;
+            }
+        }
+        Ok((kept, removed, removed_bytes))
     }
 }
 
