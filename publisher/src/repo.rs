@@ -1133,11 +1133,20 @@ fn remove_subtree(
     Ok(bytes)
 }
 
+/// redb's page cache for the catalog (reads and the write buffer together). redb's default
+/// is 1 GiB, and every open reads the whole file (the integrity check) through it, so a
+/// process's memory grew with the catalog: ~80 bytes per entry in `gc` and `verify` of a
+/// 3M-entry catalog, ~1 GB at 20M entries. Every operation reads a bounded part of the
+/// catalog (a directory's rows, the revisions), so 64 MiB costs them nothing measurable; a
+/// larger write transaction spills its dirty pages to the file (#18, `docs/scale.md`).
+pub const CATALOG_CACHE_BYTES: usize = 16 << 20;
+
 /// The catalog is opened by one writer (the locked publisher) while any number of readers
 /// (`depotfs status STORE`) follow its commits.
 fn db_builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b.set_cache_size(CATALOG_CACHE_BYTES);
     b
 }
 
