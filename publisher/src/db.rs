@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 
 use depotfs_catalog::{FileContent, ObjectId};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -304,6 +304,134 @@ impl Catalog {
         Ok(())
     }
 
+    /// Create the tables of a new catalog with its settings; the (empty) root is dirty, so
+    /// the first publish builds it.
+    pub fn create(&self, settings: &[(&str, &[u8])]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for (k, v) in settings {
+                meta.insert(*k, *v)?;
+            }
+            txn.open_table(NODES)?;
+            txn.open_table(DIRS)?;
+            txn.open_table(REVISIONS)?;
+            txn.open_table(TAGS)?;
+            txn.open_table(DIRTY)?.insert("", ())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Change the staged tree: `f` runs inside one write transaction, committed (with the
+    /// directories it marked dirty) when it returns `Ok`, abandoned when it fails.
+    pub fn change<T>(&self, f: impl FnOnce(&mut Tree<'_>) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write()?;
+        let out = {
+            let mut tree = Tree {
+                txn: &txn,
+                nodes: txn.open_table(NODES)?,
+                dirty: BTreeSet::new(),
+                clear_dirty: false,
+            };
+            let out = f(&mut tree)?;
+            let (dirty, clear) = (std::mem::take(&mut tree.dirty), tree.clear_dirty);
+            drop(tree);
+            if clear {
+                txn.open_table(DIRTY)?.retain(|_, _| false)?;
+            }
+            add_dirty(&txn, &dirty)?;
+            out
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Publish: `f` runs inside one write transaction over the publish tables and says
+    /// whether to commit it (`(value, true)`); whatever must be durable before the catalog
+    /// records the revision (the objects) `f` makes durable itself.
+    pub fn publishing<T>(
+        &self,
+        f: impl FnOnce(&mut Publishing<'_>) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write()?;
+        let (out, commit) = {
+            let mut p = Publishing {
+                txn: &txn,
+                nodes: txn.open_table(NODES)?,
+                dirs: txn.open_table(DIRS)?,
+                dirty: txn.open_table(DIRTY)?,
+                revs: txn.open_table(REVISIONS)?,
+                tags: txn.open_table(TAGS)?,
+            };
+            f(&mut p)?
+        };
+        if commit {
+            txn.commit()?;
+        }
+        Ok(out)
+    }
+
+    /// The children of directory `dir` in the staged tree, in name order (empty when it
+    /// does not exist).
+    pub fn children(&self, dir: &str) -> Result<Vec<(String, Node)>> {
+        let txn = self.db.begin_read()?;
+        children(&txn.open_table(NODES)?, dir)
+    }
+
+    /// Is `path` in the staged tree?
+    pub fn has_node(&self, path: &str) -> Result<bool> {
+        let Some((p, n)) = split(path) else {
+            return Ok(true);
+        };
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(NODES)?.get((p, n))?.is_some())
+    }
+
+    /// Is anything staged (a directory to rebuild)?
+    pub fn has_dirty(&self) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(!txn.open_table(DIRTY)?.is_empty()?)
+    }
+
+    /// The latest revision, if any.
+    pub fn latest_revision(&self) -> Result<Option<(u64, RevisionRecord)>> {
+        let txn = self.db.begin_read()?;
+        latest_revision(&txn.open_table(REVISIONS)?)
+    }
+
+    /// The record of imported layer `digest`, if any.
+    pub fn layer(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(LAYERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(digest)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Keep the record of imported layer `digest`.
+    pub fn set_layer(&self, digest: &str, record: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LAYERS)?.insert(digest, record)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// What is staged and by which runs.
+    pub fn staged(&self) -> Result<crate::staged::Report> {
+        crate::staged::Report::read(&self.db.begin_read()?)
+    }
+
+    /// Leave what `run` staged for a later publish, on purpose.
+    pub fn keep_staged(&self, run: &crate::staged::RunId) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        crate::staged::keep(&txn, run)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Call `f(content, size)` for every regular file of the staged tree.
     pub fn for_each_staged_file(
         &self,
@@ -316,6 +444,226 @@ impl Catalog {
                 f(&content, size)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// Add directory `dir` and its ancestors to `dirty`.
+pub fn mark_dirty(dirty: &mut BTreeSet<String>, dir: &str) {
+    let mut d = dir.to_string();
+    loop {
+        if !dirty.insert(d.clone()) {
+            return;
+        }
+        match split(&d) {
+            Some((p, _)) => d = p.to_string(),
+            None => return,
+        }
+    }
+}
+
+/// Path components in `path` (the root: 0).
+pub fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.matches('/').count() + 1
+    }
+}
+
+/// Key of a `nodes` row: (parent path, name).
+type NodeKey = (&'static str, &'static str);
+
+/// The staged tree inside one write transaction ([`Catalog::change`]): rows of `nodes`, and
+/// the directories to rebuild at the next publish (added to `dirty` when the change commits).
+pub struct Tree<'t> {
+    txn: &'t redb::WriteTransaction,
+    nodes: redb::Table<'t, NodeKey, &'static [u8]>,
+    dirty: BTreeSet<String>,
+    clear_dirty: bool,
+}
+
+impl<'t> Tree<'t> {
+    /// The transaction (for the record of the change: [`crate::staged::Recorder`]).
+    pub fn txn(&self) -> &'t redb::WriteTransaction {
+        self.txn
+    }
+
+    /// The node at `path`, if any.
+    pub fn node(&self, path: &str) -> Result<Option<Node>> {
+        match split(path) {
+            Some((parent, name)) => get_node(&self.nodes, parent, name),
+            None => Ok(None),
+        }
+    }
+
+    /// The children of `dir` as (name, node), in name order.
+    pub fn children(&self, dir: &str) -> Result<Vec<(String, Node)>> {
+        children(&self.nodes, dir)
+    }
+
+    /// Set the node at `path` (not the root). Marks nothing dirty: see [`Tree::mark_dirty`].
+    pub fn put(&mut self, path: &str, node: &Node) -> Result<()> {
+        let (parent, name) =
+            split(path).ok_or_else(|| Error::Input("cannot replace the root".into()))?;
+        self.nodes.insert((parent, name), enc(node).as_slice())?;
+        Ok(())
+    }
+
+    /// Mark directory `dir` and its ancestors to rebuild at the next publish.
+    pub fn mark_dirty(&mut self, dir: &str) {
+        mark_dirty(&mut self.dirty, dir);
+    }
+
+    /// Remove `path` and, if it is a directory, everything below it; mark what changed
+    /// dirty. Returns the bytes of the files removed.
+    pub fn remove_subtree(&mut self, path: &str) -> Result<u64> {
+        let (p, n) = split(path).ok_or_else(|| Error::Input("cannot remove the root".into()))?;
+        let mut bytes = match get_node(&self.nodes, p, n) {
+            Ok(Some(Node {
+                kind: NodeKind::File { size, .. },
+                ..
+            })) => size,
+            _ => 0,
+        };
+        for (name, node) in children(&self.nodes, path)? {
+            let child = join(path, &name);
+            if matches!(node.kind, NodeKind::Dir) {
+                bytes += self.remove_subtree(&child)?;
+            } else {
+                if let NodeKind::File { size, .. } = node.kind {
+                    bytes += size;
+                }
+                self.nodes.remove((path, name.as_str()))?;
+            }
+        }
+        self.nodes.remove((p, n))?;
+        self.dirty.insert(path.to_string());
+        self.mark_dirty(p);
+        Ok(bytes)
+    }
+
+    /// Replace the whole tree with `rows` (path, node), marking nothing.
+    pub fn replace_all(&mut self, rows: &[(String, Node)]) -> Result<()> {
+        self.nodes.retain(|_, _| false)?;
+        for (path, node) in rows {
+            self.put(path, node)?;
+        }
+        Ok(())
+    }
+
+    /// Mark every directory published so far dirty (a rollback rebuilds them all).
+    pub fn mark_published_dirty(&mut self) -> Result<()> {
+        for row in self.txn.open_table(DIRS)?.iter()? {
+            self.dirty.insert(row?.0.value().to_string());
+        }
+        self.dirty.insert(String::new());
+        Ok(())
+    }
+
+    /// Forget every directory marked dirty, committed ones too (an abort: the tree is the
+    /// latest revision's again).
+    pub fn clear_dirty(&mut self) {
+        self.dirty.clear();
+        self.clear_dirty = true;
+    }
+}
+
+impl std::fmt::Debug for Tree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree").field("dirty", &self.dirty).finish()
+    }
+}
+
+/// The tables a publish reads and writes, inside one write transaction
+/// ([`Catalog::publishing`]).
+pub struct Publishing<'t> {
+    txn: &'t redb::WriteTransaction,
+    nodes: redb::Table<'t, NodeKey, &'static [u8]>,
+    dirs: redb::Table<'t, &'static str, &'static [u8]>,
+    dirty: redb::Table<'t, &'static str, ()>,
+    revs: redb::Table<'t, u64, &'static [u8]>,
+    tags: redb::Table<'t, &'static str, u64>,
+}
+
+impl std::fmt::Debug for Publishing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publishing").finish_non_exhaustive()
+    }
+}
+
+impl Publishing<'_> {
+    /// The revision tag `tag` names, if any.
+    pub fn tagged(&self, tag: &str) -> Result<Option<u64>> {
+        Ok(self.tags.get(tag)?.map(|r| r.value()))
+    }
+
+    /// The directories to rebuild, deepest first (a directory after its subdirectories).
+    pub fn dirty(&self) -> Result<Vec<String>> {
+        let mut dirty: Vec<String> = Vec::new();
+        for row in self.dirty.iter()? {
+            dirty.push(row?.0.value().to_string());
+        }
+        let depth = |p: &str| {
+            if p.is_empty() {
+                0
+            } else {
+                p.matches('/').count() + 1
+            }
+        };
+        dirty.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+        Ok(dirty)
+    }
+
+    /// The latest revision, if any.
+    pub fn latest(&self) -> Result<Option<(u64, RevisionRecord)>> {
+        latest_revision(&self.revs)
+    }
+
+    /// Is `path` a directory of the staged tree (the root always is)?
+    pub fn is_dir(&self, path: &str) -> Result<bool> {
+        Ok(match split(path) {
+            None => true,
+            Some((p, n)) => {
+                get_node(&self.nodes, p, n)?.is_some_and(|n| matches!(n.kind, NodeKind::Dir))
+            }
+        })
+    }
+
+    /// The children of `dir` in the staged tree.
+    pub fn children(&self, dir: &str) -> Result<Vec<(String, Node)>> {
+        children(&self.nodes, dir)
+    }
+
+    /// Directory `path` as last published (or built by this publish).
+    pub fn dir(&self, path: &str) -> Result<Option<DirState>> {
+        get_dir(&self.dirs, path)
+    }
+
+    /// Record directory `path` as built (`Some`) or gone (`None`).
+    pub fn set_dir(&mut self, path: &str, state: Option<&DirState>) -> Result<()> {
+        match state {
+            Some(s) => self.dirs.insert(path, enc(s).as_slice())?,
+            None => self.dirs.remove(path)?,
+        };
+        Ok(())
+    }
+
+    /// Record revision `rev` (and its tag), and clear what was staged for it.
+    pub fn add_revision(&mut self, rev: u64, rec: &RevisionRecord) -> Result<()> {
+        self.revs.insert(rev, enc(rec).as_slice())?;
+        if let Some(tag) = &rec.tag {
+            self.tags.insert(tag.as_str(), rev)?;
+        }
+        self.dirty.retain(|_, _| false)?;
+        crate::staged::clear(self.txn)
+    }
+
+    /// Tag existing revision `rev` (whose record is `rec`) as `tag`.
+    pub fn tag(&mut self, rev: u64, mut rec: RevisionRecord, tag: &str) -> Result<()> {
+        self.tags.insert(tag, rev)?;
+        rec.tag = Some(tag.to_string());
+        self.revs.insert(rev, enc(&rec).as_slice())?;
         Ok(())
     }
 }

@@ -8,8 +8,12 @@
 //!    given key, its repository name is the mirror's (or `--name`), and its revision is not
 //!    lower than the mirror's current one (an older manifest is a replay and is refused);
 //! 2. walks the revision's tree from the root — directory nodes ([`depotfs_catalog::dir`]),
-//!    file entries, chunk lists, chunks — fetching, in parallel, only the objects the mirror
-//!    lacks, and verifying each with [`object::decode`] as the kind its referrer says;
+//!    file entries, chunk lists, chunks — fetching, `--jobs` at a time, only the objects the
+//!    mirror lacks, and verifying each with [`object::decode`] as the kind its referrer says.
+//!    The walk is depth-first with a bounded frontier (a stack of references, and in memory
+//!    only the objects fetched whose children are not yet all present), so its memory does
+//!    not grow with the repository: a first mirror of 100 M objects holds what an
+//!    incremental run holds;
 //! 3. syncs the file system and only then replaces `manifest` (temporary file and rename).
 //!
 //! **Children first.** An object is written (temporary file in `DEST/.depotfs-replicate/tmp`,
@@ -32,20 +36,17 @@
 //! A bucket has no lock: run one replicate per bucket prefix (the systemd timer does).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use depotfs_catalog::dir::NODE_MAX_BYTES;
 use depotfs_catalog::graph;
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{Manifest, ObjectId, PublicKey};
-use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::progress::Counter;
@@ -231,15 +232,20 @@ async fn run_async(opts: &Options) -> Result<Report> {
     let walk = Arc::new(Walk {
         source,
         mirror: mirror.clone(),
-        permits: Semaphore::new(opts.jobs.max(1)),
-        cells: Mutex::new(HashMap::new()),
+        jobs: opts.jobs.max(1),
         full: opts.full,
         fetched: AtomicU64::new(0),
         fetched_bytes: AtomicU64::new(0),
         present: AtomicU64::new(0),
         ticker: Counter::new("replicating"),
     });
-    let result = ensure(walk.clone(), m.root, ObjectKind::DirNode, NODE_MAX_BYTES).await;
+    let root = graph::Child {
+        id: m.root,
+        kind: ObjectKind::DirNode,
+        max_len: NODE_MAX_BYTES,
+        edge: graph::Edge::Subdir,
+    };
+    let result = walk_tree(walk.clone(), root).await;
     walk.ticker.finish();
     result?;
 
@@ -454,11 +460,8 @@ impl Mirror {
 struct Walk {
     source: Source,
     mirror: Mirror,
-    /// Bounds concurrent fetches (`--jobs`).
-    permits: Semaphore,
-    /// One cell per object visited: an object referenced from several places (a shared
-    /// chunk, an identical directory) is fetched once, and every referrer waits for it.
-    cells: Mutex<HashMap<ObjectId, Arc<OnceCell<()>>>>,
+    /// Objects fetched (or, with `--full`, read back) at once (`--jobs`).
+    jobs: usize,
     full: bool,
     fetched: AtomicU64,
     fetched_bytes: AtomicU64,
@@ -466,89 +469,197 @@ struct Walk {
     ticker: Counter,
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
-
-/// Return once object `id` and everything below it are present in the mirror.
-fn ensure(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> BoxFut {
-    Box::pin(async move {
-        let cell = walk
-            .cells
-            .lock()
-            .expect("not poisoned")
-            .entry(id)
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| visit(walk.clone(), id, kind, max_len))
-            .await
-            .map(|_| ())
-    })
+/// An object the walk has started and not finished: being fetched, or fetched and waiting
+/// for its children to be present before it is written.
+#[derive(Debug)]
+struct Open {
+    /// The bytes to write once every child is present (`None`: already in the mirror, read
+    /// back and verified under `--full`).
+    bytes: Option<Vec<u8>>,
+    /// Children not yet present; `None` while the object itself is being fetched.
+    remaining: Option<usize>,
+    /// The open objects that refer to it (the first referrer, and any other reached while
+    /// it was open: a shared chunk, an identical directory).
+    waiters: Vec<ObjectId>,
 }
 
-async fn visit(walk: Arc<Walk>, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<()> {
-    let rel = id.store_path();
-    let dest = walk.mirror.path(&rel);
-    if walk.mirror.has(&rel).await? {
-        if !walk.full {
-            walk.present.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+/// What a fetch task found: the object, its bytes if it still has to be written (after its
+/// children), and its children.
+type Visited = (ObjectId, Option<Vec<u8>>, Vec<graph::Child>);
+
+/// Make the object `root` (a directory node) and everything below it present in the mirror.
+///
+/// A depth-first walk with a bounded frontier: at most `jobs` objects are fetched at once,
+/// children are taken from a stack (the most recently found first), and an object stays in
+/// memory only while it is open (fetched, its children not all present). So memory is
+/// bounded by `jobs` × the tree's depth × the largest object's references, never by the
+/// repository's size: a first mirror of 100 M objects holds what an incremental run does.
+/// An object the mirror has is skipped with its subtree (objects are immutable and written
+/// children first), so an incremental run fetches what changed and stats its siblings.
+async fn walk_tree(walk: Arc<Walk>, root: graph::Child) -> Result<()> {
+    let mut stack: Vec<(graph::Child, Option<ObjectId>)> = vec![(root, None)];
+    let mut open: HashMap<ObjectId, Open> = HashMap::new();
+    // --full only: interior objects already checked this run (a shared subtree is walked once;
+    // a few per thousand objects).
+    let mut checked: HashSet<ObjectId> = HashSet::new();
+    let mut tasks: JoinSet<Result<Visited>> = JoinSet::new();
+    loop {
+        while tasks.len() < walk.jobs
+            && let Some((c, referrer)) = stack.pop()
+        {
+            if let Some(o) = open.get_mut(&c.id) {
+                o.waiters.extend(referrer);
+                continue;
+            }
+            // A directory mirror is asked here (a stat); a bucket in the fetch task (a HEAD
+            // request), which reports a present object as one without children to write.
+            let has = match (&walk.mirror, walk.full) {
+                (_, true) => checked.contains(&c.id),
+                (Mirror::Dir(_), false) => walk.mirror.path(&c.id.store_path()).exists(),
+                (Mirror::Bucket(_), false) => false,
+            };
+            if has {
+                if !walk.full {
+                    walk.present.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(r) = referrer
+                    && last_child(&mut open, &r)
+                {
+                    finish(&walk, &mut open, &mut checked, r).await?;
+                }
+                continue;
+            }
+            open.insert(
+                c.id,
+                Open {
+                    bytes: None,
+                    remaining: None,
+                    waiters: referrer.into_iter().collect(),
+                },
+            );
+            tasks.spawn(visit(walk.clone(), c));
         }
-        // --full: check the mirror's copy and descend; refetch it if it is damaged.
-        let local = walk.mirror.read(&rel).await?.unwrap_or_default();
-        match object::decode(id, kind, &local, max_len) {
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (id, bytes, kids) = match joined {
+            Ok(r) => r?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let o = open.get_mut(&id).expect("a fetched object is open");
+        o.bytes = bytes;
+        if kids.is_empty() {
+            finish(&walk, &mut open, &mut checked, id).await?;
+        } else {
+            o.remaining = Some(kids.len());
+            stack.extend(kids.into_iter().map(|k| (k, Some(id))));
+        }
+        walk.ticker.tick(|| {
+            format!(
+                "fetched {} objects ({} MiB), {} present, {} open",
+                walk.fetched.load(Ordering::Relaxed),
+                walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
+                walk.present.load(Ordering::Relaxed),
+                open.len()
+            )
+        });
+    }
+    debug_assert!(open.is_empty(), "every open object was finished");
+    Ok(())
+}
+
+/// One child of open object `referrer` is present: is that its last?
+fn last_child(open: &mut HashMap<ObjectId, Open>, referrer: &ObjectId) -> bool {
+    let o = open.get_mut(referrer).expect("a referrer is open");
+    let left = o.remaining.as_mut().expect("a referrer has its children");
+    *left -= 1;
+    *left == 0
+}
+
+/// Every child of open object `id` is present: write it (children first), close it, and
+/// tell its referrers, finishing each whose last child it was.
+async fn finish(
+    walk: &Walk,
+    open: &mut HashMap<ObjectId, Open>,
+    checked: &mut HashSet<ObjectId>,
+    id: ObjectId,
+) -> Result<()> {
+    let mut done = vec![id];
+    while let Some(id) = done.pop() {
+        let o = open.remove(&id).expect("finished once");
+        if let Some(bytes) = o.bytes {
+            write_object(walk, &id, bytes).await?;
+        }
+        if walk.full && o.remaining.is_some() {
+            checked.insert(id);
+        }
+        for r in o.waiters {
+            if last_child(open, &r) {
+                done.push(r);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write a verified object whose children are all present into the mirror.
+async fn write_object(walk: &Walk, id: &ObjectId, bytes: Vec<u8>) -> Result<()> {
+    let len = bytes.len() as u64;
+    walk.mirror.write_object(&id.store_path(), bytes).await?;
+    walk.fetched.fetch_add(1, Ordering::Relaxed);
+    walk.fetched_bytes.fetch_add(len, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Fetch object `c` (with `--full`, read the mirror's copy first and fetch only if it is
+/// damaged), verify it as the kind its referrer says, and list its children. An object
+/// without children is written here; one with children is handed back to be written after
+/// them.
+async fn visit(walk: Arc<Walk>, c: graph::Child) -> Result<Visited> {
+    let rel = c.id.store_path();
+    let dest = walk.mirror.path(&rel);
+    if let Mirror::Bucket(_) = walk.mirror
+        && !walk.full
+        && walk.mirror.has(&rel).await?
+    {
+        walk.present.fetch_add(1, Ordering::Relaxed);
+        return Ok((c.id, None, Vec::new()));
+    }
+    if walk.full
+        && let Some(local) = walk.mirror.read(&rel).await?
+    {
+        match object::decode(c.id, c.kind, &local, c.max_len) {
             Ok(v) => {
-                let src = dest.display().to_string();
-                ensure_children(&walk, &v, &src).await?;
+                let kids = children(&v, &dest.display().to_string())?;
                 walk.present.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return Ok((c.id, None, kids));
             }
             Err(e) => tracing::warn!("{}: {e}; fetching it again", dest.display()),
         }
     }
-    let bytes = {
-        let _permit = walk.permits.acquire().await.expect("never closed");
-        walk.source.get(&rel, false).await?
-    };
+    let bytes = walk.source.get(&rel, false).await?;
     let url = walk.source.url(&rel);
-    let v =
-        object::decode(id, kind, &bytes, max_len).map_err(|source| ReplicateError::BadObject {
-            id,
+    let v = object::decode(c.id, c.kind, &bytes, c.max_len).map_err(|source| {
+        ReplicateError::BadObject {
+            id: c.id,
             url: url.clone(),
             source: Box::new(source),
-        })?;
-    ensure_children(&walk, &v, &url).await?;
-    let len = bytes.len() as u64;
-    walk.mirror.write_object(&rel, bytes).await?;
-    walk.fetched.fetch_add(1, Ordering::Relaxed);
-    walk.fetched_bytes.fetch_add(len, Ordering::Relaxed);
-    walk.ticker.tick(|| {
-        format!(
-            "fetched {} objects ({} MiB), {} present",
-            walk.fetched.load(Ordering::Relaxed),
-            walk.fetched_bytes.load(Ordering::Relaxed) >> 20,
-            walk.present.load(Ordering::Relaxed)
-        )
-    });
-    Ok(())
+        }
+    })?;
+    let kids = children(&v, &url)?;
+    drop(v);
+    if kids.is_empty() {
+        write_object(&walk, &c.id, bytes).await?;
+        return Ok((c.id, None, kids));
+    }
+    Ok((c.id, Some(bytes), kids))
 }
 
-/// Ensure every child of `v` (fetched from `from`), concurrently; the first failure stops
-/// the others (dropping the set aborts its tasks).
-async fn ensure_children(walk: &Arc<Walk>, v: &object::Verified, from: &str) -> Result<()> {
-    let kids = graph::children(v).map_err(|source| ReplicateError::BadObject {
+/// The children of verified object `v`, read from `from`.
+fn children(v: &object::Verified, from: &str) -> Result<Vec<graph::Child>> {
+    graph::children(v).map_err(|source| ReplicateError::BadObject {
         id: v.id(),
         url: from.to_string(),
         source: Box::new(source),
-    })?;
-    let mut set = JoinSet::new();
-    for c in kids {
-        set.spawn(ensure(walk.clone(), c.id, c.kind, c.max_len));
-    }
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    Ok(())
+    })
 }

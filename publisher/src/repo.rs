@@ -8,7 +8,7 @@
 //! revision without its manifest: the next open rewrites the manifest from the record
 //! ([`Repo::open`]), so a revision number is never published twice with different trees.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,12 +20,9 @@ use depotfs_catalog::{
     ChunkList, Entry, EntryKind, FORMAT_VERSION, FileContent, Manifest, ObjectId,
 };
 use rayon::prelude::*;
-use redb::{Database, ReadableTable, ReadableTableMetadata};
+use redb::Database;
 
-use crate::db::{
-    self, Catalog, DIRS, DIRTY, DirState, LAYERS, META, NODES, Node, NodeKind, REVISIONS,
-    RevisionRecord, TAGS,
-};
+use crate::db::{self, Catalog, DirState, Node, NodeKind, RevisionRecord};
 use crate::error::{Error, Result};
 use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
 use crate::mark::{Leaf, Marker};
@@ -128,14 +125,6 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn depth(path: &str) -> usize {
-    if path.is_empty() {
-        0
-    } else {
-        path.matches('/').count() + 1
-    }
-}
-
 fn catalog_err(e: Error) -> depotfs_catalog::Error {
     depotfs_catalog::Error::Invalid(e.to_string())
 }
@@ -166,21 +155,11 @@ impl Repo {
             }
         }
         layout.create(public)?;
-        let db = db_builder().create(layout.catalog())?;
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert("name", name.as_bytes())?;
-            meta.insert("ttl", DEFAULT_TTL.to_string().as_bytes())?;
-            meta.insert("format", FORMAT_VERSION.to_string().as_bytes())?;
-            txn.open_table(NODES)?;
-            txn.open_table(DIRS)?;
-            txn.open_table(REVISIONS)?;
-            txn.open_table(TAGS)?;
-            txn.open_table(DIRTY)?.insert("", ())?;
-        }
-        txn.commit()?;
-        drop(db);
+        Catalog::new(db_builder().create(layout.catalog())?).create(&[
+            ("name", name.as_bytes()),
+            ("ttl", DEFAULT_TTL.to_string().as_bytes()),
+            ("format", FORMAT_VERSION.to_string().as_bytes()),
+        ])?;
         let repo = Repo::open(root)?;
         repo.objects.publish_key()?;
         repo.publish(None, false)?;
@@ -208,11 +187,9 @@ impl Repo {
 
     /// Refuse a store of another format (a catalog without a `format` row is format 1).
     fn check_format(&self) -> Result<()> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(META)?;
-        let format = match t.get("format")? {
+        let format = match self.db.meta("format")? {
             None => 1,
-            Some(v) => std::str::from_utf8(v.value())
+            Some(v) => std::str::from_utf8(&v)
                 .ok()
                 .and_then(|v| v.parse::<u32>().ok())
                 .ok_or_else(|| Error::Db("meta format is not a number".into()))?,
@@ -240,12 +217,11 @@ impl Repo {
     }
 
     fn meta(&self, key: &str) -> Result<String> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(META)?;
-        let v = t
-            .get(key)?
+        let v = self
+            .db
+            .meta(key)?
             .ok_or_else(|| Error::Db(format!("missing meta {key}")))?;
-        Ok(String::from_utf8_lossy(v.value()).into_owned())
+        Ok(String::from_utf8_lossy(&v).into_owned())
     }
 
     /// The repository name.
@@ -254,8 +230,7 @@ impl Repo {
     }
 
     fn recover_manifest(&self) -> Result<()> {
-        let txn = self.db.begin_read()?;
-        let Some((rev, rec)) = db::latest_revision(&txn.open_table(REVISIONS)?)? else {
+        let Some((rev, rec)) = self.db.latest_revision()? else {
             return Ok(());
         };
         let current = self.objects.load_manifest().ok();
@@ -287,18 +262,13 @@ impl Repo {
     /// Existing paths are replaced; a file replacing a directory (or the reverse) removes
     /// the old subtree.
     pub fn stage_add(&self, to: &str, nodes: Vec<(String, Node)>) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut rec = Recorder::new(&txn, &self.run)?;
-            let mut t = txn.open_table(NODES)?;
-            let mut dirty = BTreeSet::new();
+        self.db.change(|t| {
+            let mut rec = Recorder::new(t.txn(), &self.run)?;
             // The target directory and its ancestors.
             let mut at = String::new();
             for part in to.split('/').filter(|p| !p.is_empty()) {
-                let parent = at.clone();
                 at = db::join(&at, part);
-                let existing = db::get_node(&t, parent.as_str(), part)?;
-                match existing {
+                match t.node(&at)? {
                     Some(Node {
                         kind: NodeKind::Dir,
                         ..
@@ -314,23 +284,23 @@ impl Repo {
                             mtime_ns: 0,
                             kind: NodeKind::Dir,
                         };
-                        t.insert((parent.as_str(), part), db::enc(&n).as_slice())?;
+                        t.put(&at, &n)?;
                         rec.put(&at, false, 0)?;
-                        mark_dirty(&mut dirty, &at);
+                        t.mark_dirty(&at);
                     }
                 }
             }
             for (path, node) in nodes {
-                let (parent, name) = db::split(&path)
+                let (parent, _) = db::split(&path)
                     .ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-                let old = db::get_node(&t, parent, name)?;
+                let old = t.node(&path)?;
                 if old.as_ref() == Some(&node) {
                     continue; // the same again: no change
                 }
                 if let Some(old) = &old
                     && matches!(old.kind, NodeKind::Dir) != matches!(node.kind, NodeKind::Dir)
                 {
-                    let gone = remove_subtree(&mut t, &path, &mut dirty)?;
+                    let gone = t.remove_subtree(&path)?;
                     rec.removed(&path, gone)?;
                 }
                 let bytes = match &node.kind {
@@ -338,19 +308,17 @@ impl Repo {
                     _ => 0,
                 };
                 rec.put(&path, old.is_some(), bytes)?;
-                t.insert((parent, name), db::enc(&node).as_slice())?;
+                t.put(&path, &node)?;
                 if matches!(node.kind, NodeKind::Dir) {
-                    mark_dirty(&mut dirty, &path);
+                    t.mark_dirty(&path);
                 } else {
-                    mark_dirty(&mut dirty, parent);
+                    t.mark_dirty(parent);
                 }
             }
-            db::add_dirty(&txn, &dirty)?;
-        }
-        // What this records must be in the public store first (a bucket's uploads).
-        self.objects.uploaded()?;
-        txn.commit()?;
-        Ok(())
+            // What this records must be in the public store first (a bucket's uploads).
+            self.objects.uploaded()?;
+            Ok(())
+        })
     }
 
     /// Attach the recorded access order of `reads` to the chunked files they name: for each
@@ -371,16 +339,13 @@ impl Repo {
                 .push((r.offset, r.len));
         }
         let mut report = TraceReport::default();
-        let txn = self.db.begin_write()?;
-        {
-            let mut rec = Recorder::new(&txn, &self.run)?;
-            let mut t = txn.open_table(NODES)?;
-            let mut dirty = BTreeSet::new();
+        self.db.change(|t| {
+            let mut rec = Recorder::new(t.txn(), &self.run)?;
             for path in order {
-                let Some((parent, name)) = db::split(path) else {
+                let Some((parent, _)) = db::split(path) else {
                     continue;
                 };
-                let node = db::get_node(&t, parent, name)?;
+                let node = t.node(path)?;
                 let (mut node, list_id) = match node {
                     Some(
                         n @ Node {
@@ -422,45 +387,39 @@ impl Repo {
                     *content = FileContent::Chunked(enc.id);
                     rec.put(path, true, *size)?;
                 }
-                t.insert((parent, name), db::enc(&node).as_slice())?;
-                mark_dirty(&mut dirty, parent);
+                t.put(path, &node)?;
+                t.mark_dirty(parent);
                 report.changed += 1;
             }
-            db::add_dirty(&txn, &dirty)?;
-        }
-        // What this records must be in the public store first (a bucket's uploads).
-        self.objects.uploaded()?;
-        txn.commit()?;
+            // What this records must be in the public store first (a bucket's uploads).
+            self.objects.uploaded()?;
+            Ok(())
+        })?;
         Ok(report)
     }
 
     /// Stage the removal of `paths` (normalized repository paths).
     pub fn stage_rm(&self, paths: &[String]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut rec = Recorder::new(&txn, &self.run)?;
-            let mut t = txn.open_table(NODES)?;
-            let mut dirty = BTreeSet::new();
+        self.db.change(|t| {
+            let mut rec = Recorder::new(t.txn(), &self.run)?;
             for p in paths {
-                let (parent, name) =
-                    db::split(p).ok_or_else(|| Error::Input("cannot remove the root".into()))?;
-                if t.get((parent, name))?.is_none() {
+                if db::split(p).is_none() {
+                    return Err(Error::Input("cannot remove the root".into()));
+                }
+                if t.node(p)?.is_none() {
                     return Err(Error::Input(format!("{p}: no such path in the repository")));
                 }
-                let gone = remove_subtree(&mut t, p, &mut dirty)?;
+                let gone = t.remove_subtree(p)?;
                 rec.removed(p, gone)?;
             }
-            db::add_dirty(&txn, &dirty)?;
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The children of directory `dir` in the current tree (staged, not only published), in
     /// name order; empty when `dir` does not exist.
     pub fn list_dir(&self, dir: &str) -> Result<Vec<(String, Node)>> {
-        let txn = self.db.begin_read()?;
-        db::children(&txn.open_table(NODES)?, dir)
+        self.db.children(dir)
     }
 
     /// Stage `nodes` as the whole subtree at `root` (the first node): whatever was there
@@ -468,13 +427,7 @@ impl Repo {
     pub fn stage_replace(&self, root: &str, nodes: Vec<(String, Node)>) -> Result<()> {
         let (parent, _) =
             db::split(root).ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-        let present = {
-            let txn = self.db.begin_read()?;
-            let t = txn.open_table(NODES)?;
-            let (p, n) = db::split(root).expect("checked above");
-            t.get((p, n))?.is_some()
-        };
-        if present {
+        if self.db.has_node(root)? {
             self.stage_rm(&[root.to_string()])?;
         }
         self.stage_add(parent, nodes)
@@ -482,34 +435,24 @@ impl Repo {
 
     /// The record kept for an imported layer (`depotfs import`), if any.
     pub fn layer_record(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let t = match txn.open_table(LAYERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(t.get(digest)?.map(|v| v.value().to_vec()))
+        self.db.layer(digest)
     }
 
     /// Keep the record of an imported layer whose digests held.
     pub fn record_layer(&self, digest: &str, record: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(LAYERS)?.insert(digest, record)?;
         // What this records must be in the public store first (a bucket's uploads).
         self.objects.uploaded()?;
-        txn.commit()?;
-        Ok(())
+        self.db.set_layer(digest, record)
     }
 
     /// Is anything staged?
     pub fn has_staged(&self) -> Result<bool> {
-        let txn = self.db.begin_read()?;
-        Ok(!txn.open_table(DIRTY)?.is_empty()?)
+        self.db.has_dirty()
     }
 
     /// What is staged and by which runs.
     pub fn staged(&self) -> Result<staged::Report> {
-        staged::Report::read(&self.db.begin_read()?)
+        self.db.staged()
     }
 
     /// Refuse (naming them) while changes staged by an interrupted run wait for the
@@ -521,10 +464,7 @@ impl Repo {
 
     /// Leave what this run staged for a later `publish`, on purpose (`--no-publish`).
     pub fn keep_staged(&self) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        staged::keep(&txn, &self.run)?;
-        txn.commit()?;
-        Ok(())
+        self.db.keep_staged(&self.run)
     }
 
     /// Discard everything staged: the tree becomes the latest revision's again; objects only
@@ -536,18 +476,11 @@ impl Repo {
             .pop()
             .ok_or_else(|| Error::Db("no published revision".into()))?;
         let rows = self.tree_rows(&rec.root)?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut nodes = txn.open_table(NODES)?;
-            nodes.retain(|_, _| false)?;
-            for (path, node) in &rows {
-                let (p, n) = db::split(path).expect("not the root");
-                nodes.insert((p, n), db::enc(node).as_slice())?;
-            }
-            txn.open_table(DIRTY)?.retain(|_, _| false)?;
-            staged::clear(&txn)?;
-        }
-        txn.commit()?;
+        self.db.change(|t| {
+            t.replace_all(&rows)?;
+            t.clear_dirty();
+            staged::clear(t.txn())
+        })?;
         Ok(report)
     }
 
@@ -562,55 +495,38 @@ impl Repo {
         if !include_interrupted {
             self.refuse_if_interrupted()?;
         }
-        let txn = self.db.begin_write()?;
-        let result;
-        {
-            let nodes = txn.open_table(NODES)?;
-            let mut dirs = txn.open_table(DIRS)?;
-            let mut dirty_t = txn.open_table(DIRTY)?;
-            let mut revs = txn.open_table(REVISIONS)?;
-            let mut tags = txn.open_table(TAGS)?;
+        let published = self.db.publishing(|p| {
             if let Some(tag) = tag
-                && let Some(r) = tags.get(tag)?
+                && let Some(r) = p.tagged(tag)?
             {
                 return Err(Error::Input(format!(
-                    "tag {tag:?} already names revision {}",
-                    r.value()
+                    "tag {tag:?} already names revision {r}"
                 )));
             }
-            let mut dirty: Vec<String> = Vec::new();
-            for row in dirty_t.iter()? {
-                dirty.push(row?.0.value().to_string());
-            }
-            let last = db::latest_revision(&revs)?;
+            let dirty = p.dirty()?;
+            let last = p.latest()?;
             if dirty.is_empty() {
-                if let (Some(tag), Some((rev, _))) = (tag, &last) {
-                    tags.insert(tag, *rev)?;
-                    let mut rec = last.clone().expect("checked").1;
-                    rec.tag = Some(tag.to_string());
-                    revs.insert(*rev, db::enc(&rec).as_slice())?;
-                    drop((nodes, dirs, dirty_t, revs, tags));
-                    txn.commit()?;
-                }
-                return Ok(None);
+                // Nothing staged: a tag names the current revision.
+                return Ok(match (tag, last) {
+                    (Some(tag), Some((rev, rec))) => {
+                        p.tag(rev, rec, tag)?;
+                        (None, true)
+                    }
+                    _ => (None, false),
+                });
             }
-            dirty.sort_by_key(|p| std::cmp::Reverse(depth(p)));
             let now = now_ns().max(last.as_ref().map_or(0, |l| l.1.published_ns + 1000));
             for d in &dirty {
-                let exists = match db::split(d) {
-                    None => true,
-                    Some((p, n)) => {
-                        db::get_node(&nodes, p, n)?.is_some_and(|n| matches!(n.kind, NodeKind::Dir))
-                    }
-                };
-                if !exists {
-                    dirs.remove(d.as_str())?;
+                if !p.is_dir(d)? {
+                    p.set_dir(d, None)?;
                     continue;
                 }
-                let state = self.build_dir(&nodes, &dirs, d, now)?;
-                dirs.insert(d.as_str(), db::enc(&state).as_slice())?;
+                let state = self.build_dir(p, d, now)?;
+                p.set_dir(d, Some(&state))?;
             }
-            let root = db::get_dir(&dirs, "")?.ok_or_else(|| Error::Db("root not built".into()))?;
+            let root = p
+                .dir("")?
+                .ok_or_else(|| Error::Db("root not built".into()))?;
             let rev = last.map_or(0, |l| l.0 + 1);
             let rec = RevisionRecord {
                 root: root.tree,
@@ -622,18 +538,14 @@ impl Repo {
                 bytes: root.bytes,
                 pruned: false,
             };
-            revs.insert(rev, db::enc(&rec).as_slice())?;
-            if let Some(tag) = tag {
-                tags.insert(tag, rev)?;
-            }
-            dirty_t.retain(|_, _| false)?;
-            result = (rev, rec);
-        }
-        {
-            staged::clear(&txn)?;
-        }
-        self.objects.flush()?;
-        txn.commit()?;
+            p.add_revision(rev, &rec)?;
+            // Objects first, durably; the commit that records the revision after them.
+            self.objects.flush()?;
+            Ok((Some((rev, rec)), true))
+        })?;
+        let Some(result) = published else {
+            return Ok(None);
+        };
         self.write_manifest(result.0, &result.1)
             .map_err(|e| Error::ManifestPending {
                 store: self.layout.root.clone(),
@@ -652,17 +564,11 @@ impl Repo {
 
     /// Build the tree of directory `d` from its children in the catalog; its subdirectories
     /// are already built.
-    fn build_dir(
-        &self,
-        nodes: &redb::Table<(&'static str, &'static str), &'static [u8]>,
-        dirs: &redb::Table<&'static str, &'static [u8]>,
-        d: &str,
-        now: i64,
-    ) -> Result<DirState> {
+    fn build_dir(&self, p: &db::Publishing<'_>, d: &str, now: i64) -> Result<DirState> {
         let mut entries = Vec::new();
         let mut digest = blake3::Hasher::new();
         let (mut files, mut bytes) = (0u64, 0u64);
-        for (name, node) in db::children(nodes, d)? {
+        for (name, node) in p.children(d)? {
             let path = db::join(d, &name);
             digest_entry(&mut digest, &name, &node);
             let (kind, mtime_ns) = match node.kind {
@@ -673,7 +579,7 @@ impl Repo {
                 }
                 NodeKind::Symlink { target } => (EntryKind::Symlink { target }, node.mtime_ns),
                 NodeKind::Dir => {
-                    let st = db::get_dir(dirs, &path)?.ok_or_else(|| {
+                    let st = p.dir(&path)?.ok_or_else(|| {
                         Error::Db(format!("directory {path} was not built before its parent"))
                     })?;
                     files += st.files;
@@ -695,7 +601,7 @@ impl Repo {
             });
         }
         let digest = *digest.finalize().as_bytes();
-        let old = db::get_dir(dirs, d)?;
+        let old = p.dir(d)?;
         let mtime_ns = match old {
             Some(o) if o.digest == digest => o.mtime_ns,
             _ => now,
@@ -739,27 +645,17 @@ impl Repo {
             )));
         }
         let rows = self.tree_rows(&rec.root)?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut rec_changes = Recorder::new(&txn, &self.run)?;
-            rec_changes.put("", true, rec.bytes)?;
-            let mut nodes = txn.open_table(NODES)?;
-            let dirs = txn.open_table(DIRS)?;
-            let mut dirty = txn.open_table(DIRTY)?;
-            nodes.retain(|_, _| false)?;
-            for row in dirs.iter()? {
-                dirty.insert(row?.0.value(), ())?;
-            }
-            dirty.insert("", ())?;
+        self.db.change(|t| {
+            Recorder::new(t.txn(), &self.run)?.put("", true, rec.bytes)?;
+            t.mark_published_dirty()?;
+            t.replace_all(&rows)?;
             for (path, node) in &rows {
-                let (p, n) = db::split(path).expect("not the root");
-                nodes.insert((p, n), db::enc(node).as_slice())?;
                 if matches!(node.kind, NodeKind::Dir) {
-                    dirty.insert(path.as_str(), ())?;
+                    t.mark_dirty(path);
                 }
             }
-        }
-        txn.commit()?;
+            Ok(())
+        })?;
         self.publish(None, false)?
             .ok_or_else(|| Error::Db("rollback staged nothing".into()))
     }
@@ -817,13 +713,18 @@ impl Repo {
             }
             marker.mark_tree(rec.root, abort)?;
         }
-        // The staged tree: files added with --no-publish are referenced only here.
-        self.db.for_each_staged_file(
-            &mut |content, size| match graph::content_child(content, size) {
-                Some(c) => marker.mark(c, abort),
-                None => Ok(()),
-            },
-        )?;
+        // The staged tree: files added with --no-publish are referenced only here. With
+        // nothing staged it is the latest revision's tree, marked above: walking its rows
+        // again would read the whole catalog and push every leaf twice.
+        if self.has_staged()? {
+            self.db
+                .for_each_staged_file(
+                    &mut |content, size| match graph::content_child(content, size) {
+                        Some(c) => marker.mark(c, abort),
+                        None => Ok(()),
+                    },
+                )?;
+        }
         marker.finish();
         // Flag the pruned revisions before any of their objects goes: a gc killed during
         // the sweep never leaves a half-deleted revision that `rollback` would accept.
@@ -1102,56 +1003,20 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "no message".into())
 }
 
-fn mark_dirty(dirty: &mut BTreeSet<String>, dir: &str) {
-    let mut d = dir.to_string();
-    loop {
-        if !dirty.insert(d.clone()) {
-            return;
-        }
-        match db::split(&d) {
-            Some((p, _)) => d = p.to_string(),
-            None => return,
-        }
-    }
-}
-
-/// Remove `path` and, if it is a directory, everything below it; mark what changed dirty.
-/// Returns the bytes of the files removed.
-fn remove_subtree(
-    t: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
-    path: &str,
-    dirty: &mut BTreeSet<String>,
-) -> Result<u64> {
-    let (p, n) = db::split(path).expect("not the root");
-    let mut bytes = match db::get_node(t, p, n) {
-        Ok(Some(Node {
-            kind: NodeKind::File { size, .. },
-            ..
-        })) => size,
-        _ => 0,
-    };
-    for (name, node) in db::children(t, path)? {
-        let child = db::join(path, &name);
-        if matches!(node.kind, NodeKind::Dir) {
-            bytes += remove_subtree(t, &child, dirty)?;
-        } else {
-            if let NodeKind::File { size, .. } = node.kind {
-                bytes += size;
-            }
-            t.remove((path, name.as_str()))?;
-        }
-    }
-    t.remove((p, n))?;
-    dirty.insert(path.to_string());
-    mark_dirty(dirty, p);
-    Ok(bytes)
-}
+/// redb's page cache for the catalog (reads and the write buffer together). redb's default
+/// is 1 GiB, and every open reads the whole file (the integrity check) through it, so a
+/// process's memory grew with the catalog: ~80 bytes per entry in `gc` and `verify` of a
+/// 3M-entry catalog, ~1 GB at 20M entries. Every operation reads a bounded part of the
+/// catalog (a directory's rows, the revisions), so 16 MiB costs them nothing measurable; a
+/// larger write transaction spills its dirty pages to the file (#18, `docs/scale.md`).
+pub const CATALOG_CACHE_BYTES: usize = 16 << 20;
 
 /// The catalog is opened by one writer (the locked publisher) while any number of readers
 /// (`depotfs status STORE`) follow its commits.
 fn db_builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b.set_cache_size(CATALOG_CACHE_BYTES);
     b
 }
 

@@ -1,7 +1,10 @@
 //! The parts of staging and publishing that need no store: paths, the dirty set, and the
 //! digest that decides whether a directory's mtime moves.
 
+use std::collections::BTreeSet;
+
 use super::*;
+use crate::db::{depth, mark_dirty};
 
 fn file(size: u64, mtime_ns: i64) -> Node {
     Node {
