@@ -18,7 +18,7 @@ use depotfs_catalog::{DirNode, Entry, EntryKind, FileContent, Manifest, ObjectId
 use fuser::{FileAttr, FileType, INodeNo};
 use tokio::runtime::Handle;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Fast, Result, Stop};
 use crate::prefetch::{self, Readahead};
 use crate::record::Recorder;
 use crate::store::{Chunks, ObjectStore};
@@ -151,10 +151,10 @@ pub struct DepotFs {
 ///
 /// The FUSE adapter first runs an operation with [`Wait::No`] on the FUSE thread: answered
 /// from memory, that is the fast path (no thread hop). Only if it needs an object that is not
-/// in memory ([`Error::WouldBlock`]) is it run again with [`Wait::Yes`] on the blocking pool.
+/// in memory ([`Stop::Blocking`]) is it run again with [`Wait::Yes`] on the blocking pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// Memory only; fail with [`Error::WouldBlock`] on a miss.
+    /// Memory only; stop with [`Stop::Blocking`] on a miss.
     No,
     /// May block this thread on a download (blocking-pool threads only).
     Yes,
@@ -174,8 +174,7 @@ impl NodeSource for Nodes<'_> {
             return Ok(n);
         }
         if self.wait == Wait::No {
-            let message = crate::error::WOULD_BLOCK.to_string();
-            return Err(depotfs_catalog::Error::Fetch { id: *id, message });
+            return Err(depotfs_catalog::Error::Pending(*id));
         }
         self.rt
             .block_on(self.store.dir_node(*id))
@@ -386,7 +385,7 @@ impl DepotFs {
     /// The node of `ino`, as of the current revision: a directory known from an older
     /// revision is looked up again (its parent first), so lookups and listings see the new
     /// tree. Files need no update: their inode number includes their content.
-    pub fn current_node(&self, ino: u64, wait: Wait) -> Result<Arc<Node>> {
+    pub fn current_node(&self, ino: u64, wait: Wait) -> Fast<Arc<Node>> {
         let n = self.node(ino)?;
         if ino == 1 || !n.entry.is_dir() || n.rev == self.tree().manifest.revision {
             return Ok(n);
@@ -395,7 +394,7 @@ impl DepotFs {
         let top = Self::dir_tree(&parent)?;
         let entry = dir::lookup(&self.src(wait), &top, &n.entry.name)?.ok_or(Error::NotFound)?;
         if !entry.is_dir() {
-            return Err(Error::NotFound);
+            return Err(Error::NotFound.into());
         }
         let fresh = Arc::new(Node {
             ino,
@@ -455,7 +454,7 @@ impl DepotFs {
     }
 
     /// Look `name` up in directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &str, wait: Wait) -> Result<Arc<Node>> {
+    pub fn lookup(&self, parent: u64, name: &str, wait: Wait) -> Fast<Arc<Node>> {
         let p = self.current_node(parent, wait)?;
         let top = Self::dir_tree(&p)?;
         let entry = dir::lookup(&self.src(wait), &top, name)?.ok_or(Error::NotFound)?;
@@ -463,7 +462,7 @@ impl DepotFs {
     }
 
     /// The attributes of `node`.
-    pub fn attr(&self, node: &Node, wait: Wait) -> Result<FileAttr> {
+    pub fn attr(&self, node: &Node, wait: Wait) -> Fast<FileAttr> {
         let nlink = match &node.entry.kind {
             EntryKind::Dir { tree, entries } => self.dir_nlink(node, tree, *entries, wait)?,
             _ => 1,
@@ -474,9 +473,9 @@ impl DepotFs {
     /// The attributes of `node` as an entry of a listing (READDIRPLUS): a subdirectory
     /// whose own tree cannot be had (a missing or bad node) is listed with nlink 1 ("not
     /// counted") instead of failing the whole listing; using it then fails by itself.
-    pub fn listed_attr(&self, node: &Node, wait: Wait) -> Result<FileAttr> {
+    pub fn listed_attr(&self, node: &Node, wait: Wait) -> Fast<FileAttr> {
         match self.attr(node, wait) {
-            Err(e) if node.entry.is_dir() && !matches!(e, Error::WouldBlock) => {
+            Err(Stop::Failed(e)) if node.entry.is_dir() => {
                 tracing::debug!(
                     "directory {:?} listed without its link count: {e}",
                     node.entry.name
@@ -517,7 +516,7 @@ impl DepotFs {
     /// 2 + subdirectories, as local file systems report. Counting needs the directory's
     /// entries, so it is done for one-leaf directories (one small fetch); larger ones report
     /// 1, the Linux convention for "not counted" (`find` then does not rely on it).
-    fn dir_nlink(&self, node: &Node, tree: &ObjectId, entries: u64, wait: Wait) -> Result<u32> {
+    fn dir_nlink(&self, node: &Node, tree: &ObjectId, entries: u64, wait: Wait) -> Fast<u32> {
         if let Some(n) = node.nlink.get() {
             return Ok(*n);
         }
@@ -535,7 +534,7 @@ impl DepotFs {
     }
 
     /// `getattr`.
-    pub fn getattr(&self, ino: u64, wait: Wait) -> Result<FileAttr> {
+    pub fn getattr(&self, ino: u64, wait: Wait) -> Fast<FileAttr> {
         let n = self.current_node(ino, wait)?;
         self.attr(&n, wait)
     }
@@ -556,7 +555,9 @@ impl DepotFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>, u64) -> Result<bool>,
     ) -> Result<()> {
-        let node = self.current_node(ino, Wait::Yes)?;
+        let node = self
+            .current_node(ino, Wait::Yes)
+            .map_err(Stop::into_error)?;
         let top = Self::dir_tree(&node)?;
         if offset == 0
             && let EntryKind::Dir { entries, .. } = node.entry.kind
@@ -825,17 +826,17 @@ impl DepotFs {
     }
 
     /// The value of extended attribute `name` on `ino`.
-    pub fn getxattr(&self, ino: u64, name: &str, wait: Wait) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &str, wait: Wait) -> Fast<Vec<u8>> {
         if !name.starts_with("user.") {
             // `ls -l` asks for the SELinux label and the ACLs of every file. ENODATA would
             // only say "this file has none", and ls would ask again for the next one;
             // EOPNOTSUPP says the file system has no such namespace, and ls (coreutils
             // remembers it per device) stops asking: `ls -l` of 118,594 entries went from
             // 4.6 s to 0.7 s warm (benches/RESULTS.md, P3).
-            return Err(Error::NotSupported);
+            return Err(Error::NotSupported.into());
         }
         if !name.starts_with("user.depotfs.") {
-            return Err(Error::NoAttr);
+            return Err(Error::NoAttr.into());
         }
         let node = self.node(ino)?;
         let tree = self.tree();
@@ -893,10 +894,10 @@ impl DepotFs {
             };
             return Ok(v.into_bytes());
         }
-        Err(Error::NoAttr)
+        Err(Error::NoAttr.into())
     }
 
-    fn cached_bytes(&self, size: u64, content: &FileContent, wait: Wait) -> Result<u64> {
+    fn cached_bytes(&self, size: u64, content: &FileContent, wait: Wait) -> Fast<u64> {
         Ok(match content {
             FileContent::Empty => 0,
             FileContent::Single(id) => {
@@ -909,7 +910,7 @@ impl DepotFs {
             FileContent::Chunked(id) => {
                 let c = match (self.store.chunk_list_cached(id), wait) {
                     (Some(c), _) => c,
-                    (None, Wait::No) => return Err(Error::WouldBlock),
+                    (None, Wait::No) => return Err(Stop::Blocking),
                     (None, Wait::Yes) => self.rt.block_on(self.store.chunk_list(*id))?,
                 };
                 c.list

@@ -18,7 +18,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Fast, Result, Stop};
 use crate::fs::{DepotFs, DirItem, Wait, file_type};
 
 /// Entry and attribute TTL: content never changes within a revision (composefs uses the
@@ -49,12 +49,14 @@ impl Fuse {
     /// blocking pool. Hand the result to `done`.
     fn fast_or_blocking<T: Send + 'static>(
         &self,
-        op: impl Fn(&DepotFs, Wait) -> Result<T> + Send + 'static,
+        op: impl Fn(&DepotFs, Wait) -> Fast<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         match op(&self.fs, Wait::No) {
-            Err(Error::WouldBlock) => self.blocking(move |fs| op(fs, Wait::Yes), done),
-            r => done(r),
+            Err(Stop::Blocking) => {
+                self.blocking(move |fs| op(fs, Wait::Yes).map_err(Stop::into_error), done)
+            }
+            r => done(r.map_err(Stop::into_error)),
         }
     }
 
@@ -259,15 +261,20 @@ impl Filesystem for Fuse {
             let mut sent = Vec::new();
             let r = fs.readdir(ino.0, offset, &mut |item, next| {
                 let (node, name, counts) = match item {
-                    DirItem::Dot(i, name) => (fs.current_node(i, Wait::Yes)?, name, false),
+                    DirItem::Dot(i, name) => (
+                        fs.current_node(i, Wait::Yes).map_err(Stop::into_error)?,
+                        name,
+                        false,
+                    ),
                     DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
                 };
                 // One broken subdirectory must not fail its parent's listing.
                 let attr = if counts {
-                    fs.listed_attr(&node, Wait::Yes)?
+                    fs.listed_attr(&node, Wait::Yes)
                 } else {
-                    fs.attr(&node, Wait::Yes)?
-                };
+                    fs.attr(&node, Wait::Yes)
+                }
+                .map_err(Stop::into_error)?;
                 let full = reply.add(INodeNo(node.ino()), next, name, &TTL, &attr, Generation(0));
                 if counts && !full {
                     sent.push(node);

@@ -61,4 +61,4 @@ pub mod record;
 pub mod reload;
 pub mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, Fast, Result, Stop};

@@ -259,13 +259,14 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
     );
     {
         let refused = store.stats.manifest_refused.lock().expect("poisoned");
-        for reason in ["older", "signature", "name"] {
-            if !refused.contains_key(reason) {
-                o.sample(&[("reason", reason)], 0.0);
+        use depotfs_catalog::Refusal;
+        for reason in [Refusal::Older, Refusal::Signature, Refusal::Name] {
+            if !refused.contains_key(&reason) {
+                o.sample(&[("reason", reason.as_str())], 0.0);
             }
         }
         for (reason, n) in refused.iter() {
-            o.sample(&[("reason", reason)], *n as f64);
+            o.sample(&[("reason", reason.as_str())], *n as f64);
         }
     }
     o.family(

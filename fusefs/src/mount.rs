@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use depotfs_catalog::{Manifest, PublicKey};
+use depotfs_catalog::{Manifest, ManifestError, PublicKey, Refusal};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 
 use crate::backend::{Backend, NetOptions};
@@ -229,12 +229,14 @@ fn read_key(path: &Path) -> Result<PublicKey> {
 
 /// A manifest that does not verify: the error names the key file it was checked against.
 fn verify_error(e: depotfs_catalog::Error, key_file: &Path) -> Error {
-    match Error::from(e) {
-        Error::Manifest(m) if m.contains("signature does not verify") => Error::Manifest(format!(
-            "{m} in {} (is it this repository's key?)",
-            key_file.display()
-        )),
-        other => other,
+    match e {
+        depotfs_catalog::Error::Manifest(m @ ManifestError::BadSignature) => {
+            Error::Manifest(format!(
+                "{m} in {} (is it this repository's key?)",
+                key_file.display()
+            ))
+        }
+        other => other.into(),
     }
 }
 
@@ -300,16 +302,13 @@ pub enum Checked {
     Unchanged(u64),
 }
 
-/// Why a manifest was refused, for `depotfs_manifest_refused_total{reason}`.
-fn refusal_reason(message: &str) -> &'static str {
-    if message.contains("signature") || message.contains("key") {
-        "signature"
-    } else if message.contains("is for repository") {
-        "name"
-    } else if message.contains("format") {
-        "format"
-    } else {
-        "malformed"
+/// Why a manifest that does not verify is refused, for
+/// `depotfs_manifest_refused_total{reason}`.
+fn refusal(e: &depotfs_catalog::Error) -> Refusal {
+    match e {
+        depotfs_catalog::Error::Manifest(m) => m.refusal(),
+        depotfs_catalog::Error::Key(_) => Refusal::Signature,
+        _ => Refusal::Malformed,
     }
 }
 
@@ -327,13 +326,13 @@ async fn check(
     let cur = fs.manifest();
     let store = fs.store();
     let bytes = store.backend().get_manifest().await?;
-    let refuse = |reason: &str, message: String| {
+    let refuse = |reason: Refusal, message: String| {
         *store
             .stats
             .manifest_refused
             .lock()
             .expect("poisoned")
-            .entry(reason.to_string())
+            .entry(reason)
             .or_default() += 1;
         tracing::warn!(
             "manifest refused ({reason}): {message}; staying on revision {}",
@@ -344,13 +343,14 @@ async fn check(
     let m = match Manifest::parse_verified(&bytes, key, Some(&cur.name)) {
         Ok(m) => m,
         Err(e) => {
+            let reason = refusal(&e);
             let message = verify_error(e, key_file).to_string();
-            return Err(refuse(refusal_reason(&message), message));
+            return Err(refuse(reason, message));
         }
     };
     if m.revision < cur.revision {
         return Err(refuse(
-            "older",
+            Refusal::Older,
             format!(
                 "the server offers revision {} of {}, older than revision {} in use (replay or rollback refused)",
                 m.revision, m.name, cur.revision

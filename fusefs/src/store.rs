@@ -88,7 +88,7 @@ pub struct Stats {
     /// Encoded bytes access-list prefetch downloaded (a part of `bytes_fetched`).
     pub list_fetched: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
-    pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
+    pub manifest_refused: Mutex<std::collections::BTreeMap<depotfs_catalog::Refusal, u64>>,
     /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
     pub checks_started: AtomicU64,
     /// Revision checks finished.
