@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Fast, Result, Stop};
 use crate::prefetch::{self, Readahead};
 use crate::record::Recorder;
+use crate::status::{Status, XATTRS_ANY, XATTRS_ROOT};
 use crate::store::{Chunks, ObjectStore};
 /// Directory-tree nodes a listing fetches ahead at once.
 const DIR_PARALLEL: usize = 8;
@@ -237,33 +238,8 @@ pub fn file_type(e: &Entry) -> FileType {
     }
 }
 
-/// Attribute names offered on every path.
-const XATTRS_ANY: [&str; 3] = [
-    "user.depotfs.revision",
-    "user.depotfs.root",
-    "user.depotfs.source",
-];
 /// Attribute names offered on regular files.
 const XATTRS_FILE: [&str; 2] = ["user.depotfs.hash", "user.depotfs.cached_bytes"];
-/// Attribute names offered on the root, for `depotfs status`.
-pub const XATTRS_STATUS: [&str; 16] = [
-    "user.depotfs.name",
-    "user.depotfs.published_ns",
-    "user.depotfs.cache_dir",
-    "user.depotfs.cache_used",
-    "user.depotfs.cache_limit",
-    "user.depotfs.hits",
-    "user.depotfs.misses",
-    "user.depotfs.bytes_fetched",
-    "user.depotfs.bytes_read",
-    "user.depotfs.corrupt",
-    "user.depotfs.pid",
-    "user.depotfs.inodes",
-    "user.depotfs.host",
-    "user.depotfs.version",
-    "user.depotfs.started_ns",
-    "user.depotfs.prefetch_downloaded",
-];
 
 /// The node of the root directory (inode 1) of `tree`.
 fn root_node(tree: &Tree) -> Arc<Node> {
@@ -326,6 +302,11 @@ impl DepotFs {
         }
         parts.reverse();
         Some(parts.join("/"))
+    }
+
+    /// What was mounted, and when.
+    pub fn info(&self) -> &MountInfo {
+        &self.info
     }
 
     /// The object store.
@@ -839,60 +820,27 @@ impl DepotFs {
             return Err(Error::NoAttr.into());
         }
         let node = self.node(ino)?;
-        let tree = self.tree();
-        let m = &tree.manifest;
-        let s = |v: &dyn ToString| Ok(v.to_string().into_bytes());
-        match name {
-            "user.depotfs.revision" => return s(&m.revision),
-            "user.depotfs.root" => return s(&m.root),
-            "user.depotfs.source" => return s(&self.info.source),
-            _ => {}
-        }
         if let EntryKind::File { size, content } = &node.entry.kind {
             match name {
                 "user.depotfs.hash" => {
-                    return s(&match content {
+                    let id = match content {
                         FileContent::Empty => ObjectId::of(b""),
                         FileContent::Single(id) | FileContent::Chunked(id) => *id,
-                    });
+                    };
+                    return Ok(id.to_string().into_bytes());
                 }
-                "user.depotfs.cached_bytes" => return s(&self.cached_bytes(*size, content, wait)?),
+                "user.depotfs.cached_bytes" => {
+                    let n = self.cached_bytes(*size, content, wait)?;
+                    return Ok(n.to_string().into_bytes());
+                }
                 _ => {}
             }
         }
-        if ino == 1 {
-            let (used, limit) = self.store.disk().map_or((0, 0), |d| d.usage());
-            let st = &self.store.stats;
-            let v: String = match name {
-                "user.depotfs.name" => m.name.clone(),
-                "user.depotfs.published_ns" => m.published_ns.to_string(),
-                "user.depotfs.cache_dir" => self
-                    .store
-                    .disk()
-                    .map_or(String::new(), |d| d.dir().display().to_string()),
-                "user.depotfs.cache_used" => used.to_string(),
-                "user.depotfs.cache_limit" => limit.to_string(),
-                "user.depotfs.hits" => st.hits.load(Ordering::Relaxed).to_string(),
-                "user.depotfs.misses" => st.misses.load(Ordering::Relaxed).to_string(),
-                "user.depotfs.bytes_fetched" => {
-                    st.bytes_fetched.load(Ordering::Relaxed).to_string()
-                }
-                "user.depotfs.bytes_read" => st.bytes_read.load(Ordering::Relaxed).to_string(),
-                "user.depotfs.corrupt" => st.corrupt.load(Ordering::Relaxed).to_string(),
-                "user.depotfs.pid" => std::process::id().to_string(),
-                "user.depotfs.inodes" => self.inode_count().to_string(),
-                "user.depotfs.host" => self.store.backend().current(),
-                "user.depotfs.version" => env!("CARGO_PKG_VERSION").to_string(),
-                "user.depotfs.started_ns" => self.info.started_ns.to_string(),
-                // `READAHEAD ACCESS_LIST`: encoded bytes each downloaded.
-                "user.depotfs.prefetch_downloaded" => format!(
-                    "{} {}",
-                    st.readahead_fetched.load(Ordering::Relaxed),
-                    st.list_fetched.load(Ordering::Relaxed)
-                ),
-                other => self.store.net_xattr(other).ok_or(Error::NoAttr)?,
-            };
-            return Ok(v.into_bytes());
+        if ino == 1 || XATTRS_ANY.contains(&name) {
+            // The root's attributes are the mount's status, one value each.
+            if let Some(v) = Status::of(self).xattr(name) {
+                return Ok(v.into_bytes());
+            }
         }
         Err(Error::NoAttr.into())
     }
@@ -931,8 +879,7 @@ impl DepotFs {
             names.extend(XATTRS_FILE);
         }
         if ino == 1 {
-            names.extend(XATTRS_STATUS);
-            names.extend(crate::store::XATTRS_NET);
+            names.extend(XATTRS_ROOT);
         }
         let mut out = Vec::new();
         for n in names {
@@ -1103,55 +1050,6 @@ impl DepotFs {
         self.next_fh.store(state.next_fh.max(1), Ordering::Relaxed);
         self.listed.lock().expect("poisoned").extend(state.listed);
         Ok(())
-    }
-}
-
-/// The numbers `status` and `/metrics` report.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// Repository name.
-    pub name: String,
-    /// Revision served.
-    pub revision: u64,
-    /// Server in use.
-    pub host: String,
-    /// Objects answered from memory or disk.
-    pub hits: u64,
-    /// Objects downloaded.
-    pub misses: u64,
-    /// Encoded bytes downloaded.
-    pub bytes_fetched: u64,
-    /// File bytes returned to readers.
-    pub bytes_read: u64,
-    /// Downloads that failed verification.
-    pub corrupt: u64,
-    /// Disk cache use.
-    pub cache_used: u64,
-    /// Disk cache limit.
-    pub cache_limit: u64,
-    /// Inodes held.
-    pub inodes: u64,
-}
-
-impl DepotFs {
-    /// The current numbers.
-    pub fn snapshot(&self) -> Snapshot {
-        let tree = self.tree();
-        let st = &self.store.stats;
-        let (cache_used, cache_limit) = self.store.disk().map_or((0, 0), |d| d.usage());
-        Snapshot {
-            name: tree.manifest.name.clone(),
-            revision: tree.manifest.revision,
-            host: self.store.backend().current(),
-            hits: st.hits.load(Ordering::Relaxed),
-            misses: st.misses.load(Ordering::Relaxed),
-            bytes_fetched: st.bytes_fetched.load(Ordering::Relaxed),
-            bytes_read: st.bytes_read.load(Ordering::Relaxed),
-            corrupt: st.corrupt.load(Ordering::Relaxed),
-            cache_used,
-            cache_limit,
-            inodes: self.inode_count() as u64,
-        }
     }
 }
 

@@ -26,8 +26,10 @@
 //!   SIGUSR1); [`reload`] — `depotfs reload`, a new daemon taking the live mount over (the
 //!   FUSE descriptor and [`fs::FsState`] over the control socket); [`fusermount`] — what a
 //!   non-root mount needs of fusermount3; [`cli`] — `mount`, `umount`, `remount`, `status`;
-//!   [`metrics`] — `--metrics-listen`, the counters as Prometheus metrics (served by
-//!   `depotfs_http`); [`doctor`] — `depotfs doctor`, a node's checks one line each.
+//!   [`status`] — the mount's status as one typed value, serialised once (JSON in the root's
+//!   `user.depotfs.status`), read by `status`, `remount`, the root's attributes and
+//!   [`metrics`] — `--metrics-listen`, Prometheus metrics (served by `depotfs_http`);
+//!   [`doctor`] — `depotfs doctor`, a node's checks one line each.
 //!
 //! Metadata operations first run on the FUSE thread from memory ([`fs::Wait::No`]) and move
 //! to the blocking pool only when they need a download. Inode numbers derive from paths, so
@@ -39,7 +41,8 @@
 //! from tasks, multi-threaded sessions with `clone_fd`), vendored in `fusefs/vendor/fuser/`
 //! with a small patch for `depotfs reload` (listed in its `PATCH.md`: a session on an
 //! initialised descriptor, a stop handle, the descriptor back without unmounting); `postcard`
-//! for the state handed to the new daemon; `tokio` for the async fetch layer and
+//! for the state handed to the new daemon; `serde_json` for the status attribute (readable by
+//! any tool); `tokio` for the async fetch layer and
 //! signals; `reqwest` (rustls) for HTTP, set up by `depotfs-http` like every depotfs client;
 //! `prometheus` for the metrics' types and encoding; `rustix` for xattrs, unmount, ids and
 //! SCM_RIGHTS without `unsafe`; a 60-line LRU of our own rather than another dependency.
@@ -59,6 +62,7 @@ pub mod mount;
 pub mod prefetch;
 pub mod record;
 pub mod reload;
+pub mod status;
 pub mod store;
 
 pub use error::{Error, Fast, Result, Stop};

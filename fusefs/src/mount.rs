@@ -19,6 +19,7 @@ use crate::fs::{DepotFs, FsState, MountInfo, Reading, Tree};
 use crate::fuse::Fuse;
 use crate::record::Recorder;
 use crate::reload::{self, Control, Launch, Takeover};
+use crate::status::LastCheck;
 use crate::store::ObjectStore;
 
 /// Everything needed to mount.
@@ -288,20 +289,6 @@ fn save_manifest(disk: &DiskCache, backend: &Backend, bytes: &[u8]) {
     }
 }
 
-/// What a revision check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checked {
-    /// Switched to revision `now` from `was`.
-    New {
-        /// The revision now served.
-        now: u64,
-        /// The revision served before.
-        was: u64,
-    },
-    /// The server offers the revision already served.
-    Unchanged(u64),
-}
-
 /// Why a manifest that does not verify is refused, for
 /// `depotfs_manifest_refused_total{reason}`.
 fn refusal(e: &depotfs_catalog::Error) -> Refusal {
@@ -322,7 +309,7 @@ async fn check(
     key: &PublicKey,
     key_file: &Path,
     notifier: &Notifier,
-) -> Result<Checked> {
+) -> Result<LastCheck> {
     let cur = fs.manifest();
     let store = fs.store();
     let bytes = store.backend().get_manifest().await?;
@@ -358,7 +345,7 @@ async fn check(
         ));
     }
     if m.revision == cur.revision {
-        return Ok(Checked::Unchanged(m.revision));
+        return Ok(LastCheck::Unchanged(m.revision));
     }
     store.dir_node(m.root).await?;
     if let Some(disk) = store.disk() {
@@ -381,7 +368,7 @@ async fn check(
         let _ = notifier.inval_inode(INodeNo(1), 0, 0);
     })
     .await;
-    Ok(Checked::New { now, was })
+    Ok(LastCheck::New { now, was })
 }
 
 /// Runs revision checks one at a time and records their outcomes.
@@ -401,17 +388,16 @@ impl Checker {
             .checks_started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = check(&self.fs, &self.key, &self.key_file, &self.notifier).await;
-        let text = match &outcome {
-            Ok(Checked::New { now, was }) => format!("new {now} {was}"),
-            Ok(Checked::Unchanged(r)) => format!("unchanged {r}"),
+        let last = match outcome {
+            Ok(found) => found,
             Err(e) => {
                 if !matches!(e, Error::Manifest(_)) {
                     tracing::warn!("checking for a new revision ({why}): {e}");
                 }
-                format!("error {e}")
+                LastCheck::Error(e.to_string())
             }
         };
-        *stats.last_check.lock().expect("poisoned") = text;
+        *stats.last_check.lock().expect("poisoned") = Some(last);
         self.fs.store().backend().probe_finished();
         stats
             .checks
