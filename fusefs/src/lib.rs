@@ -6,10 +6,12 @@
 //! - [`fuse`] — the fuser adapter. Thin: every method hands its request to a [`fs::DepotFs`]
 //!   operation on the tokio runtime (reads as async tasks, metadata on the blocking pool) and
 //!   maps the one error type to an errno ([`Error::to_errno`]).
-//! - [`fs`] — inodes, attributes, directory listing through the catalog's prolly-tree readers
-//!   ([`depotfs_catalog::dir::lookup`], [`depotfs_catalog::dir::list_from`]), open files,
-//!   reads, extended attributes. The current revision is a
-//!   [`fs::Tree`] behind an `RwLock<Arc<_>>`; open files keep the tree they were opened in.
+//! - [`fs`] — no FUSE types: lookup through the catalog's prolly-tree readers
+//!   ([`depotfs_catalog::dir::lookup`], [`depotfs_catalog::dir::list_from`]), open files and
+//!   reads; beside it [`fs::inodes`] (the inode table, [`fs::Ino`]), [`fs::attr`],
+//!   [`fs::listing`], [`fs::xattr`] and [`fs::state`] (what `reload` hands over). The current
+//!   revision is a [`fs::Tree`] behind an `RwLock<Arc<_>>`; open files keep the tree they
+//!   were opened in.
 //! - [`prefetch`] — adaptive readahead for sequential readers, and the background fetch of an
 //!   image's recorded access list when it is opened; [`record`] — `--record`, the trace of
 //!   reads that `depotfs add --trace` turns into such a list.

@@ -363,7 +363,7 @@ async fn check(
     let notifier = notifier.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for (parent, name) in stale {
-            let _ = notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+            let _ = notifier.inval_entry(INodeNo(parent.0), std::ffi::OsStr::new(&name));
         }
         let _ = notifier.inval_inode(INodeNo(1), 0, 0);
     })
