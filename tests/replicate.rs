@@ -77,22 +77,8 @@ impl Server {
 
     /// nginx, one process, with the shipped site config serving `root`.
     fn nginx(root: &Path, work: &Path) -> Server {
-        let site = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/nginx/depotfs.conf"
-        ));
         let port = free_port();
-        let site = site
-            .replace(
-                "    listen 80;\n",
-                &format!("    listen 127.0.0.1:{port};\n"),
-            )
-            .replace("    listen [::]:80;\n", "")
-            .replace(
-                "    root /srv/depotfs/public;\n",
-                &format!("    root {};\n", root.display()),
-            );
-        assert!(site.contains(&root.display().to_string()), "root not set");
+        let site = http_suite::shipped_site(port, root);
         fs::create_dir_all(work).unwrap();
         let w = work.display();
         let conf = format!(

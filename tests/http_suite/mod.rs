@@ -585,6 +585,34 @@ pub fn nginx_conf(dir: &Path, main: &str, http: &str) -> String {
     )
 }
 
+/// The shipped site config (`deploy/nginx/depotfs.conf`) with only its `listen` and `root`
+/// lines replaced: listening on 127.0.0.1:`port`, serving `public`.
+pub fn shipped_site(port: u16, public: &Path) -> String {
+    const SITE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/depotfs.conf"
+    ));
+    let replace_once = |text: String, from: &str, to: &str| {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "deploy/nginx/depotfs.conf must contain {from:?} once"
+        );
+        text.replace(from, to)
+    };
+    let s = replace_once(
+        SITE.to_owned(),
+        "    listen 80;\n",
+        &format!("    listen 127.0.0.1:{port};\n"),
+    );
+    let s = replace_once(s, "    listen [::]:80;\n", "");
+    replace_once(
+        s,
+        "    root /srv/depotfs/public;\n",
+        &format!("    root {};\n", public.display()),
+    )
+}
+
 /// The nginx binary: on PATH or in the usual sbin directories.
 pub fn nginx_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
