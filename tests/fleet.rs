@@ -272,26 +272,12 @@ impl Nginx {
         fs::create_dir_all(self.dir.join("tmp")).unwrap();
         let site = http_suite::shipped_site(self.port, &self.public);
         fs::write(self.dir.join("site.conf"), site).unwrap();
-        let rate = self.rate;
-        let main = http_suite::nginx_conf(
+        let child = http_suite::spawn_nginx(
+            &bin,
             &self.dir,
             "daemon off;\nmaster_process off;",
-            &format!("limit_rate {rate};"),
+            &format!("limit_rate {};", self.rate),
         );
-        let conf = self.dir.join("nginx.conf");
-        fs::write(&conf, main).unwrap();
-        let child = Command::new(bin)
-            .arg("-e")
-            .arg(self.dir.join("error.log"))
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("spawn nginx");
         let mut p = Proc(child);
         let logs = self.dir.join("error.log");
         wait_listening(self.addr(), || p.alive(&logs));
