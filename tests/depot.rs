@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cli_run::{Served, ok, poll, run};
-use http_suite::{free_port, get, nginx_conf, random_bytes, raw, wait_listening};
+use http_suite::{Nginx, free_port, get, random_bytes, raw};
 
 const LISTING: &str = "cvmfs_singularity_all_2026-01-28.tsv.gz";
 
@@ -231,53 +231,6 @@ fn touch(path: &Path, secs: u64) {
     assert!(o.status.success(), "{o:?}");
 }
 
-/// A running nginx with the given site configuration, stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(site: impl FnOnce(SocketAddr) -> String) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        std::fs::write(dir.path().join("site.conf"), site(addr)).unwrap();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), "daemon off;", "")).unwrap();
-        let mut child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (Debian package; .ci/run installs it)");
-        let log = dir.path().join("error.log");
-        wait_listening(addr, || match child.try_wait() {
-            Ok(None) => Ok(()),
-            other => Err(format!(
-                "{other:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )),
-        });
-        Nginx {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The directory pages are nginx's autoindex, byte for byte: the same tree served by a real
 /// nginx (`autoindex on` and `autoindex_format json`) and by the depot view give identical
 /// HTML and JSON, hostile names included.
@@ -329,15 +282,17 @@ fn depot_listing_is_nginx_autoindex_byte_for_byte() {
         }
     }
     let root = repo.src();
-    let ngx = Nginx::start(|addr| {
+    let work = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start_site(work.path(), |port| {
         format!(
-            "server {{ listen {addr}; \
+            "server {{ listen 127.0.0.1:{port}; \
                location /files/ {{ alias {}/; autoindex on; }} \
                location /json/ {{ alias {}/; autoindex on; autoindex_format json; }} }}",
             root.display(),
             root.display()
         )
-    });
+    })
+    .expect("nginx (Debian package; .ci/run installs it)");
     for (ours, theirs) in [
         ("/files/all/", "/files/all/"),
         ("/files/all/?format=json", "/json/all/"),

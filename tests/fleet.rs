@@ -31,10 +31,6 @@ use std::time::{Duration, Instant};
 use cli_run::{BIN, Mounted, depotfs};
 use http_suite::{free_port, poll_for, random_bytes, wait_listening};
 
-const NGINX_SITE: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/deploy/nginx/depotfs.conf"
-));
 const SQUID_CONF: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/squid/depotfs.conf"
@@ -274,40 +270,14 @@ impl Nginx {
     fn restart(&mut self) {
         let bin = binary("nginx", "nginx");
         fs::create_dir_all(self.dir.join("tmp")).unwrap();
-        let site = replace_line(
-            NGINX_SITE,
-            "deploy/nginx/depotfs.conf",
-            "listen 80;",
-            &format!("listen 127.0.0.1:{};", self.port),
-        );
-        let site = replace_line(&site, "deploy/nginx/depotfs.conf", "listen [::]:80;", "");
-        let site = replace_line(
-            &site,
-            "deploy/nginx/depotfs.conf",
-            "root /srv/depotfs/public;",
-            &format!("root {};", self.public.display()),
-        );
+        let site = http_suite::shipped_site(self.port, &self.public);
         fs::write(self.dir.join("site.conf"), site).unwrap();
-        let rate = self.rate;
-        let main = http_suite::nginx_conf(
+        let child = http_suite::spawn_nginx(
+            &bin,
             &self.dir,
             "daemon off;\nmaster_process off;",
-            &format!("limit_rate {rate};"),
+            &format!("limit_rate {};", self.rate),
         );
-        let conf = self.dir.join("nginx.conf");
-        fs::write(&conf, main).unwrap();
-        let child = Command::new(bin)
-            .arg("-e")
-            .arg(self.dir.join("error.log"))
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(self.dir.join("stderr.log")).unwrap())
-            .spawn()
-            .expect("spawn nginx");
         let mut p = Proc(child);
         let logs = self.dir.join("error.log");
         wait_listening(self.addr(), || p.alive(&logs));

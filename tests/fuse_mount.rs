@@ -264,25 +264,20 @@ impl Drop for Server {
 fn nginx(store: &Path, work: &Path) -> Server {
     let port = free_port();
     fs::create_dir_all(work).unwrap();
-    let conf = work.join("nginx.conf");
-    let w = work.display();
     fs::write(
-        &conf,
+        work.join("site.conf"),
         format!(
-            "daemon off; master_process off; user root; pid {w}/nginx.pid; error_log {w}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{ access_log off; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
-             fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {}; location / {{ }} }} }}\n",
+            "server {{ listen 127.0.0.1:{port}; root {}; location / {{ }} }}\n",
             store.join("public").display()
         ),
     )
     .unwrap();
-    let child = Command::new("nginx")
-        .args(["-c", conf.to_str().unwrap(), "-p", work.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (Debian package nginx) must be installed");
+    let child = http_suite::spawn_nginx(
+        &http_suite::nginx_required(),
+        work,
+        "daemon off;\nmaster_process off;\nuser root;",
+        "",
+    );
     cli_run::poll(Duration::from_secs(10), "server listening", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cli_run::{Mounted, depotfs, fails, ok, ok_stdout, poll};
+use cli_run::{Mounted, depotfs, fails, ok, ok_stdout, percent_decode, poll};
 use http_suite::free_port;
 
 fn sh(cmd: &mut Command) -> String {
@@ -934,25 +934,6 @@ fn base64(b: &[u8], url: bool) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 3 <= b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
 /// What the token issuer answers.
 #[derive(Clone, Copy, PartialEq)]
 enum Issue {
@@ -1036,7 +1017,8 @@ impl TokenIssuer {
                     query
                         .split('&')
                         .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                        .map(percent_decode)
+                        // A form value: `+` is a space.
+                        .map(|v| percent_decode(&v.replace('+', " ")))
                         .unwrap_or_default()
                 };
                 // scope = repository:NAME:ACTIONS

@@ -9,38 +9,10 @@ mod http_suite;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cli_run::{BIN, Mounted, Served, ok_stdout, poll, run};
+use cli_run::{Mounted, Served, ok_stdout, poll, run};
 use http_suite::{free_port, random_bytes};
-
-/// `depotfs serve STORE` on a given port (to bring a dead server back), killed when dropped.
-struct ServedOn(Child);
-
-impl ServedOn {
-    fn start(store: &Path, port: u16) -> ServedOn {
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg(store)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        poll(Duration::from_secs(10), "serve listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        ServedOn(child)
-    }
-}
-
-impl Drop for ServedOn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn log_text(cache: &Path) -> String {
     fs::read_dir(cache.join("logs"))
@@ -71,7 +43,7 @@ fn one_line_per_event_naming_the_mount() {
     let a = Served::start(&store);
     let a_url = a.url();
     let b_port = free_port();
-    let b = ServedOn::start(&store, b_port);
+    let b = Served::start_on(&store, b_port);
     let b_url = format!("http://127.0.0.1:{b_port}/");
     let mp = dir.join("mnt");
     let cache = dir.join("cache");
@@ -120,7 +92,7 @@ fn one_line_per_event_naming_the_mount() {
         fs::read(mp.join("g")).is_err(),
         "g read with every server down"
     );
-    let b = ServedOn::start(&store, b_port);
+    let b = Served::start_on(&store, b_port);
     poll(Duration::from_secs(30), "back online", || {
         !lines(&log_text(&cache), "leaving offline mode").is_empty()
     });

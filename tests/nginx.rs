@@ -11,38 +11,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use http_suite::{Fixture, Nginx, free_port, raw, wait_listening};
+use http_suite::{Fixture, Nginx, free_port, raw, shipped_site, wait_listening};
 
-const SITE: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/deploy/nginx/depotfs.conf"
-));
-
-/// The shipped site config with only its `listen` and `root` lines replaced.
-fn site_config(port: u16, public: &Path) -> String {
-    let replace_once = |text: String, from: &str, to: &str| {
-        assert_eq!(
-            text.matches(from).count(),
-            1,
-            "deploy/nginx/depotfs.conf must contain {from:?} once"
-        );
-        text.replace(from, to)
-    };
-    let s = replace_once(
-        SITE.to_owned(),
-        "    listen 80;\n",
-        &format!("    listen 127.0.0.1:{port};\n"),
-    );
-    let s = replace_once(s, "    listen [::]:80;\n", "");
-    replace_once(
-        s,
-        "    root /srv/depotfs/public;\n",
-        &format!("    root {};\n", public.display()),
-    )
-}
 /// nginx with the shipped site serving `public`, everything it writes under `dir`.
 fn start(public: &Path, dir: &Path) -> Option<Nginx> {
-    Nginx::start_site(dir, |port| site_config(port, public))
+    Nginx::start_site(dir, |port| shipped_site(port, public))
 }
 
 #[test]

@@ -55,6 +55,11 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn server");
+        Server::started(child, addr)
+    }
+
+    /// A started server, once it listens.
+    fn started(child: Child, addr: SocketAddr) -> Server {
         let mut s = Server { child, addr };
         let child = &mut s.child;
         wait_listening(addr, || match child.try_wait() {
@@ -77,41 +82,17 @@ impl Server {
 
     /// nginx, one process, with the shipped site config serving `root`.
     fn nginx(root: &Path, work: &Path) -> Server {
-        let site = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/nginx/depotfs.conf"
-        ));
         let port = free_port();
-        let site = site
-            .replace(
-                "    listen 80;\n",
-                &format!("    listen 127.0.0.1:{port};\n"),
-            )
-            .replace("    listen [::]:80;\n", "")
-            .replace(
-                "    root /srv/depotfs/public;\n",
-                &format!("    root {};\n", root.display()),
-            );
-        assert!(site.contains(&root.display().to_string()), "root not set");
+        let site = http_suite::shipped_site(port, root);
         fs::create_dir_all(work).unwrap();
-        let w = work.display();
-        let conf = format!(
-            "daemon off; master_process off; user root root; pid {w}/nginx.pid;\n\
-             error_log {w}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{ access_log off; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
-             fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
-             {site} }}\n"
+        fs::write(work.join("site.conf"), site).unwrap();
+        let child = http_suite::spawn_nginx(
+            &http_suite::nginx_required(),
+            work,
+            "daemon off;\nmaster_process off;\nuser root root;",
+            "",
         );
-        fs::write(work.join("nginx.conf"), conf).unwrap();
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-c")
-            .arg(work.join("nginx.conf"))
-            .arg("-p")
-            .arg(work)
-            .arg("-e")
-            .arg(work.join("error.log"));
-        Server::start(cmd, format!("127.0.0.1:{port}").parse().unwrap())
+        Server::started(child, format!("127.0.0.1:{port}").parse().unwrap())
     }
 
     /// Successful object GETs the `depotfs serve` source has answered, from its `/metrics`.

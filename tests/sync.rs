@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cli_run::{BIN, Mounted, fails, ok, ok_stdout, poll, run};
+use cli_run::{BIN, Mounted, fails, ok, ok_stdout, percent_decode, poll, run};
 use http_suite::{Nginx, random_bytes};
 
 const LISTING: &str = "cvmfs_singularity_all_2026-01-28.tsv.gz";
@@ -132,26 +132,6 @@ fn file_gets(ngx: &Nginx) -> HashMap<String, u32> {
         *out.entry(name).or_default() += 1;
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 3 <= b.len()
-            && s.is_char_boundary(i + 3)
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 struct Store {

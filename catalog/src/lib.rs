@@ -47,7 +47,7 @@ mod test_data;
 
 pub use chunking::{ChunkList, ChunkRef};
 pub use dir::{DirNode, Entry, EntryKind, FileContent};
-pub use error::Error;
+pub use error::{Error, ManifestError, Refusal};
 pub use id::ObjectId;
 pub use manifest::{Manifest, PublicKey, SecretKey};
 pub use object::{ObjectKind, Verified};

@@ -22,7 +22,7 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::{Error, FORMAT_VERSION, ObjectId};
+use crate::{Error, FORMAT_VERSION, ManifestError, ObjectId};
 
 const MAGIC: &str = "depotfs-manifest";
 const PUB_PREFIX: &str = "depotfs-ed25519-public ";
@@ -136,50 +136,42 @@ impl Manifest {
         key: &PublicKey,
         expect_name: Option<&str>,
     ) -> Result<Manifest, Error> {
-        let bad = |s: String| Error::Manifest(s);
-        let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+        use ManifestError as M;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| Error::Manifest(M::Malformed("not UTF-8 text".into())))?;
         let at = text
             .find("\nsignature ")
-            .ok_or_else(|| bad("no signature line".into()))?;
+            .ok_or(Error::Manifest(M::NoSignature))?;
         let (body, sig_line) = text.split_at(at + 1);
         let sig_hex = sig_line
             .strip_prefix("signature ")
             .map(str::trim_end)
-            .ok_or_else(|| bad("no signature line".into()))?;
+            .ok_or(Error::Manifest(M::NoSignature))?;
         let mut sig = [0u8; 64];
-        hex::decode_to_slice(sig_hex, &mut sig)
-            .map_err(|_| bad("signature is not 128 hex digits".into()))?;
+        hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| Error::Manifest(M::SignatureHex))?;
         key.0
             .verify_strict(body.as_bytes(), &Signature::from_bytes(&sig))
-            .map_err(|_| bad("signature does not verify with the repository key".into()))?;
+            .map_err(|_| Error::Manifest(M::BadSignature))?;
         let m = Self::parse_body(body)?;
         if m.format > FORMAT_VERSION {
-            return Err(bad(format!(
-                "format {} is newer than this client understands ({FORMAT_VERSION})",
-                m.format
-            )));
+            return Err(Error::Manifest(M::NewerFormat(m.format)));
         }
         if m.format < FORMAT_VERSION {
-            return Err(bad(format!(
-                "format {} is older than this client reads ({FORMAT_VERSION}: objects named by kind); \
-                 the publisher must re-publish the repository with this depotfs (docs/format.md, \
-                 \"Format versions\")",
-                m.format
-            )));
+            return Err(Error::Manifest(M::OlderFormat(m.format)));
         }
         if let Some(n) = expect_name
             && n != m.name
         {
-            return Err(bad(format!(
-                "is for repository {:?}, expected {n:?}",
-                m.name
-            )));
+            return Err(Error::Manifest(M::OtherRepository {
+                found: m.name,
+                expected: n.to_string(),
+            }));
         }
         Ok(m)
     }
 
     fn parse_body(body: &str) -> Result<Manifest, Error> {
-        let bad = |s: String| Error::Manifest(s);
+        let bad = |s: String| Error::Manifest(ManifestError::Malformed(s));
         let mut lines = body.lines();
         let first = lines.next().unwrap_or_default();
         let format = first
@@ -253,6 +245,76 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(&format!("format {format} is {says}")), "{e}");
+        }
+    }
+
+    /// Each refusal is typed by what failed, not by the words of its message: a malformed
+    /// line that mentions "format" or "signature" is malformed (matching the message's text
+    /// counted it under "format").
+    #[test]
+    fn refusals_are_typed_by_what_failed() {
+        use crate::Refusal;
+        let k = SecretKey::from_seed([7; 32]);
+        let other = SecretKey::from_seed([8; 32]);
+        let refusal = |text: &str, name: Option<&str>| match Manifest::parse_verified(
+            text.as_bytes(),
+            &k.public(),
+            name,
+        )
+        .unwrap_err()
+        {
+            Error::Manifest(m) => (m.refusal(), format!("manifest: {m}")),
+            e => panic!("not a manifest error: {e}"),
+        };
+        let good = sample().sign(&k);
+        let body = good.split("signature ").next().unwrap();
+        let newer = Manifest {
+            format: FORMAT_VERSION + 1,
+            ..sample()
+        };
+        for (text, name, want, says) in [
+            (
+                sample().sign(&other),
+                None,
+                Refusal::Signature,
+                "signature does not verify",
+            ),
+            (
+                body.to_string(),
+                None,
+                Refusal::Signature,
+                "no signature line",
+            ),
+            (
+                format!("{body}signature zz\n"),
+                None,
+                Refusal::Signature,
+                "128 hex digits",
+            ),
+            (
+                good.clone(),
+                Some("other"),
+                Refusal::Name,
+                "is for repository",
+            ),
+            (newer.sign(&k), None, Refusal::Format, "is newer than"),
+            (
+                k.sign_body(&format!("{body}format-signature\n")),
+                None,
+                Refusal::Malformed,
+                "bad line \"format-signature\"",
+            ),
+        ] {
+            let (got, message) = refusal(&text, name);
+            assert_eq!(got, want, "{message}");
+            assert!(
+                message.starts_with("manifest: ") && message.contains(says),
+                "{message}"
+            );
+        }
+        match Manifest::parse_verified(&[0xff; 3], &k.public(), None) {
+            Err(Error::Manifest(m)) => assert_eq!(m.refusal(), Refusal::Malformed),
+            other => panic!("{other:?}"),
         }
     }
 

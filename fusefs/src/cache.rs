@@ -297,11 +297,15 @@ impl DiskCache {
         }
     }
 
-    /// `storing`, or `not storing since UNIX_SECONDS: REASON` (for `status`).
-    pub fn state(&self) -> String {
+    /// Whether the cache stores (for `status`).
+    pub fn state(&self) -> crate::status::CacheState {
+        use crate::status::CacheState;
         match &*self.not_storing.lock().expect("poisoned") {
-            None => "storing".into(),
-            Some(n) => format!("not storing since {}: {}", n.since, n.reason),
+            None => CacheState::Storing,
+            Some(n) => CacheState::NotStoring {
+                since: n.since,
+                reason: n.reason.clone(),
+            },
         }
     }
 

@@ -1,8 +1,9 @@
 //! Command-line entry points of the client side: `mount`, `umount`, `remount`, `status`.
 //!
-//! `status` asks the mount itself: the root of every depotfs mount answers the
-//! `user.depotfs.*` attributes listed in [`crate::fs::XATTRS_STATUS`] (see `getfattr -d -m -
-//! MOUNTPOINT`), so there is no socket or state file to keep in step.
+//! `status` and `remount` ask the mount itself: the root of every depotfs mount answers its
+//! [`Status`] as JSON in `user.depotfs.status`, and each of its values in the other
+//! attributes listed in [`crate::status::XATTRS_ROOT`] (see `getfattr -d -m - MOUNTPOINT`),
+//! so there is no socket or state file to keep in step.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use anyhow::{Context, bail};
 use crate::backend::NetOptions;
 use crate::cache;
 use crate::mount::{self, Options};
+use crate::status::{CacheState, LastCheck, Status, XATTR_JSON};
 
 /// `depotfs mount`.
 #[derive(Debug, Clone, clap::Args)]
@@ -241,35 +243,23 @@ pub struct RemountArgs {
 /// with the reason when the check failed (refused manifest, no server answered).
 pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
     let mp = absolute(&a.mountpoint)?;
-    let pid: i32 = xattr(&mp, "user.depotfs.pid")?
-        .trim()
-        .parse()
-        .with_context(|| format!("{}: user.depotfs.pid is not a number", mp.display()))?;
-    let checks = |mp: &Path| -> anyhow::Result<u64> {
-        Ok(xattr(mp, "user.depotfs.checks")?
-            .trim()
-            .parse()
-            .unwrap_or(0))
-    };
-    // Checks run one at a time: once as many have finished as had started before the
-    // signal, plus one, a check that began after the signal has finished.
-    let started: u64 = xattr(&mp, "user.depotfs.checks_started")?
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let bound_ms: u64 = xattr(&mp, "user.depotfs.request_bound_ms")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let before = status_of(&mp)?;
+    let pid = i32::try_from(before.pid).unwrap_or(0);
     let pid = rustix::process::Pid::from_raw(pid)
         .with_context(|| format!("{}: bad mount pid {pid}", mp.display()))?;
     rustix::process::kill_process(pid, rustix::process::Signal::USR1)
         .with_context(|| format!("signalling mount process {pid:?} of {}", mp.display()))?;
-    // A check fetches the manifest (one pass over the routes) and the new root; another
-    // check may be running first.
-    let limit = Duration::from_millis(2 * bound_ms) + Duration::from_secs(30);
+    // Checks run one at a time: once as many have finished as had started before the
+    // signal, plus one, a check that began after the signal has finished. A check fetches
+    // the manifest (one pass over the routes) and the new root; another check may be
+    // running first.
+    let limit = Duration::from_millis(2 * before.request_bound_ms) + Duration::from_secs(30);
     let start = Instant::now();
-    while checks(&mp)? <= started {
+    let after = loop {
+        let now = status_of(&mp)?;
+        if now.checks > before.checks_started {
+            break now;
+        }
         if start.elapsed() > limit {
             bail!(
                 "{}: no answer from the mount within {} s",
@@ -278,19 +268,25 @@ pub fn remount(a: RemountArgs) -> anyhow::Result<ExitCode> {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let last = xattr(&mp, "user.depotfs.last_check")?;
-    let words: Vec<&str> = last.split_whitespace().collect();
-    match words.as_slice() {
-        ["new", now, was] => println!("revision {now} (new, was {was})"),
-        ["unchanged", now] => println!("revision {now} (unchanged)"),
-        _ => {
-            let why = last.strip_prefix("error ").unwrap_or(&last);
+    };
+    match after.last_check {
+        Some(LastCheck::New { now, was }) => println!("revision {now} (new, was {was})"),
+        Some(LastCheck::Unchanged(now)) => println!("revision {now} (unchanged)"),
+        Some(LastCheck::Error(why)) => {
             eprintln!("depotfs remount {}: check failed: {why}", mp.display());
+            return Ok(ExitCode::FAILURE);
+        }
+        None => {
+            eprintln!("depotfs remount {}: check failed: ", mp.display());
             return Ok(ExitCode::FAILURE);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The status of the mount at `mp` (its root's `user.depotfs.status`).
+fn status_of(mp: &Path) -> anyhow::Result<Status> {
+    Status::from_json(&xattr(mp, XATTR_JSON)?).map_err(|e| anyhow::anyhow!("{}: {e}", mp.display()))
 }
 
 /// `depotfs status`.
@@ -538,7 +534,8 @@ fn launch_background(a: &MountArgs, source: &str, mountpoint: &Path) -> anyhow::
 }
 
 fn xattr_raw(path: &Path, name: &str) -> Result<String, rustix::io::Errno> {
-    let mut buf = vec![0u8; 4096];
+    // The largest value Linux passes (XATTR_SIZE_MAX): the whole status fits.
+    let mut buf = vec![0u8; 64 << 10];
     let n = rustix::fs::getxattr(path, name, &mut buf[..])?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
@@ -663,20 +660,17 @@ fn duration(secs: u64) -> String {
     }
 }
 
-/// `user.depotfs.last_check` (`new REV OLD`, `unchanged REV`, `error REASON`, or empty)
-/// in words.
-fn last_check(raw: &str, checks: &str) -> String {
-    let words: Vec<&str> = raw.split_whitespace().collect();
-    let what = match words.as_slice() {
-        [] => return "none yet".to_string(),
-        ["new", now, was] => format!("switched to revision {now} (was {was})"),
-        ["unchanged", now] => format!("no newer revision than {now}"),
-        _ => format!("failed: {}", raw.strip_prefix("error ").unwrap_or(raw)),
+/// The last revision check, of `checks`, in words.
+fn last_check(last: Option<&LastCheck>, checks: u64) -> String {
+    let what = match last {
+        None => return "none yet".to_string(),
+        Some(LastCheck::New { now, was }) => format!("switched to revision {now} (was {was})"),
+        Some(LastCheck::Unchanged(now)) => format!("no newer revision than {now}"),
+        Some(LastCheck::Error(why)) => format!("failed: {why}"),
     };
-    let n = checks.trim();
     format!(
-        "{what}; {n} check{} since mounted",
-        if n == "1" { "" } else { "s" }
+        "{what}; {checks} check{} since mounted",
+        if checks == 1 { "" } else { "s" }
     )
 }
 
@@ -686,124 +680,100 @@ fn last_check(raw: &str, checks: &str) -> String {
 pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let mp = absolute(&a.mountpoint)?;
     live_mount(&mp)?;
-    let get = |n: &str| xattr(&mp, &format!("user.depotfs.{n}"));
-    let num = |n: &str| -> anyhow::Result<u64> { Ok(get(n)?.trim().parse().unwrap_or(0)) };
-    let (hits, misses) = (num("hits")?, num("misses")?);
-    let (used, limit) = (num("cache_used")?, num("cache_limit")?);
-    let published: i64 = get("published_ns")?.trim().parse().unwrap_or(0);
-    let cache_dir = get("cache_dir")?;
+    let s = status_of(&mp)?;
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let age = (now_ns - published).max(0) / 1_000_000_000;
-    println!("repository:    {}", get("name")?);
-    println!(
-        "revision:      {} (published {age} s ago)",
-        get("revision")?
-    );
-    println!("root:          {}", get("root")?);
-    println!("source:        {}", get("source")?);
-    println!("server:        {}", get("host")?);
-    println!("proxy:         {} (of {})", get("proxy")?, get("proxies")?);
-    println!("published:     {}", utc(published));
-    let offline: i64 = get("offline_since")?.trim().parse().unwrap_or(0);
-    if offline > 0 {
+    let age = (now_ns - s.published_ns).max(0) / 1_000_000_000;
+    println!("repository:    {}", s.name);
+    println!("revision:      {} (published {age} s ago)", s.revision);
+    println!("root:          {}", s.root);
+    println!("source:        {}", s.source);
+    println!("server:        {}", s.host);
+    println!("proxy:         {} (of {})", s.proxy, s.proxies.join(";"));
+    println!("published:     {}", utc(s.published_ns));
+    if s.offline_since > 0 {
         println!(
             "state:         OFFLINE since {} (serving from cache)",
-            utc(offline * 1_000_000_000)
+            utc(s.offline_since as i64 * 1_000_000_000)
         );
     } else {
         println!("state:         online");
     }
-    let failovers = get("failovers")?;
-    let mut f = failovers.split_whitespace();
     println!(
         "failovers:     {} proxy, {} server",
-        f.next().unwrap_or("0"),
-        f.next().unwrap_or("0")
+        s.proxy_failovers, s.server_failovers
     );
-    let refused = get("manifest_refused")?;
+    let refused = s.xattr("user.depotfs.manifest_refused").unwrap_or_default();
     println!(
         "refused:       {} manifests refused",
         if refused.is_empty() { "no" } else { &refused }
     );
     println!(
         "last check:    {}",
-        last_check(&get("last_check")?, &get("checks")?)
+        last_check(s.last_check.as_ref(), s.checks)
     );
-    let bound_ms = num("request_bound_ms")?;
-    if bound_ms > 0 {
+    if s.request_bound_ms > 0 {
         println!(
             "reads give up: after {:.2} s with no answer from any server or proxy (then EIO)",
-            bound_ms as f64 / 1000.0
+            s.request_bound_ms as f64 / 1000.0
         );
     }
-    if cache_dir.is_empty() {
-        println!("cache:         none (local store)");
-    } else {
-        let pct = if limit > 0 {
-            used as f64 * 100.0 / limit as f64
-        } else {
-            0.0
-        };
-        println!(
-            "cache:         {} of {} ({pct:.1} %) in {cache_dir}",
-            human(used),
-            human(limit)
-        );
-        let state = get("cache_state")?;
-        if let Some(rest) = state.strip_prefix("not storing since ") {
-            let (since, why) = rest.split_once(": ").unwrap_or((rest, ""));
+    match &s.cache_dir {
+        None => println!("cache:         none (local store)"),
+        Some(cache_dir) => {
+            let (used, limit) = (s.cache_used, s.cache_limit);
+            let pct = if limit > 0 {
+                used as f64 * 100.0 / limit as f64
+            } else {
+                0.0
+            };
             println!(
-                "cache state:   NOT STORING since {} ({why}): reads are served without caching",
-                utc(since.parse::<i64>().unwrap_or(0) * 1_000_000_000)
+                "cache:         {} of {} ({pct:.1} %) in {cache_dir}",
+                human(used),
+                human(limit)
             );
-        } else {
-            println!("cache state:   {state}");
+            if let CacheState::NotStoring { since, reason } = &s.cache_state {
+                println!(
+                    "cache state:   NOT STORING since {} ({reason}): reads are served without caching",
+                    utc(*since as i64 * 1_000_000_000)
+                );
+            } else {
+                println!("cache state:   {}", s.cache_state);
+            }
         }
     }
+    let (hits, misses) = (s.hits, s.misses);
     let rate = if hits + misses > 0 {
         hits as f64 * 100.0 / (hits + misses) as f64
     } else {
         0.0
     };
     println!("hit rate:      {rate:.1} % ({hits} hits, {misses} downloads)");
-    println!("fetched:       {}", human(num("bytes_fetched")?));
-    println!(
-        "read:          {} returned to readers",
-        human(num("bytes_read")?)
-    );
-    println!(
-        "verification:  {} downloads failed verification",
-        num("corrupt")?
-    );
+    println!("fetched:       {}", human(s.bytes_fetched));
+    println!("read:          {} returned to readers", human(s.bytes_read));
+    println!("verification:  {} downloads failed verification", s.corrupt);
     println!(
         "evictions:     {} objects evicted from the cache",
-        num("evictions")?
+        s.evictions
     );
-    let pair = |n: &str| -> anyhow::Result<(u64, u64)> {
-        let v = get(n)?;
-        let mut it = v.split_whitespace().map(|x| x.parse().unwrap_or(0));
-        Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
-    };
-    let (ra_n, ra_b) = pair("readahead")?;
-    let (pl_n, pl_b) = pair("prefetched")?;
-    let (ra_dl, pl_dl) = pair("prefetch_downloaded")?;
+    let (ra, pl) = (s.readahead, s.access_list);
     println!(
-        "prefetch:      {ra_n} chunks ({}, {} of `fetched`) read ahead, \
-         {pl_n} chunks ({}, {} of `fetched`) from access lists",
-        human(ra_b),
-        human(ra_dl),
-        human(pl_b),
-        human(pl_dl)
+        "prefetch:      {} chunks ({}, {} of `fetched`) read ahead, \
+         {} chunks ({}, {} of `fetched`) from access lists",
+        ra.chunks,
+        human(ra.bytes),
+        human(ra.downloaded),
+        pl.chunks,
+        human(pl.bytes),
+        human(pl.downloaded)
     );
-    println!("inodes:        {} known to the kernel", get("inodes")?);
-    let started: i64 = get("started_ns")?.trim().parse().unwrap_or(0);
+    println!("inodes:        {} known to the kernel", s.inodes);
     println!(
         "daemon:        pid {}, depotfs {}, up {}",
-        get("pid")?.trim(),
-        get("version")?.trim(),
-        duration(((now_ns - started).max(0) / 1_000_000_000) as u64)
+        s.pid,
+        s.version,
+        duration(((now_ns - s.started_ns).max(0) / 1_000_000_000) as u64)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -829,17 +799,18 @@ mod tests {
 
     #[test]
     fn last_check_in_words() {
-        assert_eq!(last_check("", "0"), "none yet");
+        assert_eq!(last_check(None, 0), "none yet");
         assert_eq!(
-            last_check("new 2 1", "2"),
+            last_check(Some(&LastCheck::New { now: 2, was: 1 }), 2),
             "switched to revision 2 (was 1); 2 checks since mounted"
         );
         assert_eq!(
-            last_check("unchanged 7", "1"),
+            last_check(Some(&LastCheck::Unchanged(7)), 1),
             "no newer revision than 7; 1 check since mounted"
         );
+        let failed = LastCheck::Error("manifest: signature does not verify".into());
         assert_eq!(
-            last_check("error manifest: signature does not verify", "3"),
+            last_check(Some(&failed), 3),
             "failed: manifest: signature does not verify; 3 checks since mounted"
         );
     }

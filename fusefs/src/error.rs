@@ -61,15 +61,46 @@ pub enum Error {
     /// Local I/O (cache directory, key file).
     #[error("{0}")]
     Io(String),
-    /// The answer needs a download and the caller may not wait (see `fs::Wait`). Never
-    /// reaches the kernel: the operation is retried on the blocking pool.
-    #[error("needs a download")]
-    WouldBlock,
 }
 
-/// The message by which a [`depotfs_catalog::dir::NodeSource`] reports [`Error::WouldBlock`]
-/// through the catalog's error type.
-pub(crate) const WOULD_BLOCK: &str = "depotfs: not in memory";
+/// Why an operation run without waiting ([`crate::fs::Wait::No`]) gave no answer: it
+/// needs a download, or it failed. `Result<T, Stop>` is its typed result: `Ok` the answer,
+/// `Err(Stop::Blocking)` "run me again where I may wait", `Err(Stop::Failed)` the error.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// The answer needs an object that is not in memory: the FUSE adapter runs the
+    /// operation again on the blocking pool with [`crate::fs::Wait::Yes`]. Never reaches
+    /// the kernel.
+    Blocking,
+    /// The operation failed.
+    Failed(Error),
+}
+
+impl Stop {
+    /// The error of an operation that was allowed to wait ([`crate::fs::Wait::Yes`]), which
+    /// never stops for [`Stop::Blocking`].
+    pub fn into_error(self) -> Error {
+        match self {
+            Stop::Failed(e) => e,
+            Stop::Blocking => Error::Io("internal: an operation allowed to wait did not".into()),
+        }
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<depotfs_catalog::Error> for Stop {
+    fn from(e: depotfs_catalog::Error) -> Self {
+        match e {
+            depotfs_catalog::Error::Pending(_) => Stop::Blocking,
+            other => Stop::Failed(other.into()),
+        }
+    }
+}
 
 impl Error {
     /// The errno a FUSE request answers with.
@@ -85,7 +116,6 @@ impl Error {
             Error::NotSupported => Errno::EOPNOTSUPP,
             Error::Range => Errno::ERANGE,
             Error::Stale => Errno::ESTALE,
-            Error::WouldBlock => Errno::EAGAIN,
             Error::Fetch { .. }
             | Error::Timeout { .. }
             | Error::Offline(_)
@@ -103,11 +133,12 @@ impl Error {
 impl From<depotfs_catalog::Error> for Error {
     fn from(e: depotfs_catalog::Error) -> Self {
         match e {
-            depotfs_catalog::Error::Manifest(m) => Error::Manifest(m),
+            depotfs_catalog::Error::Manifest(m) => Error::Manifest(m.to_string()),
             depotfs_catalog::Error::Key(m) => Error::Manifest(format!("key: {m}")),
-            depotfs_catalog::Error::Fetch { message, .. } if message == WOULD_BLOCK => {
-                Error::WouldBlock
-            }
+            e @ depotfs_catalog::Error::Pending(id) => Error::Fetch {
+                what: id.to_string(),
+                message: e.to_string(),
+            },
             depotfs_catalog::Error::Fetch { id, message } => Error::Fetch {
                 what: id.to_string(),
                 message,
@@ -119,3 +150,35 @@ impl From<depotfs_catalog::Error> for Error {
 
 /// Shorthand.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The result of an operation that may have to wait for a download (see [`Stop`]).
+pub type Fast<T> = std::result::Result<T, Stop>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depotfs_catalog::ObjectId;
+
+    /// "Not at hand" from a directory reader is the typed [`Stop::Blocking`], never an
+    /// errno; every other catalog error is a failure with its errno.
+    #[test]
+    fn pending_objects_stop_for_the_blocking_pool() {
+        let id = ObjectId::of(b"node");
+        assert!(matches!(
+            Stop::from(depotfs_catalog::Error::Pending(id)),
+            Stop::Blocking
+        ));
+        let fetch = depotfs_catalog::Error::Fetch {
+            id,
+            message: "connection refused".into(),
+        };
+        match Stop::from(fetch) {
+            Stop::Failed(e) => assert_eq!(e.to_errno(), fuser::Errno::EIO),
+            Stop::Blocking => panic!("a failed fetch is not a miss"),
+        }
+        assert!(matches!(
+            Stop::from(Error::NotFound).into_error(),
+            Error::NotFound
+        ));
+    }
+}

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::error::{Error, Result};
-use crate::fs::{DepotFs, DirItem, Wait, file_type};
+use crate::error::{Error, Fast, Result, Stop};
+use crate::fs::{Attr, DepotFs, DirItem, Ino, Kind, Wait};
 
 /// Entry and attribute TTL: content never changes within a revision (composefs uses the
 /// same order of magnitude). A revision switch (issue 5) will invalidate through the notifier.
@@ -49,12 +49,14 @@ impl Fuse {
     /// blocking pool. Hand the result to `done`.
     fn fast_or_blocking<T: Send + 'static>(
         &self,
-        op: impl Fn(&DepotFs, Wait) -> Result<T> + Send + 'static,
+        op: impl Fn(&DepotFs, Wait) -> Fast<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         match op(&self.fs, Wait::No) {
-            Err(Error::WouldBlock) => self.blocking(move |fs| op(fs, Wait::Yes), done),
-            r => done(r),
+            Err(Stop::Blocking) => {
+                self.blocking(move |fs| op(fs, Wait::Yes).map_err(Stop::into_error), done)
+            }
+            r => done(r.map_err(Stop::into_error)),
         }
     }
 
@@ -66,6 +68,42 @@ impl Fuse {
     ) {
         let fs = self.fs.clone();
         self.fs.runtime().spawn_blocking(move || done(op(&fs)));
+    }
+}
+
+/// Block size reported by stat: large, so readers ask for large pieces.
+const BLKSIZE: u32 = 128 * 1024;
+
+fn to_ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// fuser's attributes of `a`.
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
     }
 }
 
@@ -113,13 +151,13 @@ impl Filesystem for Fuse {
         let fs = self.fs.clone();
         self.fast_or_blocking(
             move |fs, wait| {
-                let n = fs.lookup(parent.0, name_str(&name)?, wait)?;
+                let n = fs.lookup(to_ino(parent), name_str(&name)?, wait)?;
                 let attr = fs.attr(&n, wait)?;
                 Ok((n, attr))
             },
             move |r| match r {
                 Ok((n, attr)) => {
-                    reply.entry(&TTL, &attr, Generation(0));
+                    reply.entry(&TTL, &file_attr(&attr), Generation(0));
                     fs.remember(&n);
                 }
                 Err(e) => reply.error(e.to_errno()),
@@ -129,16 +167,16 @@ impl Filesystem for Fuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.fast_or_blocking(
-            move |fs, wait| fs.getattr(ino.0, wait),
+            move |fs, wait| fs.getattr(to_ino(ino), wait),
             move |r| match r {
-                Ok(attr) => reply.attr(&TTL, &attr),
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
                 Err(e) => reply.error(e.to_errno()),
             },
         );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.fs.readlink(to_ino(ino)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.to_errno()),
         }
@@ -150,7 +188,7 @@ impl Filesystem for Fuse {
         }
         let fs = self.fs.clone();
         self.fs.runtime().spawn(async move {
-            match fs.open(ino.0).await {
+            match fs.open(to_ino(ino)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Err(e) => reply.error(e.to_errno()),
             }
@@ -207,7 +245,7 @@ impl Filesystem for Fuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.blocking(
-            move |fs| fs.node(ino.0),
+            move |fs| fs.node(to_ino(ino)),
             move |r| match r {
                 Ok(n) if n.entry().is_dir() => {
                     reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
@@ -228,14 +266,17 @@ impl Filesystem for Fuse {
     ) {
         let fs = self.fs.clone();
         self.fs.runtime().spawn_blocking(move || {
-            let r = fs.readdir(ino.0, offset, &mut |item, next| {
+            let r = fs.readdir(to_ino(ino), offset, &mut |item, next| {
                 Ok(match item {
                     DirItem::Dot(i, name) => {
-                        reply.add(INodeNo(i), next, fuser::FileType::Directory, name)
+                        reply.add(INodeNo(i.0), next, fuser::FileType::Directory, name)
                     }
-                    DirItem::Entry(parent, e) => {
-                        reply.add(INodeNo(fs.ino_of(parent, e)), next, file_type(e), &e.name)
-                    }
+                    DirItem::Entry(parent, e) => reply.add(
+                        INodeNo(fs.ino_of(parent, e).0),
+                        next,
+                        file_type(Kind::of(e)),
+                        &e.name,
+                    ),
                 })
             });
             match r {
@@ -257,18 +298,30 @@ impl Filesystem for Fuse {
         self.fs.runtime().spawn_blocking(move || {
             // Entries other than `.` and `..` count as lookups once the reply is sent.
             let mut sent = Vec::new();
-            let r = fs.readdir(ino.0, offset, &mut |item, next| {
+            let r = fs.readdir(to_ino(ino), offset, &mut |item, next| {
                 let (node, name, counts) = match item {
-                    DirItem::Dot(i, name) => (fs.current_node(i, Wait::Yes)?, name, false),
+                    DirItem::Dot(i, name) => (
+                        fs.current_node(i, Wait::Yes).map_err(Stop::into_error)?,
+                        name,
+                        false,
+                    ),
                     DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
                 };
                 // One broken subdirectory must not fail its parent's listing.
                 let attr = if counts {
-                    fs.listed_attr(&node, Wait::Yes)?
+                    fs.listed_attr(&node, Wait::Yes)
                 } else {
-                    fs.attr(&node, Wait::Yes)?
-                };
-                let full = reply.add(INodeNo(node.ino()), next, name, &TTL, &attr, Generation(0));
+                    fs.attr(&node, Wait::Yes)
+                }
+                .map_err(Stop::into_error)?;
+                let full = reply.add(
+                    INodeNo(node.ino().0),
+                    next,
+                    name,
+                    &TTL,
+                    &file_attr(&attr),
+                    Generation(0),
+                );
                 if counts && !full {
                     sent.push(node);
                 }
@@ -287,7 +340,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.fs.forget(to_ino(ino), nlookup);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -298,13 +351,13 @@ impl Filesystem for Fuse {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_os_string();
         self.fast_or_blocking(
-            move |fs, wait| fs.getxattr(ino.0, name.to_str().ok_or(Error::NoAttr)?, wait),
+            move |fs, wait| fs.getxattr(to_ino(ino), name.to_str().ok_or(Error::NoAttr)?, wait),
             move |r| xattr_reply(r, size, reply),
         );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.listxattr(ino.0), size, reply);
+        xattr_reply(self.fs.listxattr(to_ino(ino)), size, reply);
     }
 
     // Everything below changes the file system: read-only.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use depotfs_catalog::Refusal;
 use prometheus::Registry;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType, MetricType::COUNTER, MetricType::GAUGE};
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::backend::{BUCKETS, Http, RESULTS};
 use crate::error::{Error, Result};
 use crate::fs::DepotFs;
+use crate::status::{CacheState, Status};
 
 /// Bind `addr` now (so a bad address fails the mount) and serve scrapes in the background.
 pub fn start(rt: &tokio::runtime::Runtime, addr: SocketAddr, fs: Arc<DepotFs>) -> Result<()> {
@@ -105,24 +107,19 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<proto::LabelPair> {
 
 /// Every family of the mount, as of now.
 fn families(fs: &DepotFs) -> Vec<MetricFamily> {
-    let s = fs.snapshot();
-    let m = fs.manifest();
-    let store = fs.store();
-    let backend = store.backend();
+    let s = Status::of(fs);
+    let backend = fs.store().backend();
     let mut o = Families::default();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let published = m.published_ns as f64 / 1e9;
+    let published = s.published_ns as f64 / 1e9;
     o.family(
         "depotfs_info",
         GAUGE,
         "The mounted repository and its servers.",
     );
-    o.sample(
-        &[("repository", &s.name), ("source", &backend.describe())],
-        1.0,
-    );
+    o.sample(&[("repository", &s.name), ("source", &s.source)], 1.0);
     o.one(
         "depotfs_revision",
         GAUGE,
@@ -169,19 +166,22 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         "depotfs_cache_evictions_total",
         COUNTER,
         "Objects evicted from the disk cache to stay within its limit.",
-        store.disk().map_or(0, |d| d.evictions()) as f64,
+        s.evictions as f64,
     );
     o.one(
         "depotfs_cache_storing",
         GAUGE,
         "1 while the disk cache stores what is fetched; 0 while it cannot (e.g. its file system is full) and reads are served without caching.",
-        f64::from(u8::from(store.disk().is_none_or(|d| d.storing()))),
+        f64::from(u8::from(!matches!(
+            s.cache_state,
+            CacheState::NotStoring { .. }
+        ))),
     );
     o.one(
         "depotfs_cache_store_failures_total",
         COUNTER,
         "Objects the disk cache failed to store (e.g. no space left on its file system).",
-        store.disk().map_or(0, |d| d.store_failures()) as f64,
+        s.cache_store_failures as f64,
     );
     o.one(
         "depotfs_fetched_bytes_total",
@@ -202,21 +202,7 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         s.corrupt as f64,
     );
     {
-        let st = &store.stats;
-        let by = [
-            (
-                "readahead",
-                [
-                    &st.readahead_objects,
-                    &st.readahead_bytes,
-                    &st.readahead_fetched,
-                ],
-            ),
-            (
-                "access_list",
-                [&st.list_objects, &st.list_bytes, &st.list_fetched],
-            ),
-        ];
+        let by = [("readahead", s.readahead), ("access_list", s.access_list)];
         for (k, (name, help)) in [
             (
                 "depotfs_prefetched_chunks_total",
@@ -235,8 +221,9 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         .enumerate()
         {
             o.family(name, COUNTER, help);
-            for (label, counters) in &by {
-                o.sample(&[("by", label)], counters[k].load(Ordering::Relaxed) as f64);
+            for (label, p) in &by {
+                let v = [p.chunks, p.bytes, p.downloaded][k];
+                o.sample(&[("by", label)], v as f64);
             }
         }
     }
@@ -250,36 +237,27 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         "depotfs_offline",
         GAUGE,
         "1 while every server is unreachable and only cached data is served.",
-        f64::from(u8::from(backend.offline_since().is_some())),
+        f64::from(u8::from(s.offline_since > 0)),
     );
     o.family(
         "depotfs_manifest_refused_total",
         COUNTER,
         "Manifests refused at a revision check, by reason.",
     );
-    {
-        let refused = store.stats.manifest_refused.lock().expect("poisoned");
-        for reason in ["older", "signature", "name"] {
-            if !refused.contains_key(reason) {
-                o.sample(&[("reason", reason)], 0.0);
-            }
+    for reason in [Refusal::Older, Refusal::Signature, Refusal::Name] {
+        if !s.manifest_refused.contains_key(&reason) {
+            o.sample(&[("reason", reason.as_str())], 0.0);
         }
-        for (reason, n) in refused.iter() {
-            o.sample(&[("reason", reason)], *n as f64);
-        }
+    }
+    for (reason, n) in &s.manifest_refused {
+        o.sample(&[("reason", reason.as_str())], *n as f64);
     }
     o.family(
         "depotfs_current_server_info",
         GAUGE,
         "The route in use: 1 for the current server and proxy.",
     );
-    o.sample(
-        &[
-            ("server", &backend.current()),
-            ("proxy", &backend.current_proxy()),
-        ],
-        1.0,
-    );
+    o.sample(&[("server", &s.host), ("proxy", &s.proxy)], 1.0);
     if let Some(net) = backend.net() {
         net_families(&mut o, net);
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use depotfs_catalog::{Manifest, PublicKey};
+use depotfs_catalog::{Manifest, ManifestError, PublicKey, Refusal};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 
 use crate::backend::{Backend, NetOptions};
@@ -19,6 +19,7 @@ use crate::fs::{DepotFs, FsState, MountInfo, Reading, Tree};
 use crate::fuse::Fuse;
 use crate::record::Recorder;
 use crate::reload::{self, Control, Launch, Takeover};
+use crate::status::LastCheck;
 use crate::store::ObjectStore;
 
 /// Everything needed to mount.
@@ -229,12 +230,14 @@ fn read_key(path: &Path) -> Result<PublicKey> {
 
 /// A manifest that does not verify: the error names the key file it was checked against.
 fn verify_error(e: depotfs_catalog::Error, key_file: &Path) -> Error {
-    match Error::from(e) {
-        Error::Manifest(m) if m.contains("signature does not verify") => Error::Manifest(format!(
-            "{m} in {} (is it this repository's key?)",
-            key_file.display()
-        )),
-        other => other,
+    match e {
+        depotfs_catalog::Error::Manifest(m @ ManifestError::BadSignature) => {
+            Error::Manifest(format!(
+                "{m} in {} (is it this repository's key?)",
+                key_file.display()
+            ))
+        }
+        other => other.into(),
     }
 }
 
@@ -286,30 +289,13 @@ fn save_manifest(disk: &DiskCache, backend: &Backend, bytes: &[u8]) {
     }
 }
 
-/// What a revision check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checked {
-    /// Switched to revision `now` from `was`.
-    New {
-        /// The revision now served.
-        now: u64,
-        /// The revision served before.
-        was: u64,
-    },
-    /// The server offers the revision already served.
-    Unchanged(u64),
-}
-
-/// Why a manifest was refused, for `depotfs_manifest_refused_total{reason}`.
-fn refusal_reason(message: &str) -> &'static str {
-    if message.contains("signature") || message.contains("key") {
-        "signature"
-    } else if message.contains("is for repository") {
-        "name"
-    } else if message.contains("format") {
-        "format"
-    } else {
-        "malformed"
+/// Why a manifest that does not verify is refused, for
+/// `depotfs_manifest_refused_total{reason}`.
+fn refusal(e: &depotfs_catalog::Error) -> Refusal {
+    match e {
+        depotfs_catalog::Error::Manifest(m) => m.refusal(),
+        depotfs_catalog::Error::Key(_) => Refusal::Signature,
+        _ => Refusal::Malformed,
     }
 }
 
@@ -323,17 +309,17 @@ async fn check(
     key: &PublicKey,
     key_file: &Path,
     notifier: &Notifier,
-) -> Result<Checked> {
+) -> Result<LastCheck> {
     let cur = fs.manifest();
     let store = fs.store();
     let bytes = store.backend().get_manifest().await?;
-    let refuse = |reason: &str, message: String| {
+    let refuse = |reason: Refusal, message: String| {
         *store
             .stats
             .manifest_refused
             .lock()
             .expect("poisoned")
-            .entry(reason.to_string())
+            .entry(reason)
             .or_default() += 1;
         tracing::warn!(
             "manifest refused ({reason}): {message}; staying on revision {}",
@@ -344,13 +330,14 @@ async fn check(
     let m = match Manifest::parse_verified(&bytes, key, Some(&cur.name)) {
         Ok(m) => m,
         Err(e) => {
+            let reason = refusal(&e);
             let message = verify_error(e, key_file).to_string();
-            return Err(refuse(refusal_reason(&message), message));
+            return Err(refuse(reason, message));
         }
     };
     if m.revision < cur.revision {
         return Err(refuse(
-            "older",
+            Refusal::Older,
             format!(
                 "the server offers revision {} of {}, older than revision {} in use (replay or rollback refused)",
                 m.revision, m.name, cur.revision
@@ -358,7 +345,7 @@ async fn check(
         ));
     }
     if m.revision == cur.revision {
-        return Ok(Checked::Unchanged(m.revision));
+        return Ok(LastCheck::Unchanged(m.revision));
     }
     store.dir_node(m.root).await?;
     if let Some(disk) = store.disk() {
@@ -376,12 +363,12 @@ async fn check(
     let notifier = notifier.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for (parent, name) in stale {
-            let _ = notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+            let _ = notifier.inval_entry(INodeNo(parent.0), std::ffi::OsStr::new(&name));
         }
         let _ = notifier.inval_inode(INodeNo(1), 0, 0);
     })
     .await;
-    Ok(Checked::New { now, was })
+    Ok(LastCheck::New { now, was })
 }
 
 /// Runs revision checks one at a time and records their outcomes.
@@ -401,17 +388,16 @@ impl Checker {
             .checks_started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = check(&self.fs, &self.key, &self.key_file, &self.notifier).await;
-        let text = match &outcome {
-            Ok(Checked::New { now, was }) => format!("new {now} {was}"),
-            Ok(Checked::Unchanged(r)) => format!("unchanged {r}"),
+        let last = match outcome {
+            Ok(found) => found,
             Err(e) => {
                 if !matches!(e, Error::Manifest(_)) {
                     tracing::warn!("checking for a new revision ({why}): {e}");
                 }
-                format!("error {e}")
+                LastCheck::Error(e.to_string())
             }
         };
-        *stats.last_check.lock().expect("poisoned") = text;
+        *stats.last_check.lock().expect("poisoned") = Some(last);
         self.fs.store().backend().probe_finished();
         stats
             .checks

@@ -17,27 +17,10 @@ use depotfs_catalog::object::{self, ObjectKind, Verified};
 use depotfs_catalog::{ChunkList, DirNode, ObjectId};
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, DIRECT};
+use crate::backend::Backend;
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::lru::Lru;
-
-/// Attributes of the mount root answered by [`ObjectStore::net_xattr`].
-pub const XATTRS_NET: [&str; 13] = [
-    "user.depotfs.proxy",
-    "user.depotfs.proxies",
-    "user.depotfs.offline_since",
-    "user.depotfs.failovers",
-    "user.depotfs.manifest_refused",
-    "user.depotfs.request_bound_ms",
-    "user.depotfs.checks_started",
-    "user.depotfs.checks",
-    "user.depotfs.last_check",
-    "user.depotfs.evictions",
-    "user.depotfs.readahead",
-    "user.depotfs.prefetched",
-    "user.depotfs.cache_state",
-];
 
 /// Largest chunk list accepted (the format's bound).
 use depotfs_catalog::graph::CHUNK_LIST_MAX;
@@ -61,7 +44,7 @@ pub struct Chunks {
     pub offsets: Vec<u64>,
 }
 
-/// Counters for `status`.
+/// Counters for `status` (read together as a [`crate::status::Status`]).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Objects answered from memory or disk.
@@ -88,13 +71,13 @@ pub struct Stats {
     /// Encoded bytes access-list prefetch downloaded (a part of `bytes_fetched`).
     pub list_fetched: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
-    pub manifest_refused: Mutex<std::collections::BTreeMap<String, u64>>,
+    pub manifest_refused: Mutex<std::collections::BTreeMap<depotfs_catalog::Refusal, u64>>,
     /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
     pub checks_started: AtomicU64,
     /// Revision checks finished.
     pub checks: AtomicU64,
-    /// The outcome of the last check: `new REV OLD`, `unchanged REV` or `error REASON`.
-    pub last_check: Mutex<String>,
+    /// The outcome of the last check.
+    pub last_check: Mutex<Option<crate::status::LastCheck>>,
 }
 
 type Shared = Arc<OnceCell<Result<Arc<Verified>>>>;
@@ -130,51 +113,6 @@ impl ObjectStore {
     /// The backend (for the manifest and `describe`).
     pub fn backend(&self) -> &Backend {
         &self.backend
-    }
-
-    /// The value of a network and revision-check attribute of the mount root (see
-    /// [`XATTRS_NET`]), `None` for other names.
-    pub fn net_xattr(&self, name: &str) -> Option<String> {
-        let b = &self.backend;
-        let net = b.net();
-        let (pf, sf) = net.map_or((0, 0), |h| h.failovers());
-        Some(match name.strip_prefix("user.depotfs.")? {
-            "proxy" => b.current_proxy(),
-            "offline_since" => b.offline_since().unwrap_or(0).to_string(),
-            "failovers" => format!("{pf} {sf}"),
-            "manifest_refused" => {
-                let r = self.stats.manifest_refused.lock().expect("poisoned");
-                r.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }
-            "request_bound_ms" => net
-                .map_or(0, |h| h.options().request_bound().as_millis())
-                .to_string(),
-            "checks" => self.stats.checks.load(Ordering::Relaxed).to_string(),
-            "checks_started" => self
-                .stats
-                .checks_started
-                .load(Ordering::Relaxed)
-                .to_string(),
-            "last_check" => self.stats.last_check.lock().expect("poisoned").clone(),
-            "proxies" => net.map_or(DIRECT.into(), |h| h.proxy_labels().join(";")),
-            "evictions" => self.disk.as_ref().map_or(0, |d| d.evictions()).to_string(),
-            // `CHUNKS BYTES`
-            "readahead" => format!(
-                "{} {}",
-                self.stats.readahead_objects.load(Ordering::Relaxed),
-                self.stats.readahead_bytes.load(Ordering::Relaxed)
-            ),
-            "cache_state" => self.disk.as_ref().map_or("none".into(), |d| d.state()),
-            "prefetched" => format!(
-                "{} {}",
-                self.stats.list_objects.load(Ordering::Relaxed),
-                self.stats.list_bytes.load(Ordering::Relaxed)
-            ),
-            _ => return None,
-        })
     }
 
     /// The disk cache, if any.

@@ -165,3 +165,25 @@ pub fn prom_value(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// The `%XX` escapes of a URL path or query value decoded (a `+` stays a `+`); a `%` not
+/// followed by two hex digits is kept as it is.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && s.is_char_boundary(i + 3)
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}

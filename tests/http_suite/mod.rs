@@ -585,6 +585,34 @@ pub fn nginx_conf(dir: &Path, main: &str, http: &str) -> String {
     )
 }
 
+/// The shipped site config (`deploy/nginx/depotfs.conf`) with only its `listen` and `root`
+/// lines replaced: listening on 127.0.0.1:`port`, serving `public`.
+pub fn shipped_site(port: u16, public: &Path) -> String {
+    const SITE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/depotfs.conf"
+    ));
+    let replace_once = |text: String, from: &str, to: &str| {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "deploy/nginx/depotfs.conf must contain {from:?} once"
+        );
+        text.replace(from, to)
+    };
+    let s = replace_once(
+        SITE.to_owned(),
+        "    listen 80;\n",
+        &format!("    listen 127.0.0.1:{port};\n"),
+    );
+    let s = replace_once(s, "    listen [::]:80;\n", "");
+    replace_once(
+        s,
+        "    root /srv/depotfs/public;\n",
+        &format!("    root {};\n", public.display()),
+    )
+}
+
 /// The nginx binary: on PATH or in the usual sbin directories.
 pub fn nginx_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -621,22 +649,12 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = free_port();
         std::fs::write(dir.join("site.conf"), site(port)).unwrap();
-        let main = nginx_conf(&dir, "user root root;\nworker_processes 1;", "");
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, main).unwrap();
-        let child = std::process::Command::new(&bin)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let child = spawn_nginx(
+            &bin,
+            &dir,
+            "daemon off;\nuser root root;\nworker_processes 1;",
+            "",
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut n = Nginx { child, addr, dir };
         let (child, logs) = (&mut n.child, n.dir.clone());
@@ -646,6 +664,33 @@ impl Nginx {
         });
         Some(n)
     }
+}
+
+/// Start nginx (`bin`, see [`nginx_binary`]) on the configuration [`nginx_conf`]`(dir, main,
+/// http)`, which includes `dir/site.conf` (written by the caller); `main` must hold `daemon
+/// off;`. Its stderr goes to `dir/stderr.log`, its error log to `dir/error.log` (see
+/// [`read_logs`]); `dir/tmp` is created. The caller waits for it to listen.
+pub fn spawn_nginx(bin: &Path, dir: &Path, main: &str, http: &str) -> std::process::Child {
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, main, http)).unwrap();
+    std::process::Command::new(bin)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
+/// The nginx binary, which must be installed (Debian package `nginx`; `.ci/run` installs it).
+pub fn nginx_required() -> PathBuf {
+    nginx_binary().expect("nginx (Debian package nginx; .ci/run installs it)")
 }
 
 pub fn read_logs(dir: &Path) -> String {
