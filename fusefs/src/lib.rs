@@ -59,6 +59,7 @@ pub mod mount;
 pub mod prefetch;
 pub mod record;
 pub mod reload;
+pub mod stages;
 pub mod store;
 
 pub use error::{Error, Result};

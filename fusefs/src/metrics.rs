@@ -240,6 +240,12 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
             }
         }
     }
+    for (name, help, pick) in crate::stages::METRICS {
+        o.family(name, COUNTER, help);
+        for stage in crate::stages::ALL {
+            o.sample(&[("stage", stage.name())], pick(store.stages.get(stage)));
+        }
+    }
     o.one(
         "depotfs_inodes",
         GAUGE,
