@@ -120,8 +120,13 @@ def stage_table(runs):
         cpu = r.get("cpu_s") or {}
         if cpu:
             total = sum(cpu.values())
+            mib = (st.get("read") or (0, 0, 0))[2] / 2**20
             L.append("CPU seconds during the read: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) +
                      f"; all {total:.2f} of {2 * wall:.2f} available on 2 cores ({100 * total / (2 * wall):.0f} %)")
+            if mib and total:
+                # The load-independent bound: what these CPU seconds allow on 2 otherwise idle cores.
+                L.append(f"At {total / (mib / 1024):.2f} CPU seconds per GiB, 2 idle cores allow at most "
+                         f"{mib / (total / 2):.0f} MiB/s for this read")
         c = r.get("counters") or {}
         if c:
             L.append("Counters after it: " + "; ".join(f"{k} = {v}" for k, v in c.items()))
