@@ -238,6 +238,39 @@ fn readahead_counts_what_it_loaded_once() {
         status.contains(&format!("prefetch:      {} chunks (", ra[0])),
         "{status}"
     );
+
+    // Issue 21's stage counters (`user.depotfs.stages`: NAME CALLS NANOSECONDS BYTES) agree
+    // with the other counters: one `http` and one `cache_write` per download, of the bytes
+    // fetched; every byte hashed; the reader's bytes read and replied; nothing from disk.
+    let text = xattr(&m.0, "user.depotfs.stages");
+    let stage = |name: &str| -> [u64; 3] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no stage {name}: {text}"));
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        [v[0], v[1], v[2]]
+    };
+    let [calls, ns, bytes] = stage("http");
+    assert!(
+        calls == misses && bytes == fetched && ns > 0,
+        "http {calls} {ns} {bytes}: {misses} downloads of {fetched} bytes\n{text}"
+    );
+    let [calls, _, bytes] = stage("cache_write");
+    assert!(calls == misses && bytes == fetched, "{text}");
+    assert!(stage("hash")[2] >= s.data.len() as u64, "{text}");
+    assert_eq!(stage("cache_load")[0], 0, "{text}");
+    for name in ["read", "reply"] {
+        let [calls, ns, bytes] = stage(name);
+        assert!(
+            calls > 0 && ns > 0 && bytes == s.data.len() as u64,
+            "{name}: {text}"
+        );
+    }
 }
 
 /// Issue 21: readahead loads each chunk of a sequential read once, also when the memory cache
