@@ -129,6 +129,54 @@ class CpuShare:
         self.busy = 100.0 - 100.0 * (idle1 - self.idle0) / t - self.iowait
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds used so far by process `pid` and its threads (/proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(ppid):
+    """CPU seconds of the processes whose parent is `ppid` (nginx's workers)."""
+    total = 0.0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        total += cpu_seconds(int(p))
+            except (OSError, ValueError):
+                pass
+    return total
+
+
+def conditions():
+    """The load and the CPU frequency state now (issue 21: FUSE gets slower when the CPU
+    idles, so every row says under what it was measured)."""
+    load = open("/proc/loadavg").read().split()[0]
+    mhz = []
+    with open("/proc/cpuinfo") as f:
+        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    gov = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+    governor = open(gov).read().strip() if os.path.exists(gov) else "no cpufreq driver (VM)"
+    freq = "/".join(f"{m:.0f}" for m in mhz) + " MHz" if mhz else "?"
+    return f"load {load}, CPUs at {freq}, governor: {governor}"
+
+
+def stages(d):
+    """The mount's stage counters (user.depotfs.stages): {stage: (calls, seconds, bytes)}, or
+    {} when this depotfs has none."""
+    try:
+        text = d.xattr("stages")
+    except RuntimeError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, calls, ns, nbytes = line.split()
+        out[name] = (int(calls), int(ns) / 1e9, int(nbytes))
+    return out
+
+
 def umount(m):
     sh("umount", m, check=False)
     sh("fusermount3", "-u", m, check=False)
@@ -195,7 +243,7 @@ class Results:
     """Measurements by key: values, unit, label; plus the commands and facts of the run."""
 
     def __init__(self):
-        self.m, self.info, self.commands = {}, {}, []
+        self.m, self.info, self.commands, self.stage_runs = {}, {}, [], []
 
     def add(self, key, label, unit, values, better):
         if values:
@@ -319,22 +367,42 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
     try:
         # --- 1 GiB sequential read ----------------------------------------------------------
         if "read" in sections:
+            R.info["conditions_read"] = conditions()
             R.cmd("sequential read: 1 MiB read() calls in Python until EOF (like `cat FILE > /dev/null`)")
             R.cmd(f"squashfuse {os.path.basename(big_sqfs)} MNT (mksquashfs -comp zstd of the same file)")
             R.cmd(f"casync make --compression=zstd --store=castr big.caidx DIR; "
                   f"casync mount --store=http://127.0.0.1:PORT/castr/ big.caidx MNT")
             r = {k: [] for k in ["dc", "dw", "dh", "plain_c", "plain_h", "sqf", "casync"]}
             folios = {}
+            nginx_pid = int(open(os.path.join(w, "nginx.pid")).read())
+
+            def accounted(kind):
+                """Read the big image through the fresh mount d, timed, with the CPU seconds
+                of the daemon, nginx and the reader, and the daemon's stage counters."""
+                pid = int(d.xattr("pid"))
+                cond = conditions()
+                s0 = stages(d)
+                c0 = (cpu_seconds(pid), children_cpu(nginx_pid), os.times())
+                t = timed(lambda: read_all(big_on_d))
+                t1 = os.times()
+                s1 = {k: tuple(x - y for x, y in zip(v, s0.get(k, (0, 0, 0)))) for k, v in stages(d).items()}
+                acc = {"kind": kind, "wall_s": t, "conditions": cond, "stages": s1,
+                       "cpu_s": {"depotfs": cpu_seconds(pid) - c0[0], "nginx": children_cpu(nginx_pid) - c0[1],
+                                 "reader": (t1.user - c0[2].user) + (t1.system - c0[2].system)},
+                       "counters": {k: d.xattr(k) for k in ("bytes_fetched", "readahead", "prefetch_downloaded")}}
+                R.stage_runs.append(acc)
+                return t
+
             for rep in range(a.reps):
                 d.mount(fresh=True)
                 drop()
-                r["dc"].append(timed(lambda: read_all(big_on_d)))
+                r["dc"].append(accounted("cold"))
                 r["dh"].append(timed(lambda: read_all(big_on_d)))
                 if rep == 0:
                     folios["depotfs"] = folio_pages(big_on_d)
                 d.mount(fresh=False)
                 drop()
-                r["dw"].append(timed(lambda: read_all(big_on_d)))
+                r["dw"].append(accounted("warm"))
                 d.umount()
                 drop()
                 r["plain_c"].append(timed(lambda: read_all(big)))
@@ -367,6 +435,9 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             R.add("read.squashfuse_cold", f"read {n}: squashfuse, local image, cold", "MiB/s", rate(r["sqf"]), "higher")
             R.add("read.plain_cold", f"read {n}: plain local file, cold", "MiB/s", rate(r["plain_c"]), "higher")
             R.add("read.plain_hot", f"read {n}: plain local file, hot", "MiB/s", rate(r["plain_h"]), "higher")
+            # Issue 21's P4: the cold read's time against the same file's cold read from ext4.
+            R.add("read.depotfs_cold_s", f"read {n}: depotfs cold over HTTP, time", "s", r["dc"], "lower")
+            R.add("read.plain_cold_s", f"read {n}: plain local file (ext4), cold, time", "s", r["plain_c"], "lower")
             if folios:
                 R.info["page_cache_folios"] = (
                     f"after the hot reads, the first 256 MiB of the image sit in page-cache folios of "
@@ -378,10 +449,11 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             return timed(lambda: subprocess.run(["ls", *args, path], check=True, stdout=subprocess.DEVNULL))
 
         if "ls" in sections:
+            R.info["conditions_ls"] = conditions()
             R.cmd("`ls -f DIR > /dev/null`, `ls -l DIR > /dev/null` (warm = the same command run once before)")
             R.cmd("squashfuse_ll / squashfuse names.sqfs MNT (mksquashfs -comp zstd of the same all/)")
             l = {k: [] for k in ["d_f_fresh", "d_f_warm", "d_l_warm", "e_f_cold", "e_f_warm", "e_l_warm",
-                                 "sqll_f", "sqll_l", "sq_l"]}
+                                 "sqll_f_fresh", "sqll_f", "sqll_l", "sq_l"]}
             d_names = os.path.join(d.mnt, "names", "all")
             for rep in range(a.reps):
                 d.mount(fresh=True)
@@ -397,7 +469,7 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                 l["e_l_warm"].append(ls(["-l"], names))
                 umount(sq)
                 sh_loud("squashfuse_ll", names_sqfs, sq)
-                ls(["-f"], os.path.join(sq, "all"))
+                l["sqll_f_fresh"].append(ls(["-f"], os.path.join(sq, "all")))
                 l["sqll_f"].append(ls(["-f"], os.path.join(sq, "all")))
                 l["sqll_l"].append(ls(["-l"], os.path.join(sq, "all")))  # ls -f warmed the inodes
                 umount(sq)
@@ -409,6 +481,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             R.add("ls.f.depotfs_fresh", f"ls -f all/ ({n_names} names): depotfs fresh mount over HTTP", "s", l["d_f_fresh"],
                   "lower")
             R.add("ls.f.depotfs_warm", "ls -f all/: depotfs warm", "s", l["d_f_warm"], "lower")
+            R.add("ls.f.squashfuse_ll_fresh", "ls -f all/: squashfuse_ll fresh mount (image file in the page cache)",
+                  "s", l["sqll_f_fresh"], "lower")
             R.add("ls.f.squashfuse_ll_warm", "ls -f all/: squashfuse_ll warm", "s", l["sqll_f"], "lower")
             R.add("ls.f.ext4_cold", "ls -f all/: ext4 cold", "s", l["e_f_cold"], "lower")
             R.add("ls.f.ext4_warm", "ls -f all/: ext4 warm", "s", l["e_f_warm"], "lower")
@@ -419,6 +493,7 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
 
         # --- container start ----------------------------------------------------------------
         if "container" in sections:
+            R.info["conditions_container"] = conditions()
             # The image has no /dev: pipe into wc instead of redirecting to /dev/null.
             script = "cat /etc/tool | wc -c; for f in $(cat /etc/start-files); do cat $f | wc -c; done"
             R.cmd(f"container start: `squashfuse IMAGE ROOT; chroot ROOT /bin/busybox sh -c '{script}'; umount ROOT`")
@@ -515,6 +590,7 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
 
         # --- P10: parallel cold readers -----------------------------------------------------
         if "parallel" in sections:
+            R.info["conditions_parallel"] = conditions()
             paths = [os.path.join(d.mnt, "par", n) for n in par_names]
             total = sum(os.path.getsize(os.path.join(par_dir, n)) for n in par_names) / (1 << 20)
             one, many, one_cpu, many_cpu, many_wait = [], [], [], [], []
@@ -571,7 +647,8 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         nginx.terminate()
         nginx.wait()
 
-    out = {"script": "read", "argv": sys.argv[1:], "measurements": R.m, "info": R.info, "commands": R.commands}
+    out = {"script": "read", "argv": sys.argv[1:], "measurements": R.m, "info": R.info, "commands": R.commands,
+           "stage_runs": R.stage_runs}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -582,6 +659,9 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         print(f"| {v['label']} | {statistics.median(xs):.3g} | {min(xs):.3g} | {max(xs):.3g} | {v['unit']} |")
     for k, v in R.info.items():
         print(f"- {k}: {v}")
+    sys.path.insert(0, HERE)
+    import report
+    print("\n".join(report.stage_table(R.stage_runs)))
 
 
 if __name__ == "__main__":

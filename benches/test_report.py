@@ -34,12 +34,12 @@ def target(p, dk):
 
 class Judge(unittest.TestCase):
     def test_ratio_of_medians_at_least(self):
-        meas = {"p1.depotfs_mbps": m("MB/s", [400, 500, 100]), "p1.casync_mbps": m("MB/s", [100, 90, 110])}
+        meas = {"p1.depotfs_mbps": m("MB/s", [800, 900, 100]), "p1.casync_mbps": m("MB/s", [100, 90, 110])}
         value, met, text = report.judge(meas, target("P1", "p1.depotfs_mbps"))
-        self.assertAlmostEqual(value, 4.0)
+        self.assertAlmostEqual(value, 8.0)
         self.assertTrue(met)
-        self.assertEqual(text, "4.00x")
-        meas["p1.depotfs_mbps"]["values"] = [390, 390, 390]
+        self.assertEqual(text, "8.00x")
+        meas["p1.depotfs_mbps"]["values"] = [790, 790, 790]
         self.assertFalse(report.judge(meas, target("P1", "p1.depotfs_mbps"))[1])
 
     def test_at_most_ratio_and_absolute(self):
@@ -72,6 +72,18 @@ class Write(unittest.TestCase):
             bars = json.loads(read(ratios))["bars"]
             self.assertEqual(len(bars), 1)
             self.assertAlmostEqual(bars[0]["attainment"], 1.0)
+            # The stage table of a measured read.
+            res = results(meas)
+            res["scripts"]["s"]["stage_runs"] = [{
+                "kind": "cold", "wall_s": 2.0, "conditions": "load 1.0",
+                "stages": {"http": [10, 3.0, 2**30], "hash": [10, 0.5, 2**30], "cache_load": [0, 0, 0]},
+                "cpu_s": {"depotfs": 1.5, "nginx": 0.5, "reader": 0.2}}]
+            report.write(res, out, ratios)
+            text = read(out)
+            self.assertIn("#### cold read 1: 2.00 s wall (load 1.0)", text)
+            self.assertRegex(text, r"\| hash: [^|]+ \| 10 \| 0.500 s \| 0.25 \| 1024.0 MiB \| 2048 \|")
+            self.assertNotIn("cache_load:", text)
+            self.assertIn("all 2.20 of 4.00 available on 2 cores (55 %)", text)
             report.write(results(meas, mode="quick"), out, ratios)
             text = read(out)
             self.assertIn("**met** (quick run: small sizes)", text)

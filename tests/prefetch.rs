@@ -23,7 +23,8 @@ use http_suite::random_bytes;
 
 const MIB: u64 = 1 << 20;
 
-/// A store with `img/app.sif` (12 MiB of random bytes, ~48 chunks), served over HTTP.
+/// A store with `img/app.sif` (12 MiB of random bytes, ~48 chunks, unless asked for another
+/// size), served over HTTP.
 struct Setup {
     dir: tempfile::TempDir,
     data: Vec<u8>,
@@ -32,10 +33,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::of_size(12 << 20)
+    }
+
+    /// [`Setup::new`] with an image of `len` bytes.
+    fn of_size(len: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src/img");
         fs::create_dir_all(&src).unwrap();
-        let data = random_bytes(12 << 20, 7);
+        let data = random_bytes(len, 7);
         fs::write(src.join("app.sif"), &data).unwrap();
         let store = dir.path().join("store");
         ok(depotfs(&[
@@ -232,6 +238,82 @@ fn readahead_counts_what_it_loaded_once() {
         status.contains(&format!("prefetch:      {} chunks (", ra[0])),
         "{status}"
     );
+
+    // Issue 21's stage counters (`user.depotfs.stages`: NAME CALLS NANOSECONDS BYTES) agree
+    // with the other counters: one `http` and one `cache_write` per download, of the bytes
+    // fetched; every byte hashed; the reader's bytes read and replied; nothing from disk.
+    let text = xattr(&m.0, "user.depotfs.stages");
+    let stage = |name: &str| -> [u64; 3] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no stage {name}: {text}"));
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        [v[0], v[1], v[2]]
+    };
+    let [calls, ns, bytes] = stage("http");
+    assert!(
+        calls == misses && bytes == fetched && ns > 0,
+        "http {calls} {ns} {bytes}: {misses} downloads of {fetched} bytes\n{text}"
+    );
+    let [calls, _, bytes] = stage("cache_write");
+    assert!(calls == misses && bytes == fetched, "{text}");
+    assert!(stage("hash")[2] >= s.data.len() as u64, "{text}");
+    assert_eq!(stage("cache_load")[0], 0, "{text}");
+    for name in ["read", "reply"] {
+        let [calls, ns, bytes] = stage(name);
+        assert!(
+            calls > 0 && ns > 0 && bytes == s.data.len() as u64,
+            "{name}: {text}"
+        );
+    }
+}
+
+/// Issue 21: readahead loads each chunk of a sequential read once, also when the memory cache
+/// cannot keep what it loaded until the reader comes (16 readers with 8 MiB windows outgrow
+/// the default 64 MiB). A chunk straddling two readahead ranges was handed to both; the
+/// second found it no longer in memory, loaded it again from the disk cache and counted it
+/// again: more chunks "read ahead" than the file has.
+#[test]
+fn readahead_loads_each_chunk_once_when_memory_is_short() {
+    // ~256 chunks: enough ranges and out-of-order requests to show a chunk loaded twice.
+    let s = Setup::of_size(64 << 20);
+    let chunks = s.chunk_list().chunks.len() as u64;
+    // A memory cache of one chunk. 128 KiB kernel reads (each moves the readahead window on
+    // by a sliver, so nearly every chunk straddles two ranges), then the default 1 MiB reads
+    // (sent side by side, they arrive out of order, which started the run over).
+    for (name, kernel_ra) in [("short128k", "0"), ("short1m", "1024")] {
+        let m = s.mount(
+            name,
+            &[
+                OsStr::new("--kernel-readahead"),
+                OsStr::new(kernel_ra),
+                OsStr::new("--mem-size"),
+                OsStr::new("1"),
+            ],
+        );
+        let all = fs::read(m.0.join("img/app.sif")).unwrap();
+        assert!(
+            all == s.data,
+            "{name}: sequential read returned wrong bytes"
+        );
+        let ra = numbers(&m.0, "readahead");
+        assert!(
+            ra[0] > 0,
+            "{name}: no readahead for a sequential reader: {ra:?}"
+        );
+        assert!(
+            ra[0] <= chunks && ra[1] <= s.data.len() as u64,
+            "{name}: {} chunks ({} bytes) read ahead of a file of {chunks} chunks ({} bytes)",
+            ra[0],
+            ra[1],
+            s.data.len()
+        );
+    }
 }
 
 /// `mount --record` → `add --trace` → a fresh mount fetches the access list when the image

@@ -269,16 +269,52 @@ pub fn decode_owned_then(
     max_len: u64,
     keep: impl FnOnce(&[u8]),
 ) -> Result<Verified, Error> {
+    decode_owned_timed(
+        id,
+        expect,
+        bytes,
+        max_len,
+        keep,
+        &mut DecodeTimes::default(),
+    )
+}
+
+/// The time a decode spent decompressing and hashing (the client's read-path stage
+/// counters, `fusefs/src/stages.rs`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeTimes {
+    /// zstd decompression (zero for a raw object).
+    pub inflate: std::time::Duration,
+    /// blake3 of the plaintext, checked against the name.
+    pub hash: std::time::Duration,
+}
+
+/// [`decode_owned_then`], adding the time of its steps to `times` (`keep` is not counted).
+pub fn decode_owned_timed(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: Vec<u8>,
+    max_len: u64,
+    keep: impl FnOnce(&[u8]),
+    times: &mut DecodeTimes,
+) -> Result<Verified, Error> {
     let (kind, codec, len) = checked_header(id, expect, &bytes, max_len)?;
+    let t = std::time::Instant::now();
     match codec {
         Codec::Raw => {
-            let v = verified(id, kind, bytes, HEADER_LEN, len)?;
+            let v = verified(id, kind, bytes, HEADER_LEN, len);
+            times.hash += t.elapsed();
+            let v = v?;
             keep(&v.buf);
             Ok(v)
         }
         Codec::Zstd => {
-            let data = inflate(id, &bytes[HEADER_LEN..], len)?;
-            let v = verified(id, kind, data, 0, len)?;
+            let data = inflate(id, &bytes[HEADER_LEN..], len);
+            let t2 = std::time::Instant::now();
+            times.inflate += t2 - t;
+            let v = verified(id, kind, data?, 0, len);
+            times.hash += t2.elapsed();
+            let v = v?;
             keep(&bytes);
             Ok(v)
         }

@@ -20,6 +20,7 @@ use fuser::{
 
 use crate::error::{Error, Fast, Result, Stop};
 use crate::fs::{Attr, DepotFs, DirItem, Ino, Kind, Wait};
+use crate::stages::Stage;
 
 /// Entry and attribute TTL: content never changes within a revision (composefs uses the
 /// same order of magnitude). A revision switch (issue 5) will invalidate through the notifier.
@@ -208,8 +209,14 @@ impl Filesystem for Fuse {
     ) {
         let fs = self.fs.clone();
         self.fs.runtime().spawn(async move {
+            let t = std::time::Instant::now();
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    let stages = &fs.store().stages;
+                    let n = data.len() as u64;
+                    stages.add(Stage::Read, t.elapsed(), n);
+                    stages.time(Stage::Reply, n, || reply.data(&data));
+                }
                 Err(e) => {
                     tracing::warn!("read failed: {e}");
                     reply.error(e.to_errno())

@@ -64,6 +64,7 @@ pub mod mount;
 pub mod prefetch;
 pub mod record;
 pub mod reload;
+pub mod stages;
 pub mod status;
 pub mod store;
 

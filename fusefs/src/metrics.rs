@@ -227,6 +227,12 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
             }
         }
     }
+    for (name, help, pick) in crate::stages::METRICS {
+        o.family(name, COUNTER, help);
+        for (stage, totals) in &s.stages {
+            o.sample(&[("stage", stage.as_str())], pick(*totals));
+        }
+    }
     o.one(
         "depotfs_inodes",
         GAUGE,

@@ -90,6 +90,8 @@ pub struct Readahead {
 
 #[derive(Debug, Default)]
 struct RaState {
+    /// Where the current run began.
+    start: u64,
     /// Where the current run ends (the furthest byte read in it).
     end: u64,
     /// Bytes read in the current run.
@@ -102,11 +104,22 @@ impl Readahead {
     /// Account for a read of `offset..end`; the byte range to fetch ahead, if any.
     pub fn on_read(&self, offset: u64, end: u64) -> Option<(u64, u64)> {
         let mut s = self.state.lock().expect("poisoned");
-        let continues = s.run > 0 && offset + RA_SLACK >= s.end && offset <= s.end + RA_SLACK;
+        // The kernel sends a sequential reader's requests side by side, so one may arrive
+        // after a later one: a read inside what the run already covered is a straggler of
+        // it, and a read up to where readahead already reached continues it. (Either used
+        // to start the run over, handing out again ranges fetched already: chunks the
+        // memory cache had let go were loaded again from disk and counted again — 1.3 GiB
+        // "read ahead" of a 1 GiB file, issue 21.)
+        if s.run > 0 && offset >= s.start && end <= s.end {
+            return None;
+        }
+        let continues =
+            s.run > 0 && offset + RA_SLACK >= s.end && offset <= s.end.max(s.ahead_to) + RA_SLACK;
         if continues {
             s.run += end.saturating_sub(s.end.max(offset));
             s.end = s.end.max(end);
         } else {
+            s.start = offset;
             s.run = end - offset;
             s.end = end;
             s.ahead_to = end;
@@ -134,10 +147,14 @@ pub fn spawn_range(
     from: u64,
     to: u64,
 ) {
-    let Some(first) = c.list.locate(&c.offsets, from).map(|l| l.index) else {
+    let Some(at) = c.list.locate(&c.offsets, from) else {
         return;
     };
-    let mut i = first;
+    // A chunk that begins before `from` is not this range's: the range before it (which
+    // ended at `from`) or the read that asked for this one (which ends there) has it. Loaded
+    // again here, once the memory cache had let it go, it was read from disk twice and
+    // counted twice (issue 21).
+    let mut i = at.index + usize::from(at.offset < from);
     while i < c.list.chunks.len() && c.offsets[i] < to {
         let r = c.list.chunks[i];
         i += 1;

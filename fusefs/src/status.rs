@@ -26,7 +26,7 @@ pub const XATTRS_ANY: [&str; 3] = [
 
 /// Attribute names offered on the mount root only: the status, one value each, and the
 /// whole of it ([`XATTR_JSON`]).
-pub const XATTRS_ROOT: [&str; 30] = [
+pub const XATTRS_ROOT: [&str; 31] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -56,6 +56,7 @@ pub const XATTRS_ROOT: [&str; 30] = [
     "user.depotfs.readahead",
     "user.depotfs.prefetched",
     "user.depotfs.cache_state",
+    "user.depotfs.stages",
     XATTR_JSON,
 ];
 
@@ -191,6 +192,9 @@ pub struct Status {
     pub readahead: Prefetched,
     /// Loaded from images' access lists when they were opened.
     pub access_list: Prefetched,
+    /// Where reads' time went: each stage of the read path by name, in order (see
+    /// `stages.rs`).
+    pub stages: Vec<(String, crate::stages::Totals)>,
     /// Inodes known to the kernel.
     pub inodes: u64,
     /// The daemon's process id.
@@ -255,6 +259,7 @@ impl Status {
                 bytes: n(&st.list_bytes),
                 downloaded: n(&st.list_fetched),
             },
+            stages: store.stages.snapshot(),
             inodes: fs.inode_count() as u64,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -310,6 +315,7 @@ impl Status {
             "readahead" => pair(self.readahead.chunks, self.readahead.bytes),
             "prefetched" => pair(self.access_list.chunks, self.access_list.bytes),
             "cache_state" => self.cache_state.to_string(),
+            "stages" => crate::stages::to_text(&self.stages),
             _ => return None,
         })
     }
@@ -368,6 +374,14 @@ mod tests {
                 bytes: 5,
                 downloaded: 6,
             },
+            stages: vec![(
+                "hash".into(),
+                crate::stages::Totals {
+                    calls: 2,
+                    nanos: 7000,
+                    bytes: 150,
+                },
+            )],
             inodes: 16,
             pid: 17,
             version: "0.1.0".into(),
@@ -408,6 +422,7 @@ mod tests {
         assert_eq!(x("prefetched"), "4 5");
         assert_eq!(x("prefetch_downloaded"), "3 6");
         assert_eq!(x("cache_dir"), "/var/cache/depotfs");
+        assert_eq!(x("stages"), "hash 2 7000 150\n");
         let local = Status {
             cache_dir: None,
             cache_state: CacheState::None,

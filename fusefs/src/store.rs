@@ -21,6 +21,7 @@ use crate::backend::Backend;
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::lru::Lru;
+use crate::stages::{Stage, Stages};
 
 /// Largest chunk list accepted (the format's bound).
 use depotfs_catalog::graph::CHUNK_LIST_MAX;
@@ -93,6 +94,8 @@ pub struct ObjectStore {
     inflight: Mutex<HashMap<ObjectId, Shared>>,
     /// Counters.
     pub stats: Stats,
+    /// Where the read path's time goes ([`crate::stages`]).
+    pub stages: Arc<Stages>,
 }
 
 impl ObjectStore {
@@ -107,6 +110,7 @@ impl ObjectStore {
             nodes: Mutex::new(Lru::new(NODES_MEM)),
             inflight: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            stages: Arc::default(),
         }
     }
 
@@ -140,13 +144,7 @@ impl ObjectStore {
                 // Bounded by what any chunk may hold, not by `len`: a referrer that lies
                 // about the length must not make a good object look corrupt (refetched,
                 // its server failed over, its cached copy deleted).
-                let v = self.get(id, ObjectKind::Chunk, CHUNK_PLAIN_MAX).await?;
-                let weight = v.data().len() as u64;
-                self.chunks
-                    .lock()
-                    .expect("poisoned")
-                    .insert(id, v.clone(), weight.max(1));
-                v
+                self.get(id, ObjectKind::Chunk, CHUNK_PLAIN_MAX).await?
             }
         };
         if v.data().len() as u64 != len {
@@ -228,11 +226,23 @@ impl ObjectStore {
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
         // Only the request that runs the load counts it for a prefetch (not one that joins).
+        // A chunk goes into memory before the download is no longer in flight: in between,
+        // a request found it in neither and loaded it again from the disk cache (counted
+        // again when it was a readahead).
         let result = cell
             .get_or_init(|| async {
                 let loaded = self.load_or_fetch(id, kind, max_len).await;
-                if let (Some(by), Ok(v)) = (crate::prefetch::ahead(), &loaded) {
-                    crate::prefetch::count_load(&self.stats, by, v.data().len() as u64);
+                if let Ok(v) = &loaded {
+                    if kind == ObjectKind::Chunk {
+                        let weight = (v.data().len() as u64).max(1);
+                        self.chunks
+                            .lock()
+                            .expect("poisoned")
+                            .insert(id, v.clone(), weight);
+                    }
+                    if let Some(by) = crate::prefetch::ahead() {
+                        crate::prefetch::count_load(&self.stats, by, v.data().len() as u64);
+                    }
                 }
                 loaded
             })
@@ -261,11 +271,13 @@ impl ObjectStore {
             // blocking pool, so a slow disk cannot stall the runtime's few workers and the
             // loads of the chunks a reader needs next can wait on the disk side by side.
             // (Warm reads of the 1 GiB image were no faster for it here, within the spread.)
-            let d = disk.clone();
+            let (d, stages) = (disk.clone(), self.stages.clone());
             let loaded = tokio::task::spawn_blocking(move || {
                 // In place: a raw chunk's plaintext is not copied out of the file's bytes.
-                d.load(&id)
-                    .map(|bytes| object::decode_owned(id, kind, bytes, max_len))
+                let t = std::time::Instant::now();
+                let bytes = d.load(&id)?;
+                stages.add(Stage::CacheLoad, t.elapsed(), bytes.len() as u64);
+                Some(decode_timed(&stages, id, kind, bytes, max_len, |_| {}))
             })
             .await
             .unwrap_or_else(|e| {
@@ -290,21 +302,26 @@ impl ObjectStore {
             // An honest object is never longer than its header and its plaintext (zstd is
             // kept only when it saves space): a longer body is cut while it arrives.
             let limit = object::HEADER_LEN as u64 + max_len;
+            let t = std::time::Instant::now();
             let fetched = self.backend.get(&path, fresh, limit).await?;
             let bytes = fetched.bytes;
+            self.stages
+                .add(Stage::Http, t.elapsed(), bytes.len() as u64);
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             crate::prefetch::count_download(&self.stats, bytes.len() as u64);
             // Verifying and caching block too (see above).
-            let disk = self.disk.clone();
+            let (disk, stages) = (self.disk.clone(), self.stages.clone());
             // Cached only once verified; a raw chunk is verified in the fetched buffer itself
             // (copying it out was 2 % of the daemon's samples for 16 cold readers).
             let decoded = tokio::task::spawn_blocking(move || {
-                object::decode_owned_then(id, kind, bytes, max_len, |good| {
+                decode_timed(&stages, id, kind, bytes, max_len, |good| {
                     if let Some(disk) = &disk {
-                        disk.keep(&id, good);
+                        stages.time(Stage::CacheWrite, good.len() as u64, || {
+                            disk.keep(&id, good);
+                        });
                     }
                 })
             })
@@ -333,6 +350,25 @@ impl ObjectStore {
             last_err.map(|e| e.to_string()).unwrap_or_default(),
         ))
     }
+}
+
+/// [`object::decode_owned_then`], counting its decompression and hashing in `stages`.
+fn decode_timed(
+    stages: &Stages,
+    id: ObjectId,
+    kind: ObjectKind,
+    bytes: Vec<u8>,
+    max_len: u64,
+    keep: impl FnOnce(&[u8]),
+) -> std::result::Result<Verified, depotfs_catalog::Error> {
+    let mut times = object::DecodeTimes::default();
+    let r = object::decode_owned_timed(id, kind, bytes, max_len, keep, &mut times);
+    let plain = r.as_ref().map_or(0, |v| v.data().len() as u64);
+    if !times.inflate.is_zero() {
+        stages.add(Stage::Decompress, times.inflate, plain);
+    }
+    stages.add(Stage::Hash, times.hash, plain);
+    r
 }
 
 #[cfg(test)]
