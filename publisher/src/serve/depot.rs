@@ -679,7 +679,7 @@ fn file_response(
     }
     let (start, end) = match ranged(&mut r, &req.headers, req.head, len, &etag, mtime) {
         Ok(span) => span,
-        Err(unsatisfiable) => return Ok(unsatisfiable),
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let h = r.headers_mut();
     h.insert(

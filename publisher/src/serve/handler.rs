@@ -213,7 +213,7 @@ fn file_response(
     }
     let (start, end) = match ranged(&mut r, req, head, len, &etag, mtime) {
         Ok(span) => span,
-        Err(unsatisfiable) => return Ok(unsatisfiable),
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let h = r.headers_mut();
     h.insert(
@@ -247,7 +247,7 @@ pub(super) fn ranged(
     len: u64,
     etag: &str,
     mtime: SystemTime,
-) -> Result<(u64, u64), Response<ServeBody>> {
+) -> Result<(u64, u64), Box<Response<ServeBody>>> {
     let range = parse::requested_range(
         header(req, &RANGE),
         header(req, &IF_RANGE),
@@ -261,7 +261,7 @@ pub(super) fn ranged(
             let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE);
             r.headers_mut()
                 .insert(CONTENT_RANGE, digits(format!("bytes */{len}")));
-            Err(r)
+            Err(Box::new(r))
         }
         RangeAnswer::Partial { start, end } => {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
