@@ -16,7 +16,10 @@
 # made once with `depotfs add` of that directory, then each run adds NEW (100) images of
 # NEW_MIB to the depot and syncs: the time until the plan is the sync's own log line
 # ("planned in"), the rest is downloading, staging and publishing the 100 images into the
-# directory of 118,694 names.
+# directory of 118,694 names. The page cache is dropped before each run; then (unless
+# DEPOT_WARM=0) the page is fetched twice with curl, timing nginx's cold and warm answer apart,
+# so the sync's "planned in" has a depot server with its inodes cached (as a real one serving
+# the page all day has) and a cold store.
 #
 # Usage: benches/sync.sh [compare|incremental] [WORK_DIR]
 #   (needs nginx, rclone, GNU time; DEPOTFS_BIN or target/release/depotfs; root to drop the
@@ -106,6 +109,13 @@ EOF
             done
             drop_caches
             echo "run $r load-before $(load)"
+            if [ "${DEPOT_WARM:-1}" = 1 ]; then
+                # The depot server's own cold directory scan (nginx stats every file), timed
+                # apart: a depot that serves this page all day has its inodes cached, and the
+                # target is the sync's listing and planning. The store stays cold.
+                curl -s -o /dev/null -w "run $r nginx page cold %{time_total} s, %{size_download} bytes\n" "$url"
+                curl -s -o /dev/null -w "run $r nginx page warm %{time_total} s\n" "$url"
+            fi
             run "inc_$r" "$BIN" sync "$store" "$url" --to all/ --jobs "$JOBS"
             echo "run $r load-after $(load)"
             # The sync's own log: "listing URL: N files, … planned in S s"; the summary.

@@ -132,34 +132,75 @@ fn looks_incompressible(plaintext: &[u8], level: i32) -> bool {
     compress(&sample, level).is_some_and(|f| f.len() >= sample.len() - sample.len() / 32)
 }
 
+/// An object's encoding as its two parts, header and payload, not joined: the payload
+/// borrows the plaintext when it is stored raw. The publisher writes both parts straight into
+/// its direct-I/O buffer, so a raw chunk (the common case: squashfs images are compressed
+/// already) is copied once on its way to the disk rather than twice ([`Encoded`] joins them).
+#[derive(Debug, Clone)]
+pub struct EncodedParts<'a> {
+    /// [`ObjectId::of_kind`] of the plaintext.
+    pub id: ObjectId,
+    /// The object's header.
+    pub header: [u8; HEADER_LEN],
+    /// The payload: the plaintext itself, or its zstd frame.
+    pub payload: std::borrow::Cow<'a, [u8]>,
+    /// The codec chosen.
+    pub codec: Codec,
+}
+
+impl EncodedParts<'_> {
+    /// Length of the encoded object (header and payload).
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// Never: an object has at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Encode `plaintext` whose id is already known (the publisher hashes first to skip work for
 /// objects it already has): `id` must be [`ObjectId::of_kind`]`(kind, plaintext)`. Compresses with zstd at `level`; keeps the raw bytes when zstd
 /// does not save at least 1/32 of them, or when a sample says it would not
 /// ([`looks_incompressible`]).
 pub fn encode_with_id(id: ObjectId, kind: ObjectKind, plaintext: &[u8], level: i32) -> Encoded {
+    let parts = encode_parts(id, kind, plaintext, level);
+    let mut bytes = Vec::with_capacity(parts.len());
+    bytes.extend_from_slice(&parts.header);
+    bytes.extend_from_slice(&parts.payload);
+    Encoded {
+        id,
+        bytes,
+        codec: parts.codec,
+    }
+}
+
+/// [`encode_with_id`] without joining header and payload ([`EncodedParts`]).
+pub fn encode_parts(
+    id: ObjectId,
+    kind: ObjectKind,
+    plaintext: &[u8],
+    level: i32,
+) -> EncodedParts<'_> {
     let len = plaintext.len() as u64;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + plaintext.len() / 2);
-    bytes.extend_from_slice(&header(kind, Codec::Zstd, len));
     let limit = plaintext.len() - plaintext.len() / 32;
     if !plaintext.is_empty()
         && !looks_incompressible(plaintext, level)
         && let Some(frame) = compress(plaintext, level)
         && frame.len() < limit
     {
-        bytes.extend_from_slice(&frame);
-        return Encoded {
+        return EncodedParts {
             id,
-            bytes,
+            header: header(kind, Codec::Zstd, len),
+            payload: frame.into(),
             codec: Codec::Zstd,
         };
     }
-    bytes.clear();
-    bytes.reserve(HEADER_LEN + plaintext.len());
-    bytes.extend_from_slice(&header(kind, Codec::Raw, len));
-    bytes.extend_from_slice(plaintext);
-    Encoded {
+    EncodedParts {
         id,
-        bytes,
+        header: header(kind, Codec::Raw, len),
+        payload: plaintext.into(),
         codec: Codec::Raw,
     }
 }
@@ -441,6 +482,13 @@ mod tests {
             let enc = encode(ObjectKind::Chunk, data, 3);
             let v = decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap();
             assert_eq!(v.data(), data);
+            // The parts are the joined encoding, and a raw payload is the plaintext itself.
+            let parts = encode_parts(enc.id, ObjectKind::Chunk, data, 3);
+            assert_eq!([&parts.header[..], &parts.payload].concat(), enc.bytes);
+            assert_eq!(parts.codec, enc.codec);
+            if parts.codec == Codec::Raw {
+                assert!(matches!(parts.payload, std::borrow::Cow::Borrowed(_)));
+            }
         }
     }
 

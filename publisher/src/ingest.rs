@@ -336,7 +336,7 @@ pub fn store_reader<R: Read + Send>(
 fn put_data(objects: &Objects, data: &[u8]) -> Result<ObjectId> {
     let id = ObjectId::of(data);
     if !objects.has(&id) {
-        objects.put(&object::encode_with_id(
+        objects.put_parts(&object::encode_parts(
             id,
             ObjectKind::Chunk,
             data,

@@ -21,7 +21,8 @@
 //! HTTP: HTTP/1.1 with keep-alive, and HTTP/2 over cleartext with prior knowledge (h2c; no
 //! `Upgrade: h2c`). GET and HEAD, anything else is 405. One byte range per request (206,
 //! `Content-Range`; several ranges or a malformed header are answered with the whole file,
-//! a start past the end with 416), `If-Range`, `ETag` (`"<mtime ns hex>-<length hex>"`),
+//! a start past the end or an absurd header (more than 16 ranges, over 1 KiB) with 416: one
+//! rule for the store's files and the depot view, `serve::handler::ranged`), `If-Range`, `ETag` (`"<mtime ns hex>-<length hex>"`),
 //! `Last-Modified`, and `If-None-Match`/`If-Modified-Since` (304; `If-None-Match` wins when
 //! both are sent). The query string is ignored.
 //!

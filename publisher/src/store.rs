@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use depotfs_catalog::object::{self, Encoded, ObjectKind, Verified};
+use depotfs_catalog::object::{self, Encoded, EncodedParts, ObjectKind, Verified};
 use depotfs_catalog::object_file;
 use depotfs_catalog::{Manifest, ObjectId, PublicKey, SecretKey};
 
@@ -273,21 +273,32 @@ impl Objects {
     /// Store an encoded object unless it is present. Returns the bytes written (0 if present).
     /// A bucket's upload runs in the background: [`Objects::flush`] waits for it.
     pub fn put(&self, enc: &Encoded) -> Result<u64> {
+        self.put_bytes(&enc.id, &[&enc.bytes])
+    }
+
+    /// [`Objects::put`] of an object encoded as header and payload (no joined copy made on
+    /// disk; a bucket object is uploaded whole, so there they are joined).
+    pub fn put_parts(&self, enc: &EncodedParts<'_>) -> Result<u64> {
+        self.put_bytes(&enc.id, &[&enc.header, &enc.payload])
+    }
+
+    /// Store object `id` whose encoding is `parts` one after the other, unless present.
+    fn put_bytes(&self, id: &ObjectId, parts: &[&[u8]]) -> Result<u64> {
+        let len = parts.iter().map(|p| p.len() as u64).sum();
         if let Some(b) = &self.bucket {
-            if !b.put(&enc.id, &enc.bytes)? {
+            if !b.put(id, &parts.concat())? {
                 return Ok(0);
             }
         } else {
-            let dest = self.layout.object(&enc.id);
+            let dest = self.layout.object(id);
             if dest.exists() {
                 return Ok(0);
             }
-            object_file::create(&dest, &enc.bytes, true, &self.layout.tmp())
+            object_file::create_parts(&dest, parts, true, &self.layout.tmp())
                 .map_err(Error::io(&dest))?;
         }
-        self.written
-            .fetch_add(enc.bytes.len() as u64, Ordering::Relaxed);
-        Ok(enc.bytes.len() as u64)
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(len)
     }
 
     /// Make every object written so far durable (file system sync, or every upload done),

@@ -57,27 +57,23 @@ use std::time::{Instant, SystemTime};
 use depotfs_catalog::{ChunkRef, Entry, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
 use hyper::body::Bytes;
 use hyper::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
-    HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION,
-    RANGE,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
 };
 use hyper::{Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::files::{CHUNK, ServeBody};
-use super::handler::text;
+use super::handler::{ranged, text};
 use super::metrics::Metrics;
 use super::pages::{self, RepoInfo};
-use super::parse::{self, PathRefused, RangeAnswer};
+use super::parse::{self, PathRefused};
 use super::search::SearchIndex;
 use crate::reader::{LocalTree, UnverifiedPiece};
 use crate::store::{Layout, Objects};
 
-/// A `Range` header with more ranges than this is refused (416).
-pub const MAX_RANGE_PARTS: usize = 16;
-/// A `Range` header longer than this is refused (416).
-pub const MAX_RANGE_HEADER: usize = 1024;
+pub use super::parse::{MAX_RANGE_HEADER, MAX_RANGE_PARTS};
 /// Bytes of chunks read and verified ahead of the one being sent, per download.
 pub const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// Chunk reads in flight per download, at most.
@@ -681,39 +677,9 @@ fn file_response(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(r);
     }
-    let range = match header(&req.headers, &RANGE) {
-        Some(v) if v.len() > MAX_RANGE_HEADER || v.split(',').count() > MAX_RANGE_PARTS => {
-            RangeAnswer::Unsatisfiable
-        }
-        Some(v)
-            if !req.head
-                && header(&req.headers, &IF_RANGE)
-                    .is_none_or(|ir| parse::if_range_holds(ir, &etag, mtime)) =>
-        {
-            parse::parse_range(v, len)
-        }
-        _ => RangeAnswer::Full,
-    };
-    let (start, end) = match range {
-        RangeAnswer::Unsatisfiable => {
-            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE);
-            r.headers_mut()
-                .insert(CONTENT_RANGE, value(&format!("bytes */{len}"))?);
-            return Ok(r);
-        }
-        RangeAnswer::Partial { start, end } => {
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            r.headers_mut().insert(
-                CONTENT_RANGE,
-                value(&format!("bytes {start}-{}/{len}", end - 1))?,
-            );
-            (start, end)
-        }
-        RangeAnswer::Full => {
-            r.headers_mut()
-                .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            (0, len)
-        }
+    let (start, end) = match ranged(&mut r, &req.headers, req.head, len, &etag, mtime) {
+        Ok(span) => span,
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let h = r.headers_mut();
     h.insert(

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use hyper::body::Incoming;
 use hyper::header::{
@@ -211,39 +211,9 @@ fn file_response(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(r);
     }
-    // Range applies to GET only (RFC 9110 §14.2), and only if If-Range (when sent) holds.
-    let range = match header(req, &RANGE) {
-        Some(v)
-            if !head
-                && header(req, &IF_RANGE)
-                    .is_none_or(|ir| parse::if_range_holds(ir, &etag, mtime)) =>
-        {
-            parse::parse_range(v, len)
-        }
-        _ => RangeAnswer::Full,
-    };
-    let (start, end) = match range {
-        RangeAnswer::Unsatisfiable => {
-            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE);
-            r.headers_mut().insert(
-                CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{len}"))?,
-            );
-            return Ok(r);
-        }
-        RangeAnswer::Partial { start, end } => {
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let cr = format!("bytes {start}-{}/{len}", end - 1);
-            r.headers_mut()
-                .insert(CONTENT_RANGE, HeaderValue::from_str(&cr)?);
-            (start, end)
-        }
-        RangeAnswer::Full => {
-            // Like nginx: advertised on full responses only.
-            r.headers_mut()
-                .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            (0, len)
-        }
+    let (start, end) = match ranged(&mut r, req, head, len, &etag, mtime) {
+        Ok(span) => span,
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let h = r.headers_mut();
     h.insert(
@@ -262,6 +232,54 @@ fn file_response(
         ServeBody::file(file, start, end)
     };
     Ok(r)
+}
+
+/// The one Range answer of `serve` (store files and the depot view): apply the request's
+/// `Range` and `If-Range` ([`parse::requested_range`]) to the response `r` being built for a
+/// representation of `len` bytes with validators `etag` and `mtime`. A partial answer makes
+/// `r` a 206 with its `Content-Range`, a full one advertises `Accept-Ranges` (like nginx,
+/// on full responses only); both give the bytes to send, `start..end`. An unsatisfiable or
+/// absurd range gives the 416 to send instead, with `Content-Range: bytes */LEN`.
+pub(super) fn ranged(
+    r: &mut Response<ServeBody>,
+    req: &HeaderMap,
+    head: bool,
+    len: u64,
+    etag: &str,
+    mtime: SystemTime,
+) -> Result<(u64, u64), Box<Response<ServeBody>>> {
+    let range = parse::requested_range(
+        header(req, &RANGE),
+        header(req, &IF_RANGE),
+        head,
+        etag,
+        mtime,
+        len,
+    );
+    match range {
+        RangeAnswer::Unsatisfiable => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut()
+                .insert(CONTENT_RANGE, digits(format!("bytes */{len}")));
+            Err(Box::new(r))
+        }
+        RangeAnswer::Partial { start, end } => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let cr = format!("bytes {start}-{}/{len}", end - 1);
+            r.headers_mut().insert(CONTENT_RANGE, digits(cr));
+            Ok((start, end))
+        }
+        RangeAnswer::Full => {
+            r.headers_mut()
+                .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            Ok((0, len))
+        }
+    }
+}
+
+/// A `Content-Range` value: ASCII letters, digits, spaces and `*-/`, always a valid header.
+fn digits(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).expect("ASCII digits and punctuation")
 }
 
 fn display(root: &Root, rel: &Path) -> String {

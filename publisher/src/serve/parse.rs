@@ -141,6 +141,35 @@ pub enum RangeAnswer {
     Unsatisfiable,
 }
 
+/// A `Range` header with more ranges than this is refused (416).
+pub const MAX_RANGE_PARTS: usize = 16;
+/// A `Range` header longer than this is refused (416).
+pub const MAX_RANGE_HEADER: usize = 1024;
+
+/// The part of a representation of `len` bytes (validators `etag`, `mtime`) that a GET or
+/// HEAD with headers `Range: range` and `If-Range: if_range` gets: the one rule of the
+/// store's files and of the depot view. An absurd header (more than [`MAX_RANGE_PARTS`]
+/// ranges or [`MAX_RANGE_HEADER`] bytes) is refused with 416; a HEAD, or an `If-Range` that
+/// does not hold, gets everything (RFC 9110 §14.2); otherwise [`parse_range`].
+pub fn requested_range(
+    range: Option<&str>,
+    if_range: Option<&str>,
+    head: bool,
+    etag: &str,
+    mtime: SystemTime,
+    len: u64,
+) -> RangeAnswer {
+    match range {
+        Some(v) if v.len() > MAX_RANGE_HEADER || v.split(',').count() > MAX_RANGE_PARTS => {
+            RangeAnswer::Unsatisfiable
+        }
+        Some(v) if !head && if_range.is_none_or(|ir| if_range_holds(ir, etag, mtime)) => {
+            parse_range(v, len)
+        }
+        _ => RangeAnswer::Full,
+    }
+}
+
 /// Interpret a `Range` header value. One `bytes=` range is served; a malformed header or
 /// several ranges are ignored (answered with the full body, as RFC 9110 allows, and as the
 /// shipped nginx configuration does with `max_ranges 1`).
@@ -332,6 +361,45 @@ mod tests {
         ] {
             assert_eq!(parse_range(ignored, 1000), Full, "{ignored}");
         }
+    }
+
+    #[test]
+    fn requested_ranges() {
+        use RangeAnswer::*;
+        let t = UNIX_EPOCH + Duration::new(1_769_558_400, 0);
+        let tag = etag(t, 1000);
+        let date = httpdate::fmt_http_date(t);
+        let get = |range: Option<&str>, if_range: Option<&str>| {
+            requested_range(range, if_range, false, &tag, t, 1000)
+        };
+        assert_eq!(get(None, None), Full);
+        assert_eq!(get(Some("bytes=5-9"), None), Partial { start: 5, end: 10 });
+        assert_eq!(
+            get(Some("bytes=5-9"), Some(tag.as_str())),
+            Partial { start: 5, end: 10 }
+        );
+        assert_eq!(
+            get(Some("bytes=5-9"), Some(date.as_str())),
+            Partial { start: 5, end: 10 }
+        );
+        assert_eq!(get(Some("bytes=5-9"), Some("\"old\"")), Full);
+        assert_eq!(get(Some("bytes=1000-"), None), Unsatisfiable);
+        // HEAD gets everything, but an absurd header is refused whatever the method.
+        assert_eq!(
+            requested_range(Some("bytes=5-9"), None, true, &tag, t, 1000),
+            Full
+        );
+        let many = format!("bytes={}", vec!["0-1"; MAX_RANGE_PARTS + 1].join(","));
+        let long = format!("bytes=0-{}", "9".repeat(MAX_RANGE_HEADER));
+        for absurd in [many, long] {
+            assert_eq!(get(Some(&absurd), None), Unsatisfiable);
+            assert_eq!(
+                requested_range(Some(&absurd), None, true, &tag, t, 1000),
+                Unsatisfiable
+            );
+        }
+        let several = format!("bytes={}", vec!["0-1"; MAX_RANGE_PARTS].join(","));
+        assert_eq!(get(Some(&several), None), Full);
     }
 
     #[test]
