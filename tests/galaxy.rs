@@ -10,8 +10,13 @@
 //! A missing venv fails the test: CI creates it (`.ci/run`), and a silent skip would hide a
 //! broken Galaxy contract.
 
+mod cli_run;
+mod http_suite;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use cli_run::{Mounted, Served};
 
 const LISTING: &str = "cvmfs_singularity_all_2026-01-28.tsv.gz";
 
@@ -122,18 +127,6 @@ fn resolve_agrees_with_galaxy_on_real_listing() {
     assert_eq!(report["entries"].as_u64(), Some(POPULATED_ENTRIES));
 }
 
-/// Unmounts on drop, so a failed assertion does not leave a mount behind.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_depotfs"))
-            .args(["umount", "--lazy"])
-            .arg(&self.0)
-            .status();
-    }
-}
-
 fn depotfs(args: &[&std::ffi::OsStr]) {
     let out = Command::new(env!("CARGO_BIN_EXE_depotfs"))
         .args(args)
@@ -175,15 +168,6 @@ fn on_mount(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Galaxy on a real FUSE mount, over HTTP from `depotfs serve`, of a repository whose `all/`
@@ -235,30 +219,8 @@ fn galaxy_resolves_on_a_depotfs_mount() {
         "galaxy.test".as_ref(),
     ]);
     depotfs(&["add".as_ref(), store.as_os_str(), src.as_os_str()]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_depotfs"))
-            .arg("serve")
-            .arg(&store)
-            .args(["--listen", &listen])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "depotfs serve did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let url = format!("http://{listen}/");
+    let server = Served::start(&store);
+    let url = server.url();
     depotfs(&[
         "mount".as_ref(),
         url.as_ref(),
