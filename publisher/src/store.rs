@@ -286,7 +286,16 @@ impl Objects {
     fn put_bytes(&self, id: &ObjectId, parts: &[&[u8]]) -> Result<u64> {
         let len = parts.iter().map(|p| p.len() as u64).sum();
         if let Some(b) = &self.bucket {
-            if !b.put(id, &parts.concat())? {
+            // A bucket object is uploaded whole: parts are joined (one copy) only if split.
+            let joined;
+            let bytes: &[u8] = match parts {
+                [one] => one,
+                _ => {
+                    joined = parts.concat();
+                    &joined
+                }
+            };
+            if !b.put(id, bytes)? {
                 return Ok(0);
             }
         } else {
