@@ -149,20 +149,10 @@ pub fn write(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // Not `*.prom`: the collector ignores the temporary file.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".depotfs-metrics.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, &text)?;
-    // Readable by node_exporter, which runs as another user.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(file)
-        .with_context(|| format!("renaming over {}", file.display()))?;
+    // The one atomic writer: a world-readable temporary file (node_exporter runs as another
+    // user) named `NAME.PID.SEQ`, which the collector ignores (not `*.prom`), renamed over it.
+    depotfs_catalog::object_file::replace(file, &text, dir, false)
+        .with_context(|| format!("writing {}", file.display()))?;
     Ok(())
 }
 
@@ -186,7 +176,7 @@ mod tests {
     }
 
     /// A failed run keeps the earlier success time and says exit status 1; nothing else is
-    /// left in the directory.
+    /// left in the directory, and the file is world-readable.
     #[test]
     fn a_failed_run_keeps_the_last_success() {
         let dir = tempfile::tempdir().unwrap();
@@ -213,5 +203,9 @@ mod tests {
             "{second}"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // node_exporter runs as another user.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 }
