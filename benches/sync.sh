@@ -176,7 +176,7 @@ EOF
         touch "$depot/.complete"
     fi
     local bytes count
-    bytes=$(find "$depot" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {printf "%d", s}')
+    bytes=$(find "$depot" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
     count=$(find "$depot" -type f ! -name .complete | wc -l)
     serve "$depot"
     # The depot from the page cache, for every run alike.
