@@ -3,8 +3,14 @@
 #   (a) rclone copy (Debian `rclone`, HTTP remote reading nginx's autoindex) to a directory;
 #   (b) (a) followed by `depotfs add` of that directory (what an operator scripts today);
 #   (c) depotfs sync, straight from the depot into a store.
+#   (a') (a) followed by `sync`: rclone's copy ends when its bytes are in the page cache, while
+#        the store's writes are durable when (c) ends; (a') is the fair reference for that.
 # Targets: (c) >= 1.5x faster than (b); (c) >= 0.9x the throughput of (a); peak RSS of (c)
-# <= 300 MB. The depot: names and the size distribution of the real listing
+# <= 300 MB. Each step's CPU seconds (user + system, GNU time; nginx's own from /proc) per GiB
+# are printed too: cores / (sync + nginx CPU seconds per GiB) is the most (c) can give on this
+# machine (its CPU ceiling), likewise for (a), and the ratio of the two ceilings is the best
+# (c)/(a) a CPU-bound run can reach here, whatever the load; `depotfs add`'s CPU per GiB is
+# the ingest's own (chunk, blake3, zstd, write). The depot: names and the size distribution of the real listing
 # (tests/data/cvmfs_singularity_all_2026-01-28.tsv.gz), every STEP-th image, sizes scaled so the
 # total is about TOTAL_GIB; contents half random, half repeated blocks (squashfs images are
 # mostly compressed already).
@@ -46,12 +52,27 @@ cp "$BIN" "$WORK/depotfs"; BIN=$WORK/depotfs
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# run NAME CMD...: wall seconds and peak RSS (KiB) from GNU time.
+# run NAME CMD...: wall seconds, peak RSS (KiB) and CPU seconds (user + system) from GNU
+# time, and the CPU seconds nginx spent meanwhile.
 run() {
     local name=$1; shift
-    /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" > "$WORK/out.$name" 2> "$WORK/err.$name"
-    read -r secs rss < "$WORK/time.$name"
-    echo "$name $secs $rss"
+    local ng0 ng1
+    ng0=$(nginx_cpu)
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time.$name" "$@" > "$WORK/out.$name" 2> "$WORK/err.$name"
+    ng1=$(nginx_cpu)
+    read -r secs rss user sys < "$WORK/time.$name"
+    echo "$name $secs $rss $(awk -v u="$user" -v s="$sys" -v a="$ng0" -v b="$ng1" 'BEGIN {printf "%.2f %.2f", u + s, b - a}')"
+}
+
+# CPU seconds (user + system) of nginx's master and workers so far (0 when none runs).
+nginx_cpu() {
+    local pids ticks
+    [ -n "${NG:-}" ] && [ -e "$NG/nginx.pid" ] || { echo 0; return; }
+    pids="$(cat "$NG/nginx.pid") $(ps -o pid= --ppid "$(cat "$NG/nginx.pid")")"
+    ticks=$(getconf CLK_TCK)
+    # shellcheck disable=SC2086
+    for p in $pids; do sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f12,13; done |
+        awk -v t="$ticks" '{s+=$1+$2} END {printf "%.2f", s/t}'
 }
 
 # serve DIR: nginx with autoindex on a free port; sets URL.
@@ -155,7 +176,7 @@ EOF
         touch "$depot/.complete"
     fi
     local bytes count
-    bytes=$(find "$depot" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {print s}')
+    bytes=$(find "$depot" -type f ! -name .complete -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
     count=$(find "$depot" -type f ! -name .complete | wc -l)
     serve "$depot"
     # The depot from the page cache, for every run alike.
@@ -169,25 +190,39 @@ EOF
             warm
             echo "run $r load-before $(load)"
             run "a_rclone_$r" rclone copy --http-url "$URL" :http: "$WORK/rclone" --transfers "$JOBS"
+            run "a_flush_$r" sync
             run "b_add_$r" sh -c "\"$BIN\" add \"$WORK/store-b\" --to all/ \"$WORK/rclone\"/*"
             echo "run $r load-mid $(load)"
             [ "$KEEP" = 1 ] || rm -rf "$WORK/rclone" "$WORK/store-b"
             warm
             run "c_sync_$r" "$BIN" sync "$WORK/store-c" "$URL" --to all/ --jobs "$JOBS"
             echo "run $r load-after $(load)"
+            # What (c) wrote durably: the disk's direct-write rate (benches/durable_writes.py)
+            # over these bytes bounds (c) too.
+            echo "c_stored_$r $(du -sb "$WORK/store-c/public/objects" | cut -f1)"
             "$BIN" verify "$WORK/store-c" > /dev/null 2>&1 || echo "run $r: verify of (c)'s store FAILED"
         done
     } | tee "$WORK/results.txt"
-    awk -v bytes="$bytes" '
-        $1 ~ /^a_rclone_/ {n=substr($1,10); a[n]=$2; arss[n]=$3}
-        $1 ~ /^b_add_/ {n=substr($1,7); b[n]=$2; brss[n]=$3}
-        $1 ~ /^c_sync_/ {n=substr($1,8); c[n]=$2; crss[n]=$3}
+    awk -v bytes="$bytes" -v cores="$(nproc)" '
+        function cpu(x) { return x / (bytes / 2^30) }
+        $1 ~ /^a_rclone_/ {n=substr($1,10); a[n]=$2; arss[n]=$3; acpu[n]=$4; ang[n]=$5}
+        $1 ~ /^a_flush_/ {n=substr($1,9); f[n]=$2}
+        $1 ~ /^b_add_/ {n=substr($1,7); b[n]=$2; brss[n]=$3; bcpu[n]=$4}
+        $1 ~ /^c_sync_/ {n=substr($1,8); c[n]=$2; crss[n]=$3; ccpu[n]=$4; cng[n]=$5}
+        $1 ~ /^c_stored_/ {n=substr($1,10); stored[n]=$2}
         END {
             for (n in c) {
+                ap = a[n] + f[n]
+                ceil = cores / (cpu(ccpu[n]) + cpu(cng[n]))
                 printf "run %s: (a) rclone copy %.1f s, %.0f MiB/s, RSS %.0f MB", n, a[n], bytes/a[n]/2^20, arss[n]/1024
-                printf " | (b) rclone + add %.1f s (add %.1f s, RSS %.0f MB)", a[n]+b[n], b[n], brss[n]/1024
+                printf " | (a\x27) rclone copy + sync %.1f s, %.0f MiB/s", ap, bytes/ap/2^20
+                printf " | (b) rclone + sync + add %.1f s (add %.1f s, RSS %.0f MB)", ap+b[n], b[n], brss[n]/1024
                 printf " | (c) sync %.1f s, %.0f MiB/s, RSS %.0f MB", c[n], bytes/c[n]/2^20, crss[n]/1024
-                printf " | (b)/(c) %.2fx (>= 1.5x), (c)/(a) throughput %.2fx (>= 0.9x)\n", (a[n]+b[n])/c[n], a[n]/c[n]
+                printf " | (b)/(c) %.2fx (>= 1.5x), (c)/(a) %.2fx (>= 0.9x), (c)/(a\x27) %.2fx\n", (ap+b[n])/c[n], a[n]/c[n], ap/c[n]
+                printf "run %s: CPU s/GiB: (a) rclone %.2f + nginx %.2f; ingest (depotfs add) %.2f; (c) sync %.2f + nginx %.2f", n, cpu(acpu[n]), cpu(ang[n]), cpu(bcpu[n]), cpu(ccpu[n]), cpu(cng[n])
+                aceil = cores / (cpu(acpu[n]) + cpu(ang[n]))
+                printf " | CPU ceilings on %d cores: (c) %.0f MiB/s, (a) %.0f MiB/s: (c)/(a) %.2fx at best", cores, ceil*1024, aceil*1024, ceil/aceil
+                printf " (this run: (c) at %.0f%% of its ceiling, (a) at %.0f%%); (c) stored %.0f MB durably (%.0f MB/s)\n", 100*bytes/c[n]/2^30/ceil, 100*bytes/a[n]/2^30/aceil, stored[n]/1e6, stored[n]/c[n]/1e6
             }
         }' "$WORK/results.txt" | sort | tee -a "$WORK/results.txt"
 }

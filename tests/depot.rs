@@ -1053,3 +1053,48 @@ fn depot_follows_symlinks_inside_the_tree_only() {
     assert!(obj.contains(&format!("\"size\":{size} }}")), "{obj}");
     assert!(!json.contains("escapes"), "{json}");
 }
+
+/// Downloads whose chunks are not in the page cache (the depot view then reads further
+/// ahead): whole and ranged, every byte right and in order.
+#[test]
+fn depot_cold_download_is_byte_identical() {
+    let repo = Repo::publish("cold.test", images);
+    let store = repo.store();
+    let s = Served::start(&store);
+    let want = std::fs::read(repo.src().join("all").join(IMAGES[0].0)).unwrap();
+    let url = format!("{}files/all/samtools%3A1.9--h91753b0_8", s.url());
+    let f = repo.dir.path().join("cold");
+    for range in [None, Some((1_000_003usize, 8_000_000usize))] {
+        // Drop the objects' pages (clean pages of these files only; no root needed), and
+        // check they are gone the way the server checks (a read that must not wait fails).
+        let mut cold = 0;
+        for (path, _) in objects_by_size(&store.join("public/objects")) {
+            let file = std::fs::File::open(&path).unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let mut byte = [0u8; 1];
+            let nowait = rustix::io::preadv2(
+                &file,
+                &mut [std::io::IoSliceMut::new(&mut byte)],
+                0,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            );
+            cold += usize::from(nowait.is_err());
+        }
+        assert!(cold > 8, "only {cold} objects left the page cache");
+        let (got, expect) = match range {
+            None => {
+                let o = tool("curl", &[&"-sSf", &"-o", &f, &url]);
+                assert!(o.status.success(), "{o:?}");
+                (std::fs::read(&f).unwrap(), &want[..])
+            }
+            Some((a, b)) => {
+                let r = format!("{a}-{b}");
+                let o = tool("curl", &[&"-sSf", &"-r", &r, &"-o", &f, &url]);
+                assert!(o.status.success(), "{o:?}");
+                (std::fs::read(&f).unwrap(), &want[a..=b])
+            }
+        };
+        assert_eq!(got.len(), expect.len(), "{range:?}");
+        assert!(got == expect, "{range:?}: wrong bytes");
+    }
+}

@@ -145,6 +145,22 @@ impl LocalTree {
         self.read_piece(piece)?.verify(from, to)
     }
 
+    /// [`LocalTree::piece_bytes`], and whether the piece came from the page cache whole
+    /// ([`Objects::read_noting_cache`]).
+    pub fn piece_bytes_noting_cache(
+        &self,
+        piece: &ChunkRef,
+        from: usize,
+        to: usize,
+    ) -> Result<(Bytes, bool)> {
+        let (bytes, cached) = self.objects.read_noting_cache(&piece.id)?;
+        let raw = UnverifiedPiece {
+            piece: *piece,
+            bytes,
+        };
+        Ok((raw.verify(from, to)?, cached))
+    }
+
     /// Write the verified content of a file of `size` bytes to `out`.
     pub fn copy_file(&self, content: &FileContent, size: u64, out: &mut dyn Write) -> Result<u64> {
         let mut n = 0u64;

@@ -355,6 +355,32 @@ impl Objects {
         }
     }
 
+    /// Like [`Objects::read`], and whether the object was in the page cache (its first
+    /// byte, asked for with `preadv2(RWF_NOWAIT)`, which fails rather than wait for the disk;
+    /// the kernel reads small files ahead whole). The depot view reads further ahead while
+    /// its reads are cold. A bucket's object is never cached.
+    pub fn read_noting_cache(&self, id: &ObjectId) -> Result<(Vec<u8>, bool)> {
+        if self.bucket.is_some() {
+            return Ok((self.read(id)?, false));
+        }
+        let path = self.layout.object(id);
+
+        let mut file = File::open(&path).map_err(Error::io(&path))?;
+        let mut probe = [0u8; 1];
+        // EAGAIN: not cached; EOPNOTSUPP/ENOSYS: the file system or kernel cannot say.
+        let cached = rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut probe)],
+            0,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        )
+        .is_ok();
+        let len = file.metadata().map_err(Error::io(&path))?.len();
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut buf).map_err(Error::io(&path))?;
+        Ok((buf, cached))
+    }
+
     /// The published manifest, verified with the store's own key.
     pub fn load_manifest(&self) -> Result<Manifest> {
         match &self.bucket {

@@ -37,13 +37,16 @@
 //! dangles, or loops (more than [`MAX_LINKS`] links, or a link back into a directory above
 //! it, which a recursive crawler would follow forever) is neither listed nor served (404).
 //!
-//! Cold downloads are read ahead: the chunks after the one being sent are read from disk
-//! and verified on the blocking pool in parallel, up to [`READ_AHEAD_BYTES`] (and
-//! [`READ_AHEAD_CHUNKS`]) per download and [`READ_AHEAD_TOTAL`] bytes for all downloads
-//! together, so memory stays bounded whatever the number of connections; a download always
-//! has its next chunk in flight. Only the next [`VERIFY_AHEAD`] chunks are verified at a time
-//! (the disk wants depth, the CPUs want the sending to overlap the verifying). Chunks are
-//! sent in order, each only after its verification.
+//! Downloads are read ahead: the chunks after the ones being sent are read from disk and
+//! verified on the blocking pool, in groups of about [`TASK_BYTES`] that one blocking task
+//! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
+//! [`READ_AHEAD_TOTAL`] bytes for all downloads together, so memory stays bounded whatever the
+//! number of connections; a download always has its next group in flight. While its chunks
+//! are not in the page cache ([`COLD_TASKS_AHEAD`]) more groups are read at once. One task per group
+//! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
+//! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
+//! after the other without a wait, so its writes to the socket are large. Chunks are sent in
+//! order, each only after its verification.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -70,18 +73,19 @@ use super::metrics::Metrics;
 use super::pages::{self, RepoInfo};
 use super::parse::{self, PathRefused};
 use super::search::SearchIndex;
-use crate::reader::{LocalTree, UnverifiedPiece};
+use crate::reader::LocalTree;
 use crate::store::{Layout, Objects};
 
 pub use super::parse::{MAX_RANGE_HEADER, MAX_RANGE_PARTS};
-/// Bytes of chunks read and verified ahead of the one being sent, per download.
-pub const READ_AHEAD_BYTES: u64 = 16 << 20;
-/// Chunk reads in flight per download, at most.
-pub const READ_AHEAD_CHUNKS: usize = 32;
-/// Chunks verified at once per download: the next ones to send. (Verifying all the chunks
-/// read ahead at once made them finish together on 2 CPUs, and sending stopped overlapping
-/// verifying: warm downloads fell from 1.9x to 0.3x nginx.)
-pub const VERIFY_AHEAD: usize = 2;
+/// Bytes of chunks one blocking task reads and verifies (a group; at least one chunk).
+pub const TASK_BYTES: u64 = 1 << 20;
+/// Groups read and verified at once per download while its chunks come from the page cache:
+/// the next to send and those after it. (More made them finish together on 2 CPUs and the
+/// sending stopped overlapping the verifying.)
+pub const TASKS_AHEAD: usize = 3;
+/// Groups in flight per download while its reads wait for the disk (the last group finished
+/// found a chunk not cached): the disk wants depth, and the CPUs are not what limits then.
+pub const COLD_TASKS_AHEAD: usize = 16;
 /// Bytes read ahead by all downloads together (beyond each one's next chunk).
 pub const READ_AHEAD_TOTAL: u64 = 256 << 20;
 /// Symbolic links followed while resolving one path, at most (Linux's `MAXSYMLINKS`).
@@ -711,43 +715,41 @@ fn file_response(
     Ok(r)
 }
 
-/// The body of a file download: the chunks covering the range, each read and verified on the
-/// blocking pool, several at a time (module docs: read-ahead), sent in order and cut to the
-/// range. Holds its revision.
+/// The body of a file download: the chunks covering the range, read and verified in groups
+/// of about [`TASK_BYTES`] by one blocking task each, [`TASKS_AHEAD`] groups at a time
+/// (module docs: read-ahead), sent in order and cut to the range. Holds its revision.
 #[derive(Debug)]
 pub struct VerifiedStream {
     rev: Arc<Revision>,
     path: String,
     /// Pieces still to read, with the part of each that is sent.
     plan: VecDeque<(ChunkRef, usize, usize)>,
-    /// Reads in flight or done and not yet sent, in file order.
-    reading: VecDeque<Reading>,
-    /// Plaintext bytes of the pieces in `reading`.
-    reading_bytes: u64,
+    /// Groups being read and verified, in file order.
+    reading: VecDeque<Group>,
+    /// Verified bytes of the first finished group, not yet handed to hyper.
+    verified: VecDeque<Bytes>,
+    /// Why the group whose bytes are in `verified` stopped short, once they are sent.
+    failure: Option<(ObjectId, crate::Error)>,
+    /// The last group finished read a chunk that was not in the page cache.
+    cold: bool,
     remaining: u64,
     failed: bool,
     failures: prometheus::IntCounterVec,
 }
 
-/// One piece being read and verified.
+/// Consecutive pieces read and verified by one blocking task.
 #[derive(Debug)]
-struct Reading {
-    id: ObjectId,
-    len: u64,
-    /// The part of the piece that is sent.
-    from: usize,
-    to: usize,
-    stage: Stage,
-    /// Its share of the depot's read-ahead budget (none for the piece sent next).
+struct Group {
+    task: JoinHandle<GroupDone>,
+    /// The piece the group starts with (named if the task itself fails).
+    first: ObjectId,
+    /// Its share of the depot's read-ahead budget (none for the group sent next).
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Where a piece is: read from disk (not verified), then verified.
-#[derive(Debug)]
-enum Stage {
-    Read(JoinHandle<crate::Result<UnverifiedPiece>>),
-    Verify(JoinHandle<crate::Result<Bytes>>),
-}
+/// What a group's task gives back: the verified parts of its pieces in order, up to the
+/// first piece that failed (and why); whether every piece was in the page cache.
+type GroupDone = (Vec<Bytes>, Option<(ObjectId, crate::Error)>, bool);
 
 impl VerifiedStream {
     fn new(
@@ -775,110 +777,115 @@ impl VerifiedStream {
             path,
             plan,
             reading: VecDeque::new(),
-            reading_bytes: 0,
+            verified: VecDeque::new(),
+            failure: None,
+            cold: false,
             remaining: end - start,
             failed: false,
             failures,
         }
     }
 
-    /// Start reads while this download's window ([`READ_AHEAD_BYTES`], [`READ_AHEAD_CHUNKS`])
-    /// and the depot's budget allow; the next piece to send is always read.
+    /// Start groups while [`TASKS_AHEAD`] ([`COLD_TASKS_AHEAD`] when cold) and the depot's
+    /// budget allow; the group sent next is always started.
     fn fill(&mut self) {
-        while self.reading.len() < READ_AHEAD_CHUNKS {
-            let Some(&(piece, from, to)) = self.plan.front() else {
-                return;
-            };
-            let len = u64::from(piece.len);
-            let permit = if self.reading.is_empty() {
+        let ahead = if self.cold {
+            COLD_TASKS_AHEAD
+        } else {
+            TASKS_AHEAD
+        };
+        while self.reading.len() < ahead && !self.plan.is_empty() {
+            let mut take = 0;
+            let mut bytes = 0u64;
+            for (p, _, _) in &self.plan {
+                if take > 0 && bytes >= TASK_BYTES {
+                    break;
+                }
+                take += 1;
+                bytes += u64::from(p.len);
+            }
+            let permit = if self.reading.is_empty() && self.verified.is_empty() {
                 None
             } else {
-                if self.reading_bytes + len > READ_AHEAD_BYTES {
-                    return;
-                }
-                let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+                let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
                 match Arc::clone(&self.rev.read_ahead).try_acquire_many_owned(kib) {
                     Ok(p) => Some(p),
                     Err(_) => return, // the depot's budget is spent: read on as it frees
                 }
             };
-            self.plan.pop_front();
+            let group: Vec<_> = self.plan.drain(..take).collect();
+            let first = group[0].0.id;
             let rev = Arc::clone(&self.rev);
-            let task = tokio::task::spawn_blocking(move || rev.tree.read_piece(&piece));
-            self.reading_bytes += len;
-            self.reading.push_back(Reading {
-                id: piece.id,
-                len,
-                from,
-                to,
-                stage: Stage::Read(task),
+            let task = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(group.len());
+                let mut all_cached = true;
+                for (piece, from, to) in group {
+                    match rev.tree.piece_bytes_noting_cache(&piece, from, to) {
+                        Ok((b, cached)) => {
+                            out.push(b);
+                            all_cached &= cached;
+                        }
+                        Err(e) => return (out, Some((piece.id, e)), all_cached),
+                    }
+                }
+                (out, None, all_cached)
+            });
+            self.reading.push_back(Group {
+                task,
+                first,
                 _permit: permit,
             });
         }
     }
 
-    /// Start verifying each of the next [`VERIFY_AHEAD`] pieces whose read is done (their
-    /// reads are polled with `cx`, so a read finishing wakes the body).
-    fn verify_next(&mut self, cx: &mut Context<'_>) {
-        for r in self.reading.iter_mut().take(VERIFY_AHEAD) {
-            let Stage::Read(task) = &mut r.stage else {
-                continue;
-            };
-            let Poll::Ready(read) = Pin::new(task).poll(cx) else {
-                continue;
-            };
-            let (from, to) = (r.from, r.to);
-            r.stage = Stage::Verify(tokio::task::spawn_blocking(move || {
-                read.map_err(|e| crate::Error::Input(format!("reading a chunk: {e}")))?
-                    .and_then(|raw| raw.verify(from, to))
-            }));
-        }
+    /// End the response: count and log why.
+    fn fail(&mut self, id: ObjectId, e: crate::Error) -> Poll<Option<io::Result<Bytes>>> {
+        self.failed = true;
+        let why = reason(&e);
+        self.failures.with_label_values(&["body", why]).inc();
+        tracing::error!(
+            path = self.path,
+            revision = self.rev.manifest.revision,
+            object = %id,
+            "depot view: cutting the response short ({} bytes unsent): {e}",
+            self.remaining
+        );
+        Poll::Ready(Some(Err(io::Error::other(e))))
     }
 }
 
 impl super::files::ChunkStream for VerifiedStream {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if self.failed {
-            return Poll::Ready(None);
-        }
-        self.fill();
-        self.verify_next(cx);
-        let Some(next) = self.reading.front_mut() else {
-            return Poll::Ready(None);
-        };
-        let id = next.id;
-        let Stage::Verify(task) = &mut next.stage else {
-            return Poll::Pending; // its read is pending, and wakes the body when done
-        };
-        let res = ready!(Pin::new(task).poll(cx));
-        if let Some(done) = self.reading.pop_front() {
-            self.reading_bytes -= done.len;
-        }
-        let res = res.unwrap_or_else(|e| {
-            Err(crate::Error::Io {
-                path: self.path.clone().into(),
-                error: io::Error::other(e),
-            })
-        });
-        match res {
-            Ok(b) => {
+        loop {
+            if self.failed {
+                return Poll::Ready(None);
+            }
+            if let Some(b) = self.verified.pop_front() {
                 self.remaining -= b.len() as u64;
-                self.fill();
-                Poll::Ready(Some(Ok(b)))
+                return Poll::Ready(Some(Ok(b)));
             }
-            Err(e) => {
-                self.failed = true;
-                let why = reason(&e);
-                self.failures.with_label_values(&["body", why]).inc();
-                tracing::error!(
-                    path = self.path,
-                    revision = self.rev.manifest.revision,
-                    object = %id,
-                    "depot view: cutting the response short ({} bytes unsent): {e}",
-                    self.remaining
-                );
-                Poll::Ready(Some(Err(io::Error::other(e))))
+            if let Some((id, e)) = self.failure.take() {
+                return self.fail(id, e);
             }
+            self.fill();
+            let Some(next) = self.reading.front_mut() else {
+                return Poll::Ready(None);
+            };
+            let first = next.first;
+            let done = ready!(Pin::new(&mut next.task).poll(cx));
+            self.reading.pop_front();
+            let (bytes, failure, cached) = done.unwrap_or_else(|e| {
+                let e = crate::Error::Io {
+                    path: self.path.clone().into(),
+                    error: io::Error::other(e),
+                };
+                (Vec::new(), Some((first, e)), true)
+            });
+            self.verified.extend(bytes);
+            self.failure = failure;
+            self.cold = !cached;
+            // The next groups run while this one's bytes go out.
+            self.fill();
         }
     }
 
