@@ -412,8 +412,10 @@ impl DepotFs {
         if let (Some(rec), Some(path)) = (&self.reading.recorder, &of.path) {
             rec.read(path, offset, end - offset);
         }
-        // Readahead starts before this read's own downloads, so they overlap.
+        // Readahead starts before this read's own downloads, so they overlap. Reads of an
+        // access list being prefetched are not speculated on (see `prefetch`).
         if let Content::Chunked(c) = &of.content
+            && !(self.reading.prefetch_rate > 0 && c.listed(offset, end))
             && let Some((from, to)) = of.ra.on_read(offset, end)
         {
             prefetch::spawn_range(&self.store, &self.rt, c, from, to);
@@ -460,6 +462,12 @@ impl DepotFs {
             Content::Chunked(c) => {
                 let mut out = Vec::with_capacity((end - offset) as usize);
                 let mut i = c.list.locate(&c.offsets, offset).ok_or(Error::Stale)?.index;
+                // The chunks after the first load side by side with it (a 1 MiB request
+                // spans ~4 chunks: one after another, 4 round trips for the reader).
+                let last = c.offsets.partition_point(|&o| o < end) - 1;
+                for r in c.list.chunks.get(i + 1..=last).unwrap_or_default() {
+                    prefetch::spawn_load(&self.store, &self.rt, *r, None);
+                }
                 while c.offsets[i] < end {
                     let r = c.list.chunks[i];
                     let v = self.store.chunk(r.id, r.len as u64).await?;

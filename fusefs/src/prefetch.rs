@@ -2,20 +2,25 @@
 //! list of an image (`depotfs add --trace`) when it is opened.
 //!
 //! **Readahead** ([`Readahead`]) is adaptive. A file read sequentially (a `cat`, `cp`, a job
-//! streaming an image) gets a window that grows with the run: nothing until the reader has
-//! gone [`RA_START`] in sequence, then twice the run so far, up to [`RA_MAX`]. A file read in
+//! streaming an image) gets a window once the run is proven: nothing until the reader has
+//! gone [`RA_START`] in sequence, then as much again as the run so far, up to [`RA_MAX`], so
+//! what it fetches beyond a run that stops is at most that run's length. A file read in
 //! scattered pieces — squashfuse reading an image's inode table, then a few blocks of each
-//! file a container start touches — gets none: there, a fixed window fetched several times
-//! what was read (P7 in `benches/RESULTS.md`: 4.3× the bytes touched with a fixed 4 MiB
-//! window, 2.1× with this one). The kernel issues readahead in parallel, so requests may
-//! arrive slightly out of order; a read within [`RA_SLACK`] of where the run ends continues
-//! the run.
+//! file a container start touches — gets none, and neither do the short runs squashfuse makes
+//! of one file inside an image (the kernel's own readahead ramps them to 1 MiB requests): a
+//! fixed 4 MiB window fetched 4.3× the bytes touched (P7 in `benches/RESULTS.md`), a window
+//! from 1 MiB on twice the run 2.3×, of which 12 of 30 MB were readahead never read. The
+//! kernel issues readahead in parallel, so requests may arrive slightly out of order; a read
+//! within [`RA_SLACK`] of where the run ends continues the run.
 //!
 //! **Access lists** ([`spawn_list`]): a chunk list may carry the indices of the chunks a
 //! recorded container start read, in first-touch order. On open, those not yet cached are
 //! fetched in the background, [`LIST_PARALLEL`] at a time, under a bandwidth cap
 //! (`--prefetch-rate`), once per chunk list per mount. The reader does not wait for it: a
-//! read of a chunk being prefetched joins that download (the store's single-flight).
+//! read of a chunk being prefetched joins that download (the store's single-flight). A read
+//! of listed chunks is then not speculated on ([`Chunks::listed`]): the list says what the
+//! start needs, so readahead only starts once a reader leaves it (it fetched 12 MB beyond
+//! the list's 18 before).
 //!
 //! **Counting** ([`Ahead`]): a prefetch runs its loads inside [`AHEAD`], and the store counts
 //! a load for it only when that load was started by it — a memory hit, or a join of a
@@ -31,10 +36,13 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use depotfs_catalog::ChunkRef;
+
 use crate::store::{Chunks, ObjectStore, Stats};
 
-/// A sequential run shorter than this gets no readahead.
-pub const RA_START: u64 = 1 << 20;
+/// A sequential run shorter than this gets no readahead: longer than the files squashfuse
+/// reads out of an image in one run at a container start (up to 3 MiB in P7's).
+pub const RA_START: u64 = 4 << 20;
 /// The largest readahead window.
 pub const RA_MAX: u64 = 8 << 20;
 /// How far from the end of the run a read may start and still continue it.
@@ -127,7 +135,7 @@ impl Readahead {
         if s.run < RA_START {
             return None;
         }
-        let window = (2 * s.run).min(RA_MAX);
+        let window = s.run.min(RA_MAX);
         let from = s.ahead_to.max(end);
         let to = end + window;
         if to <= from {
@@ -160,16 +168,31 @@ pub fn spawn_range(
         i += 1;
         // A chunk on disk is worth loading ahead too: the reader then finds it verified
         // and decompressed (warm reads from the disk cache run in parallel this way).
-        if store.chunk_in_memory(&r.id) {
-            continue;
-        }
-        let store = store.clone();
-        rt.spawn(AHEAD.scope(Ahead::Readahead, async move {
-            if let Err(e) = store.chunk(r.id, r.len as u64).await {
-                tracing::debug!("readahead of {} failed: {e}", r.id);
-            }
-        }));
+        spawn_load(store, rt, r, Some(Ahead::Readahead));
     }
+}
+
+/// Load chunk `r` in the background (unless it is in memory): for prefetch `by`, or for a
+/// reader who will ask for it next (`None`). A reader asking later joins the load.
+pub fn spawn_load(
+    store: &Arc<ObjectStore>,
+    rt: &tokio::runtime::Handle,
+    r: ChunkRef,
+    by: Option<Ahead>,
+) {
+    if store.chunk_in_memory(&r.id) {
+        return;
+    }
+    let store = store.clone();
+    let load = async move {
+        if let Err(e) = store.chunk(r.id, r.len as u64).await {
+            tracing::debug!("loading {} ahead ({by:?}) failed: {e}", r.id);
+        }
+    };
+    match by {
+        Some(by) => rt.spawn(AHEAD.scope(by, load)),
+        None => rt.spawn(load),
+    };
 }
 
 /// Fetch the access list of `c` in the background: the listed chunks not yet cached, in
@@ -237,12 +260,26 @@ mod tests {
         for off in [0, 10 << 20, 3 << 20, 50 << 20, 7 << 20] {
             assert_eq!(ra.on_read(off, off + 128 * K), None, "{off}");
         }
-        // Short sequential bursts (a squashfs block or two) neither.
+        // Short sequential bursts (a squashfs block or two) neither, nor a file of 3 MiB
+        // inside an image read in the kernel's growing requests.
         for b in 0..7 {
             assert_eq!(
                 ra.on_read((90 << 20) | (b * 128 * K), (90 << 20) + (b + 1) * 128 * K),
                 None
             );
+        }
+        let mut at = 200 << 20;
+        for n in [
+            32 * K,
+            128 * K,
+            256 * K,
+            512 * K,
+            1024 * K,
+            1024 * K,
+            96 * K,
+        ] {
+            assert_eq!(ra.on_read(at, at + n), None, "{at}");
+            at += n;
         }
     }
 
@@ -257,7 +294,7 @@ mod tests {
                 windows.push(to - e);
             }
         }
-        assert_eq!(windows.first(), Some(&(2 << 20)), "{windows:?}");
+        assert_eq!(windows.first(), Some(&RA_START), "{windows:?}");
         assert!(windows.iter().all(|w| *w <= RA_MAX));
         assert_eq!(windows.last(), Some(&RA_MAX));
         // Each range is handed out once: later ones start where earlier ones ended.
@@ -276,7 +313,7 @@ mod tests {
         let ra = Readahead::default();
         let mut got = None;
         // Pairs of 128 KiB reads arriving swapped.
-        for b in (0..16u64).step_by(2) {
+        for b in (0..96u64).step_by(2) {
             for p in [b + 1, b] {
                 got = got.or(ra.on_read(p * 128 * K, (p + 1) * 128 * K));
             }

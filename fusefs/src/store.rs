@@ -43,6 +43,36 @@ pub struct Chunks {
     pub list: ChunkList,
     /// [`ChunkList::offsets`].
     pub offsets: Vec<u64>,
+    /// Per chunk: is it on the list's access list (`prefetch`)?
+    on_list: Vec<bool>,
+}
+
+impl Chunks {
+    /// `list` with its offsets and access-list membership worked out.
+    pub fn new(list: ChunkList) -> Self {
+        let offsets = list.offsets();
+        let mut on_list = vec![false; list.chunks.len()];
+        for &i in &list.prefetch {
+            if let Some(b) = on_list.get_mut(i as usize) {
+                *b = true;
+            }
+        }
+        Chunks {
+            list,
+            offsets,
+            on_list,
+        }
+    }
+
+    /// Are all the chunks holding bytes `from..to` on the access list? (Never for an empty
+    /// access list or range.)
+    pub fn listed(&self, from: u64, to: u64) -> bool {
+        let Some(at) = self.list.locate(&self.offsets, from) else {
+            return false;
+        };
+        let last = self.offsets.partition_point(|&o| o < to).saturating_sub(1);
+        from < to && (at.index..=last).all(|i| self.on_list.get(i) == Some(&true))
+    }
 }
 
 /// Counters for `status` (read together as a [`crate::status::Status`]).
@@ -180,9 +210,7 @@ impl ObjectStore {
             return Ok(c);
         }
         let v = self.get(id, ObjectKind::ChunkList, CHUNK_LIST_MAX).await?;
-        let list = ChunkList::from_verified(&v)?;
-        let offsets = list.offsets();
-        let c = Arc::new(Chunks { list, offsets });
+        let c = Arc::new(Chunks::new(ChunkList::from_verified(&v)?));
         let weight = v.data().len() as u64 + 8 * c.offsets.len() as u64;
         self.lists
             .lock()
