@@ -29,7 +29,8 @@ py="${PYTHON:-python3}"
 example="${CARGO_TARGET_DIR:-$repo/target}/release/examples/chunk_sizes"
 mkdir -p "$work"/{wheels,pkgs,roots,img,traces,mnt}
 
-# tool version import-statement  requirement...   (the tool's own wheel is implied)
+# tool version import-statement  requirement...   (the tool's own wheel is implied; lib:NAME is a
+# host library the tool's wheel needs beyond the base, copied into the image's /usr/lib)
 specs='
 numpy     1.24.4 import-numpy
 numpy     1.26.4 import-numpy
@@ -37,18 +38,12 @@ numpy     2.0.2  import-numpy
 pandas    2.0.3  import-pandas        numpy==1.24.4 python-dateutil==2.8.2 pytz==2023.3 six==1.16.0 tzdata==2023.3
 pandas    2.1.4  import-pandas        numpy==1.26.4 python-dateutil==2.8.2 pytz==2023.3.post1 six==1.16.0 tzdata==2023.4
 pandas    2.2.2  import-pandas        numpy==1.26.4 python-dateutil==2.9.0.post0 pytz==2024.1 six==1.16.0 tzdata==2024.1
-biopython 1.81   from-Bio-import-SeqIO numpy==1.24.4
 biopython 1.83   from-Bio-import-SeqIO numpy==1.26.4
 biopython 1.84   from-Bio-import-SeqIO numpy==1.26.4
-pysam     0.22.0 import-pysam
-pysam     0.22.1 import-pysam
-pysam     0.23.0 import-pysam
-scipy     1.10.1 import-scipy.stats   numpy==1.24.4
-scipy     1.11.4 import-scipy.stats   numpy==1.26.4
-scipy     1.13.1 import-scipy.stats   numpy==1.26.4
-pyarrow   12.0.1 import-pyarrow       numpy==1.24.4
-pyarrow   14.0.2 import-pyarrow       numpy==1.26.4
-pyarrow   16.1.0 import-pyarrow       numpy==1.26.4
+pysam     0.22.1 import-pysam         lib:libdl.so.2 lib:librt.so.1
+pysam     0.23.0 import-pysam         lib:libdl.so.2 lib:librt.so.1
+pyarrow   14.0.2 import-pyarrow       numpy==1.26.4 lib:libdl.so.2 lib:librt.so.1
+pyarrow   16.1.0 import-pyarrow       numpy==1.26.4 lib:libdl.so.2 lib:librt.so.1
 '
 step() { echo "== $(date -u +%T) $*" >&2; }
 
@@ -75,7 +70,7 @@ step "wheels"
 echo "$specs" | while read -r tool ver _ deps; do
     [ -n "$tool" ] || continue
     unpack "$tool==$ver"
-    for d in $deps; do unpack "$d"; done
+    for d in $deps; do [ "${d#lib:}" != "$d" ] || unpack "$d"; done
 done
 
 # 2. The base layer, identical in every image.
@@ -121,6 +116,7 @@ build_image() { # TOOL VERSION DEPS...
     step "image $tool $ver"
     rm -rf "$root" && cp -al "$base" "$root" && rm -f "$root/.done"
     for d in "$tool==$ver" "$@"; do
+        if [ "${d#lib:}" != "$d" ]; then cp -L "/lib/x86_64-linux-gnu/${d#lib:}" "$root/usr/lib/"; continue; fi
         (cd "$work/pkgs/$d" && find . -mindepth 1 -maxdepth 1 ! -name .done -exec cp -al {} "$root$site/" \;)
     done
     nice mksquashfs "$root" "$img.part" -noappend -quiet -no-progress >/dev/null
@@ -148,7 +144,8 @@ echo "$specs" | while read -r tool ver stmt _; do
         squashfuse -f "$work/img/$name.sqfs" "$mnt" &
     fuse_pid=$!
     for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
-    env -i PATH=/usr/local/bin:/bin "$(command -v chroot)" "$mnt" /bin/sh -c "python3 -c '${stmt//-/ }'"
+    env -i PATH=/usr/local/bin:/bin "$(command -v chroot)" "$mnt" /bin/sh -c "python3 -c '${stmt//-/ }'" ||
+        { fusermount3 -u "$mnt"; echo "start of $name failed" >&2; exit 1; }
     fusermount3 -u "$mnt"
     wait "$fuse_pid"
     # pread64(3, ""..., 8192, 123456) = 8192  ->  NAME OFFSET LENGTH (bytes actually read)
