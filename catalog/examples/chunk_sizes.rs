@@ -49,7 +49,7 @@ impl Cut {
     fn touched(&self, reads: &[(u64, u64)]) -> HashSet<usize> {
         let mut out = HashSet::new();
         for &(off, len) in reads {
-            let end = off + len.max(1);
+            let end = off.saturating_add(len.max(1));
             let mut i = self.chunks.partition_point(|c| c.0 + c.1 <= off);
             while i < self.chunks.len() && self.chunks[i].0 < end {
                 out.insert(i);
@@ -83,7 +83,7 @@ fn distinct(reads: &[(u64, u64)]) -> u64 {
     r.sort_unstable();
     let (mut total, mut end) = (0, 0);
     for (off, len) in r {
-        let e = off + len;
+        let e = off.saturating_add(len);
         if e > end {
             total += e - off.max(end);
             end = e;
