@@ -42,6 +42,9 @@ biopython 1.83   from-Bio-import-SeqIO numpy==1.26.4
 biopython 1.84   from-Bio-import-SeqIO numpy==1.26.4
 pysam     0.22.1 import-pysam         lib:libdl.so.2 lib:librt.so.1
 pysam     0.23.0 import-pysam         lib:libdl.so.2 lib:librt.so.1
+scipy     1.10.1 import-scipy.stats   numpy==1.24.4
+scipy     1.11.4 import-scipy.stats   numpy==1.26.4
+scipy     1.13.1 import-scipy.stats   numpy==1.26.4
 pyarrow   14.0.2 import-pyarrow       numpy==1.26.4 lib:libdl.so.2 lib:librt.so.1
 pyarrow   16.1.0 import-pyarrow       numpy==1.26.4 lib:libdl.so.2 lib:librt.so.1
 '
@@ -144,8 +147,10 @@ echo "$specs" | while read -r tool ver stmt _; do
         squashfuse -f "$work/img/$name.sqfs" "$mnt" &
     fuse_pid=$!
     for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
+    mount -t tmpfs tmpfs "$mnt/tmp" # as Singularity binds the host's /tmp (scipy.stats writes there)
     env -i PATH=/usr/local/bin:/bin "$(command -v chroot)" "$mnt" /bin/sh -c "python3 -c '${stmt//-/ }'" ||
-        { fusermount3 -u "$mnt"; echo "start of $name failed" >&2; exit 1; }
+        { umount "$mnt/tmp"; fusermount3 -u "$mnt"; echo "start of $name failed" >&2; exit 1; }
+    umount "$mnt/tmp"
     fusermount3 -u "$mnt"
     wait "$fuse_pid"
     # pread64(3, ""..., 8192, 123456) = 8192  ->  NAME OFFSET LENGTH (bytes actually read)
