@@ -4,9 +4,10 @@
 //! redb verifies page checksums only in its integrity check and in its recovery after an
 //! unclean shutdown (which it detects by itself and which reads every page); an ordinary read
 //! trusts the page, and a page damaged outside redb may panic inside it (#16). The check reads
-//! the whole file: ~0.5 s of every command at 1M entries (`log` 0.55 s → 0.04 s), more at 20M. So a writer that closes
-//! the catalog cleanly records the file's identity and times here (device, inode, size, mtime,
-//! ctime), and an open that finds them unchanged skips the check. Anything that touches the
+//! the whole file: ~0.5 s of every command at 1M entries (`log` 0.55 s → 0.04 s without it),
+//! more at 20M. So a writer that closes the catalog cleanly records the file's identity and
+//! times here (device, inode, size, mtime, ctime), and an open that finds them unchanged skips
+//! the check. Anything that touches the
 //! file in between (a write by another program, a copy, a restore, `rebuild-catalog`) changes
 //! the ctime or the inode, and a process that dies holding the catalog leaves no record (the
 //! open removes it), so those opens check in full. `verify` and `gc` always check in full.
