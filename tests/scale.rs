@@ -258,8 +258,8 @@ fn verify_since_checks_only_what_changed() {
 }
 
 /// `benches/scale --smoke`: the benchmark's whole sequence at 10,000 objects (gen, publish
-/// one more, log, ls, verify, gc, replicate, verify --since, incremental replicate), so the
-/// by-hand runs at millions of objects do not rot. Checks what does not depend on speed:
+/// one more, log, ls, verify, gc, replicate, verify --since, incremental replicate, a mount's
+/// cold listing), so the by-hand runs at millions of objects do not rot. Checks what does not depend on speed:
 /// every step ran, one more 64 MiB image adds a few KiB of metadata, and the incremental
 /// replicate fetched that image's objects only (≈ 256 chunks of 256 KiB), not the store's.
 #[test]
@@ -292,6 +292,11 @@ fn bench_scale_smoke() {
     assert!(meta_kib <= 64, "{text}");
     let fetched: u64 = row[16].parse().unwrap();
     assert!((100..400).contains(&fetched), "{text}");
+    // 19, 20: the mount's cold listing of gen/ (10 directories) and the walk of them.
+    assert!(
+        row[19].ends_with("(10)") && row[20].ends_with("(10000)"),
+        "{text}"
+    );
 }
 
 /// Objects (files) in the `public/objects` tree of `root`.

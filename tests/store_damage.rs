@@ -228,20 +228,29 @@ fn a_zeroed_catalog_page_never_panics() {
             fs::copy(&good, &catalog).unwrap();
             zero_page(&catalog, page);
             let out = cmd(&args, &store);
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_ne!(out.status.code(), Some(101), "page {page}, {args:?}: {err}");
-            assert!(!err.contains("panicked"), "page {page}, {args:?}: {err}");
-            if !out.status.success() && !args.contains(&"verify") {
-                assert!(
-                    err.contains("the catalog is damaged")
-                        && err.contains(&format!("depotfs rebuild-catalog {}", store.display())),
-                    "page {page}, {args:?}: {err}"
-                );
-                damaged += 1;
-            }
+            damaged += usize::from(failed_on_damage(&out, &store, page, &args));
         }
     }
     assert!(damaged > 0, "no zeroed page was noticed");
+}
+
+/// `out` of `args` on `store` whose catalog has page `page` zeroed: never a panic (redb's
+/// `unreachable`, exit 101). True if it failed (other than `verify`, which may fail listing
+/// what it found), and then it says the catalog is damaged and names `depotfs
+/// rebuild-catalog STORE`.
+fn failed_on_damage(out: &Output, store: &Path, page: u64, args: &[&str]) -> bool {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "page {page}, {args:?}: {err}");
+    assert!(!err.contains("panicked"), "page {page}, {args:?}: {err}");
+    if out.status.success() || args.contains(&"verify") {
+        return false;
+    }
+    assert!(
+        err.contains("the catalog is damaged")
+            && err.contains(&format!("depotfs rebuild-catalog {}", store.display())),
+        "page {page}, {args:?}: {err}"
+    );
+    true
 }
 
 /// #16 item 10: `rebuild-catalog` after a damaged page: the same published tree, `verify`
@@ -373,4 +382,76 @@ fn the_lock_message_names_a_holder_that_wrote_no_pid() {
         err.contains(&format!("locked by pid {}", holder.id())),
         "{err}"
     );
+}
+
+/// `cmd` with the publisher's debug log on stderr (what `open_catalog` decided).
+fn logged(args: &[&str], store: &Path) -> Output {
+    let mut a: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), store.as_os_str()];
+    a.extend(args[1..].iter().map(|s| std::ffi::OsStr::new(*s)));
+    Command::new(cli_run::BIN)
+        .args(a)
+        .env("RUST_LOG", "depotfs_publisher=debug")
+        .output()
+        .unwrap()
+}
+
+const CHECK_SKIPPED: &str = "unchanged since the last clean close: integrity check skipped";
+const CHECK_FULL: &str = "checking every page of the catalog";
+
+/// #18: the integrity check reads the whole catalog; an open of a catalog exactly as the last
+/// clean close left it skips it, `verify` and `gc` never do, and an outside write (same
+/// inode, same size) makes the next open check in full again.
+#[test]
+fn a_catalog_unchanged_since_a_clean_close_is_not_checked_again() {
+    let (_t, store, _src) = sample_store();
+    assert!(store.join("catalog.redb.clean").is_file());
+    for _ in 0..2 {
+        let err = String::from_utf8(ok(logged(&["log"], &store)).stderr).unwrap();
+        assert!(
+            err.contains(CHECK_SKIPPED) && !err.contains(CHECK_FULL),
+            "{err}"
+        );
+    }
+    for args in [&["verify"][..], &["gc", "--keep", "5"]] {
+        let err = String::from_utf8(ok(logged(args, &store)).stderr).unwrap();
+        assert!(
+            err.contains(&format!("{CHECK_FULL} (asked for)")),
+            "{args:?}: {err}"
+        );
+    }
+    let catalog = store.join("catalog.redb");
+    fs::write(&catalog, fs::read(&catalog).unwrap()).unwrap();
+    let err = String::from_utf8(ok(logged(&["log"], &store)).stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "{CHECK_FULL} (not as the last clean close left it)"
+        )),
+        "{err}"
+    );
+    let err = String::from_utf8(ok(logged(&["log"], &store)).stderr).unwrap();
+    assert!(err.contains(CHECK_SKIPPED), "{err}");
+}
+
+/// #18 with #16 item 10: a page zeroed after a clean close (the record of that close in
+/// place) is still found: `log` and `add` say the catalog is damaged or work, never panic.
+#[test]
+fn a_page_zeroed_after_a_clean_close_is_found() {
+    let (t, store, src) = sample_store();
+    let big = src.join("tools/big");
+    let big = big.to_str().unwrap();
+    let good = t.path().join("good.redb");
+    let catalog = store.join("catalog.redb");
+    fs::copy(&catalog, &good).unwrap();
+    let mut damaged = 0;
+    for page in 0..fs::metadata(&good).unwrap().len() / 4096 {
+        for args in [&["log"][..], &["add", "--to", "more/", big]] {
+            fs::copy(&good, &catalog).unwrap();
+            // A clean close of the good catalog, recorded; then the outside write.
+            ok(cmd(&["log"], &store));
+            assert!(store.join("catalog.redb.clean").is_file());
+            zero_page(&catalog, page);
+            damaged += usize::from(failed_on_damage(&cmd(args, &store), &store, page, args));
+        }
+    }
+    assert!(damaged > 0, "no zeroed page was noticed");
 }

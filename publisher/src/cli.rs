@@ -11,7 +11,7 @@ use crate::db;
 use crate::ingest;
 use crate::progress::Progress;
 use crate::reader::LocalTree;
-use crate::repo::Repo;
+use crate::repo::{CatalogCheck, Repo};
 use crate::store::{Layout, Objects};
 
 /// `depotfs init STORE --name NAME [--public s3://BUCKET/PREFIX]`
@@ -664,7 +664,8 @@ pub fn rollback(a: RollbackArgs) -> anyhow::Result<ExitCode> {
 
 /// `depotfs verify`
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let repo = Repo::open(&a.store)?;
+    // Where damage is looked for: every page of the catalog too, also with --since.
+    let repo = Repo::open_with(&a.store, CatalogCheck::Full)?;
     let since = match a.since.as_deref() {
         None => None,
         Some("last") => Some(repo.last_full_verify()?.ok_or_else(|| {
@@ -701,7 +702,9 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// `depotfs gc`
 pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
-    let repo = Repo::open(&a.store)?;
+    // Deletes by what the catalog retains, and reads every retained tree anyway: check every
+    // page of the catalog first.
+    let repo = Repo::open_with(&a.store, CatalogCheck::Full)?;
     let r = repo.gc(a.keep)?;
     println!(
         "removed {} objects ({} bytes), kept {}; {} older revisions are no longer retained",

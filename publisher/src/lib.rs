@@ -9,6 +9,8 @@
 //! - [`ingest`]: walking input files, content-defined chunking, hashing and compressing on
 //!   all cores, writing only missing objects.
 //! - [`repo`]: staging (`add`, `rm`), publishing signed revisions, `rollback`, `gc`, `verify`.
+//! - [`clean_close`]: the record of the catalog's last clean close, which lets an open skip
+//!   redb's full integrity check (`verify` and `gc` always run it).
 //! - [`staged`]: what is staged and not published, and the run that staged it (`status
 //!   STORE`, `abort`, the refusal after an interrupted run).
 //! - [`reader`]: reading a published tree from the store without a mount (`ls`, `cat`, the
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch_metrics;
+pub mod clean_close;
 pub mod cli;
 pub mod db;
 mod error;

@@ -22,6 +22,7 @@ use depotfs_catalog::{
 use rayon::prelude::*;
 use redb::Database;
 
+use crate::clean_close::{self, RecordOnClose};
 use crate::db::{self, Catalog, DirState, Node, NodeKind, RevisionRecord};
 use crate::error::{Error, Result};
 use crate::ingest::{TraceRead, ZSTD_LEVEL, prefetch_order};
@@ -42,9 +43,22 @@ pub struct Repo {
     /// Its objects.
     pub objects: Objects,
     db: Catalog,
+    /// Records the clean close once `db` is closed (fields drop in order), before the lock
+    /// is released.
+    _clean: RecordOnClose,
     /// This process as a staging run.
     run: RunId,
     _lock: Lock,
+}
+
+/// How [`Repo::open_with`] checks the catalog file before trusting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogCheck {
+    /// Every page's checksum (redb's integrity check): reads the whole file.
+    Full,
+    /// In full unless the file is exactly as the last clean close by a depotfs writer left it
+    /// ([`crate::clean_close`]): what every command but `verify` and `gc` does.
+    IfChanged,
 }
 
 /// What `gc` did.
@@ -167,14 +181,21 @@ impl Repo {
     }
 
     /// Open and lock the repository at `root`, finishing a publish that was interrupted
-    /// between its catalog commit and its manifest.
+    /// between its catalog commit and its manifest. The catalog is checked in full only if it
+    /// changed since the last clean close ([`CatalogCheck::IfChanged`]).
     pub fn open(root: &Path) -> Result<Repo> {
+        Repo::open_with(root, CatalogCheck::IfChanged)
+    }
+
+    /// [`Repo::open`], checking the catalog as `check` says.
+    pub fn open_with(root: &Path, check: CatalogCheck) -> Result<Repo> {
         let layout = Layout::new(root);
         layout.check()?;
         let lock = Lock::acquire(&layout)?;
-        let db = open_catalog(&layout)?;
+        let db = open_catalog(&layout, check)?;
         let repo = Repo {
             objects: Objects::open(layout.clone())?,
+            _clean: RecordOnClose::new(layout.clone()),
             layout,
             db: Catalog::new(db),
             run: RunId::current(now_ns()),
@@ -967,17 +988,36 @@ pub(crate) fn digest_entry(digest: &mut blake3::Hasher, name: &str, node: &Node)
     };
 }
 
-/// Open the catalog of `layout`, checking every page first (redb's integrity check on open):
-/// a damaged page is reported as [`Error::CatalogDamaged`] instead of panicking inside redb
+/// Open the catalog of `layout`, checking every page first (redb's integrity check on open)
+/// unless `check` allows skipping it for a file unchanged since its last clean close: a
+/// damaged page is reported as [`Error::CatalogDamaged`] instead of panicking inside redb
 /// later. A panic in redb during the open is caught and reported the same way.
-pub(crate) fn open_catalog(layout: &Layout) -> Result<Database> {
+pub(crate) fn open_catalog(layout: &Layout, check: CatalogCheck) -> Result<Database> {
     let path = layout.catalog();
     let damaged = |what: String| Error::CatalogDamaged {
         store: layout.root.clone(),
         what,
     };
+    let unchanged = clean_close::take(layout)?;
+    let full = check == CatalogCheck::Full || !unchanged;
+    if full {
+        tracing::debug!(
+            "{}: checking every page of the catalog ({})",
+            path.display(),
+            if unchanged {
+                "asked for"
+            } else {
+                "not as the last clean close left it"
+            }
+        );
+    } else {
+        tracing::debug!(
+            "{}: unchanged since the last clean close: integrity check skipped",
+            path.display()
+        );
+    }
     let opened =
-        std::panic::catch_unwind(|| db_builder().set_check_integrity_on_open(true).open(&path));
+        std::panic::catch_unwind(|| db_builder().set_check_integrity_on_open(full).open(&path));
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::Storage(e @ redb::StorageError::Corrupted(_)))) => {
@@ -1004,7 +1044,7 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// redb's page cache for the catalog (reads and the write buffer together). redb's default
-/// is 1 GiB, and every open reads the whole file (the integrity check) through it, so a
+/// is 1 GiB, and an open that checks the catalog reads the whole file through it, so a
 /// process's memory grew with the catalog: ~80 bytes per entry in `gc` and `verify` of a
 /// 3M-entry catalog, ~1 GB at 20M entries. Every operation reads a bounded part of the
 /// catalog (a directory's rows, the revisions), so 16 MiB costs them nothing measurable; a
