@@ -477,6 +477,7 @@ pub fn check_conditionals(addr: SocketAddr, fx: &Fixture, who: &str) {
 
     // A new manifest (same length, as consecutive revisions often are) gets a new ETag.
     let before = get(addr, "/manifest");
+    // Past the next second: Last-Modified (and an mtime-based ETag) has one-second steps.
     std::thread::sleep(Duration::from_millis(1100));
     let mut next = fx.manifest.clone();
     let at = next
