@@ -28,7 +28,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, Mounted, depotfs};
+use cli_run::{BIN, depotfs};
 use http_suite::{free_port, poll_for, random_bytes, wait_listening};
 
 const SQUID_CONF: &str = include_str!(concat!(
@@ -422,54 +422,30 @@ impl Squid {
 // ---------------------------------------------------------------------------------------
 // Mounts and their metrics
 
-/// A depotfs mount with its own cold cache directory and a metrics port; unmounted when
-/// dropped.
-struct Mount {
-    mp: PathBuf,
-    metrics: u16,
-    _unmount: Mounted,
+/// A depotfs mount with its own cold cache directory and a metrics port (the shared
+/// [`cli_run::Mount`]); unmounted when dropped.
+struct Mount(cli_run::Mount);
+
+impl std::ops::Deref for Mount {
+    type Target = cli_run::Mount;
+    fn deref(&self) -> &cli_run::Mount {
+        &self.0
+    }
 }
 
 impl Mount {
     /// `depotfs mount SOURCE MP --key --cache-dir --metrics-listen` plus `extra`; `source`
     /// "" leaves SOURCE out (`extra` names the servers with `--server`).
     fn new(fleet: &Fleet, name: &str, source: &str, extra: &[&str]) -> Mount {
-        let mp = fleet.path().join(name).join("mnt");
         let cache = fleet.path().join(name).join("cache");
-        fs::create_dir_all(&mp).unwrap();
-        let metrics = free_port();
-        let listen = format!("127.0.0.1:{metrics}");
-        let mut args = vec!["mount"];
-        if !source.is_empty() {
-            args.push(source);
-        }
-        args.extend([
-            mp.to_str().unwrap(),
-            "--key",
-            &fleet.key,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--metrics-listen",
-            &listen,
-        ]);
-        args.extend_from_slice(extra);
-        let out = depotfs(&args);
-        let m = Mount {
-            mp: mp.clone(),
-            metrics,
-            _unmount: Mounted(mp.clone()),
-        };
-        assert!(
-            out.status.success(),
-            "depotfs {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        m
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mp.join(rel)
+        let mut after = vec!["--key", &fleet.key, "--cache-dir", cache.to_str().unwrap()];
+        after.extend_from_slice(extra);
+        let before: &[&str] = if source.is_empty() { &[] } else { &[source] };
+        Mount(cli_run::Mount::start(
+            before,
+            &fleet.path().join(name).join("mnt"),
+            &after,
+        ))
     }
 
     fn metrics(&self) -> String {
@@ -491,11 +467,6 @@ impl Mount {
             .collect();
         v.sort();
         v
-    }
-
-    fn status(&self) -> String {
-        let out = ok(&["status", self.mp.to_str().unwrap()]);
-        String::from_utf8(out.stdout).unwrap()
     }
 }
 

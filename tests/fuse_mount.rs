@@ -11,11 +11,11 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, Mounted, http_get, ok, poll, run, try_xattr, xattr};
+use cli_run::{BIN, Mounted, Served, http_get, ok, poll, run, try_xattr, xattr};
 use http_suite::{Rng, free_port};
 
 // ---------------------------------------------------------------------------------------
@@ -234,79 +234,14 @@ fn kill(sig: &str, pid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A server process, killed (by pid) when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn signal(&self, sig: &str) {
-        assert!(kill(sig, self.pid()));
-    }
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        kill("-CONT", self.pid());
-        self.stop();
-    }
-}
-
 /// nginx serving `store/public`, one process (`master_process off`) so a signal reaches it all.
-fn nginx(store: &Path, work: &Path) -> Server {
+fn nginx(store: &Path, work: &Path) -> Served {
     let port = free_port();
-    fs::create_dir_all(work).unwrap();
-    fs::write(
-        work.join("site.conf"),
-        format!(
-            "server {{ listen 127.0.0.1:{port}; root {}; location / {{ }} }}\n",
-            store.join("public").display()
-        ),
-    )
-    .unwrap();
-    let child = http_suite::spawn_nginx(
-        &http_suite::nginx_required(),
-        work,
-        "daemon off;\nmaster_process off;\nuser root;",
-        "",
+    let site = format!(
+        "server {{ listen 127.0.0.1:{port}; root {}; location / {{ }} }}\n",
+        store.join("public").display()
     );
-    cli_run::poll(Duration::from_secs(10), "server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}/"),
-    }
-}
-
-/// `depotfs serve`.
-fn depotfs_serve(store: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            store.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    cli_run::poll(Duration::from_secs(10), "server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}/"),
-    }
+    Served::nginx(work, port, &site)
 }
 
 /// A depotfs mount, unmounted when dropped.
@@ -425,7 +360,7 @@ fn fuse_nginx_mount_matches_source_lazily() {
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
     ]);
-    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    let m = Mount::new(&server.url(), &repo.path().join("mnt"), &strs(&args));
 
     // Only the manifest and the root directory have been fetched.
     assert_eq!(
@@ -451,6 +386,13 @@ fn fuse_nginx_mount_matches_source_lazily() {
     let mut head = vec![0u8; 4096];
     let mut reader = fs::File::open(&f).unwrap();
     reader.read_exact(&mut head).unwrap();
+    // The touched chunks reach the cache; then a readahead that must not start has 300 ms
+    // to show itself before the upper bound is checked.
+    poll(
+        Duration::from_secs(10),
+        "the chunks of a 4 KiB read cached",
+        || cached(&f) > 0,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let after_4k = cached(&f);
     assert!(
@@ -478,7 +420,7 @@ fn fuse_nginx_mount_matches_source_lazily() {
     let f = m.path().join("corpus/big/random-5M.sif");
     assert_eq!(xattr(m.path(), "user.depotfs.revision"), "1");
     assert_eq!(xattr(&f, "user.depotfs.revision"), "1");
-    assert_eq!(xattr(&f, "user.depotfs.source"), server.url);
+    assert_eq!(xattr(&f, "user.depotfs.source"), server.url());
     let manifest = fs::read_to_string(repo.store().join("public/manifest")).unwrap();
     assert!(manifest.contains(&format!("root {}", xattr(&f, "user.depotfs.root"))));
     assert_eq!(xattr(&f, "user.depotfs.hash").len(), 64);
@@ -569,7 +511,7 @@ fn fuse_nginx_mount_matches_source_lazily() {
         "# TYPE depotfs_fetched_bytes_total counter".to_string(),
         format!(
             "depotfs_current_server_info{{server=\"{}\",proxy=\"DIRECT\"}} 1",
-            server.url
+            server.url()
         ),
     ] {
         assert!(
@@ -614,21 +556,21 @@ fn fuse_local_store_without_server() {
 #[test]
 fn fuse_serve_16_readers_cold_and_warm() {
     let repo = Repo::with_corpus();
-    let server = depotfs_serve(&repo.store());
+    let server = Served::start(&repo.store());
     let cache = repo.path().join("cache");
     let args = http_args(&repo, &cache);
     let src = repo.src();
     let rel = files(&src);
     let mp = repo.path().join("mnt");
     {
-        let m = Mount::new(&server.url, &mp, &strs(&args));
+        let m = Mount::new(&server.url(), &mp, &strs(&args));
         compare_trees(&src, m.path());
     }
     // compare_trees warmed the cache through one mount; start again cold.
     fs::remove_dir_all(&cache).unwrap();
     let cold;
     {
-        let m = Mount::new(&server.url, &mp, &strs(&args));
+        let m = Mount::new(&server.url(), &mp, &strs(&args));
         cold = parallel_read(&src, &mp, &rel, 16);
         let misses = m.stat("misses");
         let objects = fs::read_dir(repo.store().join("public/objects"))
@@ -641,13 +583,13 @@ fn fuse_serve_16_readers_cold_and_warm() {
             "{misses} downloads for {objects} objects"
         );
     }
-    let m = Mount::new(&server.url, &mp, &strs(&args));
+    let m = Mount::new(&server.url(), &mp, &strs(&args));
     let warm = parallel_read(&src, &mp, &rel, 16);
     assert_eq!(m.stat("misses"), 0, "a warm cache downloaded objects");
     // A second mount sharing the cache directory downloads nothing either, and inode numbers
     // are the same in both (they derive from the path).
     let mp2 = repo.path().join("mnt2");
-    let m2 = Mount::new(&server.url, &mp2, &strs(&args));
+    let m2 = Mount::new(&server.url(), &mp2, &strs(&args));
     parallel_read(&src, &mp2, &rel, 4);
     assert_eq!(m2.stat("misses"), 0);
     for p in rel.iter().step_by(17) {
@@ -678,7 +620,7 @@ fn fuse_cache_limit_smaller_than_data() {
         "--mem-size".into(),
         "4M".into(),
     ]);
-    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    let m = Mount::new(&server.url(), &repo.path().join("mnt"), &strs(&args));
     let src = repo.src();
     let big: Vec<PathBuf> = files(&src)
         .into_iter()
@@ -713,7 +655,7 @@ fn fuse_kill9_remount_and_offline() {
         .into_iter()
         .filter(|p| p.starts_with("corpus/small"))
         .collect();
-    let m = Mount::new(&server.url, &mp, &strs(&args));
+    let m = Mount::new(&server.url(), &mp, &strs(&args));
     parallel_read(&src, &mp, &small, 2);
     let torn = repo.object_of(&mp.join("corpus/small/f010"));
     let pid = m.pid();
@@ -732,7 +674,7 @@ fn fuse_kill9_remount_and_offline() {
     let bytes = fs::read(&cached).unwrap();
     fs::write(&cached, &bytes[..bytes.len() / 2]).unwrap();
     {
-        let m = Mount::new(&server.url, &mp, &strs(&args));
+        let m = Mount::new(&server.url(), &mp, &strs(&args));
         compare_trees(&src.join("corpus/small"), &mp.join("corpus/small"));
         assert_eq!(
             m.stat("misses"),
@@ -742,7 +684,7 @@ fn fuse_kill9_remount_and_offline() {
     }
 
     server.stop();
-    let m = Mount::new(&server.url, &mp, &strs(&args));
+    let m = Mount::new(&server.url(), &mp, &strs(&args));
     compare_trees(&src.join("corpus/small"), &mp.join("corpus/small"));
     assert_eq!(m.stat("bytes_fetched"), 0);
     let err = fs::read(mp.join("corpus/big/text-9M")).unwrap_err();
@@ -762,7 +704,7 @@ fn fuse_corrupt_object_eio_and_manifest_checks() {
     // Find the victim's object through a first mount on a throwaway cache.
     let obj = {
         let other = repo.path().join("cache0");
-        let m = Mount::new(&server.url, &mp, &strs(&http_args(&repo, &other)));
+        let m = Mount::new(&server.url(), &mp, &strs(&http_args(&repo, &other)));
         repo.object_of(&m.path().join(victim))
     };
     let mut bytes = fs::read(&obj).unwrap();
@@ -770,7 +712,7 @@ fn fuse_corrupt_object_eio_and_manifest_checks() {
     bytes[at] ^= 0x20;
     fs::write(&obj, &bytes).unwrap();
     {
-        let m = Mount::new(&server.url, &mp, &strs(&args));
+        let m = Mount::new(&server.url(), &mp, &strs(&args));
         let err = fs::read(mp.join(victim)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(5), "{err}");
         assert!(m.stat("corrupt") >= 2, "fetched once more before giving up");
@@ -794,9 +736,9 @@ fn fuse_corrupt_object_eio_and_manifest_checks() {
     let old_manifest = fs::read(repo.store().join("public/manifest")).unwrap();
     fs::write(repo.path().join("extra"), b"x").unwrap();
     ok(run(&[&"add", &repo.store(), &repo.path().join("extra")]));
-    drop(Mount::new(&server.url, &mp, &strs(&args)));
+    drop(Mount::new(&server.url(), &mp, &strs(&args)));
     fs::write(repo.store().join("public/manifest"), &old_manifest).unwrap();
-    let out = Mount::try_new(&server.url, &mp, &strs(&args));
+    let out = Mount::try_new(&server.url(), &mp, &strs(&args));
     assert!(!out.status.success());
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("rollback"), "{why}");
@@ -806,7 +748,7 @@ fn fuse_corrupt_object_eio_and_manifest_checks() {
     let other = repo.path().join("other");
     ok(run(&[&"init", &other, &"--name", &"other.repo"]));
     let out = Mount::try_new(
-        &server.url,
+        &server.url(),
         &mp,
         &[
             "--key",
@@ -821,7 +763,11 @@ fn fuse_corrupt_object_eio_and_manifest_checks() {
         "{out:?}"
     );
     // Over HTTP a key is required.
-    let out = Mount::try_new(&server.url, &mp, &["--cache-dir", cache.to_str().unwrap()]);
+    let out = Mount::try_new(
+        &server.url(),
+        &mp,
+        &["--cache-dir", cache.to_str().unwrap()],
+    );
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--key"));
 }
 
@@ -841,22 +787,26 @@ fn fuse_unresponsive_server_times_out() {
     // Put the small files into the disk cache, then remount: they are in depotfs's cache but
     // not in the kernel's page cache, so reading them goes through FUSE.
     {
-        let _m = Mount::new(&server.url, &mp, &strs(&args));
+        let _m = Mount::new(&server.url(), &mp, &strs(&args));
         parallel_read(&src, &mp, &small, 1);
     }
-    let m = Mount::new(&server.url, &mp, &strs(&args));
-    server.signal("-STOP");
+    let m = Mount::new(&server.url(), &mp, &strs(&args));
+    server.signal("STOP");
     let p = m.path().join("corpus/big/random-5M.sif");
     let (tx, rx) = std::sync::mpsc::channel();
     let start = Instant::now();
     std::thread::spawn(move || tx.send(fs::read(p).map(|_| ()).map_err(|e| e.raw_os_error())));
-    std::thread::sleep(Duration::from_millis(300));
+    poll(
+        Duration::from_secs(10),
+        "the read's request waiting at the stopped server",
+        || http_suite::unread_at(server.port),
+    );
     // While that read waits for the stalled server, cached files are served at once.
     let cached_took = parallel_read(&src, &mp, &small, 4);
     assert!(rx.try_recv().is_err(), "the stalled read finished early");
     let r = rx.recv_timeout(Duration::from_secs(20)).expect("read hung");
     let took = start.elapsed();
-    server.signal("-CONT");
+    server.signal("CONT");
     assert_eq!(r, Err(Some(5)));
     assert!(
         cached_took < Duration::from_millis(2500),
@@ -1030,18 +980,18 @@ fn fuse_allow_other_and_permissions() {
 fn fuse_failover_between_servers() {
     let repo = Repo::with_corpus();
     let mut first = nginx(&repo.store(), &repo.path().join("nginx"));
-    let second = depotfs_serve(&repo.store());
+    let second = Served::start(&repo.store());
     let cache = repo.path().join("cache");
     let mut args = http_args(&repo, &cache);
     args.extend(["--timeout".into(), "3".into()]);
-    let both = format!("{};{}", first.url, second.url);
+    let both = format!("{};{}", first.url(), second.url());
     let m = Mount::new(&both, &repo.path().join("mnt"), &strs(&args));
     let src = repo.src().join("corpus");
     compare_trees(&src.join("small"), &m.path().join("corpus/small"));
-    assert_eq!(xattr(m.path(), "user.depotfs.host"), first.url);
+    assert_eq!(xattr(m.path(), "user.depotfs.host"), first.url());
     first.stop();
     compare_trees(&src.join("big"), &m.path().join("corpus/big"));
-    assert_eq!(xattr(m.path(), "user.depotfs.host"), second.url);
+    assert_eq!(xattr(m.path(), "user.depotfs.host"), second.url());
     assert_eq!(xattr(m.path(), "user.depotfs.source"), both);
 }
 
@@ -1053,7 +1003,7 @@ fn fuse_switches_to_new_revision_open_files_keep_old() {
     let server = nginx(&repo.store(), &repo.path().join("nginx"));
     let mut args = http_args(&repo, &repo.path().join("cache"));
     args.extend(["--ttl".into(), "1".into()]);
-    let m = Mount::new(&server.url, &repo.path().join("mnt"), &strs(&args));
+    let m = Mount::new(&server.url(), &repo.path().join("mnt"), &strs(&args));
     let src = repo.src();
     let (held, changed) = ("corpus/small/f010", "corpus/small/f011");
     let old_held = fs::read(src.join(held)).unwrap();

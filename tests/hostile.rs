@@ -10,12 +10,13 @@ mod cli_run;
 mod hostile_server;
 mod http_suite;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_run::{Mounted, ok, ok_stdout, poll, run};
+use cli_run::{ok, poll, run};
 use depotfs_catalog::dir::{self, ChildRef, DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{
@@ -135,35 +136,19 @@ impl Repo {
     }
     /// `depotfs mount URL MP --key … --cache-dir CACHE EXTRA…` with a metrics port.
     fn mount(&self, name: &str, cache: &str, extra: &[&str]) -> Mount {
-        let mp = self.path().join(name);
-        fs::create_dir_all(&mp).unwrap();
         let cache = self.path().join(cache);
-        let metrics = http_suite::free_port();
-        let out = Command::new(cli_run::BIN)
-            .arg("mount")
-            .arg(self.server.url())
-            .arg(&mp)
-            .arg("--key")
-            .arg(self.public().join("repo.pub"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics}"))
-            .args(extra)
-            .output()
-            .unwrap();
-        let tag: String = mp
-            .display()
-            .to_string()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let log = cache.join("logs").join(format!("mount{tag}.log"));
-        ok(out);
+        let key = self.public().join("repo.pub");
+        let mut after = vec![
+            OsStr::new("--key"),
+            key.as_os_str(),
+            OsStr::new("--cache-dir"),
+            cache.as_os_str(),
+        ];
+        after.extend(extra.iter().map(OsStr::new));
+        let m = cli_run::Mount::start(&[self.server.url()], &self.path().join(name), &after);
         Mount {
-            log,
-            metrics,
-            m: Mounted(mp),
+            log: m.log_file(&cache),
+            m,
         }
     }
 }
@@ -171,13 +156,12 @@ impl Repo {
 /// A mount of a [`Repo`], unmounted when dropped.
 struct Mount {
     log: PathBuf,
-    metrics: u16,
-    m: Mounted,
+    m: cli_run::Mount,
 }
 
 impl Mount {
     fn mp(&self) -> &Path {
-        &self.m.0
+        &self.m.mp
     }
     fn read(&self, rel: &str) -> std::io::Result<Vec<u8>> {
         fs::read(self.mp().join(rel))
@@ -195,13 +179,13 @@ impl Mount {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
     fn xattr(&self, name: &str) -> String {
-        cli_run::xattr(self.mp(), &format!("user.depotfs.{name}"))
+        self.m.xattr(name)
     }
     fn status(&self) -> String {
-        ok_stdout(run(&[&"status", &self.mp()]))
+        self.m.status()
     }
     fn metric(&self, series: &str) -> f64 {
-        let text = cli_run::http_get(self.metrics, "/metrics");
+        let text = cli_run::http_get(self.m.metrics, "/metrics");
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))

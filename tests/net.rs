@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, Mounted, http_get, ok, poll, run};
+use cli_run::{Served, http_get, ok, poll, run};
 use http_suite::{free_port, random_bytes};
 
 /// A published repository: 40 files of 30 KB (one object each) under `d/`.
@@ -63,41 +63,26 @@ impl Repo {
     }
 }
 
-/// `depotfs serve` of a store on a given port, killed when dropped.
+/// `depotfs serve` of a store on a given port, which can be stopped and started again.
 struct Server {
-    child: Option<Child>,
+    served: Option<Served>,
     port: u16,
     store: PathBuf,
 }
 
 impl Server {
     fn start(store: &Path, port: u16) -> Server {
-        let mut s = Server {
-            child: None,
+        Server {
+            served: Some(Served::start_on(store, port)),
             port,
             store: store.to_path_buf(),
-        };
-        s.restart();
-        s
+        }
     }
     fn restart(&mut self) {
-        self.child = Some(
-            Command::new(BIN)
-                .args(["serve", self.store.to_str().unwrap(), "--listen"])
-                .arg(format!("127.0.0.1:{}", self.port))
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        poll(Duration::from_secs(10), "depotfs serve listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
+        self.served = Some(Served::start_on(&self.store, self.port));
     }
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.served = None;
     }
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
@@ -112,49 +97,28 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
+/// A background `depotfs mount` of a [`Repo`] (the shared [`cli_run::Mount`]), with its log.
+struct Mount {
+    m: cli_run::Mount,
+    log: PathBuf,
+}
+
+impl std::ops::Deref for Mount {
+    type Target = cli_run::Mount;
+    fn deref(&self) -> &cli_run::Mount {
+        &self.m
     }
 }
 
-/// A background `depotfs mount`, unmounted when dropped.
-struct Mount {
-    mp: PathBuf,
-    log: PathBuf,
-    metrics: u16,
-    _unmount: Mounted,
-}
-
 impl Mount {
-    /// `depotfs mount ARGS… MP --metrics-listen …` (ARGS include the source or `--server`s).
+    /// `depotfs mount ARGS… MP --key … --cache-dir … --metrics-listen …` (ARGS include the
+    /// source or `--server`s).
     fn new(repo: &Repo, name: &str, args: &[&str]) -> Mount {
-        let mp = repo.path().join(name);
-        fs::create_dir_all(&mp).unwrap();
-        let metrics = free_port();
-        let out = Command::new(BIN)
-            .arg("mount")
-            .args(args)
-            .arg(&mp)
-            .args(repo.args())
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics}"))
-            .output()
-            .unwrap();
-        let tag: String = mp
-            .display()
-            .to_string()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let m = Mount {
-            log: repo.cache().join("logs").join(format!("mount{tag}.log")),
-            _unmount: Mounted(mp.clone()),
-            mp,
-            metrics,
-        };
-        ok(out);
-        m
+        let m = cli_run::Mount::start(args, &repo.path().join(name), &repo.args());
+        Mount {
+            log: m.log_file(&repo.cache()),
+            m,
+        }
     }
     fn read(&self, rel: &str) -> std::io::Result<Vec<u8>> {
         fs::read(self.mp.join("d").join(rel))
@@ -163,15 +127,9 @@ impl Mount {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
     fn metrics(&self) -> Metrics {
-        let text = http_get(self.metrics, "/metrics");
+        let text = http_get(self.m.metrics, "/metrics");
         let body = text.split_once("\r\n\r\n").expect("HTTP response").1;
         check_exposition(body)
-    }
-    fn status(&self) -> String {
-        String::from_utf8(ok(run(&[&"status", &self.mp])).stdout).unwrap()
-    }
-    fn xattr(&self, name: &str) -> String {
-        self.xattr_of("", name)
     }
     /// `user.depotfs.NAME` of `rel` under the mountpoint.
     fn xattr_of(&self, rel: &str, name: &str) -> String {

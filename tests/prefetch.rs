@@ -506,6 +506,7 @@ fn recorded_access_list_is_prefetched_on_open() {
     assert_eq!(kernel_readahead(&off.0), 512);
     let f = fs::File::open(off.0.join("img/app.sif")).unwrap();
     assert_eq!(read_at(&f, 0, 1), &s.data[..1]);
+    // Time for a prefetch that must not start to show itself.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(numbers(&off.0, "prefetched"), [0, 0]);
 }

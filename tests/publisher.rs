@@ -376,6 +376,7 @@ fn kill_9_at_random_moments_never_loses_the_last_revision() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Killed at a random moment of its run.
         std::thread::sleep(delay);
         let killed = child.try_wait().unwrap().is_none();
         let _ = child.kill();

@@ -16,17 +16,16 @@ mod http_suite;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, depotfs, fails, ok_stdout as ok};
+use cli_run::{BIN, Served, depotfs, fails, ok_stdout as ok};
 use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
-use http_suite::{free_port, random_bytes, wait_listening};
+use http_suite::{free_port, random_bytes};
 
 /// Send `sig` to one process (the shell builtin, so procps is not needed).
 fn signal(sig: &str, pid: u32) {
@@ -37,87 +36,27 @@ fn signal(sig: &str, pid: u32) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+/// nginx, one process, with the shipped site config serving `root`.
+fn nginx(root: &Path, work: &Path) -> Served {
+    let port = free_port();
+    Served::nginx(work, port, &http_suite::shipped_site(port, root))
 }
 
-impl Server {
-    fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    fn start(mut cmd: Command, addr: SocketAddr) -> Server {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn server");
-        Server::started(child, addr)
-    }
-
-    /// A started server, once it listens.
-    fn started(child: Child, addr: SocketAddr) -> Server {
-        let mut s = Server { child, addr };
-        let child = &mut s.child;
-        wait_listening(addr, || match child.try_wait() {
-            Ok(None) => Ok(()),
-            other => Err(format!("{other:?}")),
-        });
-        s
-    }
-
-    /// `depotfs serve STORE`.
-    fn depotfs(store: &Path) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg(store)
-            .arg("--listen")
-            .arg(addr.to_string());
-        Server::start(cmd, addr)
-    }
-
-    /// nginx, one process, with the shipped site config serving `root`.
-    fn nginx(root: &Path, work: &Path) -> Server {
-        let port = free_port();
-        let site = http_suite::shipped_site(port, root);
-        fs::create_dir_all(work).unwrap();
-        fs::write(work.join("site.conf"), site).unwrap();
-        let child = http_suite::spawn_nginx(
-            &http_suite::nginx_required(),
-            work,
-            "daemon off;\nmaster_process off;\nuser root root;",
-            "",
-        );
-        Server::started(child, format!("127.0.0.1:{port}").parse().unwrap())
-    }
-
-    /// Successful object GETs the `depotfs serve` source has answered, from its `/metrics`.
-    fn object_gets(&self) -> u64 {
-        let text = reqwest::blocking::get(format!("{}metrics", self.url()))
-            .unwrap()
-            .text()
-            .unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("depotfs_serve_requests_total{")
-                    && l.contains("kind=\"object\"")
-                    && l.contains("method=\"GET\"")
-                    && l.contains("status=\"200\"")
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Successful object GETs a `depotfs serve` source has answered, from its `/metrics`.
+fn object_gets(source: &Served) -> u64 {
+    let text = reqwest::blocking::get(format!("{}metrics", source.url()))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("depotfs_serve_requests_total{")
+                && l.contains("kind=\"object\"")
+                && l.contains("method=\"GET\"")
+                && l.contains("status=\"200\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 /// A source store with a published tree, a mirror directory, and the sources of the tree.
@@ -301,7 +240,7 @@ fn compare(src: &Path, mnt: &Path) -> usize {
 fn mirror_is_exact_incremental_and_mountable() {
     let s = Setup::new();
     let img1 = s.add_image("img1", 400, 1);
-    let source = Server::depotfs(&s.store());
+    let source = Served::start(&s.store());
     let m1 = s.source_manifest();
     assert_eq!(m1.revision, 1);
 
@@ -323,13 +262,13 @@ fn mirror_is_exact_incremental_and_mountable() {
             "{f}"
         );
     }
-    assert_eq!(source.object_gets(), want1.len() as u64);
+    assert_eq!(object_gets(&source), want1.len() as u64);
 
     // Nothing new: nothing fetched, no object requested.
     let report = ok(s.replicate(&source.url(), &[]));
     assert_eq!(fetched(&report, 1), 0, "{report}");
     assert!(report.contains(", 1 already present"), "{report}");
-    assert_eq!(source.object_gets(), want1.len() as u64);
+    assert_eq!(object_gets(&source), want1.len() as u64);
 
     // A second image: only its new objects travel (its shared.img chunks do not).
     let img2 = s.add_image("img2", 300, 2);
@@ -337,10 +276,10 @@ fn mirror_is_exact_incremental_and_mountable() {
     let want2 = tree_of(&s.public(), m2.root);
     let new: BTreeSet<_> = want2.difference(&want1).copied().collect();
     assert!(new.len() < want2.len() && new.len() > 300);
-    let before = source.object_gets();
+    let before = object_gets(&source);
     let report = ok(s.replicate(&source.url(), &["--jobs", "3"]));
     assert_eq!(fetched(&report, 2), new.len() as u64, "{report}");
-    assert_eq!(source.object_gets() - before, new.len() as u64);
+    assert_eq!(object_gets(&source) - before, new.len() as u64);
     assert_eq!(
         object_files(&s.mirror()),
         want1.union(&want2).copied().collect()
@@ -358,7 +297,7 @@ fn mirror_is_exact_incremental_and_mountable() {
     );
 
     // nginx with the shipped config serves the mirror; a real mount reads it.
-    let web = Server::nginx(&s.mirror(), &s.path().join("nginx"));
+    let web = nginx(&s.mirror(), &s.path().join("nginx"));
     let mnt = s.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     let cache = s.path().join("cache");
@@ -391,7 +330,7 @@ fn mirror_is_exact_incremental_and_mountable() {
 fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
     let s = Setup::new();
     s.add_image("img1", 50, 1);
-    let source = Server::depotfs(&s.store());
+    let source = Served::start(&s.store());
     let url = source.url();
     ok(s.replicate(&url, &[]));
     let mirrored1 = fs::read(s.mirror().join("manifest")).unwrap();
@@ -490,7 +429,7 @@ fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
 fn kill9_mid_run_keeps_the_old_revision_and_a_rerun_completes() {
     let s = Setup::new();
     s.add_image("img1", 20, 1);
-    let source = Server::depotfs(&s.store());
+    let source = Served::start(&s.store());
     ok(s.replicate(&source.url(), &[]));
     let m1 = manifest(&s.mirror().join("manifest"), &s.key());
     let mirrored1 = fs::read(s.mirror().join("manifest")).unwrap();
@@ -518,10 +457,10 @@ fn kill9_mid_run_keeps_the_old_revision_and_a_rerun_completes() {
         assert!(Instant::now() < deadline, "replicate wrote nothing");
         std::thread::sleep(Duration::from_millis(5));
     }
-    signal("STOP", source.child.id());
+    source.signal("STOP");
     signal("KILL", child.id());
     let st = child.wait().unwrap();
-    signal("CONT", source.child.id());
+    source.signal("CONT");
     assert_eq!(st.signal(), Some(9), "killed mid-run: {st:?}");
 
     // The mirror still serves revision 1, complete; it has part of revision 2, and every

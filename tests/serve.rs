@@ -2,19 +2,21 @@
 //! (`tests/http_suite`, also run against nginx), plus what only this server does: exact
 //! refusal codes, h2c, metrics, mirrors, logs, and a clean stop on SIGTERM/SIGINT.
 
+mod cli_run;
 mod http_suite;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use http_suite::{Fixture, free_port, get, poll, raw, wait_listening};
+use cli_run::Served;
+use http_suite::{Fixture, free_port, get, poll, raw};
 
-/// A running `depotfs serve`, killed when dropped.
+/// A running `depotfs serve` with its log, killed when dropped.
 struct Server {
-    child: Child,
+    served: Served,
     addr: SocketAddr,
     log: PathBuf,
 }
@@ -48,17 +50,8 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn depotfs serve");
-        let mut s = Server { child, addr, log };
-        let log = s.log.clone();
-        let child = &mut s.child;
-        wait_listening(addr, || match child.try_wait() {
-            Ok(None) => Ok(()),
-            other => Err(format!(
-                "{other:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )),
-        });
-        s
+        let served = Served::listening_logged(child, addr.port(), Some(&log));
+        Server { served, addr, log }
     }
 
     /// The server's stderr, without terminal colour codes.
@@ -82,33 +75,13 @@ impl Server {
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("sh")
-            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -{sig}");
+        self.served.signal(sig);
     }
 
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running {within:?} after the signal:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.served
+            .wait_exit(within)
+            .unwrap_or_else(|| panic!("still running {within:?} after the signal:\n{}", self.log()))
     }
 }
 

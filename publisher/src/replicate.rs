@@ -663,3 +663,6 @@ fn children(v: &object::Verified, from: &str) -> Result<Vec<graph::Child>> {
         source: Box::new(source),
     })
 }
+
+#[cfg(test)]
+mod tests;

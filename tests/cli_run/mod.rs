@@ -56,9 +56,11 @@ pub fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+#[allow(unused_imports)] // not every test binary polls through this module
 pub use super::http_suite::poll;
 
-/// `depotfs serve STORE --listen 127.0.0.1:PORT`, killed when dropped.
+/// A server process listening on 127.0.0.1:`port` (`depotfs serve`, nginx, a test's own),
+/// continued if stopped, killed and reaped when dropped.
 pub struct Served {
     child: std::process::Child,
     /// The port it listens on.
@@ -66,7 +68,7 @@ pub struct Served {
 }
 
 impl Served {
-    /// Start serving `store` on a free port; returns once it accepts connections.
+    /// `depotfs serve STORE` on a free port; returns once it accepts connections.
     pub fn start(store: &std::path::Path) -> Served {
         Served::start_on(store, free_port())
     }
@@ -78,27 +80,166 @@ impl Served {
             .arg(store)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting depotfs serve");
-        poll(
-            std::time::Duration::from_secs(10),
-            "depotfs serve listening",
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
-        Served { child, port }
+        Served::listening(child, port)
+    }
+
+    /// `child`, a server that is to listen on 127.0.0.1:`port`, once it does (a child that
+    /// exits first fails the test).
+    pub fn listening(child: std::process::Child, port: u16) -> Served {
+        Served::listening_logged(child, port, None)
+    }
+
+    /// [`Served::listening`], naming the server's `log` file if it exits first.
+    pub fn listening_logged(
+        child: std::process::Child,
+        port: u16,
+        log: Option<&std::path::Path>,
+    ) -> Served {
+        let mut s = Served { child, port };
+        let child = &mut s.child;
+        super::http_suite::wait_listening(([127, 0, 0, 1], port).into(), || {
+            match child.try_wait() {
+                Ok(None) => Ok(()),
+                other => Err(format!(
+                    "{other:?}: {}",
+                    log.and_then(|l| std::fs::read_to_string(l).ok())
+                        .unwrap_or_default()
+                )),
+            }
+        });
+        s
+    }
+
+    /// nginx as one process (`master_process off`: a signal reaches all of it) serving
+    /// `site` (a `server { … }` listening on 127.0.0.1:`port`), its files in `work`.
+    pub fn nginx(work: &std::path::Path, port: u16, site: &str) -> Served {
+        use super::http_suite::{nginx_required, spawn_nginx};
+        std::fs::create_dir_all(work).expect("making the nginx directory");
+        std::fs::write(work.join("site.conf"), site).expect("writing site.conf");
+        let main = "daemon off;\nmaster_process off;\nuser root root;";
+        Served::listening(spawn_nginx(&nginx_required(), work, main, ""), port)
     }
 
     /// The URL of the served `public/`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send signal `sig` (`STOP`, `TERM`, …) to the server process.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.pid())])
+            .status()
+            .expect("running kill");
+        assert!(st.success(), "kill -{sig}");
+    }
+
+    /// Its exit status, once it exits within `within`; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("waiting for the server") {
+                return Some(st);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kill and reap the server now (continued first, if it was stopped).
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("sh")
+                .args(["-c", &format!("kill -CONT {} 2>/dev/null", self.pid())])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// A background `depotfs mount BEFORE… MP AFTER… --metrics-listen 127.0.0.1:PORT`,
+/// unmounted when dropped: what the test files' own mount wrappers share (each adds the
+/// methods only its file needs).
+pub struct Mount {
+    /// The mountpoint.
+    pub mp: std::path::PathBuf,
+    /// The port of the mount's `/metrics`.
+    pub metrics: u16,
+    _unmount: Mounted,
+}
+
+impl Mount {
+    /// Mount at `mp` (made if missing) with `before` (the source, or nothing when `after`
+    /// names `--server`s) and `after` (options); the command must succeed.
+    pub fn start<B: AsRef<OsStr>, A: AsRef<OsStr>>(
+        before: &[B],
+        mp: &std::path::Path,
+        after: &[A],
+    ) -> Mount {
+        std::fs::create_dir_all(mp).expect("making the mountpoint");
+        let metrics = free_port();
+        let out = Command::new(BIN)
+            .arg("mount")
+            .args(before)
+            .arg(mp)
+            .args(after)
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics}"))
+            .output()
+            .expect("running depotfs mount");
+        let m = Mount {
+            mp: mp.to_path_buf(),
+            metrics,
+            _unmount: Mounted(mp.to_path_buf()),
+        };
+        ok(out);
+        m
+    }
+
+    /// `rel` under the mountpoint.
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.mp.join(rel)
+    }
+
+    /// The mount's status attribute `user.depotfs.NAME` (of the mountpoint).
+    pub fn xattr(&self, name: &str) -> String {
+        xattr(&self.mp, &format!("user.depotfs.{name}"))
+    }
+
+    /// `depotfs status MP`.
+    pub fn status(&self) -> String {
+        ok_stdout(run(&[&"status", &self.mp]))
+    }
+
+    /// The log file of a background mount whose cache directory is `cache`.
+    pub fn log_file(&self, cache: &std::path::Path) -> std::path::PathBuf {
+        let tag: String = self
+            .mp
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        cache.join("logs").join(format!("mount{tag}.log"))
     }
 }
 

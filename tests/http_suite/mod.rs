@@ -147,6 +147,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Something sent to 127.0.0.1:`port` waits unread there (`/proc/net/tcp`): a request in a
+/// connection's receive queue, or a connection in the accept queue, of a stopped server.
+pub fn unread_at(port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| {
+            f.get(1) == Some(&local.as_str())
+                && f.get(4)
+                    .and_then(|q| q.split_once(':'))
+                    .is_some_and(|(_tx, rx)| u64::from_str_radix(rx, 16).is_ok_and(|n| n > 0))
+        })
+}
+
 /// Wait until something accepts connections on `addr`; `alive` reports a crashed server.
 pub fn wait_listening(addr: SocketAddr, mut alive: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -460,6 +477,7 @@ pub fn check_conditionals(addr: SocketAddr, fx: &Fixture, who: &str) {
 
     // A new manifest (same length, as consecutive revisions often are) gets a new ETag.
     let before = get(addr, "/manifest");
+    // Past the next second: Last-Modified (and an mtime-based ETag) has one-second steps.
     std::thread::sleep(Duration::from_millis(1100));
     let mut next = fx.manifest.clone();
     let at = next

@@ -2,6 +2,8 @@
 //! digest that decides whether a directory's mtime moves.
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
 
 use super::*;
 use crate::db::{depth, mark_dirty};
@@ -81,4 +83,103 @@ fn panic_text_reads_both_kinds_of_message() {
     assert_eq!(panic_text(&fixed), "fixed");
     let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
     assert_eq!(panic_text(&other), "no message");
+}
+
+/// A new store at `dir/store` with revision 1 holding the file `a` (its content need not
+/// exist: publishing writes directory nodes only).
+fn store_with_a(dir: &Path) -> Repo {
+    let repo = Repo::init(&dir.join("store"), "test").unwrap();
+    repo.stage_add("", vec![("a".into(), file(1, 1))]).unwrap();
+    assert_eq!(repo.publish(None, false).unwrap().unwrap().0, 1);
+    repo
+}
+
+/// Revisions recorded in the catalog, and the revision the served manifest shows.
+fn revisions(repo: &Repo) -> (Vec<u64>, u64) {
+    let recorded = repo.revisions().unwrap().iter().map(|r| r.0).collect();
+    (recorded, repo.layout.load_manifest().unwrap().revision)
+}
+
+/// `STORE/tmp` made unusable (a file in its place), so the manifest cannot be written (objects
+/// are written without it); [`restore_tmp`] puts it back.
+fn break_tmp(repo: &Repo) {
+    let tmp = repo.layout.tmp();
+    fs::remove_dir_all(&tmp).unwrap();
+    fs::write(&tmp, b"not a directory").unwrap();
+}
+
+fn restore_tmp(repo: &Repo) {
+    let tmp = repo.layout.tmp();
+    fs::remove_file(&tmp).unwrap();
+    fs::create_dir(&tmp).unwrap();
+}
+
+/// A tag that already names a revision refuses the whole publish: no revision is added,
+/// what was staged stays staged, and the next publish takes it.
+#[test]
+fn a_taken_tag_refuses_the_publish_and_keeps_the_staged_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    assert_eq!(repo.publish(Some("v1"), false).unwrap(), None, "tags rev 1");
+    repo.stage_add("", vec![("b".into(), file(2, 2))]).unwrap();
+    let err = repo.publish(Some("v1"), false).unwrap_err().to_string();
+    assert!(err.contains("\"v1\" already names revision 1"), "{err}");
+    assert_eq!(revisions(&repo), (vec![0, 1], 1));
+    assert!(repo.has_staged().unwrap());
+    let (rev, rec) = repo.publish(Some("v2"), false).unwrap().unwrap();
+    assert_eq!((rev, rec.files, rec.tag.as_deref()), (2, 2, Some("v2")));
+}
+
+/// A publish whose directory nodes cannot be written records nothing: the catalog keeps
+/// the last revision, the manifest still shows it, and the change stays staged for the
+/// next publish.
+#[test]
+fn a_failed_object_write_keeps_the_last_revision_and_the_staged_change() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    repo.stage_add("", vec![("b".into(), file(2, 2))]).unwrap();
+    // `public/objects` a file: no new directory node can be written.
+    let objects = repo.layout.public().join("objects");
+    let aside = repo.layout.public().join("objects.aside");
+    fs::rename(&objects, &aside).unwrap();
+    fs::write(&objects, b"not a directory").unwrap();
+    let err = repo.publish(None, false).unwrap_err();
+    assert!(
+        !matches!(err, Error::ManifestPending { .. }),
+        "failed before the commit, not at the manifest: {err}"
+    );
+    assert_eq!(revisions(&repo), (vec![0, 1], 1));
+    assert!(repo.has_staged().unwrap());
+    fs::remove_file(&objects).unwrap();
+    fs::rename(&aside, &objects).unwrap();
+    let (rev, rec) = repo.publish(None, false).unwrap().unwrap();
+    assert_eq!((rev, rec.files), (2, 2));
+    assert_eq!(revisions(&repo), (vec![0, 1, 2], 2));
+}
+
+/// A publish that committed its revision but could not write the manifest says so
+/// (`ManifestPending`, naming the revision); the manifest keeps showing the previous
+/// revision until the store is opened again, which writes the recorded one.
+#[test]
+fn a_failed_manifest_write_is_finished_by_the_next_open() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    // Removing `a` brings back revision 0's empty root: no new object, so only the
+    // manifest goes through the broken tmp directory.
+    repo.stage_rm(&["a".into()]).unwrap();
+    break_tmp(&repo);
+    match repo.publish(None, false).unwrap_err() {
+        Error::ManifestPending { rev, .. } => assert_eq!(rev, 2),
+        other => panic!("not ManifestPending: {other}"),
+    }
+    assert_eq!(revisions(&repo), (vec![0, 1, 2], 1));
+    assert!(!repo.has_staged().unwrap());
+    restore_tmp(&repo);
+    drop(repo);
+    let repo = Repo::open(&t.path().join("store")).unwrap();
+    assert_eq!(revisions(&repo), (vec![0, 1, 2], 2));
+    assert_eq!(
+        repo.layout.load_manifest().unwrap().root,
+        repo.revisions().unwrap()[0].1.root
+    );
 }
