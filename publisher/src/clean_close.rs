@@ -41,7 +41,7 @@ impl Stamp {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            mtime_ns: mtime_ns(&m),
             ctime_ns: ctime_ns(&m),
         })
     }
