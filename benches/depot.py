@@ -19,6 +19,10 @@ download also waits for the disk, which no CPU figure shows.) Prints a Markdown 
 benches/RESULTS.md (Notes). Usage:
 
   benches/depot.py [--bin target/release/depotfs] [--work /var/tmp/depotfs-depot] [--reps 3]
+                   [--compare OTHER_BIN]
+
+`--compare` serves the same store with a second binary (say main's) too, downloaded in the same
+turns, for an A/B of two builds at the same moment; its rows are labelled `compare`.
 """
 
 import argparse
@@ -155,6 +159,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(REPO, "target/release/depotfs"))
     ap.add_argument("--work", default="/var/tmp/depotfs-depot")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--compare", help="a second depotfs binary, served and measured alongside")
     a = ap.parse_args()
     img, store = prepare(a.bin, a.work)
     load0 = os.getloadavg()
@@ -164,6 +169,15 @@ def main():
         [a.bin, "serve", store, "--listen", f"127.0.0.1:{dport}"],
         stderr=subprocess.DEVNULL,
     )
+    servers = [serve]
+    if a.compare:
+        cport = free_port()
+        servers.append(
+            subprocess.Popen(
+                [a.compare, "serve", store, "--listen", f"127.0.0.1:{cport}"],
+                stderr=subprocess.DEVNULL,
+            )
+        )
     ndir = os.path.join(a.work, "nginx")
     os.makedirs(os.path.join(ndir, "tmp"), exist_ok=True)
     with open(os.path.join(ndir, "nginx.conf"), "w") as f:
@@ -184,6 +198,10 @@ def main():
             "nginx": f"http://127.0.0.1:{nport}/{name}",
         }
         pids = {"depotfs": serve.pid, "nginx": nginx.pid}
+        if a.compare:
+            wait_port(cport)
+            urls["compare"] = f"http://127.0.0.1:{cport}/files/all/{name}"
+            pids["compare"] = servers[1].pid
         rows, cpu_rows = [], []
         for state in ["cold", "warm"]:
             res = {who: [] for who in urls}
@@ -199,22 +217,24 @@ def main():
                 for who in order:
                     if state == "cold":
                         drop_caches()
-                    t, n, server, client = timed_download(urls[who], pids[who])
-                    assert n == GIB, (who, n)
+                    t, got, server, client = timed_download(urls[who], pids[who])
+                    assert got == GIB, (who, got)
                     res[who].append((t, server, client))
             med = {who: [statistics.median(x[i] for x in res[who]) for i in range(3)] for who in urls}
-            d, n = med["depotfs"][0], med["nginx"][0]
+            n = med["nginx"][0]
             # CPU seconds per GiB (the download is 1 GiB) and the 2-core ceilings they imply.
             ceil = {who: ceiling(med[who][1], med[who][2], who == "nginx") for who in urls}
-            rows.append(
-                (
-                    f"D1 1 GiB image, {state}",
-                    f"{GIB / d / 2**20:.0f} MiB/s",
-                    f"{GIB / n / 2**20:.0f} MiB/s",
-                    f"{n / d:.2f}x (CPU ceiling {ceil['depotfs'] / ceil['nginx']:.2f}x)",
-                    ">= 0.8x",
+            for who in [w for w in urls if w != "nginx"]:
+                d = med[who][0]
+                rows.append(
+                    (
+                        f"D1 1 GiB image, {state}" + (f" ({who}: {a.compare})" if who == "compare" else ""),
+                        f"{GIB / d / 2**20:.0f} MiB/s",
+                        f"{GIB / n / 2**20:.0f} MiB/s",
+                        f"{n / d:.2f}x (CPU ceiling {ceil[who] / ceil['nginx']:.2f}x)",
+                        ">= 0.8x",
+                    )
                 )
-            )
             for who in urls:
                 cpu_rows.append(
                     (
@@ -242,13 +262,14 @@ def main():
             m = r.read().decode()
         srch = [l for l in m.splitlines() if l.startswith("depotfs_serve_depot_search_seconds_sum") or l.startswith("depotfs_serve_depot_search_seconds_count")]
     finally:
-        serve.terminate()
-        nginx.terminate()
-        serve.wait()
-        nginx.wait()
+        for p in servers + [nginx]:
+            p.terminate()
+        for p in servers + [nginx]:
+            p.wait()
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {platform.release()}; load average before {load0}, after {os.getloadavg()}; reps {a.reps}")
-    print(f"command: benches/depot.py --bin {a.bin} --reps {a.reps}\n")
+    compare = f" --compare {a.compare}" if a.compare else ""
+    print(f"command: benches/depot.py --bin {a.bin} --reps {a.reps}{compare}\n")
     print("| what | depotfs | nginx / note | ratio | target |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")

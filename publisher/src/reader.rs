@@ -153,7 +153,8 @@ impl LocalTree {
         from: usize,
         to: usize,
     ) -> Result<(Bytes, bool)> {
-        let (bytes, cached) = self.objects.read_noting_cache(&piece.id)?;
+        let most = depotfs_catalog::object::HEADER_LEN + piece.len as usize;
+        let (bytes, cached) = self.objects.read_noting_cache(&piece.id, most)?;
         let raw = UnverifiedPiece {
             piece: *piece,
             bytes,
@@ -239,5 +240,69 @@ impl LocalTree {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Layout;
+    use depotfs_catalog::object::{Codec, encode};
+
+    /// The depot view's read (one `pread` into a buffer sized from the piece's length, its end
+    /// taken from a short read) gives a piece's bytes whole, raw or compressed, and an object
+    /// file that is longer or shorter than it should be never gives a byte: it fails.
+    #[test]
+    fn piece_bytes_noting_cache_reads_whole_objects_and_no_wrong_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::of_public(dir.path());
+        let tree = LocalTree::new(Objects::new(layout.clone()));
+        let mut noise = Vec::with_capacity(300_000);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while noise.len() < 300_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.extend_from_slice(&x.to_le_bytes());
+        }
+        let text = b"0123456789abcdef".repeat(20_000);
+        for (data, codec) in [(&noise[..], Codec::Raw), (&text[..], Codec::Zstd)] {
+            let enc = encode(ObjectKind::Chunk, data, 3);
+            assert_eq!(enc.codec, codec);
+            let path = layout.object(&enc.id);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let piece = ChunkRef {
+                id: enc.id,
+                len: data.len() as u32,
+            };
+            let write = |bytes: &[u8]| {
+                let _ = std::fs::remove_file(&path);
+                std::fs::write(&path, bytes).unwrap();
+            };
+            write(&enc.bytes);
+            let (got, _) = tree
+                .piece_bytes_noting_cache(&piece, 0, data.len())
+                .unwrap();
+            assert!(got == data, "{codec:?}: wrong bytes");
+            let (part, _) = tree.piece_bytes_noting_cache(&piece, 5, 1005).unwrap();
+            assert_eq!(&part[..], &data[5..1005]);
+
+            // One byte more, many bytes more, one byte less, empty: an error, never bytes.
+            let mut longer = enc.bytes.clone();
+            longer.push(0);
+            let mut much_longer = enc.bytes.clone();
+            much_longer.extend_from_slice(&enc.bytes);
+            let shorter = &enc.bytes[..enc.bytes.len() - 1];
+            for (what, bad) in [
+                ("longer", &longer[..]),
+                ("much longer", &much_longer[..]),
+                ("shorter", shorter),
+                ("empty", &[][..]),
+            ] {
+                write(bad);
+                let r = tree.piece_bytes_noting_cache(&piece, 0, data.len());
+                assert!(r.is_err(), "{codec:?}, {what}: {r:?}");
+            }
+        }
     }
 }
