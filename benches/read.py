@@ -177,6 +177,12 @@ def stages(d):
     return out
 
 
+def stage_line(s0, s1):
+    """The stage counters between two `stages()` readings, one line: NAME CALLS/SECONDS."""
+    return ", ".join(f"{k} {v[0] - s0.get(k, (0, 0, 0))[0]} calls / {v[1] - s0.get(k, (0, 0, 0))[1]:.3f} s"
+                     for k, v in s1.items() if v[0] - s0.get(k, (0, 0, 0))[0])
+
+
 def umount(m, secs=30):
     """Unmount `m`, again until it is no mount point (under load, the squashfuse of a
     container start may still hold the image open on the depotfs mount beneath: EBUSY)."""
@@ -226,11 +232,15 @@ class Depotfs:
                 "--cache-size", "8G", *extra]
 
     def mount(self, fresh, extra=()):
-        umount(self.mnt)
+        self.umount()
         if fresh:
             shutil.rmtree(self.cache, ignore_errors=True)
         os.makedirs(self.mnt, exist_ok=True)
         sh_loud(*self.args(extra), env=ENV)
+        try:
+            self.pid = int(self.xattr("pid"))
+        except (RuntimeError, ValueError):
+            self.pid = None
 
     def xattr(self, name):
         try:
@@ -243,7 +253,14 @@ class Depotfs:
         return int(self.xattr(name))
 
     def umount(self):
+        """Unmount, and wait for the daemon to exit: it writes out its cache's queue first,
+        and the next fresh mount must not find those files (or race their writing)."""
         umount(self.mnt)
+        pid, self.pid = getattr(self, "pid", None), None
+        if pid:
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                     open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+                     f"depotfs daemon {pid} to exit", secs=60)
 
 
 class Results:
@@ -476,7 +493,10 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             d_names = os.path.join(d.mnt, "names", "all")
             for rep in range(a.reps):
                 d.mount(fresh=True)
+                s0 = stages(d)
                 l["d_f_fresh"].append(ls(["-f"], d_names))
+                s1 = stages(d)
+                R.info[f"ls_fresh_stages_{rep + 1}"] = stage_line(s0, s1)
                 l["d_f_warm"].append(ls(["-f"], d_names))
                 ls(["-l"], d_names)
                 l["d_l_warm"].append(ls(["-l"], d_names))
