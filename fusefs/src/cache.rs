@@ -394,12 +394,11 @@ impl DiskCache {
 
     /// Not in the minute after a failed store (see [`DiskCache::keep`]).
     fn may_store(&self) -> bool {
-        !self
-            .not_storing
+        self.not_storing
             .lock()
             .expect("poisoned")
             .as_ref()
-            .is_some_and(|n| n.tried.elapsed() < STORE_RETRY)
+            .is_none_or(|n| n.tried.elapsed() >= STORE_RETRY)
     }
 
     /// Record the outcome of a store that began at `began` (see [`DiskCache::keep`]).
