@@ -90,8 +90,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Bandwidth cap, MiB/s, of the background fetch of an image's access list (recorded
-    /// with --record, published with `depotfs add --trace`) when it is opened, past its first
-    /// 32 MiB (fetched at once); 0 turns access-list prefetch off.
+    /// with --record, published with `depotfs add --trace`) when it is opened, after a burst
+    /// of half a second's worth; 0 turns access-list prefetch off.
     #[arg(long, value_name = "MIB_PER_S", default_value_t = 64.0)]
     pub prefetch_rate: f64,
     /// The kernel's readahead for this mount in KiB (it also bounds the size of the
