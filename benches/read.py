@@ -177,6 +177,12 @@ def stages(d):
     return out
 
 
+def stage_line(s0, s1):
+    """The stage counters between two `stages()` readings, one line: NAME CALLS/SECONDS."""
+    return ", ".join(f"{k} {v[0] - s0.get(k, (0, 0, 0))[0]} calls / {v[1] - s0.get(k, (0, 0, 0))[1]:.3f} s"
+                     for k, v in s1.items() if v[0] - s0.get(k, (0, 0, 0))[0])
+
+
 def umount(m, secs=30):
     """Unmount `m`, again until it is no mount point (under load, the squashfuse of a
     container start may still hold the image open on the depotfs mount beneath: EBUSY)."""
@@ -226,11 +232,15 @@ class Depotfs:
                 "--cache-size", "8G", *extra]
 
     def mount(self, fresh, extra=()):
-        umount(self.mnt)
+        self.umount()
         if fresh:
             shutil.rmtree(self.cache, ignore_errors=True)
         os.makedirs(self.mnt, exist_ok=True)
         sh_loud(*self.args(extra), env=ENV)
+        try:
+            self.pid = int(self.xattr("pid"))
+        except (RuntimeError, ValueError):
+            self.pid = None
 
     def xattr(self, name):
         try:
@@ -243,7 +253,14 @@ class Depotfs:
         return int(self.xattr(name))
 
     def umount(self):
+        """Unmount, and wait for the daemon to exit: it writes out its cache's queue first,
+        and the next fresh mount must not find those files (or race their writing)."""
         umount(self.mnt)
+        pid, self.pid = getattr(self, "pid", None), None
+        if pid:
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                     open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+                     f"depotfs daemon {pid} to exit", secs=60)
 
 
 class Results:
@@ -283,32 +300,42 @@ def main():
     R = Results()
 
     # --- data (made once per work directory and size; only what the sections need) ----------
-    # Every section but `container` reads the one shared store (big + names + par).
-    main_store = bool(set(sections) - {"container"})
+    # Every section but `container` reads the one shared store, holding only what the sections
+    # asked for need: big (read, rss), names (ls, rss), par (parallel).
+    need_big = bool({"read", "rss"} & set(sections))
+    need_names = bool({"ls", "rss"} & set(sections))
+    need_par = "parallel" in sections
+    main_store = need_big or need_names or need_par
     big_dir = os.path.join(w, f"big-{a.big_mib}")
     big = os.path.join(big_dir, "big:1.0--0")
-    if main_store and not os.path.exists(big):
+    if need_big and not os.path.exists(big):
         gen("big", "--out", big_dir, "--mib", str(a.big_mib), "--seed", "5")
     names = os.path.join(w, f"names-{a.names_limit}", "all")
-    if main_store and not os.path.isdir(names):
+    if need_names and not os.path.isdir(names):
         gen("names", "--out", names, *(["--limit", str(a.names_limit)] if a.names_limit else []))
-    n_names = f"{len(os.listdir(names)):,}" if main_store else "0"
+    n_names = f"{len(os.listdir(names)):,}" if need_names else "0"
     par_dir = os.path.join(w, f"par-{a.par_scale}")
-    if main_store and not os.path.isdir(par_dir):
+    if need_par and not os.path.isdir(par_dir):
         gen("images", "--out", par_dir, "--versions", "1", "--count", "16", "--total-mib", "100000",
             "--scale", str(a.par_scale), "--seed", "3")
-    par_names = sorted(os.listdir(par_dir)) if main_store else []
+    par_names = sorted(os.listdir(par_dir)) if need_par else []
     ct_dir = os.path.join(w, f"ct-{a.ct_mib}")
     if not os.path.isdir(ct_dir):
         gen("container", "--out", ct_dir, "--mib", str(a.ct_mib), "--seed", "3")
     ct_name = sorted(os.listdir(ct_dir))[0]
     ct_image = os.path.join(ct_dir, ct_name)
-    store = os.path.join(w, f"store-{a.big_mib}-{a.par_scale}-{a.names_limit}")
+    parts = (f"-big{a.big_mib}" if need_big else "") + (f"-names{a.names_limit}" if need_names else "") + (
+        f"-par{a.par_scale}" if need_par else "")
+    store = os.path.join(w, f"store{parts}")
     if main_store and not os.path.isdir(store):
         sh_loud(BIN, "init", store + ".tmp", "--name", "bench.read", env=ENV)
-        sh_loud(BIN, "add", store + ".tmp", "--to", "all", big, env=ENV)
-        sh_loud(BIN, "add", store + ".tmp", "--to", "names", names, env=ENV)
-        sh_loud(BIN, "add", store + ".tmp", "--to", "par", *[os.path.join(par_dir, n) for n in par_names], env=ENV)
+        if need_big:
+            sh_loud(BIN, "add", store + ".tmp", "--to", "all", big, env=ENV)
+        if need_names:
+            sh_loud(BIN, "add", store + ".tmp", "--to", "names", names, env=ENV)
+        if need_par:
+            sh_loud(BIN, "add", store + ".tmp", "--to", "par", *[os.path.join(par_dir, n) for n in par_names],
+                    env=ENV)
         os.rename(store + ".tmp", store)
     big_sqfs = os.path.join(w, f"big-{a.big_mib}.sqfs")
     if "read" in sections and not os.path.exists(big_sqfs):
@@ -370,7 +397,7 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
     os.makedirs(sq, exist_ok=True)
     root = os.path.join(w, "ctroot")
     os.makedirs(root, exist_ok=True)
-    mib = os.path.getsize(big) / (1 << 20) if main_store else 0
+    mib = os.path.getsize(big) / (1 << 20) if need_big else 0
     big_on_d = os.path.join(d.mnt, "all", "big:1.0--0")
 
     try:
@@ -466,7 +493,10 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
             d_names = os.path.join(d.mnt, "names", "all")
             for rep in range(a.reps):
                 d.mount(fresh=True)
+                s0 = stages(d)
                 l["d_f_fresh"].append(ls(["-f"], d_names))
+                s1 = stages(d)
+                R.info[f"ls_fresh_stages_{rep + 1}"] = stage_line(s0, s1)
                 l["d_f_warm"].append(ls(["-f"], d_names))
                 ls(["-l"], d_names)
                 l["d_l_warm"].append(ls(["-l"], d_names))

@@ -658,6 +658,11 @@ fn fuse_kill9_remount_and_offline() {
     let m = Mount::new(&server.url(), &mp, &strs(&args));
     parallel_read(&src, &mp, &small, 2);
     let torn = repo.object_of(&mp.join("corpus/small/f010"));
+    // The cache is written after the reads are served: what kill -9 tests is a crash with
+    // the cache complete (what a crash loses from the writer's queue is only refetched).
+    poll(Duration::from_secs(10), "the cache's writer done", || {
+        m.stat("cache_pending") == 0
+    });
     let pid = m.pid();
     assert!(kill("-KILL", pid));
     poll(Duration::from_secs(10), "dead mount still answers", || {

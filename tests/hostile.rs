@@ -646,6 +646,10 @@ fn hostile_full_cache_filesystem_reads_without_caching() {
         for _ in 0..2 {
             assert!(m.read("e/huge").unwrap() == data, "wrong bytes");
         }
+        // The cache is written after the reads are served: wait for its writer.
+        poll(Duration::from_secs(30), "the cache's writer done", || {
+            m.xattr("cache_pending") == "0"
+        });
         let log = m.log();
         assert_eq!(
             log.matches("cache: not storing").count(),

@@ -512,7 +512,8 @@ fn recorded_access_list_is_prefetched_on_open() {
 }
 
 /// The access-list prefetch stays under `--prefetch-rate`: by any moment t after the open it
-/// has fetched at most rate·t plus the one chunk granted last, and it finishes.
+/// has fetched at most rate·(t + its half-second burst) plus the one chunk granted last, and
+/// it finishes.
 #[test]
 fn access_list_prefetch_keeps_to_its_rate() {
     let s = Setup::new();
@@ -539,7 +540,7 @@ fn access_list_prefetch_keeps_to_its_rate() {
     loop {
         let got = numbers(&m.0, "prefetched");
         let t = t0.elapsed().as_secs_f64();
-        let cap = rate * t * MIB as f64 + CHUNK_MAX as f64;
+        let cap = rate * (t + 0.5) * MIB as f64 + CHUNK_MAX as f64;
         assert!(
             got[1] as f64 <= cap,
             "{} bytes prefetched after {t:.2} s (cap {cap})",
@@ -549,7 +550,7 @@ fn access_list_prefetch_keeps_to_its_rate() {
         if got[0] == list.prefetch.len() as u64 {
             assert_eq!(got[1], total);
             assert!(
-                t >= (total - CHUNK_MAX as u64) as f64 / MIB as f64 / rate,
+                t >= (total - CHUNK_MAX as u64) as f64 / MIB as f64 / rate - 0.5,
                 "done after {t:.2} s"
             );
             break;
@@ -557,6 +558,8 @@ fn access_list_prefetch_keeps_to_its_rate() {
         assert!(t < 60.0, "prefetch not finished after {t:.0} s: {got:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(samples > 5);
+    // Seen along the way, not only at the end (the finishing time above is what proves the
+    // pace; at load 11 one sample took ~1 s here, so only a few are asked for).
+    assert!(samples >= 3, "{samples} samples");
     drop(f);
 }

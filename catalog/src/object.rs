@@ -81,6 +81,12 @@ impl Verified {
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..]
     }
+    /// The object's encoded bytes (header and payload, exactly as fetched), when they are
+    /// this buffer: a raw object decoded in place by [`decode_owned`]. A cache can then store
+    /// what was served without keeping a second copy.
+    pub fn encoded(&self) -> Option<&[u8]> {
+        (self.start == HEADER_LEN).then_some(&self.buf[..])
+    }
     /// The verified plaintext, owned.
     pub fn into_data(mut self) -> Vec<u8> {
         self.buf.drain(..self.start);
@@ -301,8 +307,8 @@ pub fn decode_owned(
 }
 
 /// [`decode_owned`], handing the object's encoded bytes to `keep` once they are verified and
-/// before they are dropped: the client caches what it fetched this way, only if it is good
-/// and without copying a raw object's plaintext out of the fetched buffer.
+/// before they are dropped: only a good object is ever handed over, and a raw object's
+/// plaintext is not copied out of the fetched buffer.
 pub fn decode_owned_then(
     id: ObjectId,
     expect: ObjectKind,
@@ -310,14 +316,12 @@ pub fn decode_owned_then(
     max_len: u64,
     keep: impl FnOnce(&[u8]),
 ) -> Result<Verified, Error> {
-    decode_owned_timed(
-        id,
-        expect,
-        bytes,
-        max_len,
-        keep,
-        &mut DecodeTimes::default(),
-    )
+    let (v, encoded) = decode_owned_timed(id, expect, bytes, max_len, &mut DecodeTimes::default())?;
+    keep(match &encoded {
+        Some(e) => e,
+        None => v.encoded().expect("a raw object is decoded in place"),
+    });
+    Ok(v)
 }
 
 /// The time a decode spent decompressing and hashing (the client's read-path stage
@@ -330,24 +334,23 @@ pub struct DecodeTimes {
     pub hash: std::time::Duration,
 }
 
-/// [`decode_owned_then`], adding the time of its steps to `times` (`keep` is not counted).
+/// [`decode_owned`], adding the time of its steps to `times`, and handing back the encoded
+/// bytes of a compressed object with it (a raw object's are [`Verified::encoded`]): the
+/// client serves the object first and caches those bytes afterwards, off the reader's path.
 pub fn decode_owned_timed(
     id: ObjectId,
     expect: ObjectKind,
     bytes: Vec<u8>,
     max_len: u64,
-    keep: impl FnOnce(&[u8]),
     times: &mut DecodeTimes,
-) -> Result<Verified, Error> {
+) -> Result<(Verified, Option<Vec<u8>>), Error> {
     let (kind, codec, len) = checked_header(id, expect, &bytes, max_len)?;
     let t = std::time::Instant::now();
     match codec {
         Codec::Raw => {
             let v = verified(id, kind, bytes, HEADER_LEN, len);
             times.hash += t.elapsed();
-            let v = v?;
-            keep(&v.buf);
-            Ok(v)
+            Ok((v?, None))
         }
         Codec::Zstd => {
             let data = inflate(id, &bytes[HEADER_LEN..], len);
@@ -355,9 +358,7 @@ pub fn decode_owned_timed(
             times.inflate += t2 - t;
             let v = verified(id, kind, data?, 0, len);
             times.hash += t2.elapsed();
-            let v = v?;
-            keep(&bytes);
-            Ok(v)
+            Ok((v?, Some(bytes)))
         }
     }
 }

@@ -26,16 +26,19 @@
 //! - **Reads in progress** never break: a read holds the decoded bytes in memory (an
 //!   `Arc`), and on Unix a file being read stays readable after it is unlinked anyway.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::SystemTime;
 
+use depotfs_catalog::object::Verified;
 use depotfs_catalog::{ObjectId, object_file};
 
 use crate::error::{Error, Result};
 use crate::lru::Lru;
+use crate::stages::{Stage, Stages};
 
 /// The default cache directory.
 pub const DEFAULT_DIR: &str = "/var/cache/depotfs";
@@ -53,7 +56,64 @@ pub struct DiskCache {
     not_storing: Mutex<Option<NotStoring>>,
     /// Stores that failed since open.
     store_failures: AtomicU64,
+    /// Verified objects waiting for the writer thread ([`DiskCache::keep_later`]).
+    queue: Arc<Queue>,
+    /// Where the writer counts its `cache_write` time.
+    stages: Option<Arc<Stages>>,
 }
+
+/// The writer's queue: objects served already and not yet stored, bounded in bytes.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<Waiting>,
+    /// Signalled when a job is queued, when the writer finishes one, and when the cache is
+    /// dropped.
+    changed: Condvar,
+    /// Held by the writer while it stores one object; a test holds it to stall the writer
+    /// as a slow disk would.
+    gate: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    jobs: VecDeque<(ObjectId, Encoded)>,
+    /// Their ids, so the object counts as cached while it waits ([`DiskCache::contains`]).
+    ids: HashSet<ObjectId>,
+    /// Their bytes.
+    bytes: u64,
+    /// Is the writer storing one (taken off `jobs`)?
+    writing: bool,
+    /// Is there a writer thread?
+    started: bool,
+    /// The cache was dropped: the writer ends.
+    closed: bool,
+    /// Objects not cached because the queue was full.
+    dropped: u64,
+}
+
+/// The encoded bytes of a verified object, to be stored: the served object itself where its
+/// buffer is its encoded form (a raw chunk, not copied again), else the encoded bytes.
+#[derive(Debug)]
+pub enum Encoded {
+    /// A raw object decoded in place ([`Verified::encoded`]).
+    InPlace(Arc<Verified>),
+    /// A compressed object's encoded bytes.
+    Owned(Vec<u8>),
+}
+
+impl Encoded {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Encoded::InPlace(v) => v.encoded().unwrap_or_default(),
+            Encoded::Owned(b) => b,
+        }
+    }
+}
+
+/// Bytes of served objects that may wait for the writer. Past it an object is served without
+/// being cached (counted: `cache_dropped`), never making its reader wait: the disk is then
+/// slower than the network, and a cache that lags behind a long sequential read is no use.
+pub const QUEUE_MAX: u64 = 64 << 20;
 
 /// Why the cache stopped storing objects.
 #[derive(Debug)]
@@ -153,6 +213,8 @@ impl DiskCache {
             evictions: AtomicU64::new(0),
             not_storing: Mutex::new(None),
             store_failures: AtomicU64::new(0),
+            queue: Arc::default(),
+            stages: None,
         };
         let mut evict = Vec::new();
         {
@@ -165,6 +227,12 @@ impl DiskCache {
             let _ = fs::remove_file(cache.path(&id));
         }
         Ok(cache)
+    }
+
+    /// Count the writer's stores in `stages` (`cache_write`).
+    pub fn with_stages(mut self, stages: Arc<Stages>) -> Self {
+        self.stages = Some(stages);
+        self
     }
 
     /// Objects evicted since the cache was opened.
@@ -201,7 +269,9 @@ impl DiskCache {
 
     /// Is `id` stored? (For `user.depotfs.cached_bytes`; not a use.)
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.index.lock().expect("poisoned").contains(id) || self.path(id).exists()
+        self.index.lock().expect("poisoned").contains(id)
+            || self.queue.state.lock().expect("poisoned").ids.contains(id)
+            || self.path(id).exists()
     }
 
     fn adopt(&self, id: &ObjectId, len: u64) {
@@ -244,18 +314,91 @@ impl DiskCache {
     /// until [`STORE_RETRY`] has passed, when one store is tried again, and on success the
     /// cache says it is storing again. Never fails: the caller has the verified bytes.
     pub fn keep(&self, id: &ObjectId, bytes: &[u8]) {
-        if self
-            .not_storing
-            .lock()
-            .expect("poisoned")
-            .as_ref()
-            .is_some_and(|n| n.tried.elapsed() < STORE_RETRY)
-        {
+        if !self.may_store() {
             return;
         }
         let began = std::time::Instant::now();
         let stored = self.store(id, bytes);
         self.note_store(began, stored);
+    }
+
+    /// [`DiskCache::keep`] on the cache's writer thread, so that the reader of a fetched
+    /// object gets its bytes without waiting for a file to be created (a fresh `ls -f` of
+    /// 118,594 entries spent a third of the daemon's CPU making cache files, on the listing's
+    /// path). `object` must be verified. Returns at once: while more than [`QUEUE_MAX`] bytes
+    /// wait, or while the cache is not storing, the object is not cached.
+    pub fn keep_later(self: &Arc<Self>, id: ObjectId, object: Encoded) {
+        if !self.may_store() {
+            return;
+        }
+        let len = object.bytes().len() as u64;
+        let mut w = self.queue.state.lock().expect("poisoned");
+        if w.ids.contains(&id) {
+            return;
+        }
+        if w.bytes + len > QUEUE_MAX {
+            w.dropped += 1;
+            if w.dropped == 1 {
+                tracing::info!(
+                    "cache {}: {} bytes wait to be written; objects are served without caching \
+                     until the writer catches up (counted in cache_dropped)",
+                    self.dir.display(),
+                    w.bytes
+                );
+            }
+            return;
+        }
+        w.bytes += len;
+        w.ids.insert(id);
+        w.jobs.push_back((id, object));
+        if !w.started {
+            w.started = true;
+            let (cache, queue) = (Arc::downgrade(self), self.queue.clone());
+            let spawned = std::thread::Builder::new()
+                .name("depotfs-cache".into())
+                .spawn(move || write_queued(&cache, &queue));
+            if let Err(e) = spawned {
+                // Served anyway; the jobs stay queued until a later object starts a writer.
+                tracing::warn!("cache: starting the writer thread: {e}");
+                w.started = false;
+            }
+        }
+        drop(w);
+        self.queue.changed.notify_all();
+    }
+
+    /// Wait until every object queued by [`DiskCache::keep_later`] is stored (or failed to
+    /// be): at unmount, so a clean exit leaves the cache complete, and in tests.
+    pub fn flush(&self) {
+        let mut w = self.queue.state.lock().expect("poisoned");
+        while w.started && (!w.jobs.is_empty() || w.writing) {
+            w = self.queue.changed.wait(w).expect("poisoned");
+        }
+    }
+
+    /// Objects waiting for the writer.
+    pub fn pending(&self) -> u64 {
+        self.queue.state.lock().expect("poisoned").jobs.len() as u64
+    }
+
+    /// Objects served without caching because too many bytes waited for the writer.
+    pub fn dropped(&self) -> u64 {
+        self.queue.state.lock().expect("poisoned").dropped
+    }
+
+    /// Stall the writer until the guard is dropped (as a slow disk would).
+    #[cfg(test)]
+    pub(crate) fn stall_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.queue.gate.lock().expect("poisoned")
+    }
+
+    /// Not in the minute after a failed store (see [`DiskCache::keep`]).
+    fn may_store(&self) -> bool {
+        self.not_storing
+            .lock()
+            .expect("poisoned")
+            .as_ref()
+            .is_none_or(|n| n.tried.elapsed() >= STORE_RETRY)
     }
 
     /// Record the outcome of a store that began at `began` (see [`DiskCache::keep`]).
@@ -385,6 +528,48 @@ impl DiskCache {
             })
             .collect();
         self.dir.join("revisions").join(safe)
+    }
+}
+
+impl Drop for DiskCache {
+    fn drop(&mut self) {
+        self.queue.state.lock().expect("poisoned").closed = true;
+        self.queue.changed.notify_all();
+    }
+}
+
+/// The writer thread: store each queued object in turn until the cache is dropped.
+fn write_queued(cache: &Weak<DiskCache>, queue: &Queue) {
+    loop {
+        let (id, object) = {
+            let mut w = queue.state.lock().expect("poisoned");
+            loop {
+                if w.closed {
+                    return;
+                }
+                if let Some(job) = w.jobs.pop_front() {
+                    w.writing = true;
+                    break job;
+                }
+                w = queue.changed.wait(w).expect("poisoned");
+            }
+        };
+        let len = object.bytes().len() as u64;
+        if let Some(cache) = cache.upgrade() {
+            let _stored = queue.gate.lock().expect("poisoned");
+            let t = std::time::Instant::now();
+            cache.keep(&id, object.bytes());
+            if let Some(s) = &cache.stages {
+                s.add(Stage::CacheWrite, t.elapsed(), len);
+            }
+        }
+        drop(object);
+        let mut w = queue.state.lock().expect("poisoned");
+        w.writing = false;
+        w.bytes -= len;
+        w.ids.remove(&id);
+        drop(w);
+        queue.changed.notify_all();
     }
 }
 

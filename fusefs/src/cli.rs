@@ -90,8 +90,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Bandwidth cap, MiB/s, of the background fetch of an image's access list (recorded
-    /// with --record, published with `depotfs add --trace`) when it is opened; 0 turns
-    /// access-list prefetch off.
+    /// with --record, published with `depotfs add --trace`) when it is opened, after a burst
+    /// of half a second's worth; 0 turns access-list prefetch off.
     #[arg(long, value_name = "MIB_PER_S", default_value_t = 64.0)]
     pub prefetch_rate: f64,
     /// The kernel's readahead for this mount in KiB (it also bounds the size of the
@@ -756,6 +756,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!(
         "evictions:     {} objects evicted from the cache",
         s.evictions
+    );
+    println!(
+        "cache writes:  {} objects waiting for the writer, {} served without caching (queue full)",
+        s.cache_pending, s.cache_dropped
     );
     let (ra, pl) = (s.readahead, s.access_list);
     println!(

@@ -209,6 +209,15 @@ impl DepotFs {
         }
     }
 
+    /// [`Self::flush`], and wait for the disk cache's writer to store what it holds (when
+    /// the daemon stops serving: not on the runtime).
+    pub fn flush_all(&self) {
+        self.flush();
+        if let Some(d) = self.store.disk() {
+            d.flush();
+        }
+    }
+
     /// What was mounted, and when.
     pub fn info(&self) -> &MountInfo {
         &self.info

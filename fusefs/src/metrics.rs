@@ -184,6 +184,18 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         s.cache_store_failures as f64,
     );
     o.one(
+        "depotfs_cache_write_queue",
+        GAUGE,
+        "Served objects waiting for the disk cache's writer thread.",
+        s.cache_pending as f64,
+    );
+    o.one(
+        "depotfs_cache_dropped_total",
+        COUNTER,
+        "Objects served without caching because too many bytes waited for the cache's writer.",
+        s.cache_dropped as f64,
+    );
+    o.one(
         "depotfs_fetched_bytes_total",
         COUNTER,
         "Encoded bytes downloaded.",

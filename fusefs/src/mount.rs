@@ -801,7 +801,7 @@ fn serve_session(
                 let Some(job) = control.as_ref().and_then(Control::job) else {
                     continue;
                 };
-                fs.flush();
+                fs.flush_all();
                 let version = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
                 match job.hand_over(session.as_fd(), version, fs.state().to_bytes()) {
                     Ok(new) => break Ok(Some((session, new))),
@@ -815,7 +815,7 @@ fn serve_session(
             }
         }
     };
-    fs.flush();
+    fs.flush_all();
     if let Some((session, new)) = served? {
         tracing::info!(
             "reload: daemon {new} serves {} now; daemon {} exits",

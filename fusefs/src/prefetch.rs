@@ -16,7 +16,8 @@
 //! **Access lists** ([`spawn_list`]): a chunk list may carry the indices of the chunks a
 //! recorded container start read, in first-touch order. On open, those not yet cached are
 //! fetched in the background, [`LIST_PARALLEL`] at a time, under a bandwidth cap
-//! (`--prefetch-rate`), once per chunk list per mount. The reader does not wait for it: a
+//! (`--prefetch-rate`) after a burst of [`LIST_BURST`]'s worth of it, once per chunk list per
+//! mount. The reader does not wait for it: a
 //! read of a chunk being prefetched joins that download (the store's single-flight). A read
 //! of listed chunks is then not speculated on ([`Chunks::listed`]): the list says what the
 //! start needs, so readahead only starts once a reader leaves it (it fetched 12 MB beyond
@@ -49,6 +50,21 @@ pub const RA_MAX: u64 = 8 << 20;
 pub const RA_SLACK: u64 = 512 << 10;
 /// Downloads an access-list prefetch keeps in flight.
 pub const LIST_PARALLEL: usize = 4;
+/// An access list starts with a burst of this long at its cap, fetched at once (a token
+/// bucket's depth: 32 MiB at the default 64 MiB/s); the cap applies past it. Paced from its
+/// first byte, the 18 MB list of P7's start could not run ahead of the start's own reads (the
+/// start reads about as fast as 64 MiB/s), so the list fetched nothing the start did not wait
+/// for (1.39× local with it, 1.35× without).
+pub const LIST_BURST: Duration = Duration::from_millis(500);
+
+/// When the access-list download that has `before` bytes granted ahead of it may start,
+/// after the prefetch began: at once within [`LIST_BURST`]'s worth of `rate` (bytes per
+/// second), then at `rate`.
+pub fn list_delay(before: u64, rate: u64) -> Duration {
+    let burst = (rate as f64 * LIST_BURST.as_secs_f64()) as u64;
+    Duration::try_from_secs_f64(before.saturating_sub(burst) as f64 / rate.max(1) as f64)
+        .unwrap_or(Duration::MAX)
+}
 
 /// Who a load is for, when it is not for a reader waiting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +247,7 @@ pub fn spawn_list(
                         q.1 += r.len as u64;
                         (r, before)
                     };
-                    let due = t0 + Duration::from_secs_f64(before as f64 / rate as f64);
+                    let due = t0 + list_delay(before, rate);
                     tokio::time::sleep_until(due.into()).await;
                     if store.has_chunk(&r.id) {
                         continue;
@@ -253,6 +269,18 @@ mod tests {
     use super::*;
 
     const K: u64 = 1024;
+
+    /// An access list's first LIST_BURST worth of its rate starts at once; past it, at the
+    /// rate.
+    #[test]
+    fn access_list_starts_with_a_burst_then_keeps_to_the_rate() {
+        let rate = 64 << 20;
+        assert_eq!(list_delay(0, rate), Duration::ZERO);
+        assert_eq!(list_delay(32 << 20, rate), Duration::ZERO);
+        assert_eq!(list_delay(64 << 20, rate), Duration::from_millis(500));
+        assert_eq!(list_delay(3 << 20, 2 << 20), Duration::from_secs(1));
+        assert!(!list_delay(u64::MAX, 0).is_zero());
+    }
 
     #[test]
     fn scattered_reads_get_no_readahead() {

@@ -4,7 +4,8 @@
 //! stages of a cold read, in order: `http` (one download: request sent until its whole body
 //! is in memory, including the wait for a connection permit), `decompress` (zstd),
 //! `hash` (blake3 of the plaintext against the object's name: every byte served is
-//! verified), `cache_write` (the verified bytes into the disk cache); a warm read has
+//! verified), `cache_write` (the verified bytes into the disk cache, on the cache's writer
+//! thread after the object was handed to its reader: not on the reader's path); a warm read has
 //! `cache_load` (reading a cached object back) instead of `http`. Then `read` (a FUSE read
 //! request, from its arrival until its bytes are assembled: the reader's wait, which overlaps
 //! the stages above) and `reply` (writing the answer to `/dev/fuse`, the kernel's copy into
@@ -12,8 +13,8 @@
 //!
 //! Times are summed over tasks running side by side, so a stage can add up to more than the
 //! read's wall time: `http` overlaps itself (several downloads in flight) and every other
-//! stage. `decompress`, `hash`, `cache_write` and `cache_load` run on the blocking pool, one
-//! object per thread, so their wall time is close to the CPU they used when the machine has
+//! stage. `decompress`, `hash` and `cache_load` run on the blocking pool, one object per
+//! thread, `cache_write` on one writer thread, so their wall time is close to the CPU they used when the machine has
 //! CPU to spare. Read by `benches/read.py` (the stage table in `benches/RESULTS.md`) through
 //! the mount root's `user.depotfs.stages` attribute; metrics `depotfs_read_stage_*`.
 

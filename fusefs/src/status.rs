@@ -26,7 +26,7 @@ pub const XATTRS_ANY: [&str; 3] = [
 
 /// Attribute names offered on the mount root only: the status, one value each, and the
 /// whole of it ([`XATTR_JSON`]).
-pub const XATTRS_ROOT: [&str; 31] = [
+pub const XATTRS_ROOT: [&str; 33] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -56,6 +56,8 @@ pub const XATTRS_ROOT: [&str; 31] = [
     "user.depotfs.readahead",
     "user.depotfs.prefetched",
     "user.depotfs.cache_state",
+    "user.depotfs.cache_pending",
+    "user.depotfs.cache_dropped",
     "user.depotfs.stages",
     XATTR_JSON,
 ];
@@ -178,6 +180,12 @@ pub struct Status {
     pub cache_store_failures: u64,
     /// Objects evicted from the cache.
     pub evictions: u64,
+    /// Served objects waiting for the cache's writer.
+    #[serde(default)]
+    pub cache_pending: u64,
+    /// Objects served without caching because the writer's queue was full.
+    #[serde(default)]
+    pub cache_dropped: u64,
     /// Objects answered from memory or disk.
     pub hits: u64,
     /// Objects downloaded.
@@ -244,6 +252,8 @@ impl Status {
             cache_state: disk.map_or(CacheState::None, |d| d.state()),
             cache_store_failures: disk.map_or(0, |d| d.store_failures()),
             evictions: disk.map_or(0, |d| d.evictions()),
+            cache_pending: disk.map_or(0, |d| d.pending()),
+            cache_dropped: disk.map_or(0, |d| d.dropped()),
             hits: n(&st.hits),
             misses: n(&st.misses),
             bytes_fetched: n(&st.bytes_fetched),
@@ -311,6 +321,8 @@ impl Status {
                 .as_ref()
                 .map_or(String::new(), |c| c.to_string()),
             "evictions" => self.evictions.to_string(),
+            "cache_pending" => self.cache_pending.to_string(),
+            "cache_dropped" => self.cache_dropped.to_string(),
             // `CHUNKS BYTES`
             "readahead" => pair(self.readahead.chunks, self.readahead.bytes),
             "prefetched" => pair(self.access_list.chunks, self.access_list.bytes),
@@ -359,6 +371,8 @@ mod tests {
             },
             cache_store_failures: 1,
             evictions: 5,
+            cache_pending: 7,
+            cache_dropped: 8,
             hits: 11,
             misses: 12,
             bytes_fetched: 13,

@@ -18,7 +18,7 @@ use depotfs_catalog::{ChunkList, DirNode, ObjectId};
 use tokio::sync::OnceCell;
 
 use crate::backend::Backend;
-use crate::cache::DiskCache;
+use crate::cache::{DiskCache, Encoded};
 use crate::error::{Error, Result};
 use crate::lru::Lru;
 use crate::stages::{Stage, Stages};
@@ -132,15 +132,16 @@ impl ObjectStore {
     /// A store over `backend`, caching on disk in `disk` (none for a local store) and keeping
     /// up to `mem_bytes` of decompressed chunks in memory.
     pub fn new(backend: Backend, disk: Option<DiskCache>, mem_bytes: u64) -> Self {
+        let stages = Arc::<Stages>::default();
         ObjectStore {
             backend,
-            disk: disk.map(Arc::new),
+            disk: disk.map(|d| Arc::new(d.with_stages(stages.clone()))),
             chunks: Mutex::new(Lru::new(mem_bytes)),
             lists: Mutex::new(Lru::new(64 << 20)),
             nodes: Mutex::new(Lru::new(NODES_MEM)),
             inflight: Mutex::new(HashMap::new()),
             stats: Stats::default(),
-            stages: Arc::default(),
+            stages,
         }
     }
 
@@ -305,7 +306,7 @@ impl ObjectStore {
                 let t = std::time::Instant::now();
                 let bytes = d.load(&id)?;
                 stages.add(Stage::CacheLoad, t.elapsed(), bytes.len() as u64);
-                Some(decode_timed(&stages, id, kind, bytes, max_len, |_| {}))
+                Some(decode_timed(&stages, id, kind, bytes, max_len).map(|(v, _)| v))
             })
             .await
             .unwrap_or_else(|e| {
@@ -340,18 +341,12 @@ impl ObjectStore {
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             crate::prefetch::count_download(&self.stats, bytes.len() as u64);
-            // Verifying and caching block too (see above).
-            let (disk, stages) = (self.disk.clone(), self.stages.clone());
-            // Cached only once verified; a raw chunk is verified in the fetched buffer itself
-            // (copying it out was 2 % of the daemon's samples for 16 cold readers).
+            // Verifying blocks too (see above); a raw chunk is verified in the fetched
+            // buffer itself (copying it out was 2 % of the daemon's samples for 16 cold
+            // readers).
+            let stages = self.stages.clone();
             let decoded = tokio::task::spawn_blocking(move || {
-                decode_timed(&stages, id, kind, bytes, max_len, |good| {
-                    if let Some(disk) = &disk {
-                        stages.time(Stage::CacheWrite, good.len() as u64, || {
-                            disk.keep(&id, good);
-                        });
-                    }
-                })
+                decode_timed(&stages, id, kind, bytes, max_len)
             })
             .await
             .unwrap_or_else(|e| {
@@ -361,7 +356,21 @@ impl ObjectStore {
                 })
             });
             match decoded {
-                Ok(v) => return Ok(Arc::new(v)),
+                Ok((v, encoded)) => {
+                    let v = Arc::new(v);
+                    // Cached only once verified, and after: the reader does not wait for
+                    // the file to be written (see DiskCache::keep_later).
+                    if let Some(disk) = &self.disk {
+                        disk.keep_later(
+                            id,
+                            match encoded {
+                                Some(e) => Encoded::Owned(e),
+                                None => Encoded::InPlace(v.clone()),
+                            },
+                        );
+                    }
+                    return Ok(v);
+                }
                 Err(e) => {
                     self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -380,18 +389,17 @@ impl ObjectStore {
     }
 }
 
-/// [`object::decode_owned_then`], counting its decompression and hashing in `stages`.
+/// [`object::decode_owned_timed`], counting its decompression and hashing in `stages`.
 fn decode_timed(
     stages: &Stages,
     id: ObjectId,
     kind: ObjectKind,
     bytes: Vec<u8>,
     max_len: u64,
-    keep: impl FnOnce(&[u8]),
-) -> std::result::Result<Verified, depotfs_catalog::Error> {
+) -> std::result::Result<(Verified, Option<Vec<u8>>), depotfs_catalog::Error> {
     let mut times = object::DecodeTimes::default();
-    let r = object::decode_owned_timed(id, kind, bytes, max_len, keep, &mut times);
-    let plain = r.as_ref().map_or(0, |v| v.data().len() as u64);
+    let r = object::decode_owned_timed(id, kind, bytes, max_len, &mut times);
+    let plain = r.as_ref().map_or(0, |(v, _)| v.data().len() as u64);
     if !times.inflate.is_zero() {
         stages.add(Stage::Decompress, times.inflate, plain);
     }
@@ -475,7 +483,101 @@ mod tests {
         let v = rt().block_on(store.chunk(id, data.len() as u64)).unwrap();
         assert_eq!(v.data(), &data[..]);
         assert_eq!(store.stats.misses.load(Ordering::Relaxed), 1);
+        store.disk().unwrap().flush();
         assert_eq!(std::fs::read(cache.join(id.store_path())).unwrap(), good);
+    }
+
+    /// A cache write that cannot finish (the writer stalled as on a slow disk) does not
+    /// delay the read: the verified bytes are served at once, the object counts as cached
+    /// while it waits, and once the writer runs the cache holds exactly the fetched (verified)
+    /// object, which a later mount serves without the server.
+    #[test]
+    fn a_stalled_cache_write_does_not_delay_the_read() {
+        let d = tempfile::tempdir().unwrap();
+        let public = d.path().join("public");
+        let text = b"compressible ".repeat(10_000);
+        let noise: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let (zid, zpath) = put(&public, ObjectKind::Chunk, &text);
+        let (rid, rpath) = put(&public, ObjectKind::Chunk, &noise);
+        let cache = d.path().join("cache");
+        let store = Arc::new(ObjectStore::new(
+            Backend::Local(public.clone()),
+            Some(DiskCache::open(&cache, 1 << 30).unwrap()),
+            1 << 20,
+        ));
+        let rt = rt();
+        let disk = store.disk().unwrap();
+        let stalled = disk.stall_writer();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        let (zlen, rlen) = (text.len() as u64, noise.len() as u64);
+        rt.spawn(async move {
+            let z = s.chunk(zid, zlen).await.map(|v| v.data().to_vec());
+            let r = s.chunk(rid, rlen).await.map(|v| v.data().to_vec());
+            tx.send((z, r)).unwrap();
+        });
+        // Without the writer off the read path the reads wait for the stalled store: hung.
+        let (z, r) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the read waited for the cache write");
+        assert_eq!(z.unwrap(), text);
+        assert_eq!(r.unwrap(), noise);
+        assert!(
+            disk.contains(&zid) && disk.contains(&rid),
+            "queued counts as cached"
+        );
+        assert!(
+            !cache.join(zid.store_path()).exists(),
+            "not written while stalled"
+        );
+        drop(stalled);
+        disk.flush();
+        assert_eq!(disk.pending(), 0);
+        for (id, path) in [(zid, &zpath), (rid, &rpath)] {
+            assert_eq!(
+                std::fs::read(cache.join(id.store_path())).unwrap(),
+                std::fs::read(path).unwrap()
+            );
+        }
+        // A later mount with the server gone reads both from the cache.
+        std::fs::remove_dir_all(&public).unwrap();
+        let again = ObjectStore::new(
+            Backend::Local(public),
+            Some(DiskCache::open(&cache, 1 << 30).unwrap()),
+            1 << 20,
+        );
+        assert_eq!(
+            rt.block_on(again.chunk(zid, zlen)).unwrap().data(),
+            &text[..]
+        );
+        assert_eq!(
+            rt.block_on(again.chunk(rid, rlen)).unwrap().data(),
+            &noise[..]
+        );
+    }
+
+    /// A cache write that fails (the cache's `objects` is a file: every store fails) does
+    /// not fail the read; the failure is counted, nothing is cached.
+    #[test]
+    fn a_failing_cache_write_does_not_fail_the_read() {
+        let d = tempfile::tempdir().unwrap();
+        let public = d.path().join("public");
+        let data = vec![9u8; 70_000];
+        let (id, _) = put(&public, ObjectKind::Chunk, &data);
+        let cache = d.path().join("cache");
+        let disk = DiskCache::open(&cache, 1 << 30).unwrap();
+        std::fs::remove_dir(cache.join("objects")).unwrap();
+        std::fs::write(cache.join("objects"), b"not a directory").unwrap();
+        let store = ObjectStore::new(Backend::Local(public), Some(disk), 1 << 20);
+        let v = rt().block_on(store.chunk(id, data.len() as u64)).unwrap();
+        assert_eq!(v.data(), &data[..]);
+        let disk = store.disk().unwrap();
+        disk.flush();
+        assert_eq!(disk.store_failures(), 1);
+        assert!(!disk.storing());
+        assert!(!disk.contains(&id));
     }
 
     #[test]
