@@ -29,24 +29,48 @@ pub fn cut_points(data: &[u8]) -> Vec<(usize, usize)> {
 /// Bytes the streaming chunker reads per refill of its buffer.
 const STREAM_BLOCK: usize = 8 << 20;
 
-/// A streaming chunker over any reader, yielding `(offset, bytes)` per chunk, cut exactly as
+/// Blocks a streaming chunker keeps for reuse once every chunk cut from them is dropped (a
+/// fresh 8 MiB block costs its page faults on every refill). One is enough: by the time the
+/// block after next is read, the chunks of the block before are long done.
+const SPARE_BLOCKS: usize = 1;
+
+/// A streaming chunker over any reader, yielding `(offset, chunk)` per chunk, cut exactly as
 /// [`cut_points`] cuts the whole input.
 ///
-/// It reads [`STREAM_BLOCK`] bytes at a time into one buffer and cuts every chunk that starts
-/// at least [`CHUNK_MAX`] bytes before the buffer's end (FastCDC sees at most that many bytes
-/// of a chunk, so such a cut is final); the rest is carried to the next refill. Each byte is
-/// thus copied once into the buffer, once into its chunk, and at most one chunk in eight
-/// moved by a carry. (`fastcdc`'s own `StreamCDC` keeps a `CHUNK_MAX` buffer and shifts its
-/// remainder down after every chunk: about three extra copies of the input, 12 % of the
-/// publisher's time in `memmove` on a 2 GiB ingest, seen with `perf`.)
+/// It reads [`STREAM_BLOCK`] bytes at a time into one block and cuts every chunk that starts
+/// at least [`CHUNK_MAX`] bytes before the block's end (FastCDC sees at most that many bytes
+/// of a chunk, so such a cut is final); the rest is carried to the next block. A [`Chunk`] is
+/// a view of its block, not a copy: each byte is copied once into a block, and at most one
+/// chunk in eight once more by a carry. (`fastcdc`'s own `StreamCDC` keeps a `CHUNK_MAX`
+/// buffer and shifts its remainder down after every chunk: about three extra copies of the
+/// input, 12 % of the publisher's time in `memmove` on a 2 GiB ingest, seen with `perf`; a
+/// copy of each chunk out of the block was another 7 %.)
 pub fn stream_chunks<R: std::io::Read>(reader: R) -> StreamChunks<R> {
     StreamChunks {
         reader,
-        buf: Vec::new(),
+        block: std::sync::Arc::new(Vec::new()),
         cut: 0,
         base: 0,
         pending: std::collections::VecDeque::new(),
         eof: false,
+        spare: Vec::new(),
+    }
+}
+
+/// One chunk handed out by [`stream_chunks`]: a shared view of the block it was cut from
+/// (the block is reused once every chunk of it is dropped). Dereferences to its bytes.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    block: std::sync::Arc<Vec<u8>>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.block[self.start..self.start + self.len]
     }
 }
 
@@ -54,32 +78,58 @@ pub fn stream_chunks<R: std::io::Read>(reader: R) -> StreamChunks<R> {
 #[derive(Debug)]
 pub struct StreamChunks<R> {
     reader: R,
-    /// Bytes read and not yet dropped; `buf[..cut]` are already cut into `pending`.
-    buf: Vec<u8>,
+    /// Bytes read and not yet dropped; `block[..cut]` are already cut into `pending`.
+    block: std::sync::Arc<Vec<u8>>,
     cut: usize,
-    /// Stream offset of `buf[0]`.
+    /// Stream offset of `block[0]`.
     base: u64,
-    /// Cut chunks not yet handed out, as `(start, len)` in `buf`.
+    /// Cut chunks not yet handed out, as `(start, len)` in `block`.
     pending: std::collections::VecDeque<(usize, usize)>,
-    /// The reader is exhausted (or failed): everything left in `buf` has been cut.
+    /// The reader is exhausted (or failed): everything left in `block` has been cut.
     eof: bool,
+    /// Earlier blocks, reused once no chunk refers to them.
+    spare: Vec<std::sync::Arc<Vec<u8>>>,
 }
 
 impl<R: std::io::Read> StreamChunks<R> {
-    /// Drop what was handed out, read the next block and cut what is final in it.
+    /// A block no chunk refers to, empty: a spare one if any is free, else a new one.
+    fn free_block(&mut self) -> Vec<u8> {
+        if let Some(i) = self
+            .spare
+            .iter()
+            .position(|b| std::sync::Arc::strong_count(b) == 1)
+        {
+            // No chunk refers to it, and none can start to: only a chunk's holder can clone it.
+            if let Ok(mut b) = std::sync::Arc::try_unwrap(self.spare.swap_remove(i)) {
+                b.clear();
+                return b;
+            }
+        }
+        Vec::with_capacity(STREAM_BLOCK)
+    }
+
+    /// Carry what was not handed out into a free block, read the next bytes into it and cut
+    /// what is final in it.
     fn refill(&mut self) -> std::io::Result<()> {
-        self.buf.drain(..self.cut);
+        let mut buf = self.free_block();
+        buf.extend_from_slice(&self.block[self.cut..]);
+        let old = std::mem::take(&mut self.block);
+        if old.capacity() > 0 && self.spare.len() < SPARE_BLOCKS {
+            self.spare.push(old);
+        }
         self.base += self.cut as u64;
         self.cut = 0;
-        let want = STREAM_BLOCK.saturating_sub(self.buf.len());
-        self.buf.reserve(want);
-        let got = std::io::Read::read_to_end(
+        let want = STREAM_BLOCK.saturating_sub(buf.len());
+        buf.reserve(want);
+        let read = std::io::Read::read_to_end(
             &mut std::io::Read::take(&mut self.reader, want as u64),
-            &mut self.buf,
-        )?;
+            &mut buf,
+        );
+        self.block = std::sync::Arc::new(buf);
+        let got = read?;
         self.eof = got < want;
-        for c in fastcdc::v2020::FastCDC::new(&self.buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
-            if !self.eof && self.buf.len() - c.offset < CHUNK_MAX {
+        for c in fastcdc::v2020::FastCDC::new(&self.block, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+            if !self.eof && self.block.len() - c.offset < CHUNK_MAX {
                 break;
             }
             self.pending.push_back((c.offset, c.length));
@@ -90,13 +140,17 @@ impl<R: std::io::Read> StreamChunks<R> {
 }
 
 impl<R: std::io::Read> Iterator for StreamChunks<R> {
-    type Item = Result<(u64, Vec<u8>), std::io::Error>;
+    type Item = Result<(u64, Chunk), std::io::Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some((start, len)) = self.pending.pop_front() {
-                let bytes = self.buf[start..start + len].to_vec();
-                return Some(Ok((self.base + start as u64, bytes)));
+                let chunk = Chunk {
+                    block: self.block.clone(),
+                    start,
+                    len,
+                };
+                return Some(Ok((self.base + start as u64, chunk)));
             }
             if self.eof {
                 return None;
@@ -284,6 +338,28 @@ mod tests {
                 .map(|(o, l)| (o as u64, l, blake3::hash(&data[o..o + l])))
                 .collect();
             assert_eq!(streamed, sliced, "length {len}, reads of {step}");
+        }
+    }
+
+    /// Chunks are views of the chunker's blocks, and blocks are reused: chunks still held
+    /// after the chunker has moved on (several blocks later) keep their bytes, and so do
+    /// chunks taken after earlier ones were dropped (a block reused).
+    #[test]
+    fn held_chunks_keep_their_bytes_while_blocks_are_reused() {
+        let data = pseudo_random(5 * STREAM_BLOCK + 12_345, 11);
+        let cuts = cut_points(&data);
+        let mut held = Vec::new();
+        for (i, r) in stream_chunks(&data[..]).enumerate() {
+            let (offset, chunk) = r.unwrap();
+            assert_eq!((offset as usize, chunk.len()), cuts[i]);
+            // Keep every third chunk; drop the others at once.
+            if i % 3 == 0 {
+                held.push((offset as usize, chunk));
+            }
+        }
+        assert!(held.len() > 10);
+        for (offset, chunk) in held {
+            assert_eq!(&chunk[..], &data[offset..offset + chunk.len()]);
         }
     }
 

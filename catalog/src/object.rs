@@ -475,11 +475,18 @@ mod tests {
         let enc = encode(ObjectKind::Chunk, &mixed, 3);
         assert_eq!(enc.codec, Codec::Zstd);
         assert!(enc.bytes.len() < 210 << 10);
+        // Text only where the last sample falls, after incompressible samples: still
+        // compressed (16 KiB of text: the whole shrinks by more than 1/32).
+        let mut one = noise(256 << 10, 7);
+        one[224 << 10..240 << 10]
+            .copy_from_slice(&b"bioconda samtools 1.9 h91753b0_8\n".repeat(500)[..16 << 10]);
+        assert!(!looks_incompressible(&one, 3));
+        assert_eq!(encode(ObjectKind::Chunk, &one, 3).codec, Codec::Zstd);
         // Text throughout; and small objects are never sampled.
         let text = b"bioconda samtools 1.9 h91753b0_8\n".repeat(8000);
         assert!(!looks_incompressible(&text, 3));
         assert!(!looks_incompressible(&random[..SAMPLE_FROM - 1], 3));
-        for data in [&random[..], &mixed[..], &text[..]] {
+        for data in [&random[..], &mixed[..], &one[..], &text[..]] {
             let enc = encode(ObjectKind::Chunk, data, 3);
             let v = decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap();
             assert_eq!(v.data(), data);
