@@ -60,6 +60,9 @@ pub struct DiskCache {
     queue: Arc<Queue>,
     /// Where the writer counts its `cache_write` time.
     stages: Option<Arc<Stages>>,
+    /// The span current at open (the mount's: `mp=...`), entered by the writer thread, so
+    /// what it logs (the cache full, a failed store) names the mount like every other line.
+    span: tracing::Span,
 }
 
 /// The writer's queue: objects served already and not yet stored, bounded in bytes.
@@ -215,6 +218,7 @@ impl DiskCache {
             store_failures: AtomicU64::new(0),
             queue: Arc::default(),
             stages: None,
+            span: tracing::Span::current(),
         };
         let mut evict = Vec::new();
         {
@@ -354,9 +358,10 @@ impl DiskCache {
         if !w.started {
             w.started = true;
             let (cache, queue) = (Arc::downgrade(self), self.queue.clone());
+            let span = self.span.clone();
             let spawned = std::thread::Builder::new()
                 .name("depotfs-cache".into())
-                .spawn(move || write_queued(&cache, &queue));
+                .spawn(move || span.in_scope(|| write_queued(&cache, &queue)));
             if let Err(e) = spawned {
                 // Served anyway; the jobs stay queued until a later object starts a writer.
                 tracing::warn!("cache: starting the writer thread: {e}");
