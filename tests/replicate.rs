@@ -326,6 +326,55 @@ fn mirror_is_exact_incremental_and_mountable() {
     );
 }
 
+/// A source behind a rate limit (nginx's `limit_req`, answering 503 past it, as a CDN or an
+/// overloaded proxy does) fails some requests transiently: each is retried with backoff, the
+/// report counts exactly the 503s nginx logged, and the mirror is complete and exact.
+#[test]
+fn a_rate_limited_source_is_retried_and_the_mirror_completes() {
+    let s = Setup::new();
+    s.add_image("img1", 40, 3);
+    let m = s.source_manifest();
+    let want = tree_of(&s.public(), m.root);
+    assert!(want.len() > 40, "{} objects", want.len());
+
+    let port = free_port();
+    let limited = format!(
+        "limit_req_zone $server_port zone=replicate_test:1m rate=50r/s;\n\
+         limit_req zone=replicate_test burst=3 nodelay;\n\
+         limit_req_status 503;\n{}",
+        http_suite::shipped_site(port, &s.public())
+    );
+    let work = s.path().join("nginx");
+    let web = Served::nginx(&work, port, &limited);
+
+    let report = ok(s.replicate(&web.url(), &[]));
+    let refused = fs::read_to_string(work.join("access.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\" 503 "))
+        .count();
+    assert!(refused > 0, "the rate limit never answered 503: {report}");
+    assert!(
+        report
+            .trim_end()
+            .ends_with(&format!("; {refused} requests retried")),
+        "nginx answered 503 {refused} times: {report}"
+    );
+    assert_eq!(fetched(&report, 1), want.len() as u64, "{report}");
+    assert_eq!(object_files(&s.mirror()), want);
+    for id in &want {
+        let rel = id.store_path();
+        assert!(
+            fs::read(s.public().join(&rel)).unwrap() == fs::read(s.mirror().join(&rel)).unwrap(),
+            "{rel} differs"
+        );
+    }
+    assert_eq!(
+        fs::read(s.public().join("manifest")).unwrap(),
+        fs::read(s.mirror().join("manifest")).unwrap()
+    );
+}
+
 #[test]
 fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
     let s = Setup::new();

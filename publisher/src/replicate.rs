@@ -28,6 +28,12 @@
 //! with `--full`, which descends into present objects too, verifies them and refetches any
 //! that are damaged.
 //!
+//! **Transient failures.** A request that fails for a reason another attempt may not meet
+//! (connection refused or reset, a timeout, a 5xx, 429 or 408) is retried, up to
+//! [`MAX_ATTEMPTS`] attempts with exponential backoff, each retry logged and counted in the
+//! report; anything else (a 404, a bad object) ends the run at once, which the next run
+//! resumes.
+//!
 //! Objects of older revisions are kept; nothing here deletes objects.
 //!
 //! **A mirror in a bucket.** DEST `s3://BUCKET/PREFIX` ([`crate::public`]) gets the same
@@ -47,6 +53,7 @@ use depotfs_catalog::dir::NODE_MAX_BYTES;
 use depotfs_catalog::graph;
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{Manifest, ObjectId, PublicKey};
+use depotfs_http::{Attempt, error_chain};
 use tokio::task::JoinSet;
 
 use crate::progress::Counter;
@@ -56,6 +63,9 @@ use crate::store;
 /// The mirror's private directory: lock and temporary files. Web servers must not serve it
 /// (the shipped nginx site refuses every dot-path).
 pub const STATE_DIR: &str = ".depotfs-replicate";
+
+/// Attempts at one request before the run fails (four retries, waiting 0.25 + 0.5 + 1 + 2 s).
+pub const MAX_ATTEMPTS: u32 = 5;
 
 /// What can go wrong; every variant names the URL, object or path concerned.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +158,8 @@ pub struct Report {
     /// Objects found present (each a whole subtree the walk did not need to enter, unless
     /// `--full`).
     pub present: u64,
+    /// Requests that failed transiently and were retried.
+    pub retries: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -162,7 +174,11 @@ impl std::fmt::Display for Report {
             self.fetched_bytes as f64 / (1u64 << 20) as f64,
             self.present,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if self.retries > 0 {
+            write!(f, "; {} requests retried", self.retries)?;
+        }
+        Ok(())
     }
 }
 
@@ -265,6 +281,7 @@ async fn run_async(opts: &Options) -> Result<Report> {
         fetched: walk.fetched.load(Ordering::Relaxed),
         fetched_bytes: walk.fetched_bytes.load(Ordering::Relaxed),
         present: walk.present.load(Ordering::Relaxed),
+        retries: walk.source.retries.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     })
 }
@@ -274,6 +291,8 @@ async fn run_async(opts: &Options) -> Result<Report> {
 struct Source {
     base: String,
     client: reqwest::Client,
+    /// Requests retried so far ([`Source::get`]).
+    retries: AtomicU64,
 }
 
 impl Source {
@@ -290,7 +309,11 @@ impl Source {
                 url: url.to_string(),
                 message: format!("HTTP client: {e}"),
             })?;
-        Ok(Source { base, client })
+        Ok(Source {
+            base,
+            client,
+            retries: AtomicU64::new(0),
+        })
     }
 
     fn url(&self, rel: &str) -> String {
@@ -298,25 +321,60 @@ impl Source {
     }
 
     /// GET `rel`; `fresh` asks caches in between to revalidate (the manifest).
+    ///
+    /// A failure worth another attempt (no connection, a dropped or timed-out transfer, a
+    /// 5xx, 429 or 408: [`depotfs_http::transient_status`]) is retried up to
+    /// [`MAX_ATTEMPTS`] attempts with [`depotfs_http::retry_backoff`], so one restart of the
+    /// source or one overloaded proxy does not end a run over millions of objects. Any other
+    /// answer (404, 403, ...) fails at once. Every GET here is idempotent: the objects are
+    /// immutable and the manifest is verified whatever answer arrives.
     async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
         let url = self.url(rel);
-        let fail = |message: String| ReplicateError::Fetch {
-            url: url.clone(),
-            message,
-        };
-        let mut req = self.client.get(&url);
+        let mut attempt = 0;
+        loop {
+            let message = match self.attempt(&url, fresh).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(Attempt::Fatal(message)) => message,
+                Err(Attempt::Retry(message)) if attempt + 1 >= MAX_ATTEMPTS => {
+                    format!("{message} (after {MAX_ATTEMPTS} attempts)")
+                }
+                Err(Attempt::Retry(message)) => {
+                    let wait = depotfs_http::retry_backoff(attempt);
+                    attempt += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{url}: {message}; retrying in {wait:?} (attempt {} of {MAX_ATTEMPTS})",
+                        attempt + 1
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            return Err(ReplicateError::Fetch { url, message });
+        }
+    }
+
+    /// One GET of `url`, whole.
+    async fn attempt(&self, url: &str, fresh: bool) -> Result<Vec<u8>, Attempt> {
+        let mut req = self.client.get(url);
         if fresh {
             req = req.header("Cache-Control", "no-cache");
         }
-        let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
-        }
-        Ok(resp
-            .bytes()
+        let resp = req
+            .send()
             .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_vec())
+            .map_err(|e| Attempt::Retry(error_chain(&e)))?;
+        let status = resp.status();
+        if depotfs_http::transient_status(status) {
+            return Err(Attempt::Retry(format!("HTTP {status}")));
+        }
+        if !status.is_success() {
+            return Err(Attempt::Fatal(format!("HTTP {status}")));
+        }
+        match resp.bytes().await {
+            Ok(bytes) => Ok(bytes.to_vec()),
+            Err(e) => Err(Attempt::Retry(error_chain(&e))),
+        }
     }
 }
 

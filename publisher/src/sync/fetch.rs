@@ -16,6 +16,7 @@
 use std::io::Read;
 use std::time::{Duration, UNIX_EPOCH};
 
+use depotfs_http::{Attempt, error_chain};
 use hyper::body::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
@@ -39,22 +40,12 @@ pub fn file_url(base: &str, name: &str) -> String {
     format!("{base}{}", utf8_percent_encode(name, NAME_ESCAPE))
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250 << attempt.min(6))
-}
-
 /// An HTTP client bound to a runtime, with the sync's timeouts.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
     rt: Handle,
     timeout: Duration,
-}
-
-/// Why one attempt failed: worth another attempt, or not.
-enum Attempt {
-    Retry(String),
-    Fatal(String),
 }
 
 impl Fetcher {
@@ -106,8 +97,11 @@ impl Fetcher {
                 }
                 Err(Attempt::Retry(e)) => {
                     attempt += 1;
-                    tracing::warn!("{url}: {e}; retrying in {:?}", backoff(attempt));
-                    std::thread::sleep(backoff(attempt));
+                    tracing::warn!(
+                        "{url}: {e}; retrying in {:?}",
+                        depotfs_http::retry_backoff(attempt)
+                    );
+                    std::thread::sleep(depotfs_http::retry_backoff(attempt));
                 }
             }
         }
@@ -145,7 +139,7 @@ impl Fetcher {
         };
         if status == want {
             Ok(resp)
-        } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        } else if depotfs_http::transient_status(status) {
             Err(Attempt::Retry(format!("HTTP {status}")))
         } else if from.is_some() && status == StatusCode::OK {
             Err(Attempt::Fatal(
@@ -174,18 +168,6 @@ impl Fetcher {
             .map_err(|e| e.to_string())?;
         Ok(d)
     }
-}
-
-/// The error and its causes, on one line (reqwest's Display omits the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// One file being downloaded: a [`Read`] that resumes (see the module docs).
@@ -297,7 +279,7 @@ impl Download {
                             self.url, self.pos
                         )));
                     }
-                    let wait = backoff(self.failures);
+                    let wait = depotfs_http::retry_backoff(self.failures);
                     tracing::warn!(
                         "{}: {e}; retrying from byte {} in {wait:?} (attempt {} of {MAX_ATTEMPTS})",
                         self.url,
