@@ -130,6 +130,19 @@ impl Setup {
         depotfs(&args)
     }
 
+    /// The mirror's object files are exactly `want`, each byte-identical to the source's.
+    fn assert_mirror_holds_exactly(&self, want: &BTreeSet<ObjectId>) {
+        assert_eq!(&object_files(&self.mirror()), want);
+        for id in want {
+            let rel = id.store_path();
+            assert!(
+                fs::read(self.public().join(&rel)).unwrap()
+                    == fs::read(self.mirror().join(&rel)).unwrap(),
+                "{rel} differs"
+            );
+        }
+    }
+
     fn source_manifest(&self) -> Manifest {
         manifest(&self.public().join("manifest"), &self.key())
     }
@@ -247,14 +260,7 @@ fn mirror_is_exact_incremental_and_mountable() {
     let report = ok(s.replicate(&source.url(), &[]));
     let want1 = tree_of(&s.public(), m1.root);
     assert_eq!(fetched(&report, 1), want1.len() as u64, "{report}");
-    assert_eq!(object_files(&s.mirror()), want1);
-    for id in &want1 {
-        let rel = id.store_path();
-        assert!(
-            fs::read(s.public().join(&rel)).unwrap() == fs::read(s.mirror().join(&rel)).unwrap(),
-            "{rel} differs"
-        );
-    }
+    s.assert_mirror_holds_exactly(&want1);
     for f in ["manifest", "repo.pub"] {
         assert_eq!(
             fs::read(s.public().join(f)).unwrap(),
@@ -361,14 +367,7 @@ fn a_rate_limited_source_is_retried_and_the_mirror_completes() {
         "nginx answered 503 {refused} times: {report}"
     );
     assert_eq!(fetched(&report, 1), want.len() as u64, "{report}");
-    assert_eq!(object_files(&s.mirror()), want);
-    for id in &want {
-        let rel = id.store_path();
-        assert!(
-            fs::read(s.public().join(&rel)).unwrap() == fs::read(s.mirror().join(&rel)).unwrap(),
-            "{rel} differs"
-        );
-    }
+    s.assert_mirror_holds_exactly(&want);
     assert_eq!(
         fs::read(s.public().join("manifest")).unwrap(),
         fs::read(s.mirror().join("manifest")).unwrap()
