@@ -18,9 +18,17 @@ Sections (--sections, comma separated; all by default):
 - parallel: P10, 16 different images (gen_corpus.py images --versions 1 --count 16) read cold
   over HTTP by 16 parallel readers against one reader reading them one after another.
 
+--keep-cpus-awake: for the whole run, one SCHED_IDLE busy loop per CPU, so an idle CPU spins
+instead of halting. Any runnable task preempts a SCHED_IDLE one at once, so the loops take
+(almost) no time from the work; what they remove is the wake-up of a halted virtual CPU (a VM
+exit and the host's rescheduling of the vCPU, tens of microseconds) from every hand-off between
+processes: FUSE request -> daemon -> HTTP server -> daemon -> reply. It tells how much of a
+FUSE figure is this VM's idle wake-up latency (issue 21: squashfuse_ll `ls -l` 2 s with one core
+busy, 12.6 s idle); bare-metal nodes wake from shallow C-states in microseconds.
+
 Needs root (drop_caches, mounts), nginx, casync, squashfs-tools, squashfuse, busybox-static, fuse3.
 usage: benches/read.py [--reps 3] [--big-mib 1024] [--ct-mib 41] [--par-scale 16]
-                       [--work /tmp/depotfs-read] [--sections ...] [--json OUT]
+                       [--work /tmp/depotfs-read] [--sections ...] [--json OUT] [--keep-cpus-awake]
 Writes the measurements as JSON to OUT (read by benches/report.py) and prints a Markdown table.
 """
 import argparse
@@ -150,6 +158,22 @@ def children_cpu(ppid):
     return total
 
 
+SPINNING = []  # the --keep-cpus-awake busy loops, while they run
+
+
+def keep_cpus_awake():
+    """Start one SCHED_IDLE busy loop per CPU (see --keep-cpus-awake); they end with this
+    process (each exits when its stdin, a pipe from here, reaches end of file)."""
+    loop = ("import os, select, sys\n"
+            "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+            "while not select.select([sys.stdin], [], [], 0)[0]:\n"
+            "    for _ in range(100000): pass\n")
+    for cpu in range(os.cpu_count()):
+        p = subprocess.Popen([sys.executable, "-c", loop], stdin=subprocess.PIPE)
+        os.sched_setaffinity(p.pid, {cpu})
+        SPINNING.append(p)
+
+
 def conditions():
     """The load and the CPU frequency state now (issue 21: FUSE gets slower when the CPU
     idles, so every row says under what it was measured)."""
@@ -160,7 +184,8 @@ def conditions():
     gov = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
     governor = open(gov).read().strip() if os.path.exists(gov) else "no cpufreq driver (VM)"
     freq = "/".join(f"{m:.0f}" for m in mhz) + " MHz" if mhz else "?"
-    return f"load {load}, CPUs at {freq}, governor: {governor}"
+    awake = f", CPUs kept awake by {len(SPINNING)} SCHED_IDLE busy loops" if SPINNING else ""
+    return f"load {load}, CPUs at {freq}, governor: {governor}{awake}"
 
 
 def stages(d):
@@ -288,6 +313,8 @@ def main():
     ap.add_argument("--work", default="/tmp/depotfs-read")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--keep-cpus-awake", action="store_true",
+                    help="one SCHED_IDLE busy loop per CPU for the run (see the module docs)")
     a = ap.parse_args()
     w = os.path.abspath(a.work)
     sections = a.sections.split(",")
@@ -368,6 +395,9 @@ def main():
 
     if a.reps == 0:  # --reps 0: the data above is all that was asked for
         sections = []
+
+    if a.keep_cpus_awake:
+        keep_cpus_awake()
 
     # --- nginx ------------------------------------------------------------------------------
     port = free_port()
