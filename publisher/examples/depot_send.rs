@@ -36,7 +36,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use depotfs_catalog::object::{self, Codec, HEADER_LEN, ObjectKind};
@@ -587,11 +586,9 @@ fn main() -> anyhow::Result<()> {
                 .spawn()?;
             let (sock, _) = listener.accept()?;
             let s0 = cpu_self();
-            let t0 = Instant::now();
             serve_one(sock, way, &layout, &pieces, &plain, &pool, &ways[i])
                 .with_context(|| way.name())?;
             let server = cpu_self() - s0;
-            let _elapsed = t0.elapsed();
             let mut out = String::new();
             curl.stdout
                 .take()
