@@ -19,10 +19,11 @@ download also waits for the disk, which no CPU figure shows.) Prints a Markdown 
 benches/RESULTS.md (Notes). Usage:
 
   benches/depot.py [--bin target/release/depotfs] [--work /var/tmp/depotfs-depot] [--reps 3]
-                   [--compare OTHER_BIN]
+                   [--compare OTHER_BIN] [--warm-only]
 
 `--compare` serves the same store with a second binary (say main's) too, downloaded in the same
 turns, for an A/B of two builds at the same moment; its rows are labelled `compare`.
+`--warm-only` skips the cold downloads (they drop the whole machine's page cache).
 """
 
 import argparse
@@ -160,6 +161,7 @@ def main():
     ap.add_argument("--work", default="/var/tmp/depotfs-depot")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compare", help="a second depotfs binary, served and measured alongside")
+    ap.add_argument("--warm-only", action="store_true", help="skip the cold downloads")
     a = ap.parse_args()
     img, store = prepare(a.bin, a.work)
     load0 = os.getloadavg()
@@ -203,7 +205,7 @@ def main():
             urls["compare"] = f"http://127.0.0.1:{cport}/files/all/{name}"
             pids["compare"] = servers[1].pid
         rows, cpu_rows = [], []
-        for state in ["cold", "warm"]:
+        for state in ["warm"] if a.warm_only else ["cold", "warm"]:
             res = {who: [] for who in urls}
             if state == "cold" and os.geteuid() != 0:
                 rows.append((f"D1 1 GiB image, {state}", "skipped (not root: no drop_caches)", "", "", ""))
@@ -269,6 +271,7 @@ def main():
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {platform.release()}; load average before {load0}, after {os.getloadavg()}; reps {a.reps}")
     compare = f" --compare {a.compare}" if a.compare else ""
+    compare += " --warm-only" if a.warm_only else ""
     print(f"command: benches/depot.py --bin {a.bin} --reps {a.reps}{compare}\n")
     print("| what | depotfs | nginx / note | ratio | target |\n|---|---|---|---|---|")
     for r in rows:

@@ -42,7 +42,8 @@
 //! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
 //! [`READ_AHEAD_TOTAL`] bytes for all downloads together, so memory stays bounded whatever the
 //! number of connections; a download always has its next group in flight. While its chunks
-//! are not in the page cache ([`COLD_TASKS_AHEAD`]) more groups are read at once. One task per group
+//! are not in the page cache more and larger groups are read at once ([`COLD_TASKS_AHEAD`] of
+//! [`COLD_TASK_BYTES`]). One task per group
 //! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
 //! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
 //! after the other without a wait, so its writes to the socket are large. Chunks are sent in
@@ -77,8 +78,14 @@ use crate::reader::LocalTree;
 use crate::store::{Layout, Objects};
 
 pub use super::parse::{MAX_RANGE_HEADER, MAX_RANGE_PARTS};
-/// Bytes of chunks one blocking task reads and verifies (a group; at least one chunk).
-pub const TASK_BYTES: u64 = 1 << 20;
+/// Bytes of chunks one blocking task reads and verifies while they come from the page cache
+/// (a group; at least one chunk: with ~256 KiB chunks, mostly one). Smaller groups start the
+/// sending sooner and keep less verified data waiting between the verifying core and the
+/// sending one: in same-moment A/Bs (benches/RESULTS.md, #14 depot4) 256 KiB gave the warm
+/// download more throughput than 1 MiB at the same CPU per GiB; 2 MiB gave less.
+pub const TASK_BYTES: u64 = 256 << 10;
+/// Bytes of chunks per group while the reads wait for the disk ([`COLD_TASKS_AHEAD`]).
+pub const COLD_TASK_BYTES: u64 = 1 << 20;
 /// Groups read and verified at once per download while its chunks come from the page cache:
 /// the next to send and those after it. (More made them finish together on 2 CPUs and the
 /// sending stopped overlapping the verifying.)
@@ -786,19 +793,20 @@ impl VerifiedStream {
         }
     }
 
-    /// Start groups while [`TASKS_AHEAD`] ([`COLD_TASKS_AHEAD`] when cold) and the depot's
-    /// budget allow; the group sent next is always started.
+    /// Start groups of [`TASK_BYTES`] while [`TASKS_AHEAD`] (when cold: of
+    /// [`COLD_TASK_BYTES`] while [`COLD_TASKS_AHEAD`]) and the depot's budget allow; the group
+    /// sent next is always started.
     fn fill(&mut self) {
-        let ahead = if self.cold {
-            COLD_TASKS_AHEAD
+        let (ahead, task_bytes) = if self.cold {
+            (COLD_TASKS_AHEAD, COLD_TASK_BYTES)
         } else {
-            TASKS_AHEAD
+            (TASKS_AHEAD, TASK_BYTES)
         };
         while self.reading.len() < ahead && !self.plan.is_empty() {
             let mut take = 0;
             let mut bytes = 0u64;
             for (p, _, _) in &self.plan {
-                if take > 0 && bytes >= TASK_BYTES {
+                if take > 0 && bytes >= task_bytes {
                     break;
                 }
                 take += 1;
