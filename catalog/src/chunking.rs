@@ -4,11 +4,15 @@
 //! FastCDC 2020 (`fastcdc =5.0.0`, normalization level 1, seed 0) using [`CHUNK_MIN`],
 //! [`CHUNK_AVG`] and [`CHUNK_MAX`]; the cut points are part of the format, which is why the
 //! crate version is pinned exactly. The numbers behind these sizes are in `docs/format.md`.
+//! The cut search itself is this crate's own (`gear`: the crate's hash in four lanes at once,
+//! about twice as fast), proven against the crate's `FastCDC` by the tests.
 
 use serde::{Deserialize, Serialize};
 
 use crate::object::{self, ObjectKind};
 use crate::{Error, ObjectId};
+
+mod gear;
 
 /// Smallest chunk FastCDC may cut (except the file's last).
 pub const CHUNK_MIN: usize = 64 * 1024;
@@ -21,9 +25,21 @@ pub const SMALL_FILE_MAX: u64 = CHUNK_AVG as u64;
 
 /// Chunk boundaries of `data`, as `(offset, length)` pairs covering it exactly.
 pub fn cut_points(data: &[u8]) -> Vec<(usize, usize)> {
-    fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
-        .map(|c| (c.offset, c.length))
-        .collect()
+    cuts(data).collect()
+}
+
+/// The chunks of `data`, as `(offset, length)`, in order.
+fn cuts(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let rest = &data[offset..];
+        if rest.is_empty() {
+            return None;
+        }
+        let len = gear::next_cut(rest);
+        offset += len;
+        Some((offset - len, len))
+    })
 }
 
 /// Bytes the streaming chunker reads per refill of its buffer.
@@ -128,12 +144,12 @@ impl<R: std::io::Read> StreamChunks<R> {
         self.block = std::sync::Arc::new(buf);
         let got = read?;
         self.eof = got < want;
-        for c in fastcdc::v2020::FastCDC::new(&self.block, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
-            if !self.eof && self.block.len() - c.offset < CHUNK_MAX {
+        for (offset, len) in cuts(&self.block) {
+            if !self.eof && self.block.len() - offset < CHUNK_MAX {
                 break;
             }
-            self.pending.push_back((c.offset, c.length));
-            self.cut = c.offset + c.length;
+            self.pending.push_back((offset, len));
+            self.cut = offset + len;
         }
         Ok(())
     }
