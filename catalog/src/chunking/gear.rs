@@ -130,27 +130,29 @@ fn lanes_hit(data: &[u8], gear: &Gear, at: usize, mask: u64) -> bool {
     let [mut h0, mut h1, mut h2, mut h3] =
         std::array::from_fn(|j| hash_before(data, gear, at + j * SEGMENT));
     let (t, tls) = (&gear.table, &gear.table_ls);
-    let pairs = s0
-        .as_chunks::<2>()
+    let quads = s0
+        .as_chunks::<4>()
         .0
         .iter()
-        .zip(s1.as_chunks::<2>().0)
-        .zip(s2.as_chunks::<2>().0)
-        .zip(s3.as_chunks::<2>().0);
-    for (((&[a0, b0], &[a1, b1]), &[a2, b2]), &[a3, b3]) in pairs {
-        h0 = (h0 << 2).wrapping_add(tls[usize::from(a0)]);
-        h1 = (h1 << 2).wrapping_add(tls[usize::from(a1)]);
-        h2 = (h2 << 2).wrapping_add(tls[usize::from(a2)]);
-        h3 = (h3 << 2).wrapping_add(tls[usize::from(a3)]);
-        if h0 & mask_ls == 0 || h1 & mask_ls == 0 || h2 & mask_ls == 0 || h3 & mask_ls == 0 {
-            return true;
-        }
-        h0 = h0.wrapping_add(t[usize::from(b0)]);
-        h1 = h1.wrapping_add(t[usize::from(b1)]);
-        h2 = h2.wrapping_add(t[usize::from(b2)]);
-        h3 = h3.wrapping_add(t[usize::from(b3)]);
-        if h0 & mask == 0 || h1 & mask == 0 || h2 & mask == 0 || h3 & mask == 0 {
-            return true;
+        .zip(s1.as_chunks::<4>().0)
+        .zip(s2.as_chunks::<4>().0)
+        .zip(s3.as_chunks::<4>().0);
+    for (((q0, q1), q2), q3) in quads {
+        for k in [0, 2] {
+            h0 = (h0 << 2).wrapping_add(tls[usize::from(q0[k])]);
+            h1 = (h1 << 2).wrapping_add(tls[usize::from(q1[k])]);
+            h2 = (h2 << 2).wrapping_add(tls[usize::from(q2[k])]);
+            h3 = (h3 << 2).wrapping_add(tls[usize::from(q3[k])]);
+            if h0 & mask_ls == 0 || h1 & mask_ls == 0 || h2 & mask_ls == 0 || h3 & mask_ls == 0 {
+                return true;
+            }
+            h0 = h0.wrapping_add(t[usize::from(q0[k + 1])]);
+            h1 = h1.wrapping_add(t[usize::from(q1[k + 1])]);
+            h2 = h2.wrapping_add(t[usize::from(q2[k + 1])]);
+            h3 = h3.wrapping_add(t[usize::from(q3[k + 1])]);
+            if h0 & mask == 0 || h1 & mask == 0 || h2 & mask == 0 || h3 & mask == 0 {
+                return true;
+            }
         }
     }
     false
