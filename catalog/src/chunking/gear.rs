@@ -66,22 +66,38 @@ static GEAR: LazyLock<Gear> = LazyLock::new(|| {
 /// Length of the chunk that starts at `data[0]`, as `fastcdc::v2020::FastCDC` cuts it with
 /// [`CHUNK_MIN`], [`CHUNK_AVG`], [`CHUNK_MAX`]: `data.len()` when it is at most [`CHUNK_MIN`].
 pub(super) fn next_cut(data: &[u8]) -> usize {
+    next_cut_from(data, CHUNK_MIN)
+}
+
+/// [`next_cut`], given that no position before `from` hits (see [`first_hit`]).
+pub(super) fn next_cut_from(data: &[u8], from: usize) -> usize {
     if data.len() <= CHUNK_MIN {
         return data.len();
     }
-    let gear = &*GEAR;
     let end = data.len().min(CHUNK_MAX);
-    // The crate tests pairs of positions: up to the last even position below `avg` (or the
-    // end, if shorter) with `mask_s`, then up to the last even position below the end.
-    let split = CHUNK_AVG.min(end) & !1;
-    let tested = end & !1;
-    scan(data, gear, CHUNK_MIN, split, gear.mask_s)
-        .or_else(|| scan(data, gear, split, tested, gear.mask_l))
-        .unwrap_or(end)
+    first_hit(data, from, end & !1).unwrap_or(end)
+}
+
+/// The first position in `from.max(CHUNK_MIN)..to` where the chunk that starts at `data[0]`
+/// is cut. The crate tests positions in pairs up to the last even position below the end
+/// (or [`CHUNK_MAX`]), with `mask_s` below the last even position below the average (or the
+/// end, if shorter), `mask_l` from there: for every position it tests, that is `mask_s`
+/// exactly below [`CHUNK_AVG`]. So a position below `data.len() - 1` is tested, with the same
+/// mask, whatever bytes come after `data`: a hit found in a prefix of a chunk's bytes is
+/// final, and a prefix without one need not be scanned again when more bytes come
+/// ([`super::stream_chunks`] cuts each piece of its input as soon as it is read).
+pub(super) fn first_hit(data: &[u8], from: usize, to: usize) -> Option<usize> {
+    let gear = &*GEAR;
+    let from = from.max(CHUNK_MIN);
+    scan(data, gear, from, to.min(CHUNK_AVG), gear.mask_s)
+        .or_else(|| scan(data, gear, from.max(CHUNK_AVG), to, gear.mask_l))
 }
 
 /// The first position in `from..to` whose hash matches `mask`.
 fn scan(data: &[u8], gear: &Gear, from: usize, to: usize, mask: u64) -> Option<usize> {
+    if to <= from {
+        return None;
+    }
     let mut at = from;
     while to.saturating_sub(at) >= BLOCK {
         if lanes_hit(data, gear, at, mask) {
@@ -356,6 +372,30 @@ mod tests {
             craft_hit(&mut data, early);
             assert_eq!(reference_cuts(&data)[0], (0, early));
             assert_same(&data, &format!("hits at {early} and {late}"));
+        }
+    }
+
+    /// The streaming chunker cuts after every read of [`super::super::READ_STEP`] bytes what it
+    /// can: a chunk whose cut point is already read. Hits around the ends of those reads (the
+    /// last two positions of a read are not tested until more is read) and a chunk that spans
+    /// several reads must cut as the whole input does.
+    #[test]
+    fn stream_cuts_the_same_around_read_ends() {
+        let step = super::super::READ_STEP;
+        for d in [-3isize, -2, -1, 0, 1, 2] {
+            let mut data = vec![0u8; 4 * step + 3 * CHUNK_MAX];
+            // A chunk from 0 cut `d` from the end of the first read, the next one that of the
+            // third read (after a chunk that spans reads).
+            let first = step.checked_add_signed(d).unwrap();
+            craft_hit(&mut data, first);
+            let second = (3 * step).checked_add_signed(d).unwrap();
+            craft_hit(&mut data[first..], second - first);
+            let theirs = reference_cuts(&data);
+            assert_eq!(&theirs[..2], &[(0, first), (first, second - first)]);
+            let streamed: Vec<(usize, usize)> = super::super::stream_chunks(&data[..])
+                .map(|r| r.map(|(o, c)| (o as usize, c.len())).unwrap())
+                .collect();
+            assert_eq!(streamed, theirs, "hits {d} from the ends of reads");
         }
     }
 }
