@@ -5,7 +5,7 @@
 //! [`CHUNK_AVG`] and [`CHUNK_MAX`]; the cut points are part of the format, which is why the
 //! crate version is pinned exactly. The numbers behind these sizes are in `docs/format.md`.
 //! The cut search itself is this crate's own (`gear`: the crate's hash in four lanes at once,
-//! about twice as fast), proven against the crate's `FastCDC` by the tests.
+//! 1.4 times as fast on bytes in cache), proven against the crate's `FastCDC` by the tests.
 
 use serde::{Deserialize, Serialize};
 
