@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the published format's hot paths (Criterion, `harness = false`):
 //!
 //! - `chunking`: FastCDC cut points ([`chunking::cut_points`]) and the streaming chunker
-//!   ([`chunking::stream_chunks`]) over 64 MiB of pseudo-random data (throughput in bytes).
+//!   ([`chunking::stream_chunks`]) over 64 MiB of pseudo-random data (throughput in bytes),
+//!   and `fastcdc`'s own `FastCDC` over the same bytes (the cuts `cut_points` must equal).
 //! - `dir`: [`dir::build`] of the 118,594 names of the real `all/` listing
 //!   (`tests/data/cvmfs_singularity_all_2026-01-28.tsv.gz`, read with `gzip -dc`), and
 //!   [`dir::lookup`] / [`dir::list_from`] over the built tree, with nodes decoded once into
@@ -46,6 +47,19 @@ fn bench_chunking(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("cut_points_64MiB", |b| {
         b.iter(|| chunking::cut_points(black_box(&data)).len())
+    });
+    // The crate's own chunker, which `cut_points` must match cut for cut: the reference
+    // for the lane scan's speed-up.
+    g.bench_function("fastcdc_crate_64MiB", |b| {
+        b.iter(|| {
+            fastcdc::v2020::FastCDC::new(
+                black_box(&data),
+                chunking::CHUNK_MIN,
+                chunking::CHUNK_AVG,
+                chunking::CHUNK_MAX,
+            )
+            .count()
+        })
     });
     g.bench_function("stream_chunks_64MiB", |b| {
         b.iter(|| {
