@@ -24,7 +24,9 @@ instead of halting. Any runnable task preempts a SCHED_IDLE one at once, so the 
 exit and the host's rescheduling of the vCPU, tens of microseconds) from every hand-off between
 processes: FUSE request -> daemon -> HTTP server -> daemon -> reply. It tells how much of a
 FUSE figure is this VM's idle wake-up latency (issue 21: squashfuse_ll `ls -l` 2 s with one core
-busy, 12.6 s idle); bare-metal nodes wake from shallow C-states in microseconds.
+busy, 12.6 s idle); bare-metal nodes wake from shallow C-states in microseconds. Measured
+2026-12-07 (benches/RESULTS.md, session 11): the loops slowed both P7 sides by ~25 % and left
+the ratio as it was, so the option answers the question but does not flatter a figure.
 
 Needs root (drop_caches, mounts), nginx, casync, squashfs-tools, squashfuse, busybox-static, fuse3.
 usage: benches/read.py [--reps 3] [--big-mib 1024] [--ct-mib 41] [--par-scale 16]

@@ -116,7 +116,10 @@ impl Encoded {
 /// Bytes of served objects that may wait for the writer. Past it an object is served without
 /// being cached (counted: `cache_dropped`), never making its reader wait: the disk is then
 /// slower than the network, and a cache that lags behind a long sequential read is no use.
-pub const QUEUE_MAX: u64 = 64 << 20;
+/// The queue is memory the mount holds on top of its chunk cache (a queued raw object keeps
+/// its decoded buffer alive after the chunk cache lets it go): at 64 MiB the mount's peak RSS
+/// in P9 rose from 150 to 214 MB, past the 200 MB target (benches/RESULTS.md, 2026-12-07).
+pub const QUEUE_MAX: u64 = 32 << 20;
 
 /// Why the cache stopped storing objects.
 #[derive(Debug)]
