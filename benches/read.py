@@ -590,16 +590,35 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
                 ct.umount()
                 return out
 
-            c_d, c_l, fetched, touched, ahead = [], [], [], [], []
+            def depotfs_warm_start():
+                """The same start with every chunk it reads already in the mount's disk cache
+                (left there by the cold start before it) and the page cache dropped: no network,
+                the image read from local disk as the local start reads it. What remains is the
+                cost of the extra layer (squashfuse on a file of a FUSE mount, each chunk read
+                from its cache file and verified), a floor under the cold start over HTTP."""
+                ct.mount(fresh=False)
+                drop()
+                t = timed(lambda: start(ct_on_d))
+                fetched_mb = ct.counter("bytes_fetched") / 1e6
+                ct.umount()
+                return t, fetched_mb
+
+            c_d, c_l, c_w, w_fetched, fetched, touched, ahead = [], [], [], [], [], [], []
             for _ in range(a.reps):
                 t, f_, r_, a_ = depotfs_start()
                 c_d.append(t), fetched.append(f_), touched.append(r_), ahead.append(a_)
+                t, f_ = depotfs_warm_start()
+                c_w.append(t), w_fetched.append(f_)
                 drop()
                 c_l.append(timed(lambda: start(ct_image)))
             size = os.path.getsize(ct_image) / 1e6
             R.info["container_image"] = f"{ct_name}, {size:.1f} MB (gen_corpus.py container --mib {a.ct_mib} --seed 3)"
             R.add("ct.depotfs_s", f"container start, {size:.0f} MB image on depotfs, cold over HTTP", "s", c_d, "lower")
             R.add("ct.local_s", "container start, local image, cold", "s", c_l, "lower")
+            R.add("ct.depotfs_warm_s", "container start on depotfs, warm: chunks in its disk cache, page cache "
+                  "dropped (no network: the floor under the cold start)", "s", c_w, "lower")
+            R.add("ct.warm_fetched_mb", "container start on depotfs, warm: bytes fetched (0 = the floor used "
+                  "no network)", "MB", w_fetched, "lower")
             R.add("ct.fetched_mb", "container start: bytes fetched by depotfs", "MB", fetched, "lower")
             R.add("ct.touched_mb", "container start: bytes read (touched) through depotfs", "MB", touched, "lower")
             R.add("ct.readahead_mb", "container start: of the bytes fetched, downloaded by readahead", "MB", ahead,
@@ -721,6 +740,15 @@ http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {ww
         umount(os.path.join(w, "ctmnt"))
         nginx.terminate()
         nginx.wait()
+
+    # The bounds report.py judges (BOUNDS): each cold read's time had its CPU seconds been spread
+    # over both cores with none idle, and the most parallel readers could add.
+    ceiling = [sum(r["cpu_s"].values()) / 2 for r in R.stage_runs if r["kind"] == "cold" and r.get("cpu_s")]
+    R.add("read.depotfs_cold_ceiling_s", "read 1024 MiB: depotfs cold over HTTP, time at its CPU ceiling "
+          "(its CPU seconds / 2 cores)", "s", ceiling, "lower")
+    if "par.one_cpu" in R.m:
+        R.add("par.ceiling_x", "most aggregate gain of parallel readers: 100 % / one reader's CPU busy", "x",
+              [100 / b for b in R.m["par.one_cpu"]["values"] if b > 0], "higher")
 
     out = {"script": "read", "argv": sys.argv[1:], "measurements": R.m, "info": R.info, "commands": R.commands,
            "stage_runs": R.stage_runs}

@@ -46,6 +46,25 @@ TARGETS = [
     ("P10", "16 parallel cold readers vs one reader (aggregate)", "par.many_mibps", "par.one_mibps", ">=", 1.5, "x"),
 ]
 
+# Floors and ceilings measured in the same run, judged against their target's threshold: when a
+# bound already misses the target, the target is out of reach on this machine by that bound's
+# argument (the project's rule: a target this machine cannot reach is shown with the
+# measurement of why). Same shape as TARGETS, plus why the bound holds.
+BOUNDS = [
+    ("P3", "fresh `ls -f all/`: depotfs's own warm listing (no network at all) vs a fresh squashfuse_ll mount",
+     "ls.f.depotfs_warm", "ls.f.squashfuse_ll_fresh", "<=", 1.0, "x",
+     "a fresh listing does all the warm listing's work and downloads the directory besides"),
+    ("P4", "cold read at its CPU ceiling (the read's CPU seconds spread over 2 idle cores) vs ext4 cold, time",
+     "read.depotfs_cold_ceiling_s", "read.plain_cold_s", "<=", 1.5, "x",
+     "the daemon, nginx and the reader cannot use more than the 2 cores"),
+    ("P7", "container start on depotfs, warm (chunks in its disk cache, no network) vs the local image",
+     "ct.depotfs_warm_s", "ct.local_s", "<=", 1.1, "x",
+     "a cold start does the warm start's work (the extra FUSE layer, the cache) and fetches besides"),
+    ("P10", "most aggregate gain of parallel readers: 100 % / one reader's CPU busy",
+     "par.ceiling_x", None, ">=", 1.5, "x",
+     "parallel readers can at best keep every CPU busy"),
+]
+
 NOTES_HEADING = "## Notes"
 
 
@@ -64,11 +83,15 @@ def fmt(x):
 
 
 def judge(measurements, t):
-    """(value, met, text) of target row `t`, or None when it was not measured."""
-    _p, _what, dk, pk, op, thr, unit = t
+    """(value, met, text) of target row `t` (or bound row: its first seven fields), or None
+    when it was not measured. A ratio ("x") without a peer is a measured ratio itself."""
+    _p, _what, dk, pk, op, thr, unit = t[:7]
     if dk is None or dk not in measurements or (pk and pk not in measurements):
         return None
-    value = med(measurements[dk]) / med(measurements[pk]) if unit == "x" else med(measurements[dk])
+    if unit == "x" and pk:
+        value = med(measurements[dk]) / med(measurements[pk])
+    else:
+        value = med(measurements[dk])
     met = value >= thr if op == ">=" else value <= thr
     return value, met, f"{fmt(value)}{'x' if unit == 'x' else ' ' + unit}"
 
@@ -134,10 +157,32 @@ def stage_table(runs):
     return L
 
 
+def bounds_table(meas):
+    """Markdown lines: the BOUNDS measured in this run, each judged against its target."""
+    rows = []
+    for b in BOUNDS:
+        j = judge(meas, b)
+        if j is None:
+            continue
+        p, what, dk, pk, op, thr, unit, why = b
+        value, within, text = j
+        target = f"{op.replace('>=', '≥').replace('<=', '≤')} {thr:g}{'x' if unit == 'x' else ' ' + unit}"
+        verdict = "reachable by this bound" if within else "**out of reach here**"
+        rows.append(f"| {p} | {what} | {text} | {target} | {verdict} | {why} |")
+    if not rows:
+        return []
+    return ["", "### What this machine allows: floors and ceilings measured in this run", "",
+            "A bound that already misses its target means the target cannot be met on this machine "
+            "whatever the code does along that path; one within it means the miss (if any) is the code's.", "",
+            "| target | bound | figure | target | verdict | why it bounds the target |",
+            "|---|---|---|---|---|---|", *rows]
+
+
 def old_notes(path):
     if not os.path.exists(path):
         return NOTES_HEADING + "\n\n(none yet)\n"
-    text = open(path).read()
+    with open(path) as f:
+        text = f.read()
     i = text.find("\n" + NOTES_HEADING + "\n")
     if i < 0:
         return NOTES_HEADING + "\n\n(none yet)\n"
@@ -188,6 +233,7 @@ def write(results, out, ratios_out):
         # Attainment: 1.0 = exactly the target, > 1 = better than the target.
         att = value / thr if op == ">=" else thr / value if value > 0 else float("inf")
         chart.append({"label": f"{p} {what}", "value": text, "target": target, "attainment": att, "met": met})
+    L += bounds_table(meas)
     L += ["", "![target attainment](results/ratios.svg)", "",
           "The chart shows, per target, the measured figure divided by the target (for ≥ targets) or "
           "the target divided by the figure (for ≤ targets): 1 is the target, right of it is met.", ""]

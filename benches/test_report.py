@@ -89,6 +89,26 @@ class Write(unittest.TestCase):
             self.assertIn("**met** (quick run: small sizes)", text)
             self.assertEqual(text.count("## Notes"), 1)
 
+    def test_bounds_say_which_targets_are_out_of_reach(self):
+        with tempfile.TemporaryDirectory() as d:
+            out, ratios = os.path.join(d, "RESULTS.md"), os.path.join(d, "ratios.json")
+            meas = {"ct.depotfs_warm_s": m("s", [0.25, 0.26, 0.24]), "ct.local_s": m("s", [0.2, 0.2, 0.2]),
+                    "read.depotfs_cold_ceiling_s": m("s", [2.0]), "read.plain_cold_s": m("s", [1.6]),
+                    "par.ceiling_x": m("x", [1.2, 1.3])}
+            report.write(results(meas), out, ratios)
+            text = read(out)
+            self.assertIn("### What this machine allows", text)
+            # P7's floor, 1.25x the local start, misses <= 1.1x: the target is out of reach.
+            self.assertRegex(text, r"\| P7 \| container start on depotfs, warm [^|]+ \| 1.25x \| ≤ 1.1x \| "
+                                   r"\*\*out of reach here\*\* \|")
+            # P4's ceiling, 1.25x ext4's time, is within <= 1.5x.
+            self.assertRegex(text, r"\| P4 \| [^|]+ \| 1.25x \| ≤ 1.5x \| reachable by this bound \|")
+            # A peerless ratio is its own median.
+            self.assertRegex(text, r"\| P10 \| [^|]+ \| 1.25x \| ≥ 1.5x \| \*\*out of reach here\*\* \|")
+            self.assertNotIn("| P3 | fresh", text)  # not measured: no row
+            # Bounds are not targets: the chart holds none of them.
+            self.assertEqual(json.loads(read(ratios))["bars"], [])
+
 
 if __name__ == "__main__":
     unittest.main()
