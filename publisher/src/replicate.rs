@@ -330,28 +330,21 @@ impl Source {
     /// immutable and the manifest is verified whatever answer arrives.
     async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
         let url = self.url(rel);
-        let mut attempt = 0;
-        loop {
-            let message = match self.attempt(&url, fresh).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(Attempt::Fatal(message)) => message,
-                Err(Attempt::Retry(message)) if attempt + 1 >= MAX_ATTEMPTS => {
-                    format!("{message} (after {MAX_ATTEMPTS} attempts)")
-                }
-                Err(Attempt::Retry(message)) => {
-                    let wait = depotfs_http::retry_backoff(attempt);
-                    attempt += 1;
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "{url}: {message}; retrying in {wait:?} (attempt {} of {MAX_ATTEMPTS})",
-                        attempt + 1
-                    );
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            };
-            return Err(ReplicateError::Fetch { url, message });
-        }
+        depotfs_http::retry(
+            MAX_ATTEMPTS,
+            || self.attempt(&url, fresh),
+            |why, wait, next| {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{url}: {why}; retrying in {wait:?} (attempt {next} of {MAX_ATTEMPTS})"
+                );
+            },
+        )
+        .await
+        .map_err(|message| ReplicateError::Fetch {
+            url: url.clone(),
+            message,
+        })
     }
 
     /// One GET of `url`, whole.

@@ -5,10 +5,10 @@
 //!   (`fusefs::backend`), `depotfs replicate`, `depotfs sync` and `depotfs import`: rustls,
 //!   HTTP/2, `User-Agent: PROGRAM/VERSION`, a connect timeout, and an explicit choice of
 //!   proxy ([`Proxy`]). Each caller adds its own request bounds to the builder it gets.
-//! - [`Attempt`], [`retry_backoff`], [`transient_status`], [`error_chain`]: the retry policy
-//!   of the batch commands (`depotfs sync`'s downloads, `depotfs replicate`'s GETs): which
-//!   failures are worth another attempt, how long to wait before it, and how to say what
-//!   failed.
+//! - [`Attempt`], [`retry`], [`retry_backoff`], [`transient_status`], [`error_chain`]: the
+//!   retry policy of the batch commands (`depotfs sync`'s downloads, `depotfs replicate`'s
+//!   GETs): which failures are worth another attempt, how long to wait before it, the loop
+//!   that tries again, and how to say what failed.
 //! - [`metrics`]: the Prometheus text exposition of a registry, and the `/metrics` server of
 //!   the mount (hyper and hyper-util, as `depotfs serve`, which answers `/metrics` on its own
 //!   port with the same [`metrics::render`]).
@@ -18,6 +18,7 @@
 
 pub mod metrics;
 
+use std::future::Future;
 use std::time::Duration;
 
 /// The proxy a client's requests go through.
@@ -99,6 +100,40 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Run `attempt` until it succeeds, fails with [`Attempt::Fatal`], or has failed with
+/// [`Attempt::Retry`] `max` times; before each new attempt, wait [`retry_backoff`] (0.25 s,
+/// then doubling), after calling `on_retry(why, wait, number of the coming attempt)` so the
+/// caller can log and count it. The error is the last failure's text, followed by "(gave up
+/// after `max` attempts)" when the retries ran out.
+///
+/// Async, so `depotfs replicate`'s thousands of concurrent GETs wait without holding a
+/// thread; blocking callers (`depotfs sync`'s listing) run it with `Handle::block_on`.
+pub async fn retry<T, Fut>(
+    max: u32,
+    mut attempt: impl FnMut() -> Fut,
+    mut on_retry: impl FnMut(&str, Duration, u32),
+) -> Result<T, String>
+where
+    Fut: Future<Output = Result<T, Attempt>>,
+{
+    let mut failed = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Attempt::Fatal(why)) => return Err(why),
+            Err(Attempt::Retry(why)) if failed + 1 >= max => {
+                return Err(format!("{why} (gave up after {max} attempts)"));
+            }
+            Err(Attempt::Retry(why)) => {
+                let wait = retry_backoff(failed);
+                failed += 1;
+                on_retry(&why, wait, failed + 1);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 /// How long a batch command waits before retry number `attempt + 1` of a failed request:
 /// 250 ms, doubling per attempt, at most 16 s (so five attempts span about 4 s, enough for a
 /// server's restart or a proxy's brief overload, without stalling a run on a dead server).
@@ -129,6 +164,67 @@ mod tests {
         assert_eq!(
             waits,
             [250, 500, 1000, 2000, 4000, 8000, 16000, 16000, 16000]
+        );
+    }
+
+    /// The attempts a run of `retry` makes over `outcomes` (one per attempt, `None` = success),
+    /// with the retries it announced and its result.
+    fn run_retry(outcomes: &[Option<Attempt>]) -> (usize, Vec<(String, u32)>, Result<u32, String>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let mut calls = 0;
+        let mut said = Vec::new();
+        let result = rt.block_on(retry(
+            5,
+            || {
+                let outcome = match &outcomes[calls] {
+                    None => Ok(calls as u32),
+                    Some(Attempt::Retry(m)) => Err(Attempt::Retry(m.clone())),
+                    Some(Attempt::Fatal(m)) => Err(Attempt::Fatal(m.clone())),
+                };
+                calls += 1;
+                std::future::ready(outcome)
+            },
+            |why, wait, next| said.push((format!("{why} {}ms", wait.as_millis()), next)),
+        ));
+        (calls, said, result)
+    }
+
+    #[test]
+    fn retry_tries_again_until_success_and_says_each_retry() {
+        let busy = || Some(Attempt::Retry("HTTP 503".into()));
+        let (calls, said, result) = run_retry(&[busy(), busy(), None]);
+        assert_eq!((calls, result), (3, Ok(2)));
+        assert_eq!(
+            said,
+            [
+                ("HTTP 503 250ms".to_string(), 2),
+                ("HTTP 503 500ms".to_string(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn retry_stops_at_a_fatal_answer_and_after_max_attempts() {
+        let (calls, said, result) = run_retry(&[
+            Some(Attempt::Retry("reset".into())),
+            Some(Attempt::Fatal("HTTP 404".into())),
+            None,
+        ]);
+        assert_eq!((calls, said.len()), (2, 1));
+        assert_eq!(result, Err("HTTP 404".to_string()));
+
+        let down: Vec<_> = (0..6)
+            .map(|_| Some(Attempt::Retry("refused".into())))
+            .collect();
+        let (calls, said, result) = run_retry(&down);
+        assert_eq!((calls, said.len()), (5, 4));
+        assert_eq!(
+            result,
+            Err("refused (gave up after 5 attempts)".to_string())
         );
     }
 

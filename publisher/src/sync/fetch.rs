@@ -64,47 +64,32 @@ impl Fetcher {
 
     /// The listing page at `url`, at most [`LISTING_MAX`] bytes, with retries.
     pub fn listing(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut attempt = 0;
-        loop {
-            let r = self.rt.block_on(async {
-                let resp = self.send(url, None, None).await?;
-                let mut resp = resp;
-                let mut body = Vec::new();
-                loop {
-                    match tokio::time::timeout(self.timeout, resp.chunk()).await {
-                        Ok(Ok(Some(b))) => {
-                            if body.len() + b.len() > LISTING_MAX {
-                                return Err(Attempt::Fatal(format!(
-                                    "the listing is larger than {} MiB",
-                                    LISTING_MAX >> 20
-                                )));
-                            }
-                            body.extend_from_slice(&b);
+        let once = || async {
+            let mut resp = self.send(url, None, None).await?;
+            let mut body = Vec::new();
+            loop {
+                match tokio::time::timeout(self.timeout, resp.chunk()).await {
+                    Ok(Ok(Some(b))) => {
+                        if body.len() + b.len() > LISTING_MAX {
+                            return Err(Attempt::Fatal(format!(
+                                "the listing is larger than {} MiB",
+                                LISTING_MAX >> 20
+                            )));
                         }
-                        Ok(Ok(None)) => return Ok(body),
-                        Ok(Err(e)) => return Err(Attempt::Retry(format!("reading: {e}"))),
-                        Err(_) => {
-                            return Err(Attempt::Retry(format!("no data for {:?}", self.timeout)));
-                        }
+                        body.extend_from_slice(&b);
+                    }
+                    Ok(Ok(None)) => return Ok(body),
+                    Ok(Err(e)) => return Err(Attempt::Retry(format!("reading: {e}"))),
+                    Err(_) => {
+                        return Err(Attempt::Retry(format!("no data for {:?}", self.timeout)));
                     }
                 }
-            });
-            match r {
-                Ok(body) => return Ok(body),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(e)) if attempt + 1 >= MAX_ATTEMPTS => {
-                    return Err(format!("{e} (gave up after {MAX_ATTEMPTS} attempts)"));
-                }
-                Err(Attempt::Retry(e)) => {
-                    attempt += 1;
-                    tracing::warn!(
-                        "{url}: {e}; retrying in {:?}",
-                        depotfs_http::retry_backoff(attempt)
-                    );
-                    std::thread::sleep(depotfs_http::retry_backoff(attempt));
-                }
             }
-        }
+        };
+        self.rt
+            .block_on(depotfs_http::retry(MAX_ATTEMPTS, once, |why, wait, _| {
+                tracing::warn!("{url}: {why}; retrying in {wait:?}");
+            }))
     }
 
     /// GET `url` (from byte `from` with `If-Range: validator`), checking the status.
