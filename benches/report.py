@@ -103,12 +103,13 @@ def measurement_row(m):
             f"{m['unit']} | {len(xs)} |")
 
 
-STAGE_ORDER = ["http", "decompress", "hash", "cache_write", "cache_load", "read", "reply"]
+STAGE_ORDER = ["http", "decompress", "hash", "cache_write", "cache_wait", "cache_load", "read", "reply"]
 STAGE_WHAT = {
     "http": "HTTP receive: request sent until the whole body is in memory (downloads overlap)",
     "decompress": "zstd decompression",
     "hash": "blake3 of the plaintext against its name (verification)",
     "cache_write": "verified bytes written to the disk cache",
+    "cache_wait": "a download waiting for room in the cache writer's queue (the disk slower than the network)",
     "cache_load": "cached object read back from disk",
     "read": "FUSE read request: arrival until its bytes are ready (the reader's wait)",
     "reply": "reply written to /dev/fuse (the kernel copies it into the page cache)",

@@ -19,6 +19,11 @@
 //!   index and adopts files other mounts wrote when it first loads them. Each mount enforces
 //!   the limit over what it knows, so the directory stays within the limit while mounts
 //!   use it in turn, and within (mounts × limit) in the worst case.
+//! - **A disk slower than the network** makes downloads wait: each takes its room in the
+//!   writer's queue ([`QUEUE_MAX`] bytes) before it starts ([`DiskCache::room`]), so a cold
+//!   read goes at the disk's pace and every object it fetched is cached. A writer that stores
+//!   nothing for [`WRITER_STALL`] (a hung disk) does not hang reads: objects are then served
+//!   uncached (`cache_dropped`) until it has caught up.
 //! - **A full file system** (or any failed write) never fails a read: the verified object
 //!   is served from memory without being cached, the cache says so once (log, `status`,
 //!   `depotfs_cache_storing`) and tries one store a minute until it can store again
@@ -29,9 +34,11 @@
 use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use depotfs_catalog::object::Verified;
 use depotfs_catalog::{ObjectId, object_file};
@@ -66,9 +73,18 @@ pub struct DiskCache {
 }
 
 /// The writer's queue: objects served already and not yet stored, bounded in bytes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
     state: Mutex<Waiting>,
+    /// [`QUEUE_MAX`] bytes of room: a queued object holds its bytes' worth until it is
+    /// stored, a download about to be cached holds its largest size's worth from before it
+    /// starts ([`DiskCache::room`]).
+    room: Arc<Semaphore>,
+    /// Objects the writer has finished (stored or failed): its progress.
+    finished: AtomicU64,
+    /// A download gave up waiting for room (the writer stalled): until the writer empties
+    /// its queue, downloads do not wait (see [`DiskCache::room`]).
+    behind: AtomicBool,
     /// Signalled when a job is queued, when the writer finishes one, and when the cache is
     /// dropped.
     changed: Condvar,
@@ -77,9 +93,23 @@ struct Queue {
     gate: Mutex<()>,
 }
 
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            state: Mutex::default(),
+            room: Arc::new(Semaphore::new(QUEUE_MAX as usize)),
+            finished: AtomicU64::new(0),
+            behind: AtomicBool::new(false),
+            changed: Condvar::new(),
+            gate: Mutex::new(()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Waiting {
-    jobs: VecDeque<(ObjectId, Encoded)>,
+    /// Each with its room in the queue, given back once it is stored.
+    jobs: VecDeque<(ObjectId, Encoded, OwnedSemaphorePermit)>,
     /// Their ids, so the object counts as cached while it waits ([`DiskCache::contains`]).
     ids: HashSet<ObjectId>,
     /// Their bytes.
@@ -93,6 +123,11 @@ struct Waiting {
     /// Objects not cached because the queue was full.
     dropped: u64,
 }
+
+/// Room for one object in the cache writer's queue, taken before its download starts
+/// ([`DiskCache::room`]) and handed to [`DiskCache::keep_later`] with it.
+#[derive(Debug)]
+pub struct Room(OwnedSemaphorePermit);
 
 /// The encoded bytes of a verified object, to be stored: the served object itself where its
 /// buffer is its encoded form (a raw chunk, not copied again), else the encoded bytes.
@@ -113,13 +148,26 @@ impl Encoded {
     }
 }
 
-/// Bytes of served objects that may wait for the writer. Past it an object is served without
-/// being cached (counted: `cache_dropped`), never making its reader wait: the disk is then
-/// slower than the network, and a cache that lags behind a long sequential read is no use.
-/// The queue is memory the mount holds on top of its chunk cache (a queued raw object keeps
-/// its decoded buffer alive after the chunk cache lets it go): at 64 MiB the mount's peak RSS
-/// in P9 rose from 150 to 214 MB, past the 200 MB target (benches/RESULTS.md, 2026-12-07).
+/// Bytes of served objects that may wait for the writer, counting the downloads that will
+/// join them ([`DiskCache::room`]). When the disk is slower than the network, a download
+/// waits for room before it starts (backpressure): a cold read then goes at the disk's pace
+/// and leaves every object it fetched in the cache, as CernVM-FS's does. (Serving past the
+/// bound uncached instead left 40 % of a 1 GiB image uncached on a slow disk, and the next
+/// read fetched it again: benches/RESULTS.md, #21 P5.) The queue is memory the mount holds
+/// on top of its chunk cache (a queued raw object keeps its decoded buffer alive after the
+/// chunk cache lets it go): at 64 MiB the mount's peak RSS in P9 rose from 150 to 214 MB,
+/// past the 200 MB target (benches/RESULTS.md, 2026-12-07).
 pub const QUEUE_MAX: u64 = 32 << 20;
+
+/// A download waiting for room gives up (and its object is served uncached, counted in
+/// `cache_dropped`) when the writer finished nothing for this long: a stalled disk must not
+/// hang reads. Until the writer has emptied its queue again, downloads do not wait.
+pub const WRITER_STALL: Duration = Duration::from_secs(1);
+
+/// The longest one download waits for room, however steadily the writer moves: a read must
+/// finish within the request bound `status` prints, so the store waits at most a quarter of
+/// that bound, and at most this.
+pub const ROOM_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Why the cache stopped storing objects.
 #[derive(Debug)]
@@ -329,12 +377,67 @@ impl DiskCache {
         self.note_store(began, stored);
     }
 
+    /// Room in the writer's queue for an object of at most `bytes` encoded bytes, taken
+    /// before its download starts, so that downloads cannot outrun the disk: while the queue
+    /// is full this waits for the writer (backpressure; counted as `cache_wait`). `None` when
+    /// the object will not be cached (the cache is not storing), or when the writer finished
+    /// nothing for [`WRITER_STALL`] or the wait reached `most` (see [`ROOM_WAIT_MAX`]): the
+    /// download then goes ahead and [`DiskCache::keep_later`] queues the object only if
+    /// there is room by then.
+    pub async fn room(&self, bytes: u64, most: Duration) -> Option<Room> {
+        let q = &self.queue;
+        if !self.may_store() || bytes > QUEUE_MAX {
+            return None;
+        }
+        let n = u32::try_from(bytes).ok()?;
+        if let Ok(p) = q.room.clone().try_acquire_many_owned(n) {
+            return Some(Room(p));
+        }
+        if q.behind.load(Ordering::Relaxed) {
+            return None;
+        }
+        let began = Instant::now();
+        let waited = |room| {
+            if let Some(s) = &self.stages {
+                s.add(Stage::CacheWait, began.elapsed(), bytes);
+            }
+            room
+        };
+        loop {
+            let finished = q.finished.load(Ordering::Relaxed);
+            let slice = WRITER_STALL.min(most.saturating_sub(began.elapsed()));
+            match tokio::time::timeout(slice, q.room.clone().acquire_many_owned(n)).await {
+                Ok(Ok(p)) => return waited(Some(Room(p))),
+                Ok(Err(_closed)) => return waited(None),
+                Err(_) => {
+                    let moving = q.finished.load(Ordering::Relaxed) != finished;
+                    if moving && began.elapsed() < most {
+                        continue;
+                    }
+                    if !q.behind.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "cache {}: the writer is behind ({} bytes waited {:.1} s for room); \
+                             objects are served without caching until it catches up (counted \
+                             in cache_dropped)",
+                            self.dir.display(),
+                            bytes,
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
+                    return waited(None);
+                }
+            }
+        }
+    }
+
     /// [`DiskCache::keep`] on the cache's writer thread, so that the reader of a fetched
     /// object gets its bytes without waiting for a file to be created (a fresh `ls -f` of
     /// 118,594 entries spent a third of the daemon's CPU making cache files, on the listing's
-    /// path). `object` must be verified. Returns at once: while more than [`QUEUE_MAX`] bytes
-    /// wait, or while the cache is not storing, the object is not cached.
-    pub fn keep_later(self: &Arc<Self>, id: ObjectId, object: Encoded) {
+    /// path). `object` must be verified; `room` is what [`DiskCache::room`] reserved for it
+    /// before its download (what it does not need is given back). Returns at once. Without
+    /// room (no reservation, and no [`QUEUE_MAX`] room left now), or while the cache is not
+    /// storing, the object is not cached.
+    pub fn keep_later(self: &Arc<Self>, id: ObjectId, object: Encoded, room: Option<Room>) {
         if !self.may_store() {
             return;
         }
@@ -343,7 +446,7 @@ impl DiskCache {
         if w.ids.contains(&id) {
             return;
         }
-        if w.bytes + len > QUEUE_MAX {
+        let Some(permit) = self.fit(len, room) else {
             w.dropped += 1;
             if w.dropped == 1 {
                 tracing::info!(
@@ -354,10 +457,10 @@ impl DiskCache {
                 );
             }
             return;
-        }
+        };
         w.bytes += len;
         w.ids.insert(id);
-        w.jobs.push_back((id, object));
+        w.jobs.push_back((id, object, permit));
         if !w.started {
             w.started = true;
             let (cache, queue) = (Arc::downgrade(self), self.queue.clone());
@@ -375,6 +478,29 @@ impl DiskCache {
         self.queue.changed.notify_all();
     }
 
+    /// Exactly `len` bytes of room: `room` trimmed (or topped up, if there is room), or taken
+    /// now.
+    fn fit(&self, len: u64, room: Option<Room>) -> Option<OwnedSemaphorePermit> {
+        let len = usize::try_from(len).ok()?;
+        let take = |n: usize| {
+            u32::try_from(n)
+                .ok()
+                .and_then(|n| self.queue.room.clone().try_acquire_many_owned(n).ok())
+        };
+        match room {
+            None => take(len),
+            Some(Room(mut p)) => {
+                let have = p.num_permits();
+                if have > len {
+                    drop(p.split(have - len));
+                } else if have < len {
+                    p.merge(take(len - have)?);
+                }
+                Some(p)
+            }
+        }
+    }
+
     /// Wait until every object queued by [`DiskCache::keep_later`] is stored (or failed to
     /// be): at unmount, so a clean exit leaves the cache complete, and in tests.
     pub fn flush(&self) {
@@ -389,7 +515,8 @@ impl DiskCache {
         self.queue.state.lock().expect("poisoned").jobs.len() as u64
     }
 
-    /// Objects served without caching because too many bytes waited for the writer.
+    /// Objects served without caching because the writer's queue stayed full (see
+    /// [`DiskCache::room`]).
     pub fn dropped(&self) -> u64 {
         self.queue.state.lock().expect("poisoned").dropped
     }
@@ -541,6 +668,8 @@ impl DiskCache {
 
 impl Drop for DiskCache {
     fn drop(&mut self) {
+        // Downloads waiting for room go ahead uncached.
+        self.queue.room.close();
         self.queue.state.lock().expect("poisoned").closed = true;
         self.queue.changed.notify_all();
     }
@@ -549,7 +678,7 @@ impl Drop for DiskCache {
 /// The writer thread: store each queued object in turn until the cache is dropped.
 fn write_queued(cache: &Weak<DiskCache>, queue: &Queue) {
     loop {
-        let (id, object) = {
+        let (id, object, room) = {
             let mut w = queue.state.lock().expect("poisoned");
             loop {
                 if w.closed {
@@ -576,6 +705,12 @@ fn write_queued(cache: &Weak<DiskCache>, queue: &Queue) {
         w.writing = false;
         w.bytes -= len;
         w.ids.remove(&id);
+        queue.finished.fetch_add(1, Ordering::Relaxed);
+        if w.jobs.is_empty() {
+            // Caught up: downloads wait for room again.
+            queue.behind.store(false, Ordering::Relaxed);
+        }
+        drop(room);
         drop(w);
         queue.changed.notify_all();
     }

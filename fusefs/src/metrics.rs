@@ -192,7 +192,7 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
     o.one(
         "depotfs_cache_dropped_total",
         COUNTER,
-        "Objects served without caching because too many bytes waited for the cache's writer.",
+        "Objects served without caching because the cache writer's queue stayed full (the writer stalled; otherwise downloads wait for it).",
         s.cache_dropped as f64,
     );
     o.one(

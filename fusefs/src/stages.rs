@@ -5,7 +5,9 @@
 //! is in memory, including the wait for a connection permit), `decompress` (zstd),
 //! `hash` (blake3 of the plaintext against the object's name: every byte served is
 //! verified), `cache_write` (the verified bytes into the disk cache, on the cache's writer
-//! thread after the object was handed to its reader: not on the reader's path); a warm read has
+//! thread after the object was handed to its reader: not on the reader's path), and
+//! `cache_wait` (a download that waited, before it started, for room in the writer's queue:
+//! the backpressure of a disk slower than the network, see `cache.rs`); a warm read has
 //! `cache_load` (reading a cached object back) instead of `http`. Then `read` (a FUSE read
 //! request, from its arrival until its bytes are assembled: the reader's wait, which overlaps
 //! the stages above) and `reply` (writing the answer to `/dev/fuse`, the kernel's copy into
@@ -32,6 +34,8 @@ pub enum Stage {
     Hash,
     /// Storing verified bytes in the disk cache.
     CacheWrite,
+    /// A download waiting for room in the cache writer's queue before it starts.
+    CacheWait,
     /// Reading a cached object back from disk.
     CacheLoad,
     /// A FUSE read request, arrival until its bytes are ready.
@@ -41,11 +45,12 @@ pub enum Stage {
 }
 
 /// Every stage, in read-path order.
-pub const ALL: [Stage; 7] = [
+pub const ALL: [Stage; 8] = [
     Stage::Http,
     Stage::Decompress,
     Stage::Hash,
     Stage::CacheWrite,
+    Stage::CacheWait,
     Stage::CacheLoad,
     Stage::Read,
     Stage::Reply,
@@ -59,6 +64,7 @@ impl Stage {
             Stage::Decompress => "decompress",
             Stage::Hash => "hash",
             Stage::CacheWrite => "cache_write",
+            Stage::CacheWait => "cache_wait",
             Stage::CacheLoad => "cache_load",
             Stage::Read => "read",
             Stage::Reply => "reply",

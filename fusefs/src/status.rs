@@ -183,7 +183,8 @@ pub struct Status {
     /// Served objects waiting for the cache's writer.
     #[serde(default)]
     pub cache_pending: u64,
-    /// Objects served without caching because the writer's queue was full.
+    /// Objects served without caching because the writer's queue stayed full (the writer
+    /// stalled; otherwise downloads wait for room).
     #[serde(default)]
     pub cache_dropped: u64,
     /// Objects answered from memory or disk.

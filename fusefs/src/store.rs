@@ -18,7 +18,7 @@ use depotfs_catalog::{ChunkList, DirNode, ObjectId};
 use tokio::sync::OnceCell;
 
 use crate::backend::Backend;
-use crate::cache::{DiskCache, Encoded};
+use crate::cache::{DiskCache, Encoded, ROOM_WAIT_MAX};
 use crate::error::{Error, Result};
 use crate::lru::Lru;
 use crate::stages::{Stage, Stages};
@@ -175,7 +175,8 @@ impl ObjectStore {
                 // Bounded by what any chunk may hold, not by `len`: a referrer that lies
                 // about the length must not make a good object look corrupt (refetched,
                 // its server failed over, its cached copy deleted).
-                self.get(id, ObjectKind::Chunk, CHUNK_PLAIN_MAX).await?
+                self.get(id, ObjectKind::Chunk, CHUNK_PLAIN_MAX, Some(len))
+                    .await?
             }
         };
         if v.data().len() as u64 != len {
@@ -210,7 +211,9 @@ impl ObjectStore {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
-        let v = self.get(id, ObjectKind::ChunkList, CHUNK_LIST_MAX).await?;
+        let v = self
+            .get(id, ObjectKind::ChunkList, CHUNK_LIST_MAX, None)
+            .await?;
         let c = Arc::new(Chunks::new(ChunkList::from_verified(&v)?));
         let weight = v.data().len() as u64 + 8 * c.offsets.len() as u64;
         self.lists
@@ -231,7 +234,9 @@ impl ObjectStore {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(n);
         }
-        let v = self.get(id, ObjectKind::DirNode, NODE_MAX_BYTES).await?;
+        let v = self
+            .get(id, ObjectKind::DirNode, NODE_MAX_BYTES, None)
+            .await?;
         let n = Arc::new(DirNode::from_verified(&v)?);
         let parsed = match &*n {
             DirNode::Leaf(es) => es.len() * std::mem::size_of::<depotfs_catalog::Entry>(),
@@ -245,8 +250,16 @@ impl ObjectStore {
         Ok(n)
     }
 
-    /// One verified object, downloaded at most once however many ask at the same time.
-    async fn get(&self, id: ObjectId, kind: ObjectKind, max_len: u64) -> Result<Arc<Verified>> {
+    /// One verified object, downloaded at most once however many ask at the same time. `plain`
+    /// is the plaintext length its referrer gives (a chunk's), if any: a download of it waits
+    /// for room in the disk cache's writer queue (see [`DiskCache::room`]).
+    async fn get(
+        &self,
+        id: ObjectId,
+        kind: ObjectKind,
+        max_len: u64,
+        plain: Option<u64>,
+    ) -> Result<Arc<Verified>> {
         let cell = self
             .inflight
             .lock()
@@ -260,7 +273,7 @@ impl ObjectStore {
         // again when it was a readahead).
         let result = cell
             .get_or_init(|| async {
-                let loaded = self.load_or_fetch(id, kind, max_len).await;
+                let loaded = self.load_or_fetch(id, kind, max_len, plain).await;
                 if let Ok(v) = &loaded {
                     if kind == ObjectKind::Chunk {
                         let weight = (v.data().len() as u64).max(1);
@@ -294,6 +307,7 @@ impl ObjectStore {
         id: ObjectId,
         kind: ObjectKind,
         max_len: u64,
+        plain: Option<u64>,
     ) -> Result<Arc<Verified>> {
         if let Some(disk) = &self.disk {
             // Reading the file and verifying it (a hash, maybe a decompression) block: on the
@@ -327,6 +341,16 @@ impl ObjectStore {
         }
         let path = id.store_path();
         let mut last_err = None;
+        // Room in the cache writer's queue, taken before the download: when the disk is
+        // slower than the network, downloads wait for it rather than be served uncached (an
+        // object's encoded form is at most its header and its plaintext).
+        let mut room = None;
+        if let (Some(disk), Some(plain)) = (&self.disk, plain) {
+            let most = self
+                .request_bound()
+                .map_or(ROOM_WAIT_MAX, |b| (b / 4).min(ROOM_WAIT_MAX));
+            room = disk.room(object::HEADER_LEN as u64 + plain, most).await;
+        }
         for fresh in [false, true] {
             // An honest object is never longer than its header and its plaintext (zstd is
             // kept only when it saves space): a longer body is cut while it arrives.
@@ -367,6 +391,7 @@ impl ObjectStore {
                                 Some(e) => Encoded::Owned(e),
                                 None => Encoded::InPlace(v.clone()),
                             },
+                            room.take(),
                         );
                     }
                     return Ok(v);
@@ -578,6 +603,141 @@ mod tests {
         assert_eq!(disk.store_failures(), 1);
         assert!(!disk.storing());
         assert!(!disk.contains(&id));
+    }
+
+    /// `n` incompressible chunks of `len` bytes in `public` (stored raw: each object is its
+    /// data and a header).
+    fn noise_chunks(public: &Path, n: usize, len: usize) -> Vec<(ObjectId, Vec<u8>)> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                (put(public, ObjectKind::Chunk, &data).0, data)
+            })
+            .collect()
+    }
+
+    /// 48 incompressible chunks of 1 MiB (more than the writer's queue holds) in DIR/public,
+    /// a store over them (a "remote" backend) caching in DIR/cache, and a runtime.
+    #[allow(clippy::type_complexity)]
+    fn many_chunks() -> (
+        tempfile::TempDir,
+        Vec<(ObjectId, Vec<u8>)>,
+        Arc<ObjectStore>,
+        tokio::runtime::Runtime,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let public = d.path().join("public");
+        let chunks = noise_chunks(&public, 48, 1 << 20);
+        let store = Arc::new(ObjectStore::new(
+            Backend::Local(public),
+            Some(DiskCache::open(&d.path().join("cache"), 1 << 30).unwrap()),
+            64 << 20,
+        ));
+        (d, chunks, store, rt())
+    }
+
+    /// Fetch every chunk of `chunks` at once on `rt`; the count of those finished so far
+    /// and the tasks.
+    fn fetch_all(
+        rt: &tokio::runtime::Runtime,
+        store: &Arc<ObjectStore>,
+        chunks: &[(ObjectId, Vec<u8>)],
+    ) -> (
+        Arc<AtomicU64>,
+        Vec<tokio::task::JoinHandle<Result<Arc<Verified>>>>,
+    ) {
+        let done = Arc::new(AtomicU64::new(0));
+        let tasks = chunks
+            .iter()
+            .map(|(id, data)| {
+                let (store, done, id, len) = (store.clone(), done.clone(), *id, data.len() as u64);
+                rt.spawn(async move {
+                    let v = store.chunk(id, len).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    v
+                })
+            })
+            .collect();
+        (done, tasks)
+    }
+
+    /// Downloads that outrun the disk wait for the cache's writer instead of being served
+    /// uncached: with the writer stalled (a slow disk) for less than WRITER_STALL, the
+    /// downloads beyond the queue's QUEUE_MAX bytes wait; once it moves they finish, and the
+    /// cache ends up holding every object fetched, none dropped. (Before, everything past
+    /// 32 MiB was served at once and never cached: 17 of these 48.)
+    #[test]
+    fn downloads_wait_for_a_slow_writer_and_all_are_cached() {
+        let (d, chunks, store, rt) = many_chunks();
+        let (public, cache) = (d.path().join("public"), d.path().join("cache"));
+        let disk = store.disk().unwrap();
+        let stalled = disk.stall_writer();
+        let (done, tasks) = fetch_all(&rt, &store, &chunks);
+        std::thread::sleep(crate::cache::WRITER_STALL / 2);
+        let served = done.load(Ordering::Relaxed);
+        assert!(
+            served < 40,
+            "{served} of 48 MiB served while the writer could store nothing (queue {} MiB)",
+            crate::cache::QUEUE_MAX >> 20
+        );
+        drop(stalled);
+        for (t, (_, data)) in tasks.into_iter().zip(&chunks) {
+            assert_eq!(rt.block_on(t).unwrap().unwrap().data(), &data[..]);
+        }
+        disk.flush();
+        assert_eq!(disk.dropped(), 0);
+        for (id, _) in &chunks {
+            assert_eq!(
+                std::fs::read(cache.join(id.store_path())).unwrap(),
+                std::fs::read(public.join(id.store_path())).unwrap()
+            );
+        }
+        assert!(store.stages.get(Stage::CacheWait).calls > 0);
+    }
+
+    /// A writer that does not move (a hung disk) does not hang downloads: those waiting for
+    /// room give up after WRITER_STALL and are served uncached (counted); what was queued
+    /// is stored once the writer moves again.
+    #[test]
+    fn a_stalled_writer_does_not_hang_downloads() {
+        let (d, chunks, store, rt) = many_chunks();
+        let cache = d.path().join("cache");
+        let disk = store.disk().unwrap();
+        let stalled = disk.stall_writer();
+        let (_, tasks) = fetch_all(&rt, &store, &chunks);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let data: Vec<_> = chunks.iter().map(|(_, d)| d.clone()).collect();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let ok = tasks
+                .into_iter()
+                .zip(&data)
+                .all(|(t, d)| rt.block_on(t).unwrap().unwrap().data() == &d[..]);
+            tx.send(ok).unwrap();
+        });
+        let ok = rx
+            .recv_timeout(crate::cache::WRITER_STALL * 10)
+            .expect("downloads hung on a stalled cache writer");
+        assert!(ok, "wrong bytes");
+        let dropped = disk.dropped();
+        assert!(dropped > 0 && dropped < 48, "{dropped}");
+        drop(stalled);
+        disk.flush();
+        let stored = chunks
+            .iter()
+            .filter(|(id, _)| cache.join(id.store_path()).exists())
+            .count() as u64;
+        assert_eq!(stored + dropped, 48);
     }
 
     #[test]
