@@ -7,6 +7,7 @@
 //! never holds up other requests. Every mutating operation answers EROFS.
 
 use std::ffi::OsStr;
+use std::io::IoSlice;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,7 +216,8 @@ impl Filesystem for Fuse {
                     let stages = &fs.store().stages;
                     let n = data.len() as u64;
                     stages.add(Stage::Read, t.elapsed(), n);
-                    stages.time(Stage::Reply, n, || reply.data(&data));
+                    let slices: Vec<IoSlice<'_>> = data.slices().map(IoSlice::new).collect();
+                    stages.time(Stage::Reply, n, || reply.data_vectored(&slices));
                 }
                 Err(e) => {
                     tracing::warn!("read failed: {e}");

@@ -61,6 +61,16 @@ impl Response for ResponseSlice<'_> {
     }
 }
 
+/// Data in several pieces, sent with one `writev` (depotfs patch: a read spanning several
+/// chunks is answered without first copying them into one buffer).
+pub(crate) struct ResponseSlices<'a>(pub(crate) &'a [IoSlice<'a>]);
+
+impl<'a> Response for ResponseSlices<'a> {
+    fn payload(&self) -> &[IoSlice<'a>] {
+        self.0
+    }
+}
+
 pub(crate) struct ResponseEmpty;
 
 impl Response for ResponseEmpty {
