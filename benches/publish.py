@@ -368,6 +368,14 @@ def main():
                 m[f"p1.tmpfs.{key}_cpu"] = {
                     "label": f"on tmpfs: {tool}, CPU seconds (user + system) per GiB of input", "unit": "CPU s/GiB",
                     "values": [c / gib for c in tcpu[tool]], "better": "lower"}
+            # The rates each tool's CPU cost allows with every core it can use free (depotfs: all
+            # cores; casync make is single-threaded: one): the code's ratio whatever the load.
+            cores = os.cpu_count() or 1
+            for tool, key, n_cores in (("depotfs add", "depotfs", cores), ("casync make", "casync", 1)):
+                m[f"p1.tmpfs.{key}_cpu_bound_mbps"] = {
+                    "label": f"on tmpfs: what that CPU cost allows {tool} on {n_cores} free core"
+                             f"{'s' if n_cores > 1 else ''} (input MB / (CPU s / {n_cores}))",
+                    "unit": "MB/s", "values": [mb / (c / n_cores) for c in tcpu[tool]], "better": "higher"}
             commands.append(f"on tmpfs: the same depotfs add and casync make commands, OUT a new directory in {tm} "
                             "per run, deleted after it; depotfs and casync alternated; CPU = the child's "
                             "user + system time (getrusage)")
@@ -383,18 +391,25 @@ def main():
             f"them and with nothing else to do, at {med(w):.0f} MB/s ({min(w):.0f}–{max(w):.0f}, n = {len(w)}), "
             f"so it allows depotfs add at most {ceil:.0f} MB/s of input = {ceil / cas:.2f}x casync make's "
             f"{cas:.0f} MB/s in this run; depotfs add reached {dep:.0f} MB/s ({100 * dep / ceil:.0f} % of that "
-            f"ceiling) at {med(m['p1.depotfs_cpu']['values']):.2f} CPU s/GiB")
+            f"ceiling) at {med(m['p1.depotfs_cpu']['values']):.2f} CPU s/GiB "
+            f"({med(m['p1.depotfs_cpu']['values']) * dep * 1e6 / 2**30:.2f} of {os.cpu_count()} cores busy)")
     if "p1.tmpfs.depotfs_mbps" in m:
         z = med(m["p1.tmpfs.depotfs_mbps"]["values"])
         y = med(m["p1.tmpfs.casync_mbps"]["values"])
         zc = med(m["p1.tmpfs.depotfs_cpu"]["values"])
         yc = med(m["p1.tmpfs.casync_cpu"]["values"])
         cores = os.cpu_count() or 1
+        # What the load left each tool shows in its cores busy; the CPU cost per GiB does not
+        # depend on it (much): the ratio both tools would reach with every core they can use
+        # (casync make is single-threaded) is the code's own ratio on this machine.
+        full_d = med(m["p1.tmpfs.depotfs_cpu_bound_mbps"]["values"])
+        full_c = med(m["p1.tmpfs.casync_cpu_bound_mbps"]["values"])
         info["p1_tmpfs"] = (
             f"with both outputs on tmpfs (no disk writes): depotfs add {z:.0f} MB/s at {zc:.2f} CPU s/GiB "
             f"({zc * z * 1e6 / 2**30:.2f} of {cores} cores busy), casync make {y:.0f} MB/s at {yc:.2f} CPU s/GiB "
-            f"({yc * y * 1e6 / 2**30:.2f} cores): {z / y:.2f}x; at this CPU cost {cores} fully busy cores would "
-            f"allow depotfs {cores / zc * 2**30 / 1e6:.0f} MB/s = {cores / zc * 2**30 / 1e6 / y:.2f}x")
+            f"({yc * y * 1e6 / 2**30:.2f} cores; it uses one): {z / y:.2f}x. At these CPU costs, with every core "
+            f"each can use free, depotfs would reach {full_d:.0f} MB/s on {cores} cores and casync {full_c:.0f} "
+            f"MB/s on one: {full_d / full_c:.2f}x")
 
     # P2: the 118,594-name all/.
     names = os.path.join(a.work, f"names-{a.names_limit}", "all")

@@ -54,10 +54,13 @@ class Judge(unittest.TestCase):
         # On the disk, the disk's ceiling, on tmpfs: each judged against casync in the same place.
         meas = {"p1.depotfs_mbps": m("MB/s", [300]), "p1.casync_mbps": m("MB/s", [100]),
                 "p1.disk_ceiling_mbps": m("MB/s", [500]),
-                "p1.tmpfs.depotfs_mbps": m("MB/s", [990]), "p1.tmpfs.casync_mbps": m("MB/s", [120])}
+                "p1.tmpfs.depotfs_mbps": m("MB/s", [990]), "p1.tmpfs.casync_mbps": m("MB/s", [120]),
+                "p1.tmpfs.depotfs_cpu_bound_mbps": m("MB/s", [1400, 1300, 1500]),
+                "p1.tmpfs.casync_cpu_bound_mbps": m("MB/s", [150, 160, 140])}
         rows = [t for t in report.TARGETS if t[0] == "P1"]
-        self.assertEqual([report.judge(meas, t)[2] for t in rows], ["3.00x", "5.00x", "8.25x"])
-        self.assertEqual([report.judge(meas, t)[1] for t in rows], [False, False, True])
+        self.assertEqual([report.judge(meas, t)[2] for t in rows], ["3.00x", "5.00x", "8.25x", "9.33x"])
+        self.assertEqual([report.judge(meas, t)[1] for t in rows], [False, False, True, True])
+        self.assertEqual([t[7:] for t in rows], [(), ("ceiling",), (), ("ceiling",)])
 
     def test_missing_peer_is_not_judged(self):
         meas = {"read.depotfs_cold": m("MiB/s", [500])}
