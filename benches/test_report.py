@@ -50,6 +50,20 @@ class Judge(unittest.TestCase):
         value, met, text = report.judge(meas, target("P9", "rss.hwm_mb"))
         self.assertEqual((value, met, text), (150.0, True, "150 MB"))
 
+    def test_p1_three_ways(self):
+        # On the disk, the disk's ceiling, on tmpfs: each judged against casync in the same place.
+        meas = {"p1.depotfs_mbps": m("MB/s", [300]), "p1.casync_mbps": m("MB/s", [100]),
+                "p1.disk_ceiling_mbps": m("MB/s", [500]),
+                "p1.tmpfs.depotfs_mbps": m("MB/s", [990]), "p1.tmpfs.casync_mbps": m("MB/s", [120]),
+                "p1.tmpfs.depotfs_cpu_bound_mbps": m("MB/s", [1400, 1300, 1500]),
+                "p1.tmpfs.casync_cpu_bound_mbps": m("MB/s", [150, 160, 140])}
+        rows = [t for t in report.TARGETS if t[0] == "P1"]
+        self.assertEqual([report.judge(meas, t)[2] for t in rows], ["3.00x", "8.25x"])
+        self.assertEqual([report.judge(meas, t)[1] for t in rows], [False, True])
+        bounds = [b for b in report.BOUNDS if b[0] == "P1"]
+        self.assertEqual([report.judge(meas, b)[2] for b in bounds], ["5.00x", "9.33x"])
+        self.assertEqual([report.judge(meas, b)[1] for b in bounds], [False, True])
+
     def test_missing_peer_is_not_judged(self):
         meas = {"read.depotfs_cold": m("MiB/s", [500])}
         self.assertIsNone(report.judge(meas, target("P4", "read.depotfs_cold")))
@@ -84,6 +98,26 @@ class Write(unittest.TestCase):
             self.assertRegex(text, r"\| hash: [^|]+ \| 10 \| 0.500 s \| 0.25 \| 1024.0 MiB \| 2048 \|")
             self.assertNotIn("cache_load:", text)
             self.assertIn("all 2.20 of 4.00 available on 2 cores (55 %)", text)
+            # P1: a ceiling row says whether the bound reaches the target and is not charted;
+            # the facts that explain P1 are printed under its section, not among the others.
+            meas1 = {"p1.depotfs_mbps": m("MB/s", [300]), "p1.casync_mbps": m("MB/s", [100]),
+                     "p1.disk_ceiling_mbps": m("MB/s", [500]), "read.depotfs_hot": m("MiB/s", [900]),
+                     "read.plain_hot": m("MiB/s", [1000])}
+            res = results(meas1)
+            res["info"] = {"p1_disk_ceiling": "the disk wrote 400 MB/s", "conditions_read": "load 1"}
+            report.write(res, out, ratios)
+            text = read(out)
+            self.assertRegex(text, r"\| P1 \| the most this disk's write rate [^|]+ \| 5.00x \| ≥ 8x \| "
+                                   r"\*\*out of reach here\*\* \|")
+            self.assertIn("| 3.00x | ≥ 8x | **missed** |", text)
+            p1 = text[text.index("## P1: publish throughput"):text.index("## P2:")]
+            self.assertIn("- p1_disk_ceiling: the disk wrote 400 MB/s", p1)
+            facts = text[text.index("Facts of this run:"):]
+            self.assertIn("- conditions_read: load 1", facts)
+            self.assertNotIn("p1_disk_ceiling", facts)
+            labels = [b["label"] for b in json.loads(read(ratios))["bars"]]
+            self.assertEqual(len(labels), 2)
+            self.assertFalse(any("ceiling" in x for x in labels))
             report.write(results(meas, mode="quick"), out, ratios)
             text = read(out)
             self.assertIn("**met** (quick run: small sizes)", text)

@@ -51,10 +51,42 @@ const STREAM_BLOCK: usize = 8 << 20;
 /// per GiB in `depotfs add`, against 0.3–0.45 over cached bytes (`benches/RESULTS.md`).
 const READ_STEP: usize = 256 << 10;
 
-/// Blocks a streaming chunker keeps for reuse once every chunk cut from them is dropped (a
-/// fresh 8 MiB block costs its page faults on every refill). One is enough: by the time the
-/// block after next is read, the chunks of the block before are long done.
-const SPARE_BLOCKS: usize = 1;
+/// Free blocks kept for the next refill of any streaming chunker (8 per [`STREAM_BLOCK`]:
+/// 64 MiB at most). A block returns here when the last chunk cut from it is dropped, whichever
+/// chunker cut it. A fresh block costs a page fault and a zeroed page per 4 KiB on its first
+/// fill: when each chunker kept its own one spare, that spare was nearly always still held by
+/// the workers hashing its chunks when the next refill came, and the allocator gave freed
+/// blocks back to the kernel, so most refills got fresh pages — 0.14 CPU s per GiB, 8 % of
+/// `depotfs add` on tmpfs (`benches/RESULTS.md`, "#21 P1 (p1, session 12)").
+const POOL_MAX: usize = 8;
+
+/// The free blocks ([`POOL_MAX`] at most).
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// An empty block with room for [`STREAM_BLOCK`] bytes: a pooled one if any, else a new one.
+fn take_block() -> Vec<u8> {
+    let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    pooled.unwrap_or_else(|| Vec::with_capacity(STREAM_BLOCK))
+}
+
+/// A block of the streaming chunker, shared by the chunks cut from it; its buffer goes back to
+/// the pool when the last of them is dropped.
+#[derive(Debug, Default)]
+struct Block(Vec<u8>);
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.0.capacity() < STREAM_BLOCK {
+            return;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_MAX {
+            let mut buf = std::mem::take(&mut self.0);
+            buf.clear();
+            pool.push(buf);
+        }
+    }
+}
 
 /// A streaming chunker over any reader, yielding `(offset, chunk)` per chunk, cut exactly as
 /// [`cut_points`] cuts the whole input.
@@ -65,20 +97,20 @@ const SPARE_BLOCKS: usize = 1;
 /// of a chunk), or whose cut point is found in what was read; the rest is carried to the next
 /// block. A [`Chunk`] is
 /// a view of its block, not a copy: each byte is copied once into a block, and at most one
-/// chunk in eight once more by a carry. (`fastcdc`'s own `StreamCDC` keeps a `CHUNK_MAX`
+/// chunk in eight once more by a carry. Blocks are reused, across chunkers, from a small pool
+/// ([`POOL_MAX`]). (`fastcdc`'s own `StreamCDC` keeps a `CHUNK_MAX`
 /// buffer and shifts its remainder down after every chunk: about three extra copies of the
 /// input, 12 % of the publisher's time in `memmove` on a 2 GiB ingest, seen with `perf`; a
 /// copy of each chunk out of the block was another 7 %.)
 pub fn stream_chunks<R: std::io::Read>(reader: R) -> StreamChunks<R> {
     StreamChunks {
         reader,
-        block: std::sync::Arc::new(Vec::new()),
+        block: std::sync::Arc::new(Block::default()),
         cut: 0,
         base: 0,
         pending: std::collections::VecDeque::new(),
         eof: false,
         scanned: 0,
-        spare: Vec::new(),
     }
 }
 
@@ -86,7 +118,7 @@ pub fn stream_chunks<R: std::io::Read>(reader: R) -> StreamChunks<R> {
 /// (the block is reused once every chunk of it is dropped). Dereferences to its bytes.
 #[derive(Debug, Clone)]
 pub struct Chunk {
-    block: std::sync::Arc<Vec<u8>>,
+    block: std::sync::Arc<Block>,
     start: usize,
     len: usize,
 }
@@ -95,7 +127,7 @@ impl std::ops::Deref for Chunk {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.block[self.start..self.start + self.len]
+        &self.block.0[self.start..self.start + self.len]
     }
 }
 
@@ -104,7 +136,7 @@ impl std::ops::Deref for Chunk {
 pub struct StreamChunks<R> {
     reader: R,
     /// Bytes read and not yet dropped; `block[..cut]` are already cut into `pending`.
-    block: std::sync::Arc<Vec<u8>>,
+    block: std::sync::Arc<Block>,
     cut: usize,
     /// Stream offset of `block[0]`.
     base: u64,
@@ -115,36 +147,16 @@ pub struct StreamChunks<R> {
     /// Positions of the chunk that starts at `block[cut]` below this one have been searched
     /// for its cut point, in vain.
     scanned: usize,
-    /// Earlier blocks, reused once no chunk refers to them.
-    spare: Vec<std::sync::Arc<Vec<u8>>>,
 }
 
 impl<R: std::io::Read> StreamChunks<R> {
-    /// A block no chunk refers to, empty: a spare one if any is free, else a new one.
-    fn free_block(&mut self) -> Vec<u8> {
-        if let Some(i) = self
-            .spare
-            .iter()
-            .position(|b| std::sync::Arc::strong_count(b) == 1)
-        {
-            // No chunk refers to it, and none can start to: only a chunk's holder can clone it.
-            if let Ok(mut b) = std::sync::Arc::try_unwrap(self.spare.swap_remove(i)) {
-                b.clear();
-                return b;
-            }
-        }
-        Vec::with_capacity(STREAM_BLOCK)
-    }
-
     /// Carry what was not handed out into a free block, read the next bytes into it and cut
     /// what is final in it.
     fn refill(&mut self) -> std::io::Result<()> {
-        let mut buf = self.free_block();
-        buf.extend_from_slice(&self.block[self.cut..]);
-        let old = std::mem::take(&mut self.block);
-        if old.capacity() > 0 && self.spare.len() < SPARE_BLOCKS {
-            self.spare.push(old);
-        }
+        let mut buf = take_block();
+        buf.extend_from_slice(&self.block.0[self.cut..]);
+        // The old block goes back to the pool now, or when its last chunk is dropped.
+        self.block = std::sync::Arc::new(Block::default());
         self.base += self.cut as u64;
         self.cut = 0;
         let want = STREAM_BLOCK.saturating_sub(buf.len());
@@ -168,7 +180,7 @@ impl<R: std::io::Read> StreamChunks<R> {
             }
             self.cut_final(&buf);
         }
-        self.block = std::sync::Arc::new(buf);
+        self.block = std::sync::Arc::new(Block(buf));
         result
     }
 
@@ -413,6 +425,41 @@ mod tests {
         }
         assert!(held.len() > 10);
         for (offset, chunk) in held {
+            assert_eq!(&chunk[..], &data[offset..offset + chunk.len()]);
+        }
+    }
+
+    /// Blocks go back to one pool shared by every chunker: two chunkers read side by side,
+    /// each keeping some of its chunks and dropping the others, never see each other's bytes.
+    #[test]
+    fn chunkers_side_by_side_share_the_block_pool_safely() {
+        let a = pseudo_random(4 * STREAM_BLOCK + 777, 21);
+        let b = pseudo_random(3 * STREAM_BLOCK + 5_001, 22);
+        let (mut sa, mut sb) = (stream_chunks(&a[..]), stream_chunks(&b[..]));
+        let mut held = Vec::new();
+        let (mut na, mut nb) = (0usize, 0usize);
+        loop {
+            let (x, y) = (sa.next(), sb.next());
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            for (r, data, n, name) in [(x, &a, &mut na, 'a'), (y, &b, &mut nb, 'b')] {
+                let Some(r) = r else { continue };
+                let (offset, chunk) = r.unwrap();
+                assert_eq!(
+                    &chunk[..],
+                    &data[offset as usize..offset as usize + chunk.len()]
+                );
+                if *n % 4 == 1 {
+                    held.push((name, offset as usize, chunk));
+                }
+                *n += 1;
+            }
+        }
+        assert_eq!(na, cut_points(&a).len());
+        assert_eq!(nb, cut_points(&b).len());
+        for (name, offset, chunk) in held {
+            let data = if name == 'a' { &a } else { &b };
             assert_eq!(&chunk[..], &data[offset..offset + chunk.len()]);
         }
     }
