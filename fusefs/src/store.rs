@@ -644,16 +644,16 @@ mod tests {
         (d, chunks, store, rt())
     }
 
+    /// A chunk being fetched in the background.
+    type Fetching = tokio::task::JoinHandle<Result<Arc<Verified>>>;
+
     /// Fetch every chunk of `chunks` at once on `rt`; the count of those finished so far
     /// and the tasks.
     fn fetch_all(
         rt: &tokio::runtime::Runtime,
         store: &Arc<ObjectStore>,
         chunks: &[(ObjectId, Vec<u8>)],
-    ) -> (
-        Arc<AtomicU64>,
-        Vec<tokio::task::JoinHandle<Result<Arc<Verified>>>>,
-    ) {
+    ) -> (Arc<AtomicU64>, Vec<Fetching>) {
         let done = Arc::new(AtomicU64::new(0));
         let tasks = chunks
             .iter()
