@@ -133,7 +133,8 @@ class Write(unittest.TestCase):
             text = read(out)
             self.assertIn("### What this machine allows", text)
             # P7's floor, 1.25x the local start, misses <= 1.1x: the target is out of reach.
-            self.assertRegex(text, r"\| P7 \| container start on depotfs, warm [^|]+ \| 1.25x \| ≤ 1.1x \| "
+            self.assertRegex(text, r"\| P7 \| container start without an access list on depotfs, warm [^|]+ "
+                                   r"\| 1.25x \| ≤ 1.1x \| "
                                    r"\*\*out of reach here\*\* \|")
             # P4's ceiling, 1.25x ext4's time, is within <= 1.5x.
             self.assertRegex(text, r"\| P4 \| [^|]+ \| 1.25x \| ≤ 1.5x \| reachable by this bound \|")
