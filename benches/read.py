@@ -231,6 +231,29 @@ def wait_for(pred, what, secs=30):
     raise RuntimeError(f"timed out after {secs} s waiting for {what}")
 
 
+def start_nginx(work, root):
+    """nginx serving directory `root` on a free loopback port (2 workers, sendfile on, the
+    configuration, pid and error log in `work`), once it accepts connections: (process, port)."""
+    port = free_port()
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 2; error_log {work}/nginx.err; pid {work}/nginx.pid;
+events {{}}
+http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work, "-g", "daemon off;"])
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, f"nginx on port {port}")
+    return nginx, port
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -419,23 +442,7 @@ def main():
         keep_cpus_awake()
 
     # --- nginx ------------------------------------------------------------------------------
-    port = free_port()
-    conf = os.path.join(w, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 2; error_log {w}/nginx.err; pid {w}/nginx.pid;
-events {{}}
-http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {www}; }} }}
-""")
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", w, "-g", "daemon off;"])
-
-    def nginx_up():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_for(nginx_up, f"nginx on port {port}")
+    nginx, port = start_nginx(w, www)
     url = f"http://127.0.0.1:{port}/public/"
     key = os.path.join(store, "public", "repo.pub")
     d = Depotfs(url, key, os.path.join(w, "mnt"), os.path.join(w, "cache"))

@@ -21,13 +21,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
-from read import HERE, cpu_seconds, drop, free_port, read_all, stages, umount, wait_for  # benches/read.py
+from read import HERE, cpu_seconds, drop, read_all, stages, start_nginx, umount, wait_for  # benches/read.py
 
 
 def sh(*cmd, check=True, **kw):
@@ -142,20 +141,7 @@ def main():
         link = os.path.join(www, name)
         if not os.path.islink(link):
             os.symlink(os.path.join(store, "public"), link)
-    port = free_port()
-    conf = os.path.join(w, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 2; error_log {w}/nginx.err; pid {w}/nginx.pid;
-events {{}}
-http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port}; root {www}; }} }}
-""")
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", w, "-g", "daemon off;"])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    nginx, port = start_nginx(w, www)
     mounts = {name: Mount(name, b, f"http://127.0.0.1:{port}/{name}/",
                           os.path.join(w, f"store-{name}", "public", "repo.pub"), w, cache_root, a.cgroup)
               for name, b in bins}

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cli_run::{Mounted, Served, depotfs, ok, ok_stdout, poll, xattr};
+use cli_run::{Mounted, Served, depotfs, ok, ok_stdout, one_image_store, poll, xattr};
 use depotfs_catalog::chunking::CHUNK_MAX;
 use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
@@ -39,22 +39,8 @@ impl Setup {
     /// [`Setup::new`] with an image of `len` bytes.
     fn of_size(len: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src/img");
-        fs::create_dir_all(&src).unwrap();
         let data = random_bytes(len, 7);
-        fs::write(src.join("app.sif"), &data).unwrap();
-        let store = dir.path().join("store");
-        ok(depotfs(&[
-            OsStr::new("init"),
-            store.as_os_str(),
-            OsStr::new("--name"),
-            OsStr::new("prefetch.test.org"),
-        ]));
-        ok(depotfs(&[
-            OsStr::new("add"),
-            store.as_os_str(),
-            src.as_os_str(),
-        ]));
+        let store = one_image_store(dir.path(), "prefetch.test.org", &data);
         let server = Served::start(&store);
         Setup { dir, data, server }
     }

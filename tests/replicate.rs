@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, Served, depotfs, fails, ok_stdout as ok};
+use cli_run::{BIN, Served, add, depotfs, fails, init_store, ok_stdout as ok};
 use depotfs_catalog::dir::{DirNode, NODE_MAX_BYTES};
 use depotfs_catalog::object::{self, ObjectKind};
 use depotfs_catalog::{ChunkList, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
@@ -69,12 +69,7 @@ impl Setup {
         let s = Setup {
             dir: tempfile::tempdir().unwrap(),
         };
-        ok(depotfs(&[
-            OsStr::new("init"),
-            s.store().as_os_str(),
-            OsStr::new("--name"),
-            OsStr::new("mirror.test.org"),
-        ]));
+        init_store(&s.store(), "mirror.test.org");
         s
     }
     fn path(&self) -> &Path {
@@ -109,11 +104,7 @@ impl Setup {
         fs::write(src.join("shared.img"), random_bytes(2 << 20, 99)).unwrap();
         fs::write(src.join("empty"), b"").unwrap();
         std::os::unix::fs::symlink("bin/tool-0000", src.join("link")).unwrap();
-        ok(depotfs(&[
-            OsStr::new("add"),
-            self.store().as_os_str(),
-            src.as_os_str(),
-        ]));
+        add(&self.store(), &src);
         src
     }
 
@@ -436,12 +427,7 @@ fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
 
     // The wrong key.
     let other = s.path().join("other");
-    ok(depotfs(&[
-        OsStr::new("init"),
-        other.as_os_str(),
-        OsStr::new("--name"),
-        OsStr::new("mirror.test.org"),
-    ]));
+    init_store(&other, "mirror.test.org");
     let other_key = other.join("public/repo.pub");
     let err = fails(depotfs(&[
         OsStr::new("replicate"),

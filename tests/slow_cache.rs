@@ -10,14 +10,13 @@
 mod cli_run;
 mod http_suite;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_run::{BIN, Mounted, Served, depotfs, ok, xattr};
+use cli_run::{BIN, Mounted, Served, ok, one_image_store, xattr};
 use http_suite::random_bytes;
 
 const MIB: usize = 1 << 20;
@@ -143,22 +142,8 @@ fn read_whole(path: &Path) -> Vec<u8> {
 #[test]
 fn a_cold_read_on_a_slow_disk_leaves_every_chunk_cached() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src/img");
-    fs::create_dir_all(&src).unwrap();
     let data = random_bytes(48 * MIB, 21);
-    fs::write(src.join("app.sif"), &data).unwrap();
-    let store = dir.path().join("store");
-    ok(depotfs(&[
-        OsStr::new("init"),
-        store.as_os_str(),
-        OsStr::new("--name"),
-        OsStr::new("slow-cache.test.org"),
-    ]));
-    ok(depotfs(&[
-        OsStr::new("add"),
-        store.as_os_str(),
-        src.as_os_str(),
-    ]));
+    let store = one_image_store(dir.path(), "slow-cache.test.org", &data);
     let key = store.join("public/repo.pub");
     let mut server = Served::start(&store);
     let disk = SlowDisk::new(dir.path());

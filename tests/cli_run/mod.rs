@@ -56,6 +56,38 @@ pub fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `depotfs init STORE --name NAME`: a new store, which must succeed.
+pub fn init_store(store: &std::path::Path, name: &str) {
+    ok(depotfs(&[
+        OsStr::new("init"),
+        store.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new(name),
+    ]));
+}
+
+/// `depotfs add STORE SRC`: publish the image directory `src` (named after it), which must
+/// succeed.
+pub fn add(store: &std::path::Path, src: &std::path::Path) {
+    ok(depotfs(&[
+        OsStr::new("add"),
+        store.as_os_str(),
+        src.as_os_str(),
+    ]));
+}
+
+/// A store `DIR/store` named `name`, publishing one image: `img/app.sif` with `data`
+/// (written under `DIR/src`). Returns the store's path.
+pub fn one_image_store(dir: &std::path::Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let src = dir.join("src/img");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.sif"), data).unwrap();
+    let store = dir.join("store");
+    init_store(&store, name);
+    add(&store, &src);
+    store
+}
+
 #[allow(unused_imports)] // not every test binary polls through this module
 pub use super::http_suite::poll;
 
