@@ -36,6 +36,7 @@ Writes the measurements as JSON to OUT (read by benches/report.py) and prints a 
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -155,6 +156,33 @@ def children_cpu(ppid):
                 with open(f"/proc/{p}/stat") as f:
                     if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
                         total += cpu_seconds(int(p))
+            except (OSError, ValueError):
+                pass
+    return total
+
+
+def run_ns(pid):
+    """Nanoseconds on a CPU of every live thread of process `pid` (/proc/PID/task/*/schedstat):
+    finer than `cpu_seconds`' 10 ms ticks, for operations of a tenth of a second."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def children_run_ns(ppid):
+    """`run_ns` of the processes whose parent is `ppid` (nginx's workers)."""
+    total = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        total += run_ns(int(p))
             except (OSError, ValueError):
                 pass
     return total
@@ -549,12 +577,20 @@ def main():
             l = {k: [] for k in ["d_f_fresh", "d_f_warm", "d_l_warm", "e_f_cold", "e_f_warm", "e_l_warm",
                                  "sqll_f_fresh", "sqll_f", "sqll_l", "sq_l"]}
             d_names = os.path.join(d.mnt, "names", "all")
+            nginx_pid = int(open(os.path.join(w, "nginx.pid")).read())
+            fresh_cpu = []  # CPU seconds of each fresh listing: the daemon, nginx, ls
             for rep in range(a.reps):
                 d.mount(fresh=True)
                 s0 = stages(d)
+                c0 = (run_ns(d.pid), children_run_ns(nginx_pid), resource.getrusage(resource.RUSAGE_CHILDREN))
                 l["d_f_fresh"].append(ls(["-f"], d_names))
+                c1 = (run_ns(d.pid), children_run_ns(nginx_pid), resource.getrusage(resource.RUSAGE_CHILDREN))
+                fresh_cpu.append(((c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9,
+                                  c1[2].ru_utime + c1[2].ru_stime - c0[2].ru_utime - c0[2].ru_stime))
                 s1 = stages(d)
                 R.info[f"ls_fresh_stages_{rep + 1}"] = stage_line(s0, s1)
+                R.info[f"ls_fresh_cpu_{rep + 1}"] = ("CPU seconds during the fresh listing: depotfs {:.3f}, nginx {:.3f}, "
+                                                     "ls {:.3f}".format(*fresh_cpu[-1]))
                 l["d_f_warm"].append(ls(["-f"], d_names))
                 ls(["-l"], d_names)
                 l["d_l_warm"].append(ls(["-l"], d_names))
@@ -578,6 +614,8 @@ def main():
             R.add("ls.f.depotfs_fresh", f"ls -f all/ ({n_names} names): depotfs fresh mount over HTTP", "s", l["d_f_fresh"],
                   "lower")
             R.add("ls.f.depotfs_warm", "ls -f all/: depotfs warm", "s", l["d_f_warm"], "lower")
+            R.add("ls.f.depotfs_fresh_ceiling_s", "ls -f all/: depotfs fresh, time at its CPU ceiling (the daemon's, "
+                  "nginx's and ls's CPU seconds / 2 cores)", "s", [sum(c) / 2 for c in fresh_cpu], "lower")
             R.add("ls.f.squashfuse_ll_fresh", "ls -f all/: squashfuse_ll fresh mount (image file in the page cache)",
                   "s", l["sqll_f_fresh"], "lower")
             R.add("ls.f.squashfuse_ll_warm", "ls -f all/: squashfuse_ll warm", "s", l["sqll_f"], "lower")
