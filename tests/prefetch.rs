@@ -463,7 +463,28 @@ fn recorded_access_list_is_prefetched_on_open() {
     poll(Duration::from_secs(30), "access-list prefetch", || {
         numbers(&m.0, "prefetched") == [list.prefetch.len() as u64, listed_bytes]
     });
+    // The listed chunks' whole pages went into the kernel's page cache of the file.
+    let offsets = list.offsets();
+    let whole_pages: u64 = list
+        .prefetch
+        .iter()
+        .map(|&i| {
+            let (at, len) = (offsets[i as usize], list.chunks[i as usize].len as u64);
+            let end = at + len;
+            // The file's last page goes in too, whole or not.
+            let to = if end == s.data.len() as u64 {
+                end
+            } else {
+                end / 4096 * 4096
+            };
+            to.saturating_sub(at.next_multiple_of(4096))
+        })
+        .sum();
+    poll(Duration::from_secs(30), "the page-cache push", || {
+        numbers(&m.0, "page_cache_pushed") == [whole_pages]
+    });
     let misses = numbers(&m.0, "misses")[0];
+    let through_daemon = numbers(&m.0, "bytes_read")[0];
     for &(o, n) in &ranges {
         assert_eq!(read_at(&f, o, n), &s.data[o as usize..o as usize + n]);
     }
@@ -471,6 +492,19 @@ fn recorded_access_list_is_prefetched_on_open() {
         numbers(&m.0, "misses")[0],
         misses,
         "recorded reads downloaded again"
+    );
+    // The kernel answered them from those pages: at most the pages a listed chunk shares
+    // with the next one came to the daemon (none of the ranges starts or ends in one).
+    let asked: usize = ranges.iter().map(|&(_, n)| n).sum();
+    let came = numbers(&m.0, "bytes_read")[0] - through_daemon;
+    assert!(
+        came < asked as u64 / 2,
+        "{came} of the {asked} recorded bytes were read through the daemon"
+    );
+    // And every byte of the file, pushed or read, is the published one.
+    assert!(
+        fs::read(m.0.join("img/app.sif")).unwrap() == s.data,
+        "the file read through the page cache the list filled differs"
     );
     let status = ok_stdout(depotfs(&[OsStr::new("status"), m.0.as_os_str()]));
     assert!(

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use depotfs_catalog::dir::{self, NodeSource};
@@ -118,6 +118,9 @@ pub struct DepotFs {
     reading: Reading,
     /// Chunk lists whose access list has been prefetched (once per mount).
     listed: Mutex<HashSet<ObjectId>>,
+    /// Where access-list chunks go into the kernel's page cache (set by the mount once its
+    /// FUSE session exists).
+    page_push: OnceLock<prefetch::PagePush>,
     /// Known inodes and the kernel's lookup count of each.
     inodes: Inodes,
     open: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -186,6 +189,7 @@ impl DepotFs {
             info,
             reading: Reading::default(),
             listed: Mutex::new(HashSet::new()),
+            page_push: OnceLock::new(),
             inodes: Inodes::new(root),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -193,6 +197,12 @@ impl DepotFs {
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
         }
+    }
+
+    /// Put access lists' chunks into the kernel's page cache with `push` from now on (see
+    /// [`prefetch`]); once.
+    pub fn set_page_push(&self, push: prefetch::PagePush) {
+        let _ = self.page_push.set(push);
     }
 
     /// Serve reads as `reading` says (prefetch, recording); the default is readahead only.
@@ -346,6 +356,9 @@ impl DepotFs {
             EntryKind::Symlink { .. } => return Err(Error::NotFound),
         };
         let content = self.content(size, file).await?;
+        if let (Content::Chunked(c), FileContent::Chunked(id)) = (&content, file) {
+            self.start_list(ino, id, c);
+        }
         let path = self.reading.recorder.as_ref().and_then(|_| {
             let p = self.inodes.path_of(ino);
             if p.is_none() {
@@ -383,21 +396,30 @@ impl DepotFs {
                         c.list.total_len()
                     )));
                 }
-                // The first open of an image with an access list starts its prefetch.
-                if self.reading.prefetch_rate > 0
-                    && !c.list.prefetch.is_empty()
-                    && self.listed.lock().expect("poisoned").insert(id)
-                {
-                    prefetch::spawn_list(
-                        &self.store,
-                        &self.rt,
-                        c.clone(),
-                        self.reading.prefetch_rate,
-                    );
-                }
                 Content::Chunked(c)
             }
         })
+    }
+
+    /// The first open of an image with an access list (file `ino`, chunk list `id`, parsed
+    /// as `c`) starts its prefetch, which also fills the file's page cache once the mount can.
+    fn start_list(&self, ino: Ino, id: ObjectId, c: &Arc<Chunks>) {
+        if self.reading.prefetch_rate > 0
+            && !c.list.prefetch.is_empty()
+            && self.listed.lock().expect("poisoned").insert(id)
+        {
+            let push = self.page_push.get().map(|p| prefetch::PushTo {
+                ino,
+                push: p.clone(),
+            });
+            prefetch::spawn_list(
+                &self.store,
+                &self.rt,
+                c.clone(),
+                self.reading.prefetch_rate,
+                push,
+            );
+        }
     }
 
     /// Forget an open file.

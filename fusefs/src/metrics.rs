@@ -208,6 +208,12 @@ fn families(fs: &DepotFs) -> Vec<MetricFamily> {
         s.bytes_read as f64,
     );
     o.one(
+        "depotfs_page_cache_pushed_bytes_total",
+        COUNTER,
+        "File bytes of images' access lists put into the kernel's page cache (verified, whole pages), so that reads of them need no request to the daemon.",
+        s.page_cache_pushed as f64,
+    );
+    o.one(
         "depotfs_verification_failures_total",
         COUNTER,
         "Downloads that failed verification.",

@@ -687,6 +687,10 @@ fn serve_session(
         }
     }
     let notifier = session.notifier();
+    let pages = notifier.clone();
+    fs.set_page_push(crate::prefetch::PagePush(Arc::new(
+        move |ino, offset, bytes| pages.store(INodeNo(ino.0), offset, bytes),
+    )));
     let ttl = Duration::from_secs(o.manifest_ttl.unwrap_or(fs.manifest().ttl).max(1));
     let checker = Arc::new(Checker {
         fs: fs.clone(),

@@ -21,7 +21,11 @@
 //! read of a chunk being prefetched joins that download (the store's single-flight). A read
 //! of listed chunks is then not speculated on ([`Chunks::listed`]): the list says what the
 //! start needs, so readahead only starts once a reader leaves it (it fetched 12 MB beyond
-//! the list's 18 before).
+//! the list's 18 before). Each listed chunk, downloaded or already cached, is then put into
+//! the kernel's page cache of the opened file ([`PagePush`], `FUSE_NOTIFY_STORE`): verified
+//! bytes only, the whole pages inside the chunk ([`whole_pages`]). The start's reads of them
+//! are answered by the kernel without a request to the daemon; a read of a page the push has
+//! not reached (or the kernel has evicted) comes to the daemon as before.
 //!
 //! **Counting** ([`Ahead`]): a prefetch runs its loads inside [`AHEAD`], and the store counts
 //! a load for it only when that load was started by it — a memory hit, or a join of a
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use depotfs_catalog::ChunkRef;
 
+use crate::fs::Ino;
 use crate::store::{Chunks, ObjectStore, Stats};
 
 /// A sequential run shorter than this gets no readahead: longer than the files squashfuse
@@ -56,6 +61,45 @@ pub const LIST_PARALLEL: usize = 4;
 /// start reads about as fast as 64 MiB/s), so the list fetched nothing the start did not wait
 /// for (1.39× local with it, 1.35× without).
 pub const LIST_BURST: Duration = Duration::from_millis(500);
+
+/// Puts verified bytes of a file into the kernel's page cache: `(inode, file offset, bytes)`
+/// (the FUSE adapter's `FUSE_NOTIFY_STORE`).
+#[derive(Clone)]
+pub struct PagePush(pub Arc<PushFn>);
+
+/// What a [`PagePush`] calls.
+pub type PushFn = dyn Fn(Ino, u64, &[u8]) -> std::io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for PagePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PagePush")
+    }
+}
+
+/// The part of a chunk at file offset `at`, `len` bytes long, that can go into the page cache
+/// as whole pages of `page` bytes: the kernel marks a page it is given readable only when it
+/// gets the page whole (or the page holds the end of the file). `None` if no page is whole.
+/// The pages a chunk shares with its neighbours are left to reads.
+pub fn whole_pages(at: u64, len: u64, file_len: u64, page: u64) -> Option<(u64, u64)> {
+    let end = at + len;
+    let from = at.next_multiple_of(page);
+    let to = if end == file_len {
+        end
+    } else {
+        end / page * page
+    };
+    (from < to).then_some((from, to))
+}
+
+/// Where the chunks of an access list go besides the store: the opened file's inode, and the
+/// push into its page cache.
+#[derive(Debug, Clone)]
+pub struct PushTo {
+    /// The opened file.
+    pub ino: Ino,
+    /// The push.
+    pub push: PagePush,
+}
 
 /// When the access-list download that has `before` bytes granted ahead of it may start,
 /// after the prefetch began: at once within [`LIST_BURST`]'s worth of `rate` (bytes per
@@ -212,12 +256,15 @@ pub fn spawn_load(
 }
 
 /// Fetch the access list of `c` in the background: the listed chunks not yet cached, in
-/// order, [`LIST_PARALLEL`] at a time, at most `rate` bytes per second on average.
+/// order, [`LIST_PARALLEL`] at a time, at most `rate` bytes per second on average; with
+/// `push`, every listed chunk (downloaded, or loaded from the caches, which the rate does not
+/// pace) then goes into the file's page cache too.
 pub fn spawn_list(
     store: &Arc<ObjectStore>,
     rt: &tokio::runtime::Handle,
     c: Arc<Chunks>,
     rate: u64,
+    push: Option<PushTo>,
 ) {
     if rate == 0 || c.list.prefetch.is_empty() {
         return;
@@ -225,39 +272,72 @@ pub fn spawn_list(
     let store = store.clone();
     rt.spawn(async move {
         let t0 = Instant::now();
+        let file_len = c.list.total_len();
+        let page = rustix::param::page_size() as u64;
+        // (chunk, its file offset, whether it must be downloaded); a cached one is only worth
+        // loading to push it.
         let todo: Vec<_> = c
             .list
             .prefetch
             .iter()
-            .filter_map(|&i| c.list.chunks.get(i as usize).copied())
-            .filter(|r| !store.has_chunk(&r.id))
+            .filter_map(|&i| {
+                let r = c.list.chunks.get(i as usize).copied()?;
+                Some((r, c.offsets[i as usize], !store.has_chunk(&r.id)))
+            })
+            .filter(|&(_, _, download)| download || push.is_some())
             .collect();
         let queue = Arc::new(Mutex::new((todo.into_iter(), 0u64)));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..LIST_PARALLEL {
-            let (store, queue) = (store.clone(), queue.clone());
-            workers.spawn(AHEAD.scope(Ahead::AccessList, async move {
+            let (store, queue, push) = (store.clone(), queue.clone(), push.clone());
+            workers.spawn(async move {
                 loop {
                     // Take the next chunk and the bytes granted before it: a download may
                     // start once those bytes' share of the time at `rate` has passed.
-                    let (r, before) = {
+                    let (r, at, download, before) = {
                         let mut q = queue.lock().expect("poisoned");
-                        let Some(r) = q.0.next() else { return };
+                        let Some((r, at, download)) = q.0.next() else {
+                            return;
+                        };
                         let before = q.1;
-                        q.1 += r.len as u64;
-                        (r, before)
+                        if download {
+                            q.1 += r.len as u64;
+                        }
+                        (r, at, download, before)
                     };
-                    let due = t0 + list_delay(before, rate);
-                    tokio::time::sleep_until(due.into()).await;
-                    if store.has_chunk(&r.id) {
+                    let loaded = if download && !store.has_chunk(&r.id) {
+                        let due = t0 + list_delay(before, rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        // Only what the list downloads counts as its prefetch.
+                        AHEAD
+                            .scope(Ahead::AccessList, store.chunk(r.id, r.len as u64))
+                            .await
+                    } else if push.is_some() {
+                        store.chunk(r.id, r.len as u64).await
+                    } else {
                         continue;
-                    }
-                    if let Err(e) = store.chunk(r.id, r.len as u64).await {
-                        tracing::debug!("access-list prefetch of {} failed: {e}", r.id);
-                        return;
+                    };
+                    let v = match loaded {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::debug!("access-list prefetch of {} failed: {e}", r.id);
+                            return;
+                        }
+                    };
+                    let Some(p) = &push else { continue };
+                    if let Some((from, to)) = whole_pages(at, r.len as u64, file_len, page) {
+                        let bytes = &v.data()[(from - at) as usize..(to - at) as usize];
+                        if let Err(e) = (p.push.0)(p.ino, from, bytes) {
+                            tracing::debug!("access list: the page cache took no pages: {e}");
+                            return;
+                        }
+                        store
+                            .stats
+                            .list_pushed
+                            .fetch_add(to - from, Ordering::Relaxed);
                     }
                 }
-            }));
+            });
         }
         while workers.join_next().await.is_some() {}
         tracing::debug!("access-list prefetch done in {:?}", t0.elapsed());
@@ -269,6 +349,36 @@ mod tests {
     use super::*;
 
     const K: u64 = 1024;
+
+    /// Only pages a chunk holds whole go to the page cache, and the file's last page.
+    #[test]
+    fn whole_pages_of_a_chunk() {
+        let p = 4 * K;
+        assert_eq!(whole_pages(0, 10 * K, 100 * K, p), Some((0, 8 * K)));
+        assert_eq!(
+            whole_pages(10 * K, 10 * K, 100 * K, p),
+            Some((12 * K, 20 * K))
+        );
+        assert_eq!(
+            whole_pages(5 * K, 2 * K, 100 * K, p),
+            None,
+            "inside one page"
+        );
+        assert_eq!(
+            whole_pages(5 * K, 3 * K, 100 * K, p),
+            None,
+            "ends where a page ends"
+        );
+        assert_eq!(
+            whole_pages(90 * K, 10 * K, 100 * K, p),
+            Some((92 * K, 100 * K))
+        );
+        assert_eq!(
+            whole_pages(90 * K, 10 * K - 5, 100 * K - 5, p),
+            Some((92 * K, 100 * K - 5)),
+            "the file's last page, partly"
+        );
+    }
 
     /// An access list's first LIST_BURST worth of its rate starts at once; past it, at the
     /// rate.

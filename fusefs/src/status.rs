@@ -26,7 +26,7 @@ pub const XATTRS_ANY: [&str; 3] = [
 
 /// Attribute names offered on the mount root only: the status, one value each, and the
 /// whole of it ([`XATTR_JSON`]).
-pub const XATTRS_ROOT: [&str; 33] = [
+pub const XATTRS_ROOT: [&str; 34] = [
     "user.depotfs.name",
     "user.depotfs.published_ns",
     "user.depotfs.cache_dir",
@@ -55,6 +55,7 @@ pub const XATTRS_ROOT: [&str; 33] = [
     "user.depotfs.evictions",
     "user.depotfs.readahead",
     "user.depotfs.prefetched",
+    "user.depotfs.page_cache_pushed",
     "user.depotfs.cache_state",
     "user.depotfs.cache_pending",
     "user.depotfs.cache_dropped",
@@ -201,6 +202,9 @@ pub struct Status {
     pub readahead: Prefetched,
     /// Loaded from images' access lists when they were opened.
     pub access_list: Prefetched,
+    /// File bytes of access lists put into the kernel's page cache.
+    #[serde(default)]
+    pub page_cache_pushed: u64,
     /// Where reads' time went: each stage of the read path by name, in order (see
     /// `stages.rs`).
     pub stages: Vec<(String, crate::stages::Totals)>,
@@ -270,6 +274,7 @@ impl Status {
                 bytes: n(&st.list_bytes),
                 downloaded: n(&st.list_fetched),
             },
+            page_cache_pushed: n(&st.list_pushed),
             stages: store.stages.snapshot(),
             inodes: fs.inode_count() as u64,
             pid: std::process::id(),
@@ -327,6 +332,7 @@ impl Status {
             // `CHUNKS BYTES`
             "readahead" => pair(self.readahead.chunks, self.readahead.bytes),
             "prefetched" => pair(self.access_list.chunks, self.access_list.bytes),
+            "page_cache_pushed" => self.page_cache_pushed.to_string(),
             "cache_state" => self.cache_state.to_string(),
             "stages" => crate::stages::to_text(&self.stages),
             _ => return None,
@@ -389,6 +395,7 @@ mod tests {
                 bytes: 5,
                 downloaded: 6,
             },
+            page_cache_pushed: 7,
             stages: vec![(
                 "hash".into(),
                 crate::stages::Totals {
@@ -436,6 +443,7 @@ mod tests {
         assert_eq!(x("readahead"), "1 2");
         assert_eq!(x("prefetched"), "4 5");
         assert_eq!(x("prefetch_downloaded"), "3 6");
+        assert_eq!(x("page_cache_pushed"), "7");
         assert_eq!(x("cache_dir"), "/var/cache/depotfs");
         assert_eq!(x("stages"), "hash 2 7000 150\n");
         let local = Status {

@@ -101,6 +101,8 @@ pub struct Stats {
     pub list_bytes: AtomicU64,
     /// Encoded bytes access-list prefetch downloaded (a part of `bytes_fetched`).
     pub list_fetched: AtomicU64,
+    /// File bytes of access lists put into the kernel's page cache (whole pages).
+    pub list_pushed: AtomicU64,
     /// Manifests refused at a revision check, by reason (`older`, `signature`, `name`, …).
     pub manifest_refused: Mutex<std::collections::BTreeMap<depotfs_catalog::Refusal, u64>>,
     /// Revision checks started (TTL, probe or `depotfs remount`; one at a time).
