@@ -652,8 +652,10 @@ def main():
                 ahead = int(ct.xattr("prefetch_downloaded").split()[0]) / 1e6
                 # File bytes the access list put into the page cache (0: none, or a depotfs
                 # without the push).
-                pushed = ct.xattr("page_cache_pushed")
-                pushed = int(pushed) / 1e6 if pushed and pushed.isdigit() else 0.0
+                try:
+                    pushed = int(ct.xattr("page_cache_pushed")) / 1e6
+                except (RuntimeError, ValueError):
+                    pushed = 0.0
                 out = (t, ct.counter("bytes_fetched") / 1e6, ct.counter("bytes_read") / 1e6, ahead, pushed)
                 ct.umount()
                 return out

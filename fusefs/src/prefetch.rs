@@ -326,8 +326,20 @@ pub fn spawn_list(
                     };
                     let Some(p) = &push else { continue };
                     if let Some((from, to)) = whole_pages(at, r.len as u64, file_len, page) {
-                        let bytes = &v.data()[(from - at) as usize..(to - at) as usize];
-                        if let Err(e) = (p.push.0)(p.ino, from, bytes) {
+                        // On the blocking pool, never on a runtime thread: the kernel locks
+                        // each page it stores into, so the write waits while a read of that
+                        // page is in flight, and that read is answered on the runtime. (On the
+                        // runtime, two pushes waiting so held both its threads, the read never
+                        // got its answer, and even the unmount waited: a deadlock.)
+                        let p = p.clone();
+                        let pushed = tokio::task::spawn_blocking(move || {
+                            let bytes = &v.data()[(from - at) as usize..(to - at) as usize];
+                            (p.push.0)(p.ino, from, bytes)
+                        })
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                        if let Err(e) = pushed {
                             tracing::debug!("access list: the page cache took no pages: {e}");
                             return;
                         }
