@@ -41,7 +41,11 @@
 //! verified on the blocking pool, in groups of about [`TASK_BYTES`] that one blocking task
 //! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
 //! [`READ_AHEAD_TOTAL`] bytes for all downloads together, so memory stays bounded whatever the
-//! number of connections; a download always has its next group in flight.
+//! number of connections; a download always has its next group in flight. One task per group
+//! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
+//! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
+//! after the other without a wait, so its writes to the socket are large. Chunks are sent in
+//! order, each only after its verification.
 //!
 //! Cold downloads read past the page cache. Each read of a download asks first, without
 //! waiting, whether its chunk is in the page cache (`preadv2(RWF_NOWAIT)` of one byte); once
@@ -53,14 +57,11 @@
 //! about a third less CPU, as little as a warm one (benches/RESULTS.md, "#14 D1 (d14,
 //! session 13)"). The bytes are verified in the buffer they were read into, as before. What
 //! it costs: a download that found its file cold leaves it cold, so the next download of
-//! the same file reads the disk again (at the same CPU per GiB), like nginx with `directio`;
-//! a file already in the page cache (read through the store's `/objects/` by clients, say)
-//! is served from it. A file system without direct I/O is read through the page cache.
-//! One task per group
-//! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
-//! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
-//! after the other without a wait, so its writes to the socket are large. Chunks are sent in
-//! order, each only after its verification.
+//! the same file reads the disk again (at about the same CPU per GiB as a warm one), like
+//! nginx with `directio`; chunks already in the page cache (read through the store's
+//! `/objects/` by clients, say) are served from it up to the first one that is not, after
+//! which the download reads the disk even where a later chunk is cached. A file system
+//! without direct I/O is read through the page cache.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
