@@ -54,8 +54,8 @@
 //! groups at once ([`COLD_TASKS_AHEAD`] of [`COLD_TASK_BYTES`]). The kernel then neither
 //! fills the page cache (allocating, charging and inserting every page: the largest part of
 //! a cold download's extra CPU) nor copies the bytes out of it: a cold GiB costs the server
-//! about a third less CPU, as little as a warm one (benches/RESULTS.md, "#14 D1 (d14,
-//! session 13)"). The bytes are verified in the buffer they were read into, as before. What
+//! about a fifth to a quarter less CPU, close to a warm one (benches/RESULTS.md, "#14 D1
+//! (d14, session 13)"). The bytes are verified in the buffer they were read into. What
 //! it costs: a download that found its file cold leaves it cold, so the next download of
 //! the same file reads the disk again (at about the same CPU per GiB as a warm one), like
 //! nginx with `directio`; chunks already in the page cache (read through the store's
