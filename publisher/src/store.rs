@@ -657,8 +657,9 @@ impl DirectRead {
         &self.buf[self.range.clone()]
     }
 
-    /// Narrow to `range` of [`DirectRead::bytes`] (the part to keep: a verified plaintext).
-    pub fn narrow(mut self, range: std::ops::Range<usize>) -> Self {
+    /// Narrow to `range` of [`DirectRead::bytes`] (the part to keep: a verified plaintext;
+    /// only the reader, which verifies first, narrows).
+    pub(crate) fn narrow(mut self, range: std::ops::Range<usize>) -> Self {
         assert!(range.start <= range.end && range.end <= self.range.len());
         self.range = self.range.start + range.start..self.range.start + range.end;
         self
