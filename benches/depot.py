@@ -2,7 +2,9 @@
 """The depot view of `depotfs serve` (issue 14), by hand, on loopback, in one run:
 
   D1  a whole 1 GiB image from /files/ vs nginx serving the same bytes as a plain file,
-      cold (page cache dropped before each download: root only) and warm; target >= 0.8x.
+      cold (page cache dropped before each download: root only) and warm (the store's
+      objects read into the page cache first: a cold download of the depot view reads them
+      with direct I/O and leaves them out of it); target >= 0.8x.
   D2  the autoindex page of a directory of the real 118,594 names (first request renders it,
       later ones are served from memory); target <= 1 s.
   D3  a search of the page at / over those names; target <= 50 ms.
@@ -78,6 +80,15 @@ def drop_caches():
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
     return True
+
+
+def warm_files(root):
+    """Read every file below `root` into the page cache."""
+    for d, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
 
 
 def proc_cpu(pid):
@@ -211,6 +222,9 @@ def main():
                 rows.append((f"D1 1 GiB image, {state}", "skipped (not root: no drop_caches)", "", "", ""))
                 continue
             if state == "warm":
+                # A cold download of the depot view reads past the page cache and leaves it
+                # cold (direct I/O): read the store's objects in first, so "warm" is warm.
+                warm_files(os.path.join(store, "public/objects"))
                 for url in urls.values():
                     curl_seconds(url)
             for rep in range(a.reps):

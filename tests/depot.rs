@@ -1054,8 +1054,38 @@ fn depot_follows_symlinks_inside_the_tree_only() {
     assert!(!json.contains("escapes"), "{json}");
 }
 
-/// Downloads whose chunks are not in the page cache (the depot view then reads further
-/// ahead): whole and ranged, every byte right and in order.
+/// How many of the store's objects are not in the page cache, asked the way the server asks
+/// (a read of the first byte that must not wait fails). The asking reads those pages in (the
+/// kernel's read-ahead): with `evict`, they are dropped again once read, so the objects are
+/// left out of the page cache.
+fn uncached_objects(store: &Path, evict: bool) -> usize {
+    let mut cold = 0;
+    for (path, _) in objects_by_size(&store.join("public/objects")) {
+        let file = std::fs::File::open(&path).unwrap();
+        let drop = || rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        if evict {
+            drop();
+        }
+        let mut byte = [0u8; 1];
+        let nowait = rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            0,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        cold += usize::from(nowait.is_err());
+        if evict {
+            // Wait for the read-ahead the question started, then drop its pages too.
+            rustix::io::pread(&file, &mut byte, 0).unwrap();
+            drop();
+        }
+    }
+    cold
+}
+
+/// Downloads whose chunks are not in the page cache (the depot view then reads them with
+/// direct I/O, more at once): whole and ranged, every byte right and in order; and the
+/// chunks read that way are left out of the page cache (module docs of `serve::depot`).
 #[test]
 fn depot_cold_download_is_byte_identical() {
     let repo = Repo::publish("cold.test", images);
@@ -1064,22 +1094,11 @@ fn depot_cold_download_is_byte_identical() {
     let want = std::fs::read(repo.src().join("all").join(IMAGES[0].0)).unwrap();
     let url = format!("{}files/all/samtools%3A1.9--h91753b0_8", s.url());
     let f = repo.dir.path().join("cold");
+    let objects = objects_by_size(&store.join("public/objects")).len();
     for range in [None, Some((1_000_003usize, 8_000_000usize))] {
         // Drop the objects' pages (clean pages of these files only; no root needed), and
-        // check they are gone the way the server checks (a read that must not wait fails).
-        let mut cold = 0;
-        for (path, _) in objects_by_size(&store.join("public/objects")) {
-            let file = std::fs::File::open(&path).unwrap();
-            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-            let mut byte = [0u8; 1];
-            let nowait = rustix::io::preadv2(
-                &file,
-                &mut [std::io::IoSliceMut::new(&mut byte)],
-                0,
-                rustix::io::ReadWriteFlags::NOWAIT,
-            );
-            cold += usize::from(nowait.is_err());
-        }
+        // check they are gone.
+        let cold = uncached_objects(&store, true);
         assert!(cold > 8, "only {cold} objects left the page cache");
         let (got, expect) = match range {
             None => {
@@ -1096,5 +1115,14 @@ fn depot_cold_download_is_byte_identical() {
         };
         assert_eq!(got.len(), expect.len(), "{range:?}");
         assert!(got == expect, "{range:?}: wrong bytes");
+        if range.is_none() {
+            // Read past the page cache: all but the first group's chunks are still cold.
+            let left = uncached_objects(&store, false);
+            assert!(
+                left + 12 >= cold && left * 2 > objects,
+                "{left} of {objects} objects not in the page cache after a cold download \
+                 ({cold} before it)"
+            );
+        }
     }
 }

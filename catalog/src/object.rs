@@ -295,6 +295,24 @@ pub fn decode(
     verified(id, kind, data, 0, len)
 }
 
+/// Verify a raw object in the caller's buffer, without copying or owning it: the range of
+/// `bytes` that is its verified plaintext, or `None` when the object is compressed (decode
+/// it with [`decode_owned`]). The depot view's direct reads land in a reused buffer, and it
+/// sends only the bytes this range names.
+pub fn verify_raw_in(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: &[u8],
+    max_len: u64,
+) -> Result<Option<std::ops::Range<usize>>, Error> {
+    let (kind, codec, len) = checked_header(id, expect, bytes, max_len)?;
+    if codec != Codec::Raw {
+        return Ok(None);
+    }
+    check_plain(id, kind, &bytes[HEADER_LEN..], len)?;
+    Ok(Some(HEADER_LEN..bytes.len()))
+}
+
 /// [`decode`] of bytes the caller gives up: a raw object is verified in place, without
 /// copying its plaintext out (the client's warm reads from its disk cache).
 pub fn decode_owned(
@@ -401,7 +419,17 @@ fn verified(
     start: usize,
     len: u64,
 ) -> Result<Verified, Error> {
-    let data = &buf[start..];
+    check_plain(id, kind, &buf[start..], len)?;
+    Ok(Verified {
+        id,
+        kind,
+        buf,
+        start,
+    })
+}
+
+/// Does `data` have the length the header gave and hash to `id` as an object of `kind`?
+fn check_plain(id: ObjectId, kind: ObjectKind, data: &[u8], len: u64) -> Result<(), Error> {
     if data.len() as u64 != len {
         return Err(Error::BadObject {
             id,
@@ -412,12 +440,7 @@ fn verified(
     if actual != id {
         return Err(Error::HashMismatch { id, actual });
     }
-    Ok(Verified {
-        id,
-        kind,
-        buf,
-        start,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

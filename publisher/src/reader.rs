@@ -146,20 +146,57 @@ impl LocalTree {
     }
 
     /// [`LocalTree::piece_bytes`], and whether the piece came from the page cache whole
-    /// ([`Objects::read_noting_cache`]).
+    /// ([`Objects::read_noting_cache`]; only asked when `probe`, else `false`).
     pub fn piece_bytes_noting_cache(
         &self,
         piece: &ChunkRef,
         from: usize,
         to: usize,
+        probe: bool,
     ) -> Result<(Bytes, bool)> {
         let most = depotfs_catalog::object::HEADER_LEN + piece.len as usize;
-        let (bytes, cached) = self.objects.read_noting_cache(&piece.id, most)?;
+        let (bytes, cached) = self.objects.read_noting_cache(&piece.id, most, probe)?;
         let raw = UnverifiedPiece {
             piece: *piece,
             bytes,
         };
         Ok((raw.verify(from, to)?, cached))
+    }
+
+    /// [`LocalTree::piece_bytes`] read with direct I/O ([`Objects::read_direct`]): a raw
+    /// chunk is verified in the pooled buffer it was read into and the bytes share it; a
+    /// compressed one is decoded as usual; where direct I/O is refused, a buffered read.
+    pub fn piece_bytes_direct(&self, piece: &ChunkRef, from: usize, to: usize) -> Result<Bytes> {
+        let most = depotfs_catalog::object::HEADER_LEN + piece.len as usize;
+        let Some(read) = self.objects.read_direct(&piece.id, most)? else {
+            return Ok(self.piece_bytes_noting_cache(piece, from, to, false)?.0);
+        };
+        let len = u64::from(piece.len);
+        let plain = match depotfs_catalog::object::verify_raw_in(
+            piece.id,
+            ObjectKind::Chunk,
+            read.bytes(),
+            len,
+        )? {
+            Some(plain) => plain,
+            None => {
+                let raw = UnverifiedPiece {
+                    piece: *piece,
+                    bytes: read.bytes().to_vec(),
+                };
+                return raw.verify(from, to);
+            }
+        };
+        if plain.len() as u64 != len || from > to || to > plain.len() {
+            return Err(Error::Input(format!(
+                "bytes {from}..{to} of a piece of {} bytes where its file expects {len}",
+                plain.len()
+            )));
+        }
+        // Only the verified plaintext's bytes `from..to` can be had from here on.
+        Ok(Bytes::from_owner(
+            read.narrow(plain.start + from..plain.start + to),
+        ))
     }
 
     /// Write the verified content of a file of `size` bytes to `out`.
@@ -249,9 +286,10 @@ mod tests {
     use crate::store::Layout;
     use depotfs_catalog::object::{Codec, encode};
 
-    /// The depot view's read (one `pread` into a buffer sized from the piece's length, its end
-    /// taken from a short read) gives a piece's bytes whole, raw or compressed, and an object
-    /// file that is longer or shorter than it should be never gives a byte: it fails.
+    /// The depot view's reads (one `pread` into a buffer sized from the piece's length, its end
+    /// taken from a short read; and the direct read into a pooled buffer) give a piece's bytes
+    /// whole, raw or compressed, and an object file that is longer or shorter than it should
+    /// be never gives a byte: it fails.
     #[test]
     fn piece_bytes_noting_cache_reads_whole_objects_and_no_wrong_byte() {
         let dir = tempfile::tempdir().unwrap();
@@ -281,11 +319,22 @@ mod tests {
             };
             write(&enc.bytes);
             let (got, _) = tree
-                .piece_bytes_noting_cache(&piece, 0, data.len())
+                .piece_bytes_noting_cache(&piece, 0, data.len(), true)
                 .unwrap();
             assert!(got == data, "{codec:?}: wrong bytes");
-            let (part, _) = tree.piece_bytes_noting_cache(&piece, 5, 1005).unwrap();
+            let (part, _) = tree
+                .piece_bytes_noting_cache(&piece, 5, 1005, false)
+                .unwrap();
             assert_eq!(&part[..], &data[5..1005]);
+            // The direct read (into a pooled buffer), whole and in part, twice: the second
+            // reuses the first's buffer once it is dropped.
+            for _ in 0..2 {
+                let got = tree.piece_bytes_direct(&piece, 0, data.len()).unwrap();
+                assert!(got == data, "{codec:?}: wrong bytes (direct)");
+                let part = tree.piece_bytes_direct(&piece, 5, 1005).unwrap();
+                assert_eq!(&part[..], &data[5..1005]);
+                assert!(tree.piece_bytes_direct(&piece, 5, data.len() + 1).is_err());
+            }
 
             // One byte more, many bytes more, one byte less, empty: an error, never bytes.
             let mut longer = enc.bytes.clone();
@@ -300,8 +349,10 @@ mod tests {
                 ("empty", &[][..]),
             ] {
                 write(bad);
-                let r = tree.piece_bytes_noting_cache(&piece, 0, data.len());
+                let r = tree.piece_bytes_noting_cache(&piece, 0, data.len(), true);
                 assert!(r.is_err(), "{codec:?}, {what}: {r:?}");
+                let r = tree.piece_bytes_direct(&piece, 0, data.len());
+                assert!(r.is_err(), "{codec:?}, {what} (direct): {r:?}");
             }
         }
     }

@@ -355,10 +355,10 @@ impl Objects {
         }
     }
 
-    /// Like [`Objects::read`], and whether the object was in the page cache (its first
-    /// byte, asked for with `preadv2(RWF_NOWAIT)`, which fails rather than wait for the disk;
-    /// the kernel reads small files ahead whole). The depot view reads further ahead while
-    /// its reads are cold. A bucket's object is never cached.
+    /// Like [`Objects::read`], and whether the object was in the page cache (when `probe`:
+    /// its first byte, asked for with `preadv2(RWF_NOWAIT)`, which fails rather than wait
+    /// for the disk; without `probe`, `false`). The depot view reads with direct I/O once its
+    /// reads are cold ([`Objects::read_direct`]). A bucket's object is never cached.
     ///
     /// `most` is the size the object can have at most (a chunk of `n` bytes is stored in at
     /// most [`object::HEADER_LEN`]` + n`): one buffer of that size plus a byte is allocated
@@ -367,22 +367,28 @@ impl Objects {
     /// depot view's system calls). A read shorter than asked is the end of the file (what a
     /// regular file gives); a longer file is read as far as that extra byte, enough to fail
     /// its verification. Whatever was read, only bytes that verify are ever used.
-    pub fn read_noting_cache(&self, id: &ObjectId, most: usize) -> Result<(Vec<u8>, bool)> {
+    pub fn read_noting_cache(
+        &self,
+        id: &ObjectId,
+        most: usize,
+        probe: bool,
+    ) -> Result<(Vec<u8>, bool)> {
         if self.bucket.is_some() {
             return Ok((self.read(id)?, false));
         }
         let path = self.layout.object(id);
 
         let file = File::open(&path).map_err(Error::io(&path))?;
-        let mut probe = [0u8; 1];
+        let mut one = [0u8; 1];
         // EAGAIN: not cached; EOPNOTSUPP/ENOSYS: the file system or kernel cannot say.
-        let cached = rustix::io::preadv2(
-            &file,
-            &mut [std::io::IoSliceMut::new(&mut probe)],
-            0,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        )
-        .is_ok();
+        let cached = probe
+            && rustix::io::preadv2(
+                &file,
+                &mut [std::io::IoSliceMut::new(&mut one)],
+                0,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            )
+            .is_ok();
         let mut buf = Vec::with_capacity(most.saturating_add(1));
         while buf.len() < buf.capacity() {
             let (at, want) = (buf.len(), buf.capacity() - buf.len());
@@ -393,6 +399,63 @@ impl Objects {
             }
         }
         Ok((buf, cached))
+    }
+
+    /// Read object `id` (at most `most` bytes) with direct I/O (`O_DIRECT`): from the disk
+    /// into a reused buffer of this process, past the page cache, so the kernel neither fills
+    /// the cache nor copies the bytes out of it. The depot view reads cold objects this way
+    /// (module docs of `serve::depot`: what it costs the next download). `None` when the
+    /// store is a bucket or its file system refuses direct I/O (then read it buffered).
+    ///
+    /// The buffer comes from a pool of [`DIRECT_BUF`]-byte buffers, zeroed once when made
+    /// and never shrunk: the read goes to its first 4 KiB-aligned byte, for at most `most`
+    /// bytes and one more, rounded up to 4 KiB (a longer file is read far enough to fail its
+    /// verification); the file's end is where the read stops short. The buffer goes back to
+    /// the pool when the [`DirectRead`] is dropped.
+    pub fn read_direct(&self, id: &ObjectId, most: usize) -> Result<Option<DirectRead>> {
+        if self.bucket.is_some() {
+            return Ok(None);
+        }
+        let path = self.layout.object(id);
+        let want = (most + 1).next_multiple_of(DIRECT_ALIGN);
+        if want + DIRECT_ALIGN > DIRECT_BUF {
+            return Ok(None);
+        }
+        let fd = match rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(Error::io(&path)(e.into())),
+        };
+        let mut buf = DirectRead::take_buf();
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut n = 0;
+        while n < want {
+            match rustix::io::pread(&fd, &mut buf[at + n..at + want], n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(rustix::io::Errno::INTR) => continue,
+                // Alignment the device wants and this read does not have: read it buffered.
+                Err(rustix::io::Errno::INVAL) if n == 0 => {
+                    DirectRead::give_back(buf);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    DirectRead::give_back(buf);
+                    return Err(Error::io(&path)(e.into()));
+                }
+            }
+            if n % DIRECT_ALIGN != 0 {
+                break; // the end of the file
+            }
+        }
+        Ok(Some(DirectRead {
+            buf,
+            range: at..at + n,
+        }))
     }
 
     /// The published manifest, verified with the store's own key.
@@ -565,4 +628,64 @@ pub fn sync_filesystem(layout: &Layout) -> Result<()> {
         path: layout.public(),
         error: e.into(),
     })
+}
+
+/// Alignment of direct reads: address, offset and length (a page: at least what block
+/// devices ask, `STATX_DIOALIGN`).
+const DIRECT_ALIGN: usize = 4096;
+/// Size of a direct-read buffer: the largest chunk object plus a byte, rounded up, and
+/// room to align the start.
+pub const DIRECT_BUF: usize = (object::HEADER_LEN + depotfs_catalog::chunking::CHUNK_MAX + 1)
+    .next_multiple_of(DIRECT_ALIGN)
+    + DIRECT_ALIGN;
+/// Direct-read buffers kept for reuse, at most (a fresh one is zeroed, and faulted in by the
+/// read: as costly as the copy direct reads save).
+const DIRECT_POOL: usize = 32;
+static DIRECT_BUFS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// An object read by [`Objects::read_direct`]: `bytes()` are the file's bytes, not yet
+/// verified. Owns its pooled buffer, which goes back to the pool when dropped.
+#[derive(Debug)]
+pub struct DirectRead {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl DirectRead {
+    /// The bytes read (the object file as it is on disk).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+
+    /// Narrow to `range` of [`DirectRead::bytes`] (the part to keep: a verified plaintext;
+    /// only the reader, which verifies first, narrows).
+    pub(crate) fn narrow(mut self, range: std::ops::Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= self.range.len());
+        self.range = self.range.start + range.start..self.range.start + range.end;
+        self
+    }
+
+    fn take_buf() -> Vec<u8> {
+        let pooled = DIRECT_BUFS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        pooled.unwrap_or_else(|| vec![0; DIRECT_BUF])
+    }
+
+    fn give_back(buf: Vec<u8>) {
+        let mut pool = DIRECT_BUFS.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < DIRECT_POOL && buf.len() == DIRECT_BUF {
+            pool.push(buf);
+        }
+    }
+}
+
+impl AsRef<[u8]> for DirectRead {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl Drop for DirectRead {
+    fn drop(&mut self) {
+        DirectRead::give_back(std::mem::take(&mut self.buf));
+    }
 }

@@ -41,13 +41,27 @@
 //! verified on the blocking pool, in groups of about [`TASK_BYTES`] that one blocking task
 //! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
 //! [`READ_AHEAD_TOTAL`] bytes for all downloads together, so memory stays bounded whatever the
-//! number of connections; a download always has its next group in flight. While its chunks
-//! are not in the page cache more and larger groups are read at once ([`COLD_TASKS_AHEAD`] of
-//! [`COLD_TASK_BYTES`]). One task per group
+//! number of connections; a download always has its next group in flight. One task per group
 //! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
 //! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
 //! after the other without a wait, so its writes to the socket are large. Chunks are sent in
 //! order, each only after its verification.
+//!
+//! Cold downloads read past the page cache. Each read of a download asks first, without
+//! waiting, whether its chunk is in the page cache (`preadv2(RWF_NOWAIT)` of one byte); once
+//! one is not, the rest of the download reads its chunks with direct I/O (`O_DIRECT`,
+//! [`Objects::read_direct`](crate::store::Objects::read_direct)) into reused buffers, more
+//! groups at once ([`COLD_TASKS_AHEAD`] of [`COLD_TASK_BYTES`]). The kernel then neither
+//! fills the page cache (allocating, charging and inserting every page: the largest part of
+//! a cold download's extra CPU) nor copies the bytes out of it: a cold GiB costs the server
+//! about a fifth to a quarter less CPU, close to a warm one (benches/RESULTS.md, "#14 D1
+//! (d14, session 13)"). The bytes are verified in the buffer they were read into. What
+//! it costs: a download that found its file cold leaves it cold, so the next download of
+//! the same file reads the disk again (at about the same CPU per GiB as a warm one), like
+//! nginx with `directio`; chunks already in the page cache (read through the store's
+//! `/objects/` by clients, say) are served from it up to the first one that is not, after
+//! which the download reads the disk even where a later chunk is cached. A file system
+//! without direct I/O is read through the page cache.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -84,15 +98,17 @@ pub use super::parse::{MAX_RANGE_HEADER, MAX_RANGE_PARTS};
 /// sending one: in same-moment A/Bs (benches/RESULTS.md, #14 depot4) 256 KiB gave the warm
 /// download more throughput than 1 MiB at the same CPU per GiB; 2 MiB gave less.
 pub const TASK_BYTES: u64 = 256 << 10;
-/// Bytes of chunks per group while the reads wait for the disk ([`COLD_TASKS_AHEAD`]).
-pub const COLD_TASK_BYTES: u64 = 1 << 20;
+/// Bytes of chunks per group once the download's reads go to the disk ([`COLD_TASKS_AHEAD`]).
+pub const COLD_TASK_BYTES: u64 = 512 << 10;
 /// Groups read and verified at once per download while its chunks come from the page cache:
 /// the next to send and those after it. (More made them finish together on 2 CPUs and the
 /// sending stopped overlapping the verifying.)
 pub const TASKS_AHEAD: usize = 3;
-/// Groups in flight per download while its reads wait for the disk (the last group finished
-/// found a chunk not cached): the disk wants depth, and the CPUs are not what limits then.
-pub const COLD_TASKS_AHEAD: usize = 16;
+/// Groups in flight per download once its reads go to the disk (a group found a chunk not
+/// cached): direct reads have no read-ahead of the kernel's, so these are the disk's depth.
+/// (8 groups of 512 KiB, 16 of 256 KiB or of 1 MiB, 4 of 1 MiB: within the noise of each
+/// other, benches/RESULTS.md "#14 D1 (d14, session 13)".)
+pub const COLD_TASKS_AHEAD: usize = 8;
 /// Bytes read ahead by all downloads together (beyond each one's next chunk).
 pub const READ_AHEAD_TOTAL: u64 = 256 << 20;
 /// Symbolic links followed while resolving one path, at most (Linux's `MAXSYMLINKS`).
@@ -737,7 +753,8 @@ pub struct VerifiedStream {
     verified: VecDeque<Bytes>,
     /// Why the group whose bytes are in `verified` stopped short, once they are sent.
     failure: Option<(ObjectId, crate::Error)>,
-    /// The last group finished read a chunk that was not in the page cache.
+    /// A group finished read a chunk that was not in the page cache: from then on the
+    /// chunks are read with direct I/O, in [`COLD_TASKS_AHEAD`] groups of [`COLD_TASK_BYTES`].
     cold: bool,
     remaining: u64,
     failed: bool,
@@ -812,6 +829,11 @@ impl VerifiedStream {
                 take += 1;
                 bytes += u64::from(p.len);
             }
+            let direct = self.cold;
+            if direct {
+                // Each piece holds a whole pooled buffer while it waits to be sent.
+                bytes = take as u64 * crate::store::DIRECT_BUF as u64;
+            }
             let permit = if self.reading.is_empty() && self.verified.is_empty() {
                 None
             } else {
@@ -828,7 +850,14 @@ impl VerifiedStream {
                 let mut out = Vec::with_capacity(group.len());
                 let mut all_cached = true;
                 for (piece, from, to) in group {
-                    match rev.tree.piece_bytes_noting_cache(&piece, from, to) {
+                    let read = if direct {
+                        rev.tree
+                            .piece_bytes_direct(&piece, from, to)
+                            .map(|b| (b, false))
+                    } else {
+                        rev.tree.piece_bytes_noting_cache(&piece, from, to, true)
+                    };
+                    match read {
                         Ok((b, cached)) => {
                             out.push(b);
                             all_cached &= cached;
@@ -891,7 +920,9 @@ impl super::files::ChunkStream for VerifiedStream {
             });
             self.verified.extend(bytes);
             self.failure = failure;
-            self.cold = !cached;
+            // Once cold, a download stays cold: its reads go past the page cache, which they
+            // no longer fill, so a probe would find the next chunks uncached anyway.
+            self.cold |= !cached;
             // The next groups run while this one's bytes go out.
             self.fill();
         }
