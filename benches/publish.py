@@ -8,7 +8,7 @@ P1: add ~2 GiB of BioContainer-like squashfs images (benches/gen_corpus.py) to a
     - the disk: the object files the depotfs store holds (same sizes, same directories),
       written the way `depotfs add` writes them (catalog/src/object_file.rs: O_TMPFILE, direct
       I/O from 64 KiB, the last partial block buffered, linked under the name; as many
-      threads as its ingest pool; one syncfs at the end), timed: the disk's rate for that
+      threads as its object writers; one syncfs at the end), timed: the disk's rate for that
       pattern, and the most input MB/s it allows depotfs (input bytes / that time);
     - the code: depotfs add and casync make again, both writing to tmpfs (--tmpfs, default
       /dev/shm: a fresh directory per run, deleted after it; the two alternated), with the CPU
@@ -110,9 +110,10 @@ def write_like_depotfs(objs, out, workers):
     writes its objects (catalog/src/object_file.rs `create_anonymous`, `write_direct`): each
     made anonymous in its directory (O_TMPFILE), objects of DIO_MIN bytes or more with direct
     I/O for their whole 4 KiB blocks and the last partial block buffered after clearing
-    O_DIRECT, fchmod 0644, linked under its name; `workers` threads (the ingest pool); then one
-    syncfs of the file system (`Objects::flush` before a revision is recorded). The bytes are
-    random (the store's are mostly compressed data). Returns the seconds from the first open
+    O_DIRECT (its writeback started at once: fadvise DONTNEED), fchmod 0644, linked under its
+    name; `workers` threads (its object writers); then one syncfs of the file system
+    (`Objects::flush` before a revision is recorded). The bytes are random (the store's are
+    mostly compressed data). Returns the seconds from the first open
     to the end of the syncfs. What depotfs does besides (read, chunk, hash, compress, its
     catalog) is not done: this is what the disk alone allows."""
     root = os.path.join(out, "objects")
@@ -156,6 +157,9 @@ def write_like_depotfs(objs, out, workers):
                 if direct:
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 pwrite_all(fd, data[whole:], whole)
+                if direct:
+                    # object_file.rs write_aligned: the buffered last block's writeback started now.
+                    os.posix_fadvise(fd, whole, size - whole, os.POSIX_FADV_DONTNEED)
             os.fchmod(fd, 0o644)
             # os.link(follow_symlinks=True) calls link(2) here, which does not follow /proc's link.
             libc_check(LIBC.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, dest.encode(),
@@ -238,7 +242,7 @@ def main():
     files = sorted(os.path.join(images, f) for f in os.listdir(images))
     warm(images)
     env = dict(os.environ, RUST_LOG="warn")
-    workers = 2 * (os.cpu_count() or 1)  # publisher/src/ingest.rs ingest_workers()
+    workers = 8  # publisher/src/store.rs BACKGROUND_WRITERS: the threads that write depotfs add's objects
     res = {"depotfs add": [], "casync make": [], "mksquashfs zstd": []}
     cpu = {"depotfs add": []}
     disk_s, stored_objs = [], []

@@ -168,14 +168,20 @@ fn create_anonymous(dest: &Path, parts: &[&[u8]], direct: bool) -> std::io::Resu
 
 /// Write `parts` (`len` bytes in all) to the fresh direct-I/O file `fd`: every whole
 /// [`DIO_ALIGN`] block from an aligned buffer with direct I/O, then the last partial block (if
-/// any) buffered, after clearing `O_DIRECT` on `fd`.
+/// any) buffered, after clearing `O_DIRECT` on `fd`, and its writeback started. One part
+/// that starts aligned (an [`AlignedBuf`]) is written from where it is; other parts are
+/// copied into this thread's aligned buffer first.
 ///
 /// (Padding the last block and cutting the file back with `ftruncate` made ext4 read that
 /// block back from the disk, synchronously, to zero its tail, then write it again at the
 /// `syncfs`: 4 % of the publisher's CPU on the 2 GiB image corpus and a disk read per object,
 /// seen with `perf`. A buffered write past the end of the file reads nothing.)
 fn write_direct(fd: &File, parts: &[&[u8]], len: usize) -> std::io::Result<()> {
-    let whole = len / DIO_ALIGN * DIO_ALIGN;
+    if let [one] = parts
+        && one.as_ptr().align_offset(DIO_ALIGN) == 0
+    {
+        return write_aligned(fd, one);
+    }
     DIO_BUF.with_borrow_mut(|buf| {
         if buf.len() < len + DIO_ALIGN {
             buf.resize(len + DIO_ALIGN, 0);
@@ -187,14 +193,71 @@ fn write_direct(fd: &File, parts: &[&[u8]], len: usize) -> std::io::Result<()> {
             block[at..at + p.len()].copy_from_slice(p);
             at += p.len();
         }
-        pwrite_all(fd, &block[..whole], 0)?;
-        if whole < len {
-            let flags = rustix::fs::fcntl_getfl(fd)?;
-            rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
-            pwrite_all(fd, &block[whole..], whole as u64)?;
-        }
-        Ok(())
+        write_aligned(fd, block)
     })
+}
+
+/// [`write_direct`] of `block`, which starts at a [`DIO_ALIGN`] boundary of memory.
+fn write_aligned(fd: &File, block: &[u8]) -> std::io::Result<()> {
+    let len = block.len();
+    let whole = len / DIO_ALIGN * DIO_ALIGN;
+    pwrite_all(fd, &block[..whole], 0)?;
+    if whole < len {
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
+        pwrite_all(fd, &block[whole..], whole as u64)?;
+        // Start the buffered last block's writeback now (asynchronously; `DONTNEED` drops no
+        // dirty page), not at the publisher's `syncfs`, where it was most of the wait: the
+        // `syncfs` after a 2 GiB add took 49–84 ms, 8–11 ms with this (`benches/RESULTS.md`,
+        // "#21 P1 on the disk (p1d, session 13)"). Only advice: a failure changes nothing.
+        let _ = rustix::fs::fadvise(
+            fd,
+            whole as u64,
+            std::num::NonZeroU64::new((len - whole) as u64),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
+    Ok(())
+}
+
+/// An object's bytes in memory that starts at a [`DIO_ALIGN`] boundary, so that [`create`]
+/// writes them directly from where they are (given as its only part). For a writer that
+/// fills the buffer on one thread and writes the file on another: the copy into an aligned
+/// buffer that a direct write needs is then made by the filling thread, and the writing
+/// thread copies nothing. Reused, it keeps its memory.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// An empty buffer (no memory until [`AlignedBuf::fill`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make the buffer hold `parts`, one after the other (growing it if they do not fit).
+    pub fn fill(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.buf.len() < self.start + len {
+            // Grown (and zeroed) only when too small: a reused buffer is not touched again.
+            self.buf = vec![0; len + DIO_ALIGN];
+            self.start = self.buf.as_ptr().align_offset(DIO_ALIGN);
+        }
+        let mut at = self.start;
+        for p in parts {
+            self.buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.len = len;
+    }
+
+    /// The bytes held, starting at a [`DIO_ALIGN`] boundary.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// Write all of `bytes` at `offset` of `fd` (a short direct write ends at a block boundary:
@@ -236,6 +299,8 @@ mod tests {
             let d = scratch(&base, "whole");
             let tmp = scratch(&base, "whole-tmp");
             let sizes = [0, 1, 4095, 4096, DIO_MIN - 1, DIO_MIN, DIO_MIN + 1, 300_001];
+            let mut aligned = AlignedBuf::new();
+            aligned.fill(&[&[7; 400_000]]);
             for (i, &n) in sizes.iter().enumerate() {
                 let bytes: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
                 for direct in [false, true] {
@@ -254,9 +319,16 @@ mod tests {
                     let (head, rest) = bytes.split_at(n.min(16));
                     create_parts(&p, &[head, rest], direct, &tmp).unwrap();
                     assert_eq!(std::fs::read(&p).unwrap(), bytes, "{} bytes in parts", n);
+                    // The same bytes from an aligned buffer (written from where they are),
+                    // the buffer reused from a larger object before.
+                    let p = d.join(format!("{i}-{direct}-aligned"));
+                    aligned.fill(&[head, rest]);
+                    assert_eq!(aligned.bytes().as_ptr().align_offset(DIO_ALIGN), 0);
+                    create(&p, aligned.bytes(), direct, &tmp).unwrap();
+                    assert_eq!(std::fs::read(&p).unwrap(), bytes, "{} bytes aligned", n);
                 }
             }
-            assert_eq!(std::fs::read_dir(&d).unwrap().count(), 4 * sizes.len());
+            assert_eq!(std::fs::read_dir(&d).unwrap().count(), 6 * sizes.len());
             assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
             std::fs::remove_dir_all(&d).unwrap();
             std::fs::remove_dir_all(&tmp).unwrap();

@@ -1,6 +1,6 @@
 //! Turning files on disk into stored objects: walking the inputs, chunking, hashing and
 //! compressing in parallel (rayon, two workers per core), and writing only the objects the store
-//! lacks.
+//! lacks (by the store's own writer threads, [`Objects::with_background_writes`]).
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -152,10 +152,12 @@ fn walk(src: &Path, dest: String, out: &mut Vec<Planned>) -> Result<()> {
     Ok(())
 }
 
-/// Workers of the ingest pool: twice the cores. Each worker spends part of its time blocked in
-/// a direct write of the object it made ([`Objects::put`]); with one worker per core, a 2 GiB
-/// ingest on 2 cores kept them about 70 % busy. Measured there: 2 workers 4.1–4.5 s, 4 workers
-/// 3.0–3.5 s, 8 no better than 4. `RAYON_NUM_THREADS` overrides.
+/// Workers of the ingest pool: twice the cores. (Before the object files were written by
+/// threads of their own, each worker spent part of its time blocked in a direct write; with
+/// one worker per core, a 2 GiB ingest on 2 cores kept them about 70 % busy: 2 workers
+/// 4.1–4.5 s, 4 workers 3.0–3.5 s, 8 no better than 4. With the writes in the background, 2
+/// workers were still slower than 4 in the same minutes: `benches/RESULTS.md`, "#21 P1 on the
+/// disk (p1d, session 13)".) `RAYON_NUM_THREADS` overrides.
 pub(crate) fn ingest_workers() -> usize {
     if let Some(n) = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -167,21 +169,27 @@ pub(crate) fn ingest_workers() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Store all planned files in parallel and return the nodes to record, in plan order.
+/// Store all planned files in parallel and return the nodes to record, in plan order, once
+/// every object they name is written. The object files are written by threads of their own
+/// ([`Objects::with_background_writes`]), so the workers hash and compress while the disk
+/// writes.
 pub fn store_all(
     objects: &Objects,
     plan: Vec<Planned>,
     progress: &Progress,
 ) -> Result<Vec<(String, Node)>> {
-    match rayon::ThreadPoolBuilder::new()
+    let objects = objects.with_background_writes();
+    let nodes = match rayon::ThreadPoolBuilder::new()
         .num_threads(ingest_workers())
         .thread_name(|i| format!("ingest-{i}"))
         .build()
     {
-        Ok(pool) => pool.install(|| store_all_here(objects, plan, progress)),
+        Ok(pool) => pool.install(|| store_all_here(&objects, plan, progress)),
         // No threads to be had: the global pool will do.
-        Err(_) => store_all_here(objects, plan, progress),
-    }
+        Err(_) => store_all_here(&objects, plan, progress),
+    }?;
+    objects.uploaded()?;
+    Ok(nodes)
 }
 
 /// [`store_all`] on the current rayon pool.

@@ -210,6 +210,9 @@ pub struct Objects {
     /// Bytes of the objects this handle (and its clones) wrote, for the batch commands'
     /// metrics (`batch_metrics`).
     written: std::sync::Arc<AtomicU64>,
+    /// Threads writing the objects put through this handle, when it was made by
+    /// [`Objects::with_background_writes`].
+    background: Option<std::sync::Arc<Background>>,
 }
 
 impl Objects {
@@ -220,6 +223,33 @@ impl Objects {
             layout,
             bucket: None,
             written: Default::default(),
+            background: None,
+        }
+    }
+
+    /// This store's objects, with the object files put through the returned handle written by
+    /// [`BACKGROUND_WRITERS`] threads of their own: [`Objects::put`] and
+    /// [`Objects::put_parts`] copy the object into a free buffer (waiting for one when all
+    /// [`BACKGROUND_BUFFERS`] are queued or being written) and return; [`Objects::uploaded`]
+    /// and [`Objects::flush`] wait until every object put so far is written (and report the
+    /// first failure), as they wait for a bucket's uploads, so what the catalog records next
+    /// is in the store, and `flush`'s `syncfs` makes it durable before a revision.
+    /// [`Objects::has`] counts an object queued as present. A bucket's uploads are already in
+    /// the background: for a bucket this is a plain clone.
+    ///
+    /// Why (`benches/RESULTS.md`, "#21 P1 on the disk (p1d, session 13)"): an ingest worker
+    /// that writes its own objects waits for each direct write; with four workers on two
+    /// cores, all four were often waiting at once, and the cores idled while the disk worked.
+    pub fn with_background_writes(&self) -> Objects {
+        if self.bucket.is_some() {
+            return self.clone();
+        }
+        Objects {
+            background: Some(std::sync::Arc::new(Background::start(
+                self.layout.tmp(),
+                self.written.clone(),
+            ))),
+            ..self.clone()
         }
     }
 
@@ -266,7 +296,10 @@ impl Objects {
                 tracing::debug!("{e}");
                 false
             }),
-            None => self.layout.object(id).exists(),
+            None => {
+                self.background.as_ref().is_some_and(|w| w.queued(id))
+                    || self.layout.object(id).exists()
+            }
         }
     }
 
@@ -300,6 +333,12 @@ impl Objects {
             }
         } else {
             let dest = self.layout.object(id);
+            if let Some(w) = &self.background {
+                // Counted in `written` by the writer, once written.
+                return w
+                    .put(*id, dest, parts)
+                    .map(|queued| if queued { len } else { 0 });
+            }
             if dest.exists() {
                 return Ok(0);
             }
@@ -315,17 +354,22 @@ impl Objects {
     pub fn flush(&self) -> Result<()> {
         match &self.bucket {
             Some(b) => b.flush(),
-            None => sync_filesystem(&self.layout),
+            None => {
+                self.uploaded()?;
+                sync_filesystem(&self.layout)
+            }
         }
     }
 
     /// Wait until every object put so far is in the public store: a bucket's background
-    /// uploads (before the catalog records anything that references them); on disk they
-    /// are there already (made durable by [`Objects::flush`] before a revision).
+    /// uploads (before the catalog records anything that references them); on disk, the
+    /// writer threads of [`Objects::with_background_writes`], else they are there already
+    /// (made durable by [`Objects::flush`] before a revision).
     pub fn uploaded(&self) -> Result<()> {
-        match &self.bucket {
-            Some(b) => b.flush(),
-            None => Ok(()),
+        match (&self.bucket, &self.background) {
+            (Some(b), _) => b.flush(),
+            (None, Some(w)) => w.wait(),
+            (None, None) => Ok(()),
         }
     }
 
@@ -533,6 +577,192 @@ impl Objects {
     }
 }
 
+/// Threads of [`Objects::with_background_writes`]: enough that objects are always being
+/// written while the ingest workers hash and compress the next ones.
+pub const BACKGROUND_WRITERS: usize = 8;
+
+/// Buffers of [`Objects::with_background_writes`]: objects copied and waiting to be written,
+/// or being written (each as large as its largest object so far: a chunk is at most 1 MiB).
+pub const BACKGROUND_BUFFERS: usize = 2 * BACKGROUND_WRITERS;
+
+/// The writer threads of [`Objects::with_background_writes`] and what they share; when the
+/// last handle is dropped, the threads finish what is queued and end.
+#[derive(Debug)]
+struct Background {
+    shared: std::sync::Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// `STORE/tmp`, for filesystems without `O_TMPFILE` ([`object_file::create`]).
+    tmp: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: std::sync::Mutex<Queue>,
+    /// Signalled when a job is queued or the writers are to end.
+    work: std::sync::Condvar,
+    /// Signalled when a job is done (a buffer is free, `pending` shrank).
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    /// Buffers not in use.
+    free: Vec<object_file::AlignedBuf>,
+    /// Buffers made so far (at most [`BACKGROUND_BUFFERS`]).
+    made: usize,
+    /// Objects being copied, queued or written: present for [`Objects::has`].
+    pending: std::collections::HashSet<ObjectId>,
+    /// The first write that failed: its file and error (made again for every caller).
+    failed: Option<(PathBuf, std::io::ErrorKind, String)>,
+    /// The handle is gone: finish the queue and end.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: ObjectId,
+    dest: PathBuf,
+    buf: object_file::AlignedBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Queue {
+    fn failure(&self) -> Option<Error> {
+        self.failed.as_ref().map(|(path, kind, what)| Error::Io {
+            path: path.clone(),
+            error: std::io::Error::new(*kind, what.clone()),
+        })
+    }
+}
+
+impl Background {
+    fn start(tmp: PathBuf, written: std::sync::Arc<AtomicU64>) -> Background {
+        let shared = std::sync::Arc::new(Shared::default());
+        let threads = (0..BACKGROUND_WRITERS)
+            .filter_map(|i| {
+                let (shared, tmp, written) = (shared.clone(), tmp.clone(), written.clone());
+                std::thread::Builder::new()
+                    .name(format!("objects-{i}"))
+                    .spawn(move || Background::write(&shared, &tmp, &written))
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        if threads.is_empty() {
+            // No thread to be had: `put` writes itself.
+            shared.lock().closed = true;
+        }
+        Background {
+            shared,
+            threads,
+            tmp,
+        }
+    }
+
+    /// A writer thread: write queued objects until the handle is dropped and the queue empty.
+    fn write(shared: &Shared, tmp: &Path, written: &AtomicU64) {
+        let mut q = shared.lock();
+        loop {
+            let Some(job) = q.jobs.pop_front() else {
+                if q.closed {
+                    return;
+                }
+                q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            drop(q);
+            let res = object_file::create(&job.dest, job.buf.bytes(), true, tmp);
+            q = shared.lock();
+            match res {
+                Ok(()) => {
+                    written.fetch_add(job.buf.bytes().len() as u64, Ordering::Relaxed);
+                }
+                Err(e) if q.failed.is_none() => {
+                    q.failed = Some((job.dest, e.kind(), e.to_string()));
+                }
+                Err(_) => {}
+            }
+            q.pending.remove(&job.id);
+            q.free.push(job.buf);
+            shared.done.notify_all();
+        }
+    }
+
+    fn queued(&self, id: &ObjectId) -> bool {
+        self.shared.lock().pending.contains(id)
+    }
+
+    /// Queue object `id`, whose encoding is `parts`, to be written to `dest` unless present or
+    /// queued already (then `false`). An earlier write's failure is returned here too, so an
+    /// ingest stops.
+    fn put(&self, id: ObjectId, dest: PathBuf, parts: &[&[u8]]) -> Result<bool> {
+        let mut q = self.shared.lock();
+        if let Some(e) = q.failure() {
+            return Err(e);
+        }
+        if q.pending.contains(&id) {
+            return Ok(false);
+        }
+        drop(q);
+        if dest.exists() {
+            return Ok(false);
+        }
+        q = self.shared.lock();
+        if q.closed {
+            // No writer threads: write here.
+            drop(q);
+            return object_file::create_parts(&dest, parts, true, &self.tmp)
+                .map(|()| true)
+                .map_err(Error::io(&dest));
+        }
+        if !q.pending.insert(id) {
+            return Ok(false);
+        }
+        let mut buf = loop {
+            if let Some(b) = q.free.pop() {
+                break b;
+            }
+            if q.made < BACKGROUND_BUFFERS {
+                q.made += 1;
+                break object_file::AlignedBuf::new();
+            }
+            q = self.shared.done.wait(q).unwrap_or_else(|e| e.into_inner());
+        };
+        drop(q);
+        buf.fill(parts);
+        self.shared.lock().jobs.push_back(Job { id, dest, buf });
+        self.shared.work.notify_one();
+        Ok(true)
+    }
+
+    /// Wait until every object put so far is written; the first failure, if any.
+    fn wait(&self) -> Result<()> {
+        let mut q = self.shared.lock();
+        while !q.pending.is_empty() {
+            q = self.shared.done.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        match q.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Take the publisher lock of a store, or fail naming the pid that holds it.
 #[derive(Debug)]
 pub struct Lock {
@@ -687,5 +917,64 @@ impl AsRef<[u8]> for DirectRead {
 impl Drop for DirectRead {
     fn drop(&mut self) {
         DirectRead::give_back(std::mem::take(&mut self.buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Objects put through a background-writing handle are all written, with exactly their
+    /// encoded bytes, once `uploaded` returns; each counts as present from its `put` on, and
+    /// is written once. A write that fails is reported by `uploaded` and by every later `put`.
+    #[test]
+    fn background_writes_are_whole_and_failures_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("store"));
+        layout.create(None).unwrap();
+        let plain = Objects::new(layout.clone());
+        let objects = plain.with_background_writes();
+        // More objects than buffers, of sizes on both sides of the direct-I/O threshold.
+        let encoded: Vec<Encoded> = (0..3 * BACKGROUND_BUFFERS)
+            .map(|i| {
+                let data: Vec<u8> = (0..(i * 37_001) % 300_000 + 1)
+                    .map(|j| (j as u64 * 2_654_435_761 >> (i % 7)) as u8)
+                    .collect();
+                object::encode(ObjectKind::Chunk, &data, 3)
+            })
+            .collect();
+        for enc in &encoded {
+            assert_eq!(objects.put(enc).unwrap(), enc.bytes.len() as u64);
+            assert!(objects.has(&enc.id));
+            assert_eq!(objects.put(enc).unwrap(), 0, "queued or present: not again");
+        }
+        objects.uploaded().unwrap();
+        for enc in &encoded {
+            assert_eq!(fs::read(layout.object(&enc.id)).unwrap(), enc.bytes);
+            assert!(plain.has(&enc.id));
+        }
+        let total: u64 = encoded.iter().map(|e| e.bytes.len() as u64).sum();
+        assert_eq!(
+            plain.written(),
+            total,
+            "counted once each, in the shared count"
+        );
+        assert_eq!(fs::read_dir(layout.tmp()).unwrap().count(), 0);
+
+        // An object whose fan-out directory is gone cannot be written.
+        let lost = object::encode(ObjectKind::Chunk, b"its directory is gone", 3);
+        let fanout = layout.object(&lost.id).parent().unwrap().to_path_buf();
+        fs::remove_dir_all(&fanout).unwrap();
+        objects.put(&lost).unwrap();
+        let e = objects.uploaded().unwrap_err().to_string();
+        assert!(e.contains(&fanout.display().to_string()), "{e}");
+        let other = object::encode(ObjectKind::Chunk, b"another object", 3);
+        assert!(objects.put(&other).is_err(), "a later put fails too");
+        assert!(
+            objects.flush().is_err(),
+            "and so does the barrier before a revision"
+        );
+        drop(objects);
+        assert!(!layout.object(&other.id).exists());
     }
 }
