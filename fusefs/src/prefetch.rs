@@ -305,10 +305,13 @@ pub fn spawn_list(
                         }
                         (r, at, download, before)
                     };
-                    let loaded = if download && !store.has_chunk(&r.id) {
+                    if download {
                         let due = t0 + list_delay(before, rate);
                         tokio::time::sleep_until(due.into()).await;
-                        // Only what the list downloads counts as its prefetch.
+                    }
+                    // A reader may have fetched it meanwhile. Only what the list itself
+                    // downloads counts as its prefetch.
+                    let loaded = if download && !store.has_chunk(&r.id) {
                         AHEAD
                             .scope(Ahead::AccessList, store.chunk(r.id, r.len as u64))
                             .await

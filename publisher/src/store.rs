@@ -938,7 +938,7 @@ mod tests {
         let encoded: Vec<Encoded> = (0..3 * BACKGROUND_BUFFERS)
             .map(|i| {
                 let data: Vec<u8> = (0..(i * 37_001) % 300_000 + 1)
-                    .map(|j| (j as u64 * 2_654_435_761 >> (i % 7)) as u8)
+                    .map(|j| ((j as u64 * 2_654_435_761) >> (i % 7)) as u8)
                     .collect();
                 object::encode(ObjectKind::Chunk, &data, 3)
             })
