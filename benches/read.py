@@ -147,17 +147,26 @@ def cpu_seconds(pid):
     return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu(ppid):
-    """CPU seconds of the processes whose parent is `ppid` (nginx's workers)."""
-    total = 0.0
+def children_of(ppid):
+    """The process ids whose parent is `ppid` (nginx's workers)."""
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
                 with open(f"/proc/{p}/stat") as f:
                     if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
-                        total += cpu_seconds(int(p))
+                        yield int(p)
             except (OSError, ValueError):
                 pass
+
+
+def children_cpu(ppid):
+    """CPU seconds of the processes whose parent is `ppid`."""
+    total = 0.0
+    for p in children_of(ppid):
+        try:
+            total += cpu_seconds(p)
+        except (OSError, ValueError):
+            pass
     return total
 
 
@@ -175,16 +184,13 @@ def run_ns(pid):
 
 
 def children_run_ns(ppid):
-    """`run_ns` of the processes whose parent is `ppid` (nginx's workers)."""
+    """`run_ns` of the processes whose parent is `ppid`."""
     total = 0
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
-                        total += run_ns(int(p))
-            except (OSError, ValueError):
-                pass
+    for p in children_of(ppid):
+        try:
+            total += run_ns(p)
+        except OSError:
+            pass
     return total
 
 
