@@ -119,23 +119,58 @@ const SAMPLE_FROM: usize = 64 * 1024;
 /// Samples taken, evenly spaced, and the bytes of each.
 const SAMPLES: usize = 8;
 const SAMPLE_LEN: usize = 4096;
+/// The zstd level the sample is compressed at: zstd's fast strategy, which sees the same
+/// literal statistics and nearly the same matches as the level a chunk is then compressed at.
+/// On the suite's 2 GiB image corpus (6,409 chunks of 64 KiB or more, cut as `depotfs add`
+/// cuts them), level 3 on the samples took 0.059 CPU s per GiB of chunks and this level 0.019,
+/// and the two judged all but 18 chunks alike (`examples/sample_level.rs`; `benches/RESULTS.md`,
+/// "Session 14 (lead)").
+const SAMPLE_LEVEL: i32 = -1;
+
+/// A sample compressor, with its sample and output buffers.
+type Sampler = (zstd::bulk::Compressor<'static>, Vec<u8>, Vec<u8>);
+
+thread_local! {
+    /// This thread's sample compressor and its sample and output buffers, reused: the sample
+    /// has its own context because one context per level is kept (see [`COMPRESSOR`]), and
+    /// alternating levels on one would make a new one for every chunk.
+    static SAMPLER: RefCell<Option<Sampler>> = const { RefCell::new(None) };
+}
 
 /// Would zstd fail to save 1/32 of `plaintext`, judging by [`SAMPLES`] evenly spaced pieces of
-/// it compressed together? Chunks of already-compressed data (the squashfs images this
-/// project publishes are zstd or gzip inside) are the common case; compressing them whole
-/// only to keep the raw bytes was a fifth of the publisher's CPU time on the 2 GiB image
-/// corpus. A chunk that is compressible anywhere a sample falls is still compressed whole;
-/// one compressible only between the samples is stored raw (no wrong bytes, a few more).
-fn looks_incompressible(plaintext: &[u8], level: i32) -> bool {
+/// it compressed together (at [`SAMPLE_LEVEL`])? Chunks of already-compressed data (the
+/// squashfs images this project publishes are zstd or gzip inside) are the common case;
+/// compressing them whole only to keep the raw bytes was a fifth of the publisher's CPU time
+/// on the 2 GiB image corpus. A chunk that is compressible anywhere a sample falls is still
+/// compressed whole; one compressible only between the samples is stored raw (no wrong bytes,
+/// a few more).
+fn looks_incompressible(plaintext: &[u8]) -> bool {
     if plaintext.len() < SAMPLE_FROM {
         return false;
     }
-    let stride = plaintext.len() / SAMPLES;
-    let mut sample = Vec::with_capacity(SAMPLES * SAMPLE_LEN);
-    for i in 0..SAMPLES {
-        sample.extend_from_slice(&plaintext[i * stride..i * stride + SAMPLE_LEN]);
-    }
-    compress(&sample, level).is_some_and(|f| f.len() >= sample.len() - sample.len() / 32)
+    SAMPLER.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_none() {
+            let Ok(c) = zstd::bulk::Compressor::new(SAMPLE_LEVEL) else {
+                return false;
+            };
+            let bound = zstd::zstd_safe::compress_bound(SAMPLES * SAMPLE_LEN);
+            *s = Some((
+                c,
+                Vec::with_capacity(SAMPLES * SAMPLE_LEN),
+                Vec::with_capacity(bound),
+            ));
+        }
+        let (c, sample, out) = s.as_mut().expect("just set");
+        sample.clear();
+        let stride = plaintext.len() / SAMPLES;
+        for i in 0..SAMPLES {
+            sample.extend_from_slice(&plaintext[i * stride..i * stride + SAMPLE_LEN]);
+        }
+        out.clear();
+        c.compress_to_buffer(sample, out)
+            .is_ok_and(|n| n >= sample.len() - sample.len() / 32)
+    })
 }
 
 /// An object's encoding as its two parts, header and payload, not joined: the payload
@@ -192,7 +227,7 @@ pub fn encode_parts(
     let len = plaintext.len() as u64;
     let limit = plaintext.len() - plaintext.len() / 32;
     if !plaintext.is_empty()
-        && !looks_incompressible(plaintext, level)
+        && !looks_incompressible(plaintext)
         && let Some(frame) = compress(plaintext, level)
         && frame.len() < limit
     {
@@ -489,12 +524,12 @@ mod tests {
     #[test]
     fn sampling_skips_only_incompressible_chunks() {
         let random = noise(256 << 10, 5);
-        assert!(looks_incompressible(&random, 3));
+        assert!(looks_incompressible(&random));
         assert_eq!(encode(ObjectKind::Chunk, &random, 3).codec, Codec::Raw);
         // 200 KiB of noise then 56 KiB of zeros: the last samples land in the zeros.
         let mut mixed = noise(200 << 10, 6);
         mixed.resize(256 << 10, 0);
-        assert!(!looks_incompressible(&mixed, 3));
+        assert!(!looks_incompressible(&mixed));
         let enc = encode(ObjectKind::Chunk, &mixed, 3);
         assert_eq!(enc.codec, Codec::Zstd);
         assert!(enc.bytes.len() < 210 << 10);
@@ -503,12 +538,12 @@ mod tests {
         let mut one = noise(256 << 10, 7);
         one[224 << 10..240 << 10]
             .copy_from_slice(&b"bioconda samtools 1.9 h91753b0_8\n".repeat(500)[..16 << 10]);
-        assert!(!looks_incompressible(&one, 3));
+        assert!(!looks_incompressible(&one));
         assert_eq!(encode(ObjectKind::Chunk, &one, 3).codec, Codec::Zstd);
         // Text throughout; and small objects are never sampled.
         let text = b"bioconda samtools 1.9 h91753b0_8\n".repeat(8000);
-        assert!(!looks_incompressible(&text, 3));
-        assert!(!looks_incompressible(&random[..SAMPLE_FROM - 1], 3));
+        assert!(!looks_incompressible(&text));
+        assert!(!looks_incompressible(&random[..SAMPLE_FROM - 1]));
         for data in [&random[..], &mixed[..], &one[..], &text[..]] {
             let enc = encode(ObjectKind::Chunk, data, 3);
             let v = decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).unwrap();
