@@ -63,7 +63,9 @@ pub struct Verified {
     id: ObjectId,
     kind: ObjectKind,
     /// The plaintext is `buf[start..]`: a raw object decoded in place keeps its header in
-    /// front ([`decode_owned`]) rather than being copied out.
+    /// front ([`decode_owned`]) rather than being copied out (and, read to an aligned place
+    /// of its buffer, whatever precedes the header: [`decode_owned_at`]). A decompressed
+    /// object starts at 0.
     buf: Vec<u8>,
     start: usize,
 }
@@ -85,7 +87,7 @@ impl Verified {
     /// this buffer: a raw object decoded in place by [`decode_owned`]. A cache can then store
     /// what was served without keeping a second copy.
     pub fn encoded(&self) -> Option<&[u8]> {
-        (self.start == HEADER_LEN).then_some(&self.buf[..])
+        (self.start >= HEADER_LEN).then(|| &self.buf[self.start - HEADER_LEN..])
     }
     /// The verified plaintext, owned.
     pub fn into_data(mut self) -> Vec<u8> {
@@ -397,16 +399,30 @@ pub fn decode_owned_timed(
     max_len: u64,
     times: &mut DecodeTimes,
 ) -> Result<(Verified, Option<Vec<u8>>), Error> {
-    let (kind, codec, len) = checked_header(id, expect, &bytes, max_len)?;
+    decode_owned_at(id, expect, bytes, 0, max_len, times)
+}
+
+/// [`decode_owned_timed`] of the object `bytes[at..]` (read to an aligned place of its
+/// buffer: [`crate::object_file::read_direct`]); a raw object's plaintext stays where it
+/// is. A compressed object's buffer is handed back whole: its encoded bytes are `[at..]`.
+pub fn decode_owned_at(
+    id: ObjectId,
+    expect: ObjectKind,
+    bytes: Vec<u8>,
+    at: usize,
+    max_len: u64,
+    times: &mut DecodeTimes,
+) -> Result<(Verified, Option<Vec<u8>>), Error> {
+    let (kind, codec, len) = checked_header(id, expect, &bytes[at.min(bytes.len())..], max_len)?;
     let t = std::time::Instant::now();
     match codec {
         Codec::Raw => {
-            let v = verified(id, kind, bytes, HEADER_LEN, len);
+            let v = verified(id, kind, bytes, at + HEADER_LEN, len);
             times.hash += t.elapsed();
             Ok((v?, None))
         }
         Codec::Zstd => {
-            let data = inflate(id, &bytes[HEADER_LEN..], len);
+            let data = inflate(id, &bytes[at + HEADER_LEN..], len);
             let t2 = std::time::Instant::now();
             times.inflate += t2 - t;
             let v = verified(id, kind, data?, 0, len);
@@ -516,6 +532,64 @@ mod tests {
         assert!(decode_owned(enc.id, ObjectKind::Chunk, short, 1 << 20).is_err());
         assert!(decode_owned(enc.id, ObjectKind::DirNode, enc.bytes.clone(), 1 << 20).is_err());
         assert!(decode_owned(enc.id, ObjectKind::Chunk, enc.bytes.clone(), 1000).is_err());
+    }
+
+    /// An object read to an offset of its buffer decodes in place like one at its start, raw
+    /// or compressed, and is refused alike when it is bad.
+    #[test]
+    fn decoded_at_an_offset() {
+        let raw = noise(100_000, 11);
+        let text = b"bioconda samtools 1.9 h91753b0_8\n".repeat(3000);
+        for data in [&raw[..], &text[..]] {
+            let enc = encode(ObjectKind::Chunk, data, 3);
+            for at in [0, 1, 4080, 4096] {
+                let mut buf = vec![0xAA; at];
+                buf.extend_from_slice(&enc.bytes);
+                let mut times = DecodeTimes::default();
+                let (v, handed) = decode_owned_at(
+                    enc.id,
+                    ObjectKind::Chunk,
+                    buf.clone(),
+                    at,
+                    1 << 20,
+                    &mut times,
+                )
+                .unwrap();
+                assert_eq!(v.data(), data);
+                // A raw object's encoded bytes are its header and payload, not what precedes;
+                // a compressed one's buffer comes back whole.
+                if enc.codec == Codec::Raw {
+                    assert_eq!(v.encoded(), Some(&enc.bytes[..]));
+                    assert_eq!(handed, None);
+                } else {
+                    assert_eq!(v.encoded(), None);
+                    assert_eq!(handed.as_deref(), Some(&buf[..]));
+                }
+                let mut bad = buf.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                assert!(
+                    decode_owned_at(enc.id, ObjectKind::Chunk, bad, at, 1 << 20, &mut times)
+                        .is_err()
+                );
+                let short = buf[..buf.len() - 1].to_vec();
+                assert!(
+                    decode_owned_at(enc.id, ObjectKind::Chunk, short, at, 1 << 20, &mut times)
+                        .is_err()
+                );
+                // Shorter than its offset: refused, not a panic.
+                assert!(
+                    decode_owned_at(
+                        enc.id,
+                        ObjectKind::Chunk,
+                        vec![0; 3],
+                        5,
+                        1 << 20,
+                        &mut times
+                    )
+                    .is_err()
+                );
+            }
+        }
     }
 
     /// The sample decides only for chunks that are incompressible where it looks: a chunk

@@ -8,6 +8,9 @@
 //!   [`replace`] on filesystems without `O_TMPFILE`.
 //! - [`replace`]: a file whose content changes (a manifest, a key, a record), written under
 //!   a temporary name and renamed over the old one, so readers see the old file or the new.
+//!
+//! And reading an object file past the page cache ([`open_direct`], [`read_direct`]), which
+//! the depot view and the client's disk cache do with the bytes they verify anyway.
 
 use std::fs::File;
 use std::io::Write;
@@ -21,7 +24,7 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 static DIRECT_IO_OFF: AtomicBool = AtomicBool::new(false);
 
 /// Alignment of direct-I/O buffers and lengths: the largest logical block size in common use.
-const DIO_ALIGN: usize = 4096;
+pub const DIO_ALIGN: usize = 4096;
 
 /// Objects smaller than this are written buffered: a direct write waits for the device, which
 /// for small files costs more than it saves (publishing 118,594 small files by hand: 10 s with
@@ -258,6 +261,52 @@ impl AlignedBuf {
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
+}
+
+/// Open `path` for reading with direct I/O (`O_DIRECT`), and for writing too with `write`
+/// (to touch its time; a file that cannot be opened so is opened read-only). `None` where
+/// the file system refuses direct I/O.
+pub fn open_direct(path: &Path, write: bool) -> std::io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags};
+    let open = |rw| rustix::fs::open(path, rw | OFlags::DIRECT | OFlags::CLOEXEC, Mode::empty());
+    let opened = match write {
+        true => open(OFlags::RDWR).or_else(|_| open(OFlags::RDONLY)),
+        false => open(OFlags::RDONLY),
+    };
+    match opened {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(rustix::io::Errno::INVAL) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Read file `fd` (opened by [`open_direct`]) from its start into `buf`, from its first
+/// [`DIO_ALIGN`]-aligned byte, for at most `want` bytes (a multiple of [`DIO_ALIGN`]): the
+/// bytes come from the device into `buf`, so the kernel neither fills its page cache nor
+/// copies them out of it. Reading stops at the file's end (a short read). Returns the range
+/// of `buf` read, or `None` when the device refuses the read's alignment (read it buffered).
+pub fn read_direct(
+    fd: &File,
+    buf: &mut [u8],
+    want: usize,
+) -> std::io::Result<Option<std::ops::Range<usize>>> {
+    assert_eq!(want % DIO_ALIGN, 0, "direct reads are whole blocks");
+    let at = buf.as_ptr().align_offset(DIO_ALIGN);
+    assert!(at + want <= buf.len(), "the buffer holds the read");
+    let mut n = 0;
+    while n < want {
+        match rustix::io::pread(fd, &mut buf[at + n..at + want], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::INVAL) if n == 0 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if n % DIO_ALIGN != 0 {
+            break; // the end of the file
+        }
+    }
+    Ok(Some(at..at + n))
 }
 
 /// Write all of `bytes` at `offset` of `fd` (a short direct write ends at a block boundary:

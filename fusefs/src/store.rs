@@ -320,9 +320,11 @@ impl ObjectStore {
             let loaded = tokio::task::spawn_blocking(move || {
                 // In place: a raw chunk's plaintext is not copied out of the file's bytes.
                 let t = std::time::Instant::now();
-                let bytes = d.load(&id)?;
-                stages.add(Stage::CacheLoad, t.elapsed(), bytes.len() as u64);
-                Some(decode_timed(&stages, id, kind, bytes, max_len).map(|(v, _)| v))
+                let loaded = d.load(&id)?;
+                let len = (loaded.bytes.len() - loaded.at) as u64;
+                stages.add(Stage::CacheLoad, t.elapsed(), len);
+                let v = decode_timed(&stages, id, kind, loaded.bytes, loaded.at, max_len);
+                Some(v.map(|(v, _)| v))
             })
             .await
             .unwrap_or_else(|e| {
@@ -372,7 +374,7 @@ impl ObjectStore {
             // readers).
             let stages = self.stages.clone();
             let decoded = tokio::task::spawn_blocking(move || {
-                decode_timed(&stages, id, kind, bytes, max_len)
+                decode_timed(&stages, id, kind, bytes, 0, max_len)
             })
             .await
             .unwrap_or_else(|e| {
@@ -416,16 +418,17 @@ impl ObjectStore {
     }
 }
 
-/// [`object::decode_owned_timed`], counting its decompression and hashing in `stages`.
+/// [`object::decode_owned_at`], counting its decompression and hashing in `stages`.
 fn decode_timed(
     stages: &Stages,
     id: ObjectId,
     kind: ObjectKind,
     bytes: Vec<u8>,
+    at: usize,
     max_len: u64,
 ) -> std::result::Result<(Verified, Option<Vec<u8>>), depotfs_catalog::Error> {
     let mut times = object::DecodeTimes::default();
-    let r = object::decode_owned_timed(id, kind, bytes, max_len, &mut times);
+    let r = object::decode_owned_at(id, kind, bytes, at, max_len, &mut times);
     let plain = r.as_ref().map_or(0, |(v, _)| v.data().len() as u64);
     if !times.inflate.is_zero() {
         stages.add(Stage::Decompress, times.inflate, plain);

@@ -465,41 +465,23 @@ impl Objects {
         if want + DIRECT_ALIGN > DIRECT_BUF {
             return Ok(None);
         }
-        let fd = match rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::INVAL) => return Ok(None),
-            Err(e) => return Err(Error::io(&path)(e.into())),
+        let Some(fd) = object_file::open_direct(&path, false).map_err(Error::io(&path))? else {
+            return Ok(None);
         };
         let mut buf = DirectRead::take_buf();
-        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let mut n = 0;
-        while n < want {
-            match rustix::io::pread(&fd, &mut buf[at + n..at + want], n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(rustix::io::Errno::INTR) => continue,
-                // Alignment the device wants and this read does not have: read it buffered.
-                Err(rustix::io::Errno::INVAL) if n == 0 => {
-                    DirectRead::give_back(buf);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    DirectRead::give_back(buf);
-                    return Err(Error::io(&path)(e.into()));
-                }
+        let range = match object_file::read_direct(&fd, &mut buf, want) {
+            Ok(Some(range)) => range,
+            // Alignment the device wants and this read does not have: read it buffered.
+            Ok(None) => {
+                DirectRead::give_back(buf);
+                return Ok(None);
             }
-            if n % DIRECT_ALIGN != 0 {
-                break; // the end of the file
+            Err(e) => {
+                DirectRead::give_back(buf);
+                return Err(Error::io(&path)(e));
             }
-        }
-        Ok(Some(DirectRead {
-            buf,
-            range: at..at + n,
-        }))
+        };
+        Ok(Some(DirectRead { buf, range }))
     }
 
     /// The published manifest, verified with the store's own key.
@@ -862,7 +844,7 @@ pub fn sync_filesystem(layout: &Layout) -> Result<()> {
 
 /// Alignment of direct reads: address, offset and length (a page: at least what block
 /// devices ask, `STATX_DIOALIGN`).
-const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = object_file::DIO_ALIGN;
 /// Size of a direct-read buffer: the largest chunk object plus a byte, rounded up, and
 /// room to align the start.
 pub const DIRECT_BUF: usize = (object::HEADER_LEN + depotfs_catalog::chunking::CHUNK_MAX + 1)
