@@ -29,7 +29,7 @@ pub const DIO_ALIGN: usize = 4096;
 /// Objects smaller than this are written buffered: a direct write waits for the device, which
 /// for small files costs more than it saves (publishing 118,594 small files by hand: 10 s with
 /// this threshold, 20 s with every object direct).
-const DIO_MIN: usize = 64 * 1024;
+pub const DIO_MIN: usize = 64 * 1024;
 
 thread_local! {
     /// This thread's buffer for direct writes, grown as needed and reused.
@@ -206,8 +206,7 @@ fn write_aligned(fd: &File, block: &[u8]) -> std::io::Result<()> {
     let whole = len / DIO_ALIGN * DIO_ALIGN;
     pwrite_all(fd, &block[..whole], 0)?;
     if whole < len {
-        let flags = rustix::fs::fcntl_getfl(fd)?;
-        rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
+        clear_direct(fd)?;
         pwrite_all(fd, &block[whole..], whole as u64)?;
         // Start the buffered last block's writeback now (asynchronously; `DONTNEED` drops no
         // dirty page), not at the publisher's `syncfs`, where it was most of the wait: the
@@ -278,6 +277,13 @@ pub fn open_direct(path: &Path, write: bool) -> std::io::Result<Option<File>> {
         Err(rustix::io::Errno::INVAL) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Clear `O_DIRECT` on `fd`: its next reads and writes go through the page cache.
+pub fn clear_direct(fd: &File) -> std::io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::DIRECT)?;
+    Ok(())
 }
 
 /// Read file `fd` (opened by [`open_direct`]) from its start into `buf`, from its first

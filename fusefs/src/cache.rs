@@ -221,46 +221,52 @@ pub struct Loaded {
 /// keeping the cache file's pages too would hold the same bytes twice, and filling and copying
 /// them cost CPU: reading back the 587 MiB of a 1 GiB image's objects took 0.30 CPU s buffered
 /// and 0.13 direct here (`benches/RESULTS.md`, "Session 14 (lead)"). The price: a second load
-/// of the same file reads the device again.
+/// of the same file reads the device again. Files under [`object_file::DIO_MIN`] are read
+/// buffered: the buffer of a direct read is a page larger than the file and starts up to a
+/// page in, which for a small object would be more memory than the object, held as long as
+/// it is in the memory cache (which weighs the object's bytes).
 fn read_touching(p: &Path, direct: &AtomicBool) -> std::io::Result<Loaded> {
     use std::io::Read;
+    let mut opened = None;
     if direct.load(Ordering::Relaxed) {
-        if let Some(loaded) = read_direct_touching(p)? {
-            return Ok(loaded);
+        opened = object_file::open_direct(p, true)?;
+        if opened.is_none() {
+            direct.store(false, Ordering::Relaxed);
         }
-        direct.store(false, Ordering::Relaxed);
     }
-    let mut f = fs::File::options()
-        .read(true)
-        .write(true)
-        .open(p)
-        .or_else(|_| fs::File::open(p))?;
+    let is_direct = opened.is_some();
+    let mut f = match opened {
+        Some(f) => f,
+        None => fs::File::options()
+            .read(true)
+            .write(true)
+            .open(p)
+            .or_else(|_| fs::File::open(p))?,
+    };
     let meta = f.metadata()?;
+    if is_direct {
+        if meta.len() >= object_file::DIO_MIN as u64 {
+            // One block more than the file: a file that grew meanwhile is read far enough to
+            // fail its verification.
+            let want = (meta.len() as usize + 1).next_multiple_of(object_file::DIO_ALIGN);
+            let mut bytes = vec![0; want + object_file::DIO_ALIGN];
+            if let Some(range) = object_file::read_direct(&f, &mut bytes, want)? {
+                bytes.truncate(range.end);
+                touch_if_stale(&f, &meta);
+                return Ok(Loaded {
+                    bytes,
+                    at: range.start,
+                });
+            }
+            direct.store(false, Ordering::Relaxed);
+        }
+        // Small, or the device refused the read: this one buffered.
+        object_file::clear_direct(&f)?;
+    }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.read_to_end(&mut bytes)?;
     touch_if_stale(&f, &meta);
     Ok(Loaded { bytes, at: 0 })
-}
-
-/// [`read_touching`] with direct I/O; `None` where the file system refuses it.
-fn read_direct_touching(p: &Path) -> std::io::Result<Option<Loaded>> {
-    let Some(f) = object_file::open_direct(p, true)? else {
-        return Ok(None);
-    };
-    let meta = f.metadata()?;
-    // One block more than the file: a file that grew meanwhile is read far enough to fail
-    // its verification.
-    let want = (meta.len() as usize + 1).next_multiple_of(object_file::DIO_ALIGN);
-    let mut bytes = vec![0; want + object_file::DIO_ALIGN];
-    let Some(range) = object_file::read_direct(&f, &mut bytes, want)? else {
-        return Ok(None);
-    };
-    bytes.truncate(range.end);
-    touch_if_stale(&f, &meta);
-    Ok(Some(Loaded {
-        bytes,
-        at: range.start,
-    }))
 }
 
 /// Set `f`'s mtime to now if it is older than [`TOUCH_AFTER`] (the LRU clock across restarts).
@@ -798,8 +804,9 @@ mod tests {
     }
 
     /// Objects are read back whole, with direct I/O where the file system allows it (into an
-    /// aligned place of the buffer) and buffered where it does not; a file changed on disk
-    /// is read as it is now (the caller's verification then refuses it).
+    /// aligned place of the buffer) and buffered where it does not, or where the object is
+    /// small; a file changed on disk is read as it is now (the caller's verification then
+    /// refuses it).
     #[test]
     fn loads_are_whole_direct_or_buffered() {
         let d = tempfile::tempdir().unwrap();
@@ -823,7 +830,7 @@ mod tests {
             for (id, bytes) in &objects {
                 let l = c.load(id).unwrap();
                 assert_eq!(&l.bytes[l.at..], &bytes[..], "{} bytes", bytes.len());
-                if direct && direct_here {
+                if direct && direct_here && bytes.len() >= object_file::DIO_MIN {
                     assert_eq!(
                         l.bytes[l.at..]
                             .as_ptr()
