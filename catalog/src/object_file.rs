@@ -32,8 +32,9 @@ pub const DIO_ALIGN: usize = 4096;
 pub const DIO_MIN: usize = 64 * 1024;
 
 thread_local! {
-    /// This thread's buffer for direct writes, grown as needed and reused.
-    static DIO_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's buffer for direct writes of parts not already aligned, grown as needed
+    /// and reused.
+    static DIO_BUF: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf::new()) };
 }
 
 /// Create the immutable object file `dest` holding `bytes`, which appears whole or not at all.
@@ -136,7 +137,7 @@ fn create_anonymous(dest: &Path, parts: &[&[u8]], direct: bool) -> std::io::Resu
     let mut written = None;
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if direct && len >= DIO_MIN && !DIRECT_IO_OFF.load(Ordering::Relaxed) {
-        match open(true).and_then(|f| write_direct(&f, parts, len).map(|()| f)) {
+        match open(true).and_then(|f| write_direct(&f, parts).map(|()| f)) {
             Ok(f) => written = Some(f),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 DIRECT_IO_OFF.store(true, Ordering::Relaxed);
@@ -169,7 +170,7 @@ fn create_anonymous(dest: &Path, parts: &[&[u8]], direct: bool) -> std::io::Resu
     }
 }
 
-/// Write `parts` (`len` bytes in all) to the fresh direct-I/O file `fd`: every whole
+/// Write `parts` to the fresh direct-I/O file `fd`: every whole
 /// [`DIO_ALIGN`] block from an aligned buffer with direct I/O, then the last partial block (if
 /// any) buffered, after clearing `O_DIRECT` on `fd`, and its writeback started. One part
 /// that starts aligned (an [`AlignedBuf`]) is written from where it is; other parts are
@@ -179,24 +180,15 @@ fn create_anonymous(dest: &Path, parts: &[&[u8]], direct: bool) -> std::io::Resu
 /// block back from the disk, synchronously, to zero its tail, then write it again at the
 /// `syncfs`: 4 % of the publisher's CPU on the 2 GiB image corpus and a disk read per object,
 /// seen with `perf`. A buffered write past the end of the file reads nothing.)
-fn write_direct(fd: &File, parts: &[&[u8]], len: usize) -> std::io::Result<()> {
+fn write_direct(fd: &File, parts: &[&[u8]]) -> std::io::Result<()> {
     if let [one] = parts
         && one.as_ptr().align_offset(DIO_ALIGN) == 0
     {
         return write_aligned(fd, one);
     }
     DIO_BUF.with_borrow_mut(|buf| {
-        if buf.len() < len + DIO_ALIGN {
-            buf.resize(len + DIO_ALIGN, 0);
-        }
-        let start = buf.as_ptr().align_offset(DIO_ALIGN);
-        let block = &mut buf[start..start + len];
-        let mut at = 0;
-        for p in parts {
-            block[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        write_aligned(fd, block)
+        buf.fill(parts);
+        write_aligned(fd, buf.bytes())
     })
 }
 
@@ -236,8 +228,12 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     /// An empty buffer (no memory until [`AlignedBuf::fill`]).
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
     }
 
     /// Make the buffer hold `parts`, one after the other (growing it if they do not fit).

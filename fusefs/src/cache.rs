@@ -213,6 +213,13 @@ pub struct Loaded {
     pub at: usize,
 }
 
+impl Loaded {
+    /// The object's bytes as stored.
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes[self.at..]
+    }
+}
+
 /// Read file `p` whole, one open for both reading and (when stale) touching its mtime; with
 /// direct I/O while `direct` holds, which a file system that refuses it clears.
 ///
@@ -370,7 +377,7 @@ impl DiskCache {
             Ok(loaded) => {
                 let known = self.index.lock().expect("poisoned").get(id).is_some();
                 if !known {
-                    self.adopt(id, (loaded.bytes.len() - loaded.at) as u64);
+                    self.adopt(id, loaded.encoded().len() as u64);
                 }
                 Some(loaded)
             }

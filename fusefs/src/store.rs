@@ -321,8 +321,7 @@ impl ObjectStore {
                 // In place: a raw chunk's plaintext is not copied out of the file's bytes.
                 let t = std::time::Instant::now();
                 let loaded = d.load(&id)?;
-                let len = (loaded.bytes.len() - loaded.at) as u64;
-                stages.add(Stage::CacheLoad, t.elapsed(), len);
+                stages.add(Stage::CacheLoad, t.elapsed(), loaded.encoded().len() as u64);
                 let v = decode_timed(&stages, id, kind, loaded.bytes, loaded.at, max_len);
                 Some(v.map(|(v, _)| v))
             })

@@ -461,8 +461,8 @@ impl Objects {
             return Ok(None);
         }
         let path = self.layout.object(id);
-        let want = (most + 1).next_multiple_of(DIRECT_ALIGN);
-        if want + DIRECT_ALIGN > DIRECT_BUF {
+        let want = (most + 1).next_multiple_of(object_file::DIO_ALIGN);
+        if want + object_file::DIO_ALIGN > DIRECT_BUF {
             return Ok(None);
         }
         let Some(fd) = object_file::open_direct(&path, false).map_err(Error::io(&path))? else {
@@ -842,14 +842,11 @@ pub fn sync_filesystem(layout: &Layout) -> Result<()> {
     })
 }
 
-/// Alignment of direct reads: address, offset and length (a page: at least what block
-/// devices ask, `STATX_DIOALIGN`).
-const DIRECT_ALIGN: usize = object_file::DIO_ALIGN;
 /// Size of a direct-read buffer: the largest chunk object plus a byte, rounded up, and
 /// room to align the start.
 pub const DIRECT_BUF: usize = (object::HEADER_LEN + depotfs_catalog::chunking::CHUNK_MAX + 1)
-    .next_multiple_of(DIRECT_ALIGN)
-    + DIRECT_ALIGN;
+    .next_multiple_of(object_file::DIO_ALIGN)
+    + object_file::DIO_ALIGN;
 /// Direct-read buffers kept for reuse, at most (a fresh one is zeroed, and faulted in by the
 /// read: as costly as the copy direct reads save).
 const DIRECT_POOL: usize = 32;
