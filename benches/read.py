@@ -85,6 +85,62 @@ def read_all(path):
             n += len(b)
 
 
+# The largest chunk `depotfs add` cuts (catalog/src/chunking.rs CHUNK_MAX).
+CHUNK_MAX = 1 << 20
+
+
+def jumps(reads, near=CHUNK_MAX):
+    """How many of `reads` ((offset, length) in the order the daemon got them) start farther
+    than `near` from every byte read before: reads of a chunk no earlier read touched (a chunk
+    is at most `near` long), which without an access list nothing could have fetched sooner."""
+    seen = []  # (start, end) of the reads so far
+    n = 0
+    for off, length in reads:
+        if all(off + near <= s or off >= e + near for s, e in seen):
+            n += 1
+        seen.append((off, off + length))
+    return n
+
+
+def cold_latencies(url_base, store_public, cache_dir, k=16):
+    """(seconds per cold object from the server, seconds per cold cache-file load), medians of
+    `k` each, with the page cache dropped before each side. Both of 64 KiB or more (chunks):
+    `k` of the store's objects fetched one at a time over one keep-alive connection, and `k`
+    of a mount's cache files read whole (the daemon loads those with direct I/O: the same disk
+    reads)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    def spread(paths):
+        paths = sorted(paths)
+        step = max(1, len(paths) // k)
+        return paths[::step][:k]
+
+    objects = spread(os.path.relpath(os.path.join(d, f), store_public)
+                     for d, _, fs in os.walk(os.path.join(store_public, "objects")) for f in fs
+                     if os.path.getsize(os.path.join(d, f)) >= 64 << 10)
+    cached = spread(os.path.join(d, f) for d, _, fs in os.walk(cache_dir) for f in fs
+                    if os.path.getsize(os.path.join(d, f)) >= 64 << 10)
+    u = urlsplit(url_base)
+    drop()
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    http_s = []
+    for rel in objects:
+        t = time.perf_counter()
+        conn.request("GET", u.path.rstrip("/") + "/" + rel)
+        r = conn.getresponse()
+        body = r.read()
+        http_s.append(time.perf_counter() - t)
+        if r.status != 200 or not body:
+            raise RuntimeError(f"GET {rel}: {r.status}")
+    conn.close()
+    drop()
+    load_s = [timed(lambda: read_all(p)) for p in cached]
+    if not http_s or not load_s:
+        raise RuntimeError(f"no objects in {store_public} or no cache files in {cache_dir}")
+    return statistics.median(http_s), statistics.median(load_s)
+
+
 def folio_pages(path, limit=256 << 20):
     """Mean size, in 4 KiB pages, of the page-cache folios holding the first `limit` bytes of
     `path` (which must be cached already): its pages are mapped, their frames looked up in
@@ -733,6 +789,20 @@ def main():
                       "rest came from the page cache the list filled)", "MB", p_r, "lower")
                 R.add("ct.prefetch_pushed_mb", "container start with prefetch: bytes the list put into the page cache",
                       "MB", p_p, "higher")
+                # What a cold start without a list waits for that the warm one does not: its
+                # jumps (reads of a chunk no earlier read touched: the start opening its next
+                # file or table, which nothing says in advance) each wait for one object from
+                # the server where the warm start loads one cache file. Both latencies, cold.
+                image_rel = os.path.relpath(ct_on_d, ct.mnt)
+                n_jumps = jumps([(int(o), int(n)) for path, o, n in (x.rstrip("\n").split("\t") for x in lines)
+                                 if path == image_rel])
+                http_s, load_s = cold_latencies(ct.url, os.path.join(ct_store, "public"), ct.caches[-1])
+                R.add("ct.jumps", "container start: its reads of a chunk no earlier read came near (jumps)", "n",
+                      [n_jumps], "lower")
+                R.add("ct.cold_object_ms", "one chunk object from the server, page cache dropped (keep-alive GET)",
+                      "ms", [http_s * 1e3], "lower")
+                R.add("ct.cold_cache_load_ms", "one chunk's cache file of the mount, page cache dropped", "ms",
+                      [load_s * 1e3], "lower")
             else:
                 R.info["container_trace"] = ("not available: this depotfs has no `add --trace` / `mount --record` "
                                              "(prefetch from a recorded access list not measured)")
