@@ -59,7 +59,9 @@ const KINDS: [ObjectKind; 3] = [
 
 /// An object file as a server sends it, decoded as each kind under two bounds. The id is
 /// taken from the plaintext when the header parses (so the hash check can pass and the
-/// fuzzer gets past it), else from the bytes.
+/// fuzzer gets past it), else from the bytes. Also decoded in place behind junk, as the
+/// client decodes a cache file it read with direct I/O to an aligned place of its buffer
+/// (`decode_owned_at`), and with that place past the buffer's end.
 pub fn object(data: &[u8]) {
     for kind in KINDS {
         let id = id_for(kind, data);
@@ -68,6 +70,20 @@ pub fn object(data: &[u8]) {
             let a = object::decode(id, kind, data, bound);
             let b = object::decode_owned(id, kind, data.to_vec(), bound);
             assert_eq!(a.is_ok(), b.is_ok(), "decode and decode_owned disagree");
+            for at in [1, 4095] {
+                let mut behind = vec![0xA5; at];
+                behind.extend_from_slice(data);
+                let times = &mut object::DecodeTimes::default();
+                let c = object::decode_owned_at(id, kind, behind, at, bound, times);
+                assert_eq!(a.is_ok(), c.is_ok(), "decode and decode_owned_at disagree");
+                if let (Ok(a), Ok((c, _))) = (&a, c) {
+                    assert_eq!(a.data(), c.data());
+                }
+            }
+            let times = &mut object::DecodeTimes::default();
+            let past =
+                object::decode_owned_at(id, kind, data.to_vec(), data.len() + 1, bound, times);
+            assert!(past.is_err(), "an object past its buffer's end decoded");
             if let (Ok(a), Ok(b)) = (a, b) {
                 assert_eq!(a.data(), b.data());
                 assert!(a.data().len() as u64 <= bound);
