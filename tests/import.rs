@@ -1296,3 +1296,228 @@ fn blob_lengths_are_held_to_the_manifest() {
         "{listing}"
     );
 }
+
+/// What a hostile image gets from tar metadata and image names, through the real registry
+/// and from OCI layouts: a path deeper than 256 directories and an 8 MiB GNU long name are
+/// refused (the long name after its first MiB, not read whole); a layout's `ref.name`
+/// annotation that is not a tag is refused, one that is a whole reference gives its tag; two
+/// references that land on one path import once; a layer recorded from a good image does not
+/// vouch for a config whose diff_id the tar does not have.
+#[test]
+fn tar_metadata_names_and_recorded_layers_are_held_to_the_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let layout = Layout::new(d);
+    let craft = |name: &str, script: &str| {
+        let tar = d.join(format!("{name}.tar"));
+        sh(Command::new("python3").arg("-c").arg(format!(
+            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
+             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
+             {script}\nt.close()"
+        )).arg(&tar));
+        let img = format!("{}:{name}", layout.0.display());
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        sh(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &img])
+            .arg(&tar));
+    };
+    craft("deep", "f('/'.join(['d'] * 300) + '/f')");
+    craft("longname", "f('a' * (8 << 20))");
+    craft("fine", "f('etc/fine', b'fine')");
+    let reg = Registry::start(d, None);
+    for n in ["deep", "longname", "fine"] {
+        reg.push(&layout.0, n, &format!("meta/{n}:1"), None, false);
+    }
+    // The same image under the layout's own name: `oci:LAYOUT:fine` lands there too.
+    reg.push(&layout.0, "fine", "layout:fine", None, false);
+    let store = init_store(d);
+    let host = reg.host();
+    let r = |n: &str| format!("docker://{host}/meta/{n}:1");
+    let oci_fine = format!("oci:{}:fine", layout.0.display());
+    let reg_fine = format!("docker://{host}/layout:fine");
+    let out = import(
+        &store,
+        &[
+            &r("deep"),
+            &r("longname"),
+            &r("fine"),
+            &oci_fine,
+            &reg_fine,
+            &oci_fine, // given twice: imported once
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = fails(out);
+    let deep = layout.layer_digests("deep")[0].clone();
+    let longname = layout.layer_digests("longname")[0].clone();
+    assert!(
+        stdout.contains(&format!("layer {deep}: entry \"d/d/d"))
+            && stdout.contains("... (601 bytes)\": path of 301 components, more than 256"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "layer {longname}: bad tar entry: more than 1048576 bytes of tar headers (long names, PAX records) for one entry; refused"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "FAILED {reg_fine}: lands at /images/layout:fine, as {oci_fine} does; refused"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 images imported, 3 failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(cat(&store, "images/layout:fine/etc/fine"), "fine");
+    assert_eq!(cat(&store, "images/meta/fine:1/etc/fine"), "fine");
+
+    // A layout of one image whose name annotation says where to put it.
+    let one = |dir: &str, name: &str| {
+        let p = d.join(dir);
+        sh(Command::new("cp").arg("-a").arg(&layout.0).arg(&p));
+        let path = p.join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let fine = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "fine")
+            .unwrap()
+            .clone();
+        let mut entry = fine;
+        entry["annotations"]["org.opencontainers.image.ref.name"] = name.into();
+        index["manifests"] = serde_json::json!([entry]);
+        fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+        format!("oci:{}", p.display())
+    };
+    let graft = one("graft", "fine/etc");
+    let whole = one("whole", "docker.io/library/whole:3.19");
+    let out = import(&store, &[&graft, &whole, "--to", "images/"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    fails(out);
+    assert!(
+        stdout.contains(&format!("FAILED {graft}: "))
+            && stdout
+                .contains("annotation \"fine/etc\" is not a valid tag; name one with oci:DIR:TAG"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("imported {whole} -> /images/whole:3.19")),
+        "{stdout}"
+    );
+
+    // A config that claims another diff_id for the fine layer's blob.
+    let blob = |digest: &str| layout.0.join("blobs/sha256").join(&digest[7..]);
+    let index_path = layout.0.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let mut entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "fine")
+        .unwrap()
+        .clone();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(entry["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let lie = format!("sha256:{}", "0".repeat(64));
+    config["rootfs"]["diff_ids"][0] = lie.clone().into();
+    let put = |bytes: Vec<u8>| {
+        let digest = format!("sha256:{}", sha256_hex(&bytes));
+        fs::write(blob(&digest), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let (cd, cl) = put(serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cl.into();
+    let (md, ml) = put(serde_json::to_vec(&manifest).unwrap());
+    entry["digest"] = md.into();
+    entry["size"] = ml.into();
+    entry["annotations"]["org.opencontainers.image.ref.name"] = "liar".into();
+    index["manifests"].as_array_mut().unwrap().push(entry);
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    // The fine layer is recorded already (imported above): the liar is refused all the same.
+    let liar = format!("oci:{}:liar", layout.0.display());
+    let out = import(&store, &[&liar, "--to", "images/"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    fails(out);
+    assert!(
+        stdout.contains(&format!(
+            "diff_id mismatch: the config says {lie}, the tar has sha256:"
+        )),
+        "{stdout}"
+    );
+    assert!(!ls(&store, "images").contains("layout:liar"));
+}
+
+/// A registry that answers and then sends nothing more fails the import after `--timeout`
+/// seconds of silence, naming what it asked for, instead of hanging.
+#[test]
+fn a_stalled_registry_fails_the_import_after_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = init_store(tmp.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        use std::io::{Read, Write};
+                        c.set_nonblocking(false).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let _ = c.read(&mut buf);
+                        let _ = c.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\n\r\n{",
+                        );
+                        held.push(c); // and nothing more
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+    let reference = format!("docker://{host}/stalled/image:1");
+    let t = std::time::Instant::now();
+    let out = import(
+        &store,
+        &[
+            &reference,
+            "--to",
+            "images/",
+            "--insecure-registry",
+            &host,
+            "--timeout",
+            "1",
+        ],
+    );
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    fails(out);
+    assert!(
+        stdout.contains(&format!(
+            "FAILED {reference}: {host}/stalled/image/manifests/1: "
+        )),
+        "{stdout}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}

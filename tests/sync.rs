@@ -418,6 +418,8 @@ enum Behaviour {
     Stall,
     /// Announce a Content-Length other than the listing's.
     WrongLength,
+    /// A chunked body (no Content-Length) that never ends.
+    Endless,
 }
 
 /// Requests a [`TestServer`] received: (request line, Range header).
@@ -542,6 +544,24 @@ fn serve(
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        (Behaviour::Endless, _) => {
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\n{lm}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            );
+            let block = vec![b'e'; 64 << 10];
+            // Until the client hangs up (or 1 GiB, so a client that never does fails the
+            // test rather than filling the disk).
+            for _ in 0..(1 << 14) {
+                if stop.load(Ordering::Relaxed)
+                    || write!(c, "{:x}\r\n", block.len()).is_err()
+                    || c.write_all(&block).is_err()
+                    || c.write_all(b"\r\n").is_err()
+                {
+                    break;
+                }
+            }
+        }
         (Behaviour::WrongLength, _) => {
             let _ = write!(
                 c,
@@ -604,6 +624,7 @@ fn dropped_connections_resume_with_range_and_bad_files_fail_alone() {
         ("missing:1", small.clone(), Behaviour::Missing),
         ("stall:1", small.clone(), Behaviour::Stall),
         ("wrong-length:1", small.clone(), Behaviour::WrongLength),
+        ("endless:1", small.clone(), Behaviour::Endless),
     ]
     .into_iter()
     .map(|(n, b, h)| (n.to_string(), (b, h)))
@@ -615,19 +636,25 @@ fn dropped_connections_resume_with_range_and_bad_files_fail_alone() {
         ("missing:1", small.len()),
         ("stall:1", small.len()),
         ("wrong-length:1", small.len()),
+        ("endless:1", small.len()),
     ]);
     let server = TestServer::start(listing, files);
     let s = Store::new();
     let out = s.sync(&server.url(), &["--jobs", "3", "--timeout", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = fails(out);
-    assert!(err.contains("3 files failed"), "{err}\n{stdout}");
+    assert!(err.contains("4 files failed"), "{err}\n{stdout}");
     for (name, why) in [
         ("missing:1", "HTTP 404"),
         ("stall:1", "gave up after 5 attempts"),
         (
             "wrong-length:1",
             "Content-Length is 5001 but the listing says 5000",
+        ),
+        // Refused at the listed length, not after the disk has filled.
+        (
+            "endless:1",
+            "the body runs past 5000 bytes, its length; refused",
         ),
     ] {
         assert!(

@@ -283,6 +283,7 @@ pub fn layer(data: &[u8]) {
         image_entries: 8192,
         file_bytes: 1 << 20,
         layer_bytes: 4 << 20,
+        path_bytes: 1 << 20,
     };
     let mut sink = |r: &mut dyn Read, size: u64| {
         let mut v = Vec::new();
@@ -308,6 +309,8 @@ pub fn layer(data: &[u8]) {
     }
     for (path, _) in tree.iter() {
         assert!(!path.is_empty() && !path.starts_with('/'), "{path:?}");
+        assert!(path.len() <= layers::PATH_MAX, "{} bytes", path.len());
+        assert!(path.split('/').count() <= layers::MAX_DEPTH, "{path:?}");
         assert!(
             path.split('/')
                 .all(|c| !c.is_empty() && c != "." && c != ".."),

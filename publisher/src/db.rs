@@ -516,7 +516,8 @@ impl<'t> Tree<'t> {
     }
 
     /// Remove `path` and, if it is a directory, everything below it; mark what changed
-    /// dirty. Returns the bytes of the files removed.
+    /// dirty. Returns the bytes of the files removed. (Depth first with a stack of its own,
+    /// not by recursion: a tree is as deep as its paths, and a thread's stack is not.)
     pub fn remove_subtree(&mut self, path: &str) -> Result<u64> {
         let (p, n) = split(path).ok_or_else(|| Error::Input("cannot remove the root".into()))?;
         let mut bytes = match get_node(&self.nodes, p, n) {
@@ -526,19 +527,19 @@ impl<'t> Tree<'t> {
             })) => size,
             _ => 0,
         };
-        for (name, node) in children(&self.nodes, path)? {
-            let child = join(path, &name);
-            if matches!(node.kind, NodeKind::Dir) {
-                bytes += self.remove_subtree(&child)?;
-            } else {
-                if let NodeKind::File { size, .. } = node.kind {
-                    bytes += size;
+        let mut dirs = vec![path.to_string()];
+        while let Some(dir) = dirs.pop() {
+            for (name, node) in children(&self.nodes, &dir)? {
+                match node.kind {
+                    NodeKind::Dir => dirs.push(join(&dir, &name)),
+                    NodeKind::File { size, .. } => bytes += size,
+                    NodeKind::Symlink { .. } => {}
                 }
-                self.nodes.remove((path, name.as_str()))?;
+                self.nodes.remove((dir.as_str(), name.as_str()))?;
             }
+            self.dirty.insert(dir);
         }
         self.nodes.remove((p, n))?;
-        self.dirty.insert(path.to_string());
         self.mark_dirty(p);
         Ok(bytes)
     }

@@ -317,15 +317,19 @@ fn fetch_layer(
         )));
     }
     let changes = read?;
-    if let Some(want) = &layer.diff_id
-        && *want != changes.diff_id
-    {
-        return Err(Error::Input(format!(
+    check_diff_id(layer, &changes)?;
+    Ok((changes, len))
+}
+
+/// The tar of `layer` (read now, or its record) is the one the image's config names.
+fn check_diff_id(layer: &LayerRef, changes: &layers::Changes) -> Result<()> {
+    match &layer.diff_id {
+        Some(want) if *want != changes.diff_id => Err(Error::Input(format!(
             "layer {}: diff_id mismatch: the config says {want}, the tar has {}; refused",
             layer.key, changes.diff_id
-        )));
+        ))),
+        _ => Ok(()),
     }
-    Ok((changes, len))
 }
 
 /// An image resolved, with the source its layers come from.
@@ -346,6 +350,15 @@ pub fn plan(text: &str, opts: &Options) -> Result<Planned> {
     let src = source(&r, &opts.registry)?;
     let img = src.resolve(&opts.platform)?;
     Ok(Planned { src, img })
+}
+
+/// Where image `img` lands in the repository.
+fn target(img: &Resolved, opts: &Options) -> Result<String> {
+    let name = match opts.format {
+        Format::Dir => img.name.dir_path(),
+        Format::Sif => img.name.sif_name(),
+    };
+    db::normalize(&db::join(&opts.to, &name))
 }
 
 /// Import one image into the staged tree (not published). `progress` counts blob bytes
@@ -370,6 +383,8 @@ pub fn import_one(
             .filter(|c| objects_present(&repo.objects, c));
         let changes = match recorded {
             Some(c) => {
+                // A record holds for its blob, not for any config that names the blob.
+                check_diff_id(layer, &c)?;
                 tracing::info!(
                     "{text}: layer {}/{n} {}: already imported, not fetched",
                     i + 1,
@@ -397,15 +412,13 @@ pub fn import_one(
         };
         tree.apply(&layer.key, &changes, &opts.limits)?;
     }
+    let path = target(img, opts)?;
     match opts.format {
         Format::Dir => {
-            let path = db::join(&opts.to, &img.name.dir_path());
-            let path = db::normalize(&path)?;
             repo.stage_replace(&path, tree.into_nodes(&path))?;
             done.path = path;
         }
         Format::Sif => {
-            let path = db::normalize(&db::join(&opts.to, &img.name.sif_name()))?;
             let node = sif::stage(
                 &repo.objects,
                 &repo.layout.tmp(),
@@ -458,6 +471,10 @@ pub struct ImportArgs {
     /// Reach this registry HOST[:PORT] over plain http (repeatable).
     #[arg(long, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
+    /// Seconds a registry may send nothing (no answer, no byte of a blob) before the request
+    /// fails; a whole manifest, config or token request may take twice as long.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
     /// Stage only; publish later with `depotfs publish`.
     #[arg(long)]
     pub no_publish: bool,
@@ -510,6 +527,9 @@ fn run_import(a: ImportArgs, m: &mut crate::batch_metrics::Counts) -> anyhow::Re
     if refs.is_empty() {
         anyhow::bail!("nothing to import: give REFs or --from-list FILE");
     }
+    // A reference given twice is imported once.
+    let mut seen = std::collections::HashSet::new();
+    refs.retain(|r| seen.insert(r.clone()));
     let opts = Options {
         to: db::normalize(&a.to)?,
         format: a.format,
@@ -523,13 +543,36 @@ fn run_import(a: ImportArgs, m: &mut crate::batch_metrics::Counts) -> anyhow::Re
                 .transpose()?
                 .unwrap_or_default(),
             insecure: a.insecure_registry.clone(),
+            stall: std::time::Duration::from_secs(a.timeout.max(1)),
         },
     };
     let repo = Repo::open(&a.store)?;
     // Changes an interrupted run left staged wait for the operator's choice, as for `add`.
     repo.refuse_if_interrupted()?;
     // Resolve every image first: the bar's byte total is the blobs still to fetch.
-    let planned = parallel(refs.len(), a.jobs, |i| plan(&refs[i], &opts));
+    let mut planned = parallel(refs.len(), a.jobs, |i| plan(&refs[i], &opts));
+    // Two references that land on one path (the same image from two registries, say) would
+    // race for it: the first keeps it, the others are refused.
+    let mut landing: std::collections::HashMap<String, usize> = Default::default();
+    for (i, p) in planned.iter_mut().enumerate() {
+        let Ok(img) = p.as_ref().map(|p| &p.img) else {
+            continue;
+        };
+        match target(img, &opts) {
+            Ok(path) => match landing.get(&path) {
+                Some(&first) => {
+                    *p = Err(Error::Input(format!(
+                        "lands at /{path}, as {} does; refused (import it with another --to)",
+                        refs[first]
+                    )))
+                }
+                None => {
+                    landing.insert(path, i);
+                }
+            },
+            Err(e) => *p = Err(e),
+        }
+    }
     let mut to_fetch = std::collections::HashMap::new();
     for p in planned.iter().flatten() {
         for l in &p.img.layers {

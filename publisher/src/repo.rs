@@ -283,63 +283,80 @@ impl Repo {
     /// Existing paths are replaced; a file replacing a directory (or the reverse) removes
     /// the old subtree.
     pub fn stage_add(&self, to: &str, nodes: Vec<(String, Node)>) -> Result<()> {
-        self.db.change(|t| {
-            let mut rec = Recorder::new(t.txn(), &self.run)?;
-            // The target directory and its ancestors.
-            let mut at = String::new();
-            for part in to.split('/').filter(|p| !p.is_empty()) {
-                at = db::join(&at, part);
-                match t.node(&at)? {
-                    Some(Node {
+        self.db.change(|t| self.add_in(t, None, to, nodes))
+    }
+
+    /// [`Repo::stage_add`]'s work in transaction `t`, after removing the subtree at `replace`
+    /// (if given, and there) in the same transaction: a replacement that fails leaves the
+    /// old subtree staged as it was.
+    fn add_in(
+        &self,
+        t: &mut db::Tree<'_>,
+        replace: Option<&str>,
+        to: &str,
+        nodes: Vec<(String, Node)>,
+    ) -> Result<()> {
+        let mut rec = Recorder::new(t.txn(), &self.run)?;
+        if let Some(root) = replace
+            && t.node(root)?.is_some()
+        {
+            let gone = t.remove_subtree(root)?;
+            rec.removed(root, gone)?;
+        }
+        // The target directory and its ancestors.
+        let mut at = String::new();
+        for part in to.split('/').filter(|p| !p.is_empty()) {
+            at = db::join(&at, part);
+            match t.node(&at)? {
+                Some(Node {
+                    kind: NodeKind::Dir,
+                    ..
+                }) => {}
+                Some(_) => {
+                    return Err(Error::Input(format!(
+                        "{at} exists in the repository and is not a directory"
+                    )));
+                }
+                None => {
+                    let n = Node {
+                        mode: 0o755,
+                        mtime_ns: 0,
                         kind: NodeKind::Dir,
-                        ..
-                    }) => {}
-                    Some(_) => {
-                        return Err(Error::Input(format!(
-                            "{at} exists in the repository and is not a directory"
-                        )));
-                    }
-                    None => {
-                        let n = Node {
-                            mode: 0o755,
-                            mtime_ns: 0,
-                            kind: NodeKind::Dir,
-                        };
-                        t.put(&at, &n)?;
-                        rec.put(&at, false, 0)?;
-                        t.mark_dirty(&at);
-                    }
+                    };
+                    t.put(&at, &n)?;
+                    rec.put(&at, false, 0)?;
+                    t.mark_dirty(&at);
                 }
             }
-            for (path, node) in nodes {
-                let (parent, _) = db::split(&path)
-                    .ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-                let old = t.node(&path)?;
-                if old.as_ref() == Some(&node) {
-                    continue; // the same again: no change
-                }
-                if let Some(old) = &old
-                    && matches!(old.kind, NodeKind::Dir) != matches!(node.kind, NodeKind::Dir)
-                {
-                    let gone = t.remove_subtree(&path)?;
-                    rec.removed(&path, gone)?;
-                }
-                let bytes = match &node.kind {
-                    NodeKind::File { size, .. } => *size,
-                    _ => 0,
-                };
-                rec.put(&path, old.is_some(), bytes)?;
-                t.put(&path, &node)?;
-                if matches!(node.kind, NodeKind::Dir) {
-                    t.mark_dirty(&path);
-                } else {
-                    t.mark_dirty(parent);
-                }
+        }
+        for (path, node) in nodes {
+            let (parent, _) =
+                db::split(&path).ok_or_else(|| Error::Input("cannot replace the root".into()))?;
+            let old = t.node(&path)?;
+            if old.as_ref() == Some(&node) {
+                continue; // the same again: no change
             }
-            // What this records must be in the public store first (a bucket's uploads).
-            self.objects.uploaded()?;
-            Ok(())
-        })
+            if let Some(old) = &old
+                && matches!(old.kind, NodeKind::Dir) != matches!(node.kind, NodeKind::Dir)
+            {
+                let gone = t.remove_subtree(&path)?;
+                rec.removed(&path, gone)?;
+            }
+            let bytes = match &node.kind {
+                NodeKind::File { size, .. } => *size,
+                _ => 0,
+            };
+            rec.put(&path, old.is_some(), bytes)?;
+            t.put(&path, &node)?;
+            if matches!(node.kind, NodeKind::Dir) {
+                t.mark_dirty(&path);
+            } else {
+                t.mark_dirty(parent);
+            }
+        }
+        // What this records must be in the public store first (a bucket's uploads).
+        self.objects.uploaded()?;
+        Ok(())
     }
 
     /// Attach the recorded access order of `reads` to the chunked files they name: for each
@@ -444,14 +461,12 @@ impl Repo {
     }
 
     /// Stage `nodes` as the whole subtree at `root` (the first node): whatever was there
-    /// before is removed first.
+    /// before is removed first, in the same transaction.
     pub fn stage_replace(&self, root: &str, nodes: Vec<(String, Node)>) -> Result<()> {
         let (parent, _) =
             db::split(root).ok_or_else(|| Error::Input("cannot replace the root".into()))?;
-        if self.db.has_node(root)? {
-            self.stage_rm(&[root.to_string()])?;
-        }
-        self.stage_add(parent, nodes)
+        self.db
+            .change(|t| self.add_in(t, Some(root), parent, nodes))
     }
 
     /// The record kept for an imported layer (`depotfs import`), if any.

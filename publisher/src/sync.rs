@@ -521,7 +521,7 @@ impl Run<'_> {
             name: up.name.clone(),
             why,
         };
-        let mut download = match self.fetcher.open(&url, listed) {
+        let mut download = match self.fetcher.open(&url, listed, up.size.most()) {
             Ok(d) => d,
             Err(e) => return fail(e),
         };

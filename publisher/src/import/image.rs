@@ -99,6 +99,10 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Par
     if let Some(m) = doc.manifests
         && (INDEX_TYPES.contains(&mt.as_str()) || doc.layers.is_none())
     {
+        // An entry's digest names the manifest fetched next, by digest: it must be one.
+        for d in &m {
+            check_digest_syntax(&d.digest).map_err(|e| Error::Input(format!("{what}: {e}")))?;
+        }
         return Ok(Parsed::Index(m));
     }
     match (doc.config, doc.layers) {
@@ -393,5 +397,36 @@ mod tests {
         };
         let e = read_doc(big, "m").unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
+    }
+
+    /// An index entry names the manifest fetched next by its digest, so its digest must be
+    /// one: a tag (mutable) or a path there is refused, naming the index.
+    #[test]
+    fn an_index_entry_must_name_a_digest() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let index = |digest: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":7,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+            )
+        };
+        assert!(matches!(
+            parse(index(&d).as_bytes(), None, "idx").unwrap(),
+            Parsed::Index(e) if e[0].digest == d
+        ));
+        for bad in [
+            "mutable",
+            "../../other/manifests/t",
+            "sha256:AB",
+            "sha512:00",
+        ] {
+            let e = parse(index(bad).as_bytes(), None, "idx")
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(
+                e.contains("idx: digest") && e.contains("is not sha256:"),
+                "{e}"
+            );
+        }
     }
 }

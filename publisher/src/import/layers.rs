@@ -16,13 +16,23 @@
 //! Hostile layers: an entry path that is absolute or contains `..` is refused; an entry
 //! written below a symlink (`a -> /etc`, then `a/passwd`) is refused, so nothing can land
 //! outside the image's tree even in a runtime that would follow it; non-UTF-8 names are
-//! refused (the store keeps UTF-8 names). [`Limits`] bound entries per layer and per image,
-//! one file's size and the decompressed bytes of a layer (a gzip bomb stops there); a
-//! truncated layer fails (the tar, gzip or zstd stream ends early). Every error names the
-//! layer and the entry.
+//! refused (the store keeps UTF-8 names). A path longer than Linux's `PATH_MAX` (4 KiB) or
+//! deeper than [`MAX_DEPTH`] is refused: every entry also makes its parents, so without that a
+//! few hundred bytes of tar naming one very deep path cost memory and catalog space with the
+//! square of its depth. [`Limits`] bound entries per layer and per image, the bytes of the
+//! paths they name, one file's size and the decompressed bytes of a layer (a gzip bomb stops
+//! there); a truncated layer fails (the tar, gzip or zstd stream ends early). The tar crate
+//! reads a GNU long name or a PAX record whole into memory before it hands out the entry it
+//! belongs to, so the tar stream itself is bounded too: at most [`TAR_META_MAX`] bytes of
+//! headers and records per entry ([`MetaBounded`]). Every error names the layer and the entry.
+//!
+//! AUFS's own bookkeeping (`.wh..wh.aufs`, `.wh..wh.plnk/`, `.wh..wh.orph/`), which old
+//! docker versions left in exported layers, is skipped with a warning, as docker does.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::rc::Rc;
 
 use depotfs_catalog::FileContent;
 use serde::{Deserialize, Serialize};
@@ -42,6 +52,8 @@ pub struct Limits {
     pub file_bytes: u64,
     /// Decompressed bytes of one layer.
     pub layer_bytes: u64,
+    /// Bytes of the paths one layer names, and of the paths of the flattened image.
+    pub path_bytes: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +64,8 @@ impl Default for Limits {
             image_entries: 4_000_000,
             file_bytes: 64 << 30,
             layer_bytes: 256 << 30,
+            // A real image: a few 100k paths of ~80 bytes, tens of MB.
+            path_bytes: 512 << 20,
         }
     }
 }
@@ -101,6 +115,107 @@ pub type Sink<'a> = dyn FnMut(&mut dyn Read, u64) -> Result<FileContent> + 'a;
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
+/// The prefix of AUFS's own entries (and of [`OPAQUE`]).
+const AUFS_META: &str = ".wh..wh.";
+
+/// Linux's `PATH_MAX`: the longest entry path (in bytes) a layer may name.
+pub const PATH_MAX: usize = 4096;
+/// The deepest entry path a layer may name, in components (`a/b/c` has 3) (far deeper than any real image;
+/// the publisher's walks over a tree recurse once per level).
+pub const MAX_DEPTH: usize = 256;
+/// Bytes of tar metadata (header blocks, GNU long names and links, PAX records, padding)
+/// read for one entry, at most. A real entry needs a few KiB.
+pub const TAR_META_MAX: u64 = 1 << 20;
+/// How much of a refused path an error shows.
+const SHOWN_MAX: usize = 200;
+
+/// A tar stream that fails once more than [`TAR_META_MAX`] bytes are read outside the data
+/// of entries between two entries. Its [`MetaCount`] is told when an entry is handed out and
+/// when its data is read ([`EntryData`]); what the tar crate reads on its own is headers,
+/// records and padding. Seeks pass through, so an archive indexed with
+/// `entries_with_seek` counts only its headers.
+#[derive(Debug)]
+pub struct MetaBounded<R> {
+    inner: R,
+    count: Rc<MetaCount>,
+}
+
+/// What [`MetaBounded`] has counted.
+#[derive(Debug, Default)]
+pub struct MetaCount {
+    in_data: Cell<bool>,
+    since_entry: Cell<u64>,
+}
+
+impl MetaCount {
+    /// An entry was handed out: its headers are read, the count starts again.
+    pub fn entry(&self) {
+        self.since_entry.set(0);
+    }
+}
+
+impl<R> MetaBounded<R> {
+    /// Bound `inner`; the count is shared with whoever reads the entries' data.
+    pub fn new(inner: R) -> (MetaBounded<R>, Rc<MetaCount>) {
+        let count = Rc::new(MetaCount::default());
+        (
+            MetaBounded {
+                inner,
+                count: count.clone(),
+            },
+            count,
+        )
+    }
+}
+
+impl<R: Read> Read for MetaBounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.count.in_data.get() {
+            let m = self.count.since_entry.get() + n as u64;
+            self.count.since_entry.set(m);
+            if m > TAR_META_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "more than {TAR_META_MAX} bytes of tar headers (long names, PAX records) for one entry; refused"
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for MetaBounded<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// Reads of an entry's own data, which its [`MetaBounded`] stream does not count.
+struct EntryData<'a, R> {
+    entry: R,
+    count: &'a MetaCount,
+}
+
+impl<R: Read> Read for EntryData<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.count.in_data.set(true);
+        let r = self.entry.read(buf);
+        self.count.in_data.set(false);
+        r
+    }
+}
+
+/// A path for an error message: lossy UTF-8, cut after [`SHOWN_MAX`] characters.
+pub fn shown(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    match s.char_indices().nth(SHOWN_MAX) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], raw.len()),
+        None => s.into_owned(),
+    }
+}
 
 /// A reader that fails once more than `left` bytes pass.
 struct Bounded<R> {
@@ -140,6 +255,12 @@ fn decompress<'a, R: Read + 'a>(input: R) -> io::Result<Box<dyn Read + 'a>> {
 /// Normalize a tar entry path: `./a//b/` → `a/b`; "" is the root. Absolute paths, `..`,
 /// non-UTF-8 and names the store cannot hold are refused.
 fn entry_path(raw: &[u8]) -> std::result::Result<String, String> {
+    if raw.len() > PATH_MAX {
+        return Err(format!(
+            "path of {} bytes, longer than PATH_MAX ({PATH_MAX})",
+            raw.len()
+        ));
+    }
     let s = std::str::from_utf8(raw).map_err(|_| "path is not UTF-8".to_string())?;
     if s.starts_with('/') {
         return Err("absolute path".into());
@@ -154,6 +275,12 @@ fn entry_path(raw: &[u8]) -> std::result::Result<String, String> {
                 parts.push(c);
             }
         }
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err(format!(
+            "path of {} components, more than {MAX_DEPTH}",
+            parts.len()
+        ));
     }
     Ok(parts.join("/"))
 }
@@ -193,129 +320,55 @@ pub fn read_layer(
     });
     let mut out = Changes::default();
     {
-        let mut archive = tar::Archive::new(&mut bounded);
+        let (meta_bounded, count) = MetaBounded::new(&mut bounded);
+        let mut archive = tar::Archive::new(meta_bounded);
         let entries = archive
             .entries()
             .map_err(|e| layer_err(format!("not a tar: {e}")))?;
-        let mut count = 0u64;
+        let (mut entries_seen, mut path_bytes) = (0u64, 0u64);
         for entry in entries {
             let mut entry = entry.map_err(|e| layer_err(format!("bad tar entry: {e}")))?;
-            count += 1;
+            count.entry();
+            entries_seen += 1;
             let raw = entry.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&raw).into_owned();
-            if count > limits.layer_entries {
+            let shown = shown(&raw);
+            if entries_seen > limits.layer_entries {
                 return Err(err(
                     &shown,
                     format!("more than {} entries in one layer", limits.layer_entries),
                 ));
             }
-            let path = entry_path(&raw).map_err(|w| err(&shown, w))?;
-            let header = entry.header();
-            let kind = header.entry_type();
-            let mode = header.mode().map_err(|e| err(&shown, e.to_string()))?;
-            // setuid/setgid stripped; permission bits and sticky kept.
-            let mode = mode & 0o1777;
-            let mtime_ns = header
-                .mtime()
-                .map(|s| (s.min(i64::MAX as u64 / 1_000_000_000) as i64) * 1_000_000_000)
-                .unwrap_or(0);
-            let (dir, base) = split(&path);
-            if base == OPAQUE {
-                out.changes.push(Change::Opaque {
-                    dir: dir.to_string(),
-                });
-                continue;
+            let mut data = EntryData {
+                entry: &mut entry,
+                count: &count,
+            };
+            let change =
+                entry_change(&mut data, &raw, name, limits, sink).map_err(|w| err(&shown, w))?;
+            // What the entry did not read (a device's data, say) is skipped as data.
+            io::copy(&mut data, &mut io::sink()).map_err(|e| err(&shown, e.to_string()))?;
+            let Some(change) = change else { continue };
+            path_bytes += change.path_bytes();
+            if path_bytes > limits.path_bytes {
+                return Err(err(
+                    &shown,
+                    format!(
+                        "the layer's paths exceed the limit of {} bytes",
+                        limits.path_bytes
+                    ),
+                ));
             }
-            if let Some(hidden) = base.strip_prefix(WHITEOUT) {
-                if hidden.is_empty() || hidden.starts_with(WHITEOUT) {
-                    return Err(err(&shown, "malformed whiteout name".into()));
-                }
-                out.changes.push(Change::Whiteout {
-                    path: join(dir, hidden),
-                });
-                continue;
+            if let Change::Put {
+                node:
+                    Node {
+                        kind: NodeKind::File { size, .. },
+                        ..
+                    },
+                ..
+            } = &change
+            {
+                out.file_bytes += size;
             }
-            use tar::EntryType as T;
-            match kind {
-                T::Directory => {
-                    if path.is_empty() {
-                        continue; // the image root: its own metadata is not stored
-                    }
-                    out.changes.push(Change::Put {
-                        path,
-                        node: Node {
-                            mode,
-                            mtime_ns,
-                            kind: NodeKind::Dir,
-                        },
-                    });
-                }
-                T::Regular | T::Continuous => {
-                    if path.is_empty() {
-                        return Err(err(&shown, "a file at the image root".into()));
-                    }
-                    let size = entry.size();
-                    if size > limits.file_bytes {
-                        return Err(err(
-                            &shown,
-                            format!(
-                                "file of {size} bytes exceeds the limit of {} bytes",
-                                limits.file_bytes
-                            ),
-                        ));
-                    }
-                    let content =
-                        sink(&mut entry, size).map_err(|e| err(&shown, format!("content: {e}")))?;
-                    out.file_bytes += size;
-                    out.changes.push(Change::Put {
-                        path,
-                        node: Node {
-                            mode,
-                            mtime_ns,
-                            kind: NodeKind::File { size, content },
-                        },
-                    });
-                }
-                T::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| err(&shown, "symlink without a target".into()))?;
-                    let target = std::str::from_utf8(&target)
-                        .map_err(|_| err(&shown, "symlink target is not UTF-8".into()))?
-                        .to_string();
-                    if path.is_empty() || target.is_empty() || target.contains('\0') {
-                        return Err(err(&shown, "bad symlink".into()));
-                    }
-                    out.changes.push(Change::Put {
-                        path,
-                        node: Node {
-                            mode: 0o777,
-                            mtime_ns,
-                            kind: NodeKind::Symlink { target },
-                        },
-                    });
-                }
-                T::Link => {
-                    let target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| err(&shown, "hard link without a target".into()))?;
-                    let target = entry_path(&target)
-                        .map_err(|w| err(&shown, format!("hard link target: {w}")))?;
-                    if path.is_empty() || target.is_empty() {
-                        return Err(err(&shown, "bad hard link".into()));
-                    }
-                    out.changes.push(Change::Link { path, target });
-                }
-                T::Char | T::Block | T::Fifo => {
-                    tracing::warn!(
-                        "layer {name}: entry {shown:?}: skipped (a device or fifo cannot be stored)"
-                    );
-                }
-                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
-                other => {
-                    return Err(err(&shown, format!("unsupported tar entry type {other:?}")));
-                }
-            }
+            out.changes.push(change);
         }
     }
     // Whatever follows the end-of-archive blocks, and the compression trailer.
@@ -326,10 +379,155 @@ pub fn read_layer(
     Ok(out)
 }
 
+/// What one tar entry (path `raw`, data read through `entry`) changes; `None` for what is
+/// not stored. Why it is refused, otherwise.
+fn entry_change<R: Read>(
+    entry: &mut EntryData<'_, &mut tar::Entry<'_, R>>,
+    raw: &[u8],
+    name: &str,
+    limits: &Limits,
+    sink: &mut Sink,
+) -> std::result::Result<Option<Change>, String> {
+    let path = entry_path(raw)?;
+    let header = entry.entry.header();
+    let kind = header.entry_type();
+    let mode = header.mode().map_err(|e| e.to_string())?;
+    // setuid/setgid stripped; permission bits and sticky kept.
+    let mode = mode & 0o1777;
+    let mtime_ns = header
+        .mtime()
+        .map(|s| (s.min(i64::MAX as u64 / 1_000_000_000) as i64) * 1_000_000_000)
+        .unwrap_or(0);
+    let (dir, base) = split(&path);
+    if base == OPAQUE {
+        return Ok(Some(Change::Opaque {
+            dir: dir.to_string(),
+        }));
+    }
+    if path.split('/').any(|c| c.starts_with(AUFS_META)) {
+        tracing::warn!(
+            "layer {name}: entry {}: skipped (AUFS metadata, not part of the image)",
+            shown(raw)
+        );
+        return Ok(None);
+    }
+    if let Some(hidden) = base.strip_prefix(WHITEOUT) {
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
+            return Err("malformed whiteout name".into());
+        }
+        return Ok(Some(Change::Whiteout {
+            path: join(dir, hidden),
+        }));
+    }
+    let link_name = |what: &str| {
+        entry
+            .entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .ok_or_else(|| format!("{what} without a target"))
+    };
+    use tar::EntryType as T;
+    Ok(match kind {
+        T::Directory => {
+            if path.is_empty() {
+                return Ok(None); // the image root: its own metadata is not stored
+            }
+            Some(Change::Put {
+                path,
+                node: Node {
+                    mode,
+                    mtime_ns,
+                    kind: NodeKind::Dir,
+                },
+            })
+        }
+        T::Regular | T::Continuous => {
+            if path.is_empty() {
+                return Err("a file at the image root".into());
+            }
+            let size = entry.entry.size();
+            if size > limits.file_bytes {
+                return Err(format!(
+                    "file of {size} bytes exceeds the limit of {} bytes",
+                    limits.file_bytes
+                ));
+            }
+            let content = sink(entry, size).map_err(|e| format!("content: {e}"))?;
+            Some(Change::Put {
+                path,
+                node: Node {
+                    mode,
+                    mtime_ns,
+                    kind: NodeKind::File { size, content },
+                },
+            })
+        }
+        T::Symlink => {
+            let target = link_name("symlink")?;
+            let target =
+                String::from_utf8(target).map_err(|_| "symlink target is not UTF-8".to_string())?;
+            if path.is_empty() || target.is_empty() || target.contains('\0') {
+                return Err("bad symlink".into());
+            }
+            if target.len() > PATH_MAX {
+                return Err(format!(
+                    "symlink target of {} bytes, longer than PATH_MAX ({PATH_MAX})",
+                    target.len()
+                ));
+            }
+            Some(Change::Put {
+                path,
+                node: Node {
+                    mode: 0o777,
+                    mtime_ns,
+                    kind: NodeKind::Symlink { target },
+                },
+            })
+        }
+        T::Link => {
+            let target = link_name("hard link")?;
+            let target = entry_path(&target).map_err(|w| format!("hard link target: {w}"))?;
+            if path.is_empty() || target.is_empty() {
+                return Err("bad hard link".into());
+            }
+            Some(Change::Link { path, target })
+        }
+        T::Char | T::Block | T::Fifo => {
+            tracing::warn!(
+                "layer {name}: entry {}: skipped (a device or fifo cannot be stored)",
+                shown(raw)
+            );
+            None
+        }
+        T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => None,
+        other => return Err(format!("unsupported tar entry type {other:?}")),
+    })
+}
+
+impl Change {
+    /// Bytes of the paths this change names.
+    fn path_bytes(&self) -> u64 {
+        (match self {
+            Change::Put { path, node } => {
+                path.len()
+                    + match &node.kind {
+                        NodeKind::Symlink { target } => target.len(),
+                        _ => 0,
+                    }
+            }
+            Change::Link { path, target } => path.len() + target.len(),
+            Change::Whiteout { path } => path.len(),
+            Change::Opaque { dir } => dir.len(),
+        }) as u64
+    }
+}
+
 /// The flattened tree of the layers applied so far: path → node.
 #[derive(Debug, Default, Clone)]
 pub struct Tree {
     nodes: BTreeMap<String, Node>,
+    /// Bytes of the paths in `nodes`.
+    path_bytes: u64,
 }
 
 impl Tree {
@@ -368,10 +566,23 @@ impl Tree {
         self.nodes.range(lo..hi).map(|(k, _)| k.clone()).collect()
     }
 
+    fn insert(&mut self, path: String, node: Node) {
+        let len = path.len() as u64;
+        if self.nodes.insert(path, node).is_none() {
+            self.path_bytes += len;
+        }
+    }
+
+    fn remove(&mut self, path: &str) {
+        if self.nodes.remove(path).is_some() {
+            self.path_bytes -= path.len() as u64;
+        }
+    }
+
     fn remove_subtree(&mut self, path: &str) {
-        self.nodes.remove(path);
+        self.remove(path);
         for k in self.below(path) {
-            self.nodes.remove(&k);
+            self.remove(&k);
         }
     }
 
@@ -392,7 +603,7 @@ impl Tree {
                     return Err(format!("{dir} is a file, not a directory"));
                 }
                 None => {
-                    self.nodes.insert(
+                    self.insert(
                         dir.to_string(),
                         Node {
                             mode: 0o755,
@@ -418,7 +629,7 @@ impl Tree {
                 Change::Whiteout { path } => self.remove_subtree(path),
                 Change::Opaque { dir } => {
                     for k in self.below(dir) {
-                        self.nodes.remove(&k);
+                        self.remove(&k);
                     }
                 }
                 _ => {}
@@ -450,11 +661,20 @@ impl Tree {
                 (Some(_), _) => self.remove_subtree(path),
                 (None, _) => {}
             }
-            self.nodes.insert(path.clone(), node);
+            self.insert(path.clone(), node);
             if self.nodes.len() as u64 > limits.image_entries {
                 return Err(err(
                     path,
                     format!("image has more than {} paths", limits.image_entries),
+                ));
+            }
+            if self.path_bytes > limits.path_bytes {
+                return Err(err(
+                    path,
+                    format!(
+                        "the image's paths exceed the limit of {} bytes",
+                        limits.path_bytes
+                    ),
                 ));
             }
         }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::import::image::{self, Parsed};
-use crate::import::reference::ImageName;
+use crate::import::layers;
+use crate::import::reference::{self, ImageName};
 use crate::import::{LayerRef, Resolved, Source};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -99,11 +100,27 @@ impl Source for Layout {
                 tags.join(", ")
             ))
         })?;
-        let tag = self
-            .tag
-            .clone()
-            .or_else(|| tagged(&top))
-            .unwrap_or_else(|| "latest".into());
+        let tag = match (&self.tag, tagged(&top)) {
+            (Some(t), _) => t.clone(),
+            // The name an image file gives itself becomes a path of the repository: a tag only.
+            // A tag ("3.19"), or a whole reference ("docker.io/library/alpine:3.19"): its tag.
+            (None, Some(t)) if reference::valid_tag(&t) => t,
+            (None, Some(t))
+                if t.rsplit_once(':')
+                    .is_some_and(|(_, tag)| reference::valid_tag(tag)) =>
+            {
+                t.rsplit_once(':')
+                    .map(|(_, tag)| tag.to_string())
+                    .unwrap_or(t)
+            }
+            (None, Some(t)) => {
+                return Err(Error::Input(format!(
+                    "{what}: the image's {REF_NAME} annotation {:?} is not a valid tag; name one with oci:DIR:TAG",
+                    layers::shown(t.as_bytes())
+                )));
+            }
+            (None, None) => "latest".into(),
+        };
         let mut digest = top.digest.clone();
         for _ in 0..2 {
             let what = format!("{} blob {digest}", self.dir.display());
@@ -147,15 +164,18 @@ struct ArchiveManifest {
 }
 
 impl DockerArchive {
-    /// Index the members of `file` (one pass over its headers).
+    /// Index the members of `file` (one pass over its headers, seeking past the members'
+    /// data; their headers bounded as a layer's are).
     pub fn open(file: &Path) -> Result<DockerArchive> {
         let what =
             |e: std::io::Error| Error::Input(format!("{}: not a tar archive: {e}", file.display()));
         let f = File::open(file).map_err(Error::io(file))?;
+        let (f, count) = layers::MetaBounded::new(f);
         let mut ar = tar::Archive::new(f);
         let mut members = HashMap::new();
-        for e in ar.entries().map_err(what)? {
+        for e in ar.entries_with_seek().map_err(what)? {
             let e = e.map_err(what)?;
+            count.entry();
             let name = String::from_utf8_lossy(&e.path_bytes())
                 .trim_start_matches("./")
                 .to_string();
@@ -209,6 +229,13 @@ impl Source for DockerArchive {
                     Some((h, rest)) if h.contains(['.', ':']) || h == "localhost" => rest,
                     _ => repo,
                 };
+                // The name becomes a path of the repository: a repository and a tag only.
+                if !reference::valid_repo(repo) || !reference::valid_tag(tag) {
+                    return Err(Error::Input(format!(
+                        "{what}: RepoTags {:?} is not REPO:TAG with a valid repository name and tag; refused",
+                        layers::shown(m.repo_tags[0].as_bytes())
+                    )));
+                }
                 ImageName {
                     repo: repo.to_string(),
                     tag: tag.to_string(),

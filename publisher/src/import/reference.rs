@@ -36,7 +36,8 @@ fn bad(r: &str, what: &str) -> Error {
     Error::Input(format!("image reference {r:?}: {what}"))
 }
 
-fn valid_tag(t: &str) -> bool {
+/// A tag as the distribution spec has it: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub(crate) fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && t.bytes()
@@ -44,7 +45,9 @@ fn valid_tag(t: &str) -> bool {
         && !t.starts_with(['.', '-'])
 }
 
-fn valid_repo(r: &str) -> bool {
+/// A repository name: lowercase components of `[a-z0-9._-]`, each starting alphanumeric,
+/// joined by `/`.
+pub(crate) fn valid_repo(r: &str) -> bool {
     !r.is_empty()
         && r.split('/').all(|c| {
             !c.is_empty()

@@ -79,17 +79,33 @@ pub struct Registry {
     repo: String,
     reference: String,
     basic: Option<(String, String)>,
+    /// How long a whole document request may take.
+    doc_timeout: Duration,
     /// The Authorization header that last worked.
     auth: Mutex<Option<String>>,
 }
 
 /// Connection options shared by every registry source of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Credentials.
     pub auths: Auths,
     /// Hosts reached over plain http.
     pub insecure: Vec<String>,
+    /// How long a registry may send nothing (no response, no byte of a body) before the
+    /// request fails (`--timeout`); a whole document request (manifest, index, config,
+    /// token) may take twice as long.
+    pub stall: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auths: Auths::default(),
+            insecure: Vec::new(),
+            stall: Duration::from_secs(60),
+        }
+    }
 }
 
 fn param<'a>(header: &'a str, key: &str) -> Option<&'a str> {
@@ -108,8 +124,11 @@ impl Registry {
             "https"
         };
         let proxy = depotfs_http::Proxy::Environment;
+        // reqwest's blocking timeout bounds each wait (the response's headers, then each read
+        // of its body), not the whole transfer: a stalled registry fails, a slow large blob
+        // does not.
         let client = depotfs_http::blocking_client("depotfs", Duration::from_secs(30), proxy)
-            .and_then(|b| b.timeout(None).build())
+            .and_then(|b| b.timeout(opts.stall).build())
             .map_err(|e| Error::Input(format!("registry {host}: HTTP client: {e}")))?;
         Ok(Registry {
             client,
@@ -118,6 +137,7 @@ impl Registry {
             repo: repo.to_string(),
             reference: reference.to_string(),
             basic: opts.auths.by_host.get(host).cloned(),
+            doc_timeout: opts.stall * 2,
             auth: Mutex::new(None),
         })
     }
@@ -130,7 +150,8 @@ impl Registry {
     /// (bearer token or basic) and send it once more.
     fn send(&self, path: &str, req: impl Fn() -> RequestBuilder) -> Result<Response> {
         let what = self.what(path);
-        let net = |e: reqwest::Error| Error::Input(format!("{what}: {e}"));
+        let net =
+            |e: reqwest::Error| Error::Input(format!("{what}: {}", depotfs_http::error_chain(&e)));
         let with_auth = |r: RequestBuilder| match self.auth.lock().expect("not poisoned").clone() {
             Some(a) => r.header(AUTHORIZATION, a),
             None => r,
@@ -195,13 +216,16 @@ impl Registry {
         }
         let url = reqwest::Url::parse_with_params(realm, &query)
             .map_err(|e| Error::Input(format!("{what}: bad token realm {realm:?}: {e}")))?;
-        let mut req = self.client.get(url);
+        let mut req = self.client.get(url).timeout(self.doc_timeout);
         if let Some((u, p)) = &self.basic {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req
-            .send()
-            .map_err(|e| Error::Input(format!("{what}: token from {realm}: {e}")))?;
+        let resp = req.send().map_err(|e| {
+            Error::Input(format!(
+                "{what}: token from {realm}: {}",
+                depotfs_http::error_chain(&e)
+            ))
+        })?;
         let resp = check(resp, &format!("token from {realm}"))?;
         let body = image::read_doc(resp, realm)?;
         let v: serde_json::Value = serde_json::from_slice(&body)
@@ -224,7 +248,12 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(", ");
         let url = format!("{}{path}", self.base);
-        let resp = self.send(&path, || self.client.get(&url).header(ACCEPT, &accept))?;
+        let resp = self.send(&path, || {
+            self.client
+                .get(&url)
+                .header(ACCEPT, &accept)
+                .timeout(self.doc_timeout)
+        })?;
         let ct = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -235,6 +264,8 @@ impl Registry {
             Some(size) => image::read_doc_sized(resp, size, &what)?,
             None => image::read_doc(resp, &what)?,
         };
+        // A tag is taken as it comes; a digest (the reference's, or an index entry's, whose
+        // syntax `image::parse` checked) must hold.
         if reference.starts_with("sha256:") {
             image::verify(&bytes, reference, &what)?;
         }

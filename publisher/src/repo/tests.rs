@@ -183,3 +183,72 @@ fn a_failed_manifest_write_is_finished_by_the_next_open() {
         repo.revisions().unwrap()[0].1.root
     );
 }
+
+/// Replacing a subtree is one transaction: when staging the new subtree fails, the old one is
+/// still there, and nothing of the removal is staged (`depotfs import` of an image that
+/// fails keeps the image imported before).
+#[test]
+fn a_replacement_that_fails_keeps_the_old_subtree() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    let dir = Node {
+        mode: 0o755,
+        mtime_ns: 0,
+        kind: NodeKind::Dir,
+    };
+    repo.stage_replace(
+        "img/x",
+        vec![
+            ("img/x".into(), dir.clone()),
+            ("img/x/f".into(), file(3, 3)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(repo.publish(None, false).unwrap().unwrap().0, 2);
+    // The second node names the root, which no subtree may replace: staging fails after the
+    // old subtree was removed inside the transaction.
+    let err = repo
+        .stage_replace(
+            "img/x",
+            vec![("img/x".into(), dir), ("".into(), file(4, 4))],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot replace the root"), "{err}");
+    assert!(!repo.has_staged().unwrap(), "nothing staged");
+    assert_eq!(
+        repo.list_dir("img/x").unwrap(),
+        vec![("f".to_string(), file(3, 3))]
+    );
+}
+
+/// Removing a subtree deeper than a thread's stack would allow by recursion: a chain of
+/// 3,000 directories, removed on a thread with a 256 KiB stack.
+#[test]
+fn a_very_deep_subtree_is_removed_without_recursion() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    let dir = Node {
+        mode: 0o755,
+        mtime_ns: 0,
+        kind: NodeKind::Dir,
+    };
+    let mut nodes = Vec::new();
+    let mut path = String::from("deep");
+    for _ in 0..3000 {
+        nodes.push((path.clone(), dir.clone()));
+        path.push_str("/d");
+    }
+    nodes.push((path, file(5, 5)));
+    repo.stage_add("", nodes).unwrap();
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn_scoped(s, || repo.stage_rm(&["deep".to_string()]).unwrap())
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    assert!(repo.list_dir("deep").unwrap().is_empty());
+    assert_eq!(repo.list_dir("").unwrap().len(), 1, "only a is left");
+}

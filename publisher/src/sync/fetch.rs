@@ -135,8 +135,9 @@ impl Fetcher {
         }
     }
 
-    /// Start downloading `url`, listed with `listed` bytes (exactly) if known.
-    pub fn open(&self, url: &str, listed: Option<u64>) -> Result<Download, String> {
+    /// Start downloading `url`, listed with `listed` bytes (exactly) if known, and at most
+    /// `most` bytes in any case: a body that runs past it fails at once.
+    pub fn open(&self, url: &str, listed: Option<u64>, most: u64) -> Result<Download, String> {
         let mut d = Download {
             fetcher: self.clone(),
             url: url.to_string(),
@@ -144,6 +145,7 @@ impl Fetcher {
             buf: Bytes::new(),
             pos: 0,
             len: listed,
+            most,
             validator: None,
             last_modified_s: None,
             failures: 0,
@@ -164,6 +166,8 @@ pub struct Download {
     buf: Bytes,
     pos: u64,
     len: Option<u64>,
+    /// The most bytes the file may have (its length once known exactly).
+    most: u64,
     validator: Option<String>,
     last_modified_s: Option<i64>,
     failures: u32,
@@ -197,7 +201,18 @@ impl Download {
                 "Content-Length is {a} but the listing says {l} bytes"
             )));
         }
+        if let Some(a) = announced
+            && a > self.most
+        {
+            return Err(Attempt::Fatal(format!(
+                "Content-Length is {a}, more than the {} bytes the listing allows",
+                self.most
+            )));
+        }
         self.len = listed.or(announced);
+        if let Some(len) = self.len {
+            self.most = self.most.min(len);
+        }
         let header = |h| {
             resp.headers()
                 .get(h)
@@ -309,6 +324,18 @@ impl Read for Download {
                 .block_on(async { tokio::time::timeout(timeout, resp.chunk()).await });
             match next {
                 Ok(Ok(Some(b))) => {
+                    if self.pos + b.len() as u64 > self.most {
+                        self.resp = None;
+                        return Err(std::io::Error::other(format!(
+                            "{}: the body runs past {} bytes, {}; refused",
+                            self.url,
+                            self.most,
+                            match self.len {
+                                Some(_) => "its length",
+                                None => "the most its listed size allows",
+                            }
+                        )));
+                    }
                     if !b.is_empty() {
                         self.failures = 0;
                     }

@@ -38,6 +38,16 @@ impl Size {
             Size::Exact(n) | Size::About(n) => n,
         }
     }
+
+    /// The most bytes the file can have: exact, or, for a rounded display, twice it and a
+    /// MiB (a display rounds to less than its next unit: `1G` is under 2 GiB, `1.2K` under
+    /// 1.3 KiB). A download that runs past it is refused before it fills the disk.
+    pub fn most(self) -> u64 {
+        match self {
+            Size::Exact(n) => n,
+            Size::About(n) => n.saturating_mul(2).saturating_add(1 << 20),
+        }
+    }
 }
 
 /// One file of the listing.

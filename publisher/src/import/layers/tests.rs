@@ -266,6 +266,7 @@ fn limits_name_the_layer_and_entry() {
         image_entries: 3,
         file_bytes: 10,
         layer_bytes: 64 << 10,
+        path_bytes: 1 << 20,
     };
     let e = mem
         .read(
@@ -333,4 +334,181 @@ fn truncated_layers_fail() {
         .read(&g[..g.len() - 12], "Lgz", &Limits::default())
         .unwrap_err();
     assert!(e.to_string().contains("layer Lgz"), "{e}");
+}
+
+/// A tar built by the tar crate: GNU long names for paths over 100 bytes.
+fn long_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A PAX extended header (type `x`) of `records`, as the raw bytes of its entry.
+fn pax_entry(records: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_mut_bytes()[..9].copy_from_slice(b"PaxHeader");
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(records.len() as u64);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(records);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// One PAX record `key=value`, its length prefix included.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut n = body + 1;
+    while n != body + n.to_string().len() {
+        n = body + n.to_string().len();
+    }
+    let mut r = format!("{n} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    assert_eq!(r.len(), n);
+    r
+}
+
+#[test]
+fn long_and_deep_paths_within_linux_limits_are_kept_beyond_them_refused() {
+    // 255 directories and a file, 2,816 bytes: kept, through a GNU long name.
+    let deep: String = (0..255).map(|i| format!("d{i:08}/")).collect::<String>() + "f";
+    let (mem, tree) = apply_all(&[long_tar(&[(&deep, b"deep")])]);
+    let tree = tree.unwrap();
+    assert_eq!(mem.content(&tree, &deep), b"deep");
+    assert_eq!(tree.len(), 256);
+    // A PAX path of the same depth: kept too.
+    let mut pax = pax_entry(&pax_record("path", deep.replace("d0", "p0").as_bytes()));
+    pax.extend(tar_of(&[file("short-name-replaced-by-pax", b"pax")]));
+    let (mem, tree) = apply_all(&[pax]);
+    assert_eq!(
+        mem.content(&tree.unwrap(), &deep.replace("d0", "p0")),
+        b"pax"
+    );
+    // One level deeper: refused, naming the depth.
+    let deeper = format!("x/{deep}");
+    refused(
+        &[long_tar(&[(&deeper, b"")])],
+        &["layer L0", "path of 257 components, more than 256"],
+    );
+    // Longer than PATH_MAX (a few directories with long names): refused; the error shows
+    // the start of the path, not all of it.
+    let long = format!("{}/f", vec!["n".repeat(250); 17].join("/"));
+    let (_, r) = apply_all(&[long_tar(&[(&long, b"")])]);
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("path of 4268 bytes, longer than PATH_MAX (4096)"),
+        "{e}"
+    );
+    assert!(e.contains("... (4268 bytes)") && e.len() < 600, "{e}");
+    // A symlink target longer than PATH_MAX.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "l", "t".repeat(5000)).unwrap();
+    refused(
+        &[b.into_inner().unwrap()],
+        &["\"l\"", "symlink target of 5000 bytes"],
+    );
+}
+
+#[test]
+fn a_huge_pax_record_or_long_name_is_refused_before_it_is_read_whole() {
+    // 64 MiB of PAX record (a comment): the tar crate would read it whole into memory.
+    // The layer is refused once the first MiB of it has passed.
+    let mut records = pax_record("comment", &vec![b'z'; 64 << 20]);
+    records.extend(pax_record("path", b"f"));
+    let mut t = pax_entry(&records);
+    t.extend(tar_of(&[file("g", b"")]));
+    refused(
+        &[gzip(&t)],
+        &["layer L0", "more than 1048576 bytes of tar headers"],
+    );
+    // The same for a GNU long name of 2 MiB.
+    let mut h = tar::Header::new_gnu();
+    h.as_mut_bytes()[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(2 << 20);
+    h.set_cksum();
+    let mut t = h.as_bytes().to_vec();
+    t.extend(vec![b'a'; 2 << 20]);
+    t.extend(tar_of(&[file("g", b"")]));
+    refused(&[t], &["more than 1048576 bytes of tar headers"]);
+    // Data is not metadata: a device entry that carries 3 MiB of data, skipped, and a 3 MiB
+    // file are read through.
+    let big = vec![5u8; 3 << 20];
+    let mut dev = tar_of(&[E {
+        name: b"dev/weird",
+        kind: tar::EntryType::Char,
+        mode: 0o644,
+        data: &big,
+        link: b"",
+    }]);
+    dev.truncate(dev.len() - 1024); // its end-of-archive blocks
+    dev.extend(tar_of(&[file("big", &big)]));
+    let (mem, tree) = apply_all(&[dev]);
+    let tree = tree.unwrap();
+    assert_eq!(mem.content(&tree, "big"), big);
+    assert!(tree.get("dev/weird").is_none());
+}
+
+#[test]
+fn aufs_metadata_is_skipped_and_odd_whiteouts_refused() {
+    let (mem, tree) = apply_all(&[tar_of(&[
+        file(".wh..wh.aufs", b""),
+        dir(".wh..wh.plnk/"),
+        file(".wh..wh.plnk/123.456", b"hard link store"),
+        dir(".wh..wh.orph/"),
+        file("kept", b"k"),
+    ])]);
+    let tree = tree.unwrap();
+    assert_eq!(mem.content(&tree, "kept"), b"k");
+    assert_eq!(tree.len(), 1, "{:?}", tree.iter().collect::<Vec<_>>());
+    refused(&[tar_of(&[file("a/.wh..", b"")])], &["malformed whiteout"]);
+    refused(&[tar_of(&[file(".wh...", b"")])], &["malformed whiteout"]);
+}
+
+#[test]
+fn the_bytes_of_paths_are_bounded_per_layer_and_per_image() {
+    let tight = Limits {
+        path_bytes: 1000,
+        ..Limits::default()
+    };
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("{}{i:02}", "p".repeat(48)))
+        .collect();
+    let files: Vec<E> = names.iter().map(|n| file(n, b"")).collect();
+    // 20 paths of 50 bytes: exactly the limit, kept; one more byte of path is refused.
+    let mut mem = Mem::default();
+    let c = mem.read(&tar_of(&files), "L0", &tight).unwrap();
+    let mut more = names.clone();
+    more.push("q".into());
+    let more: Vec<E> = more.iter().map(|n| file(n, b"")).collect();
+    let e = mem.read(&tar_of(&more), "L1", &tight).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("entry \"q\": the layer's paths exceed the limit of 1000 bytes"),
+        "{e}"
+    );
+    // Image-wide: the parents a path makes count too.
+    let mut t = Tree::new();
+    t.apply("L0", &c, &tight).unwrap();
+    let deep = mem
+        .read(&tar_of(&[file("a/b/c", b"")]), "L2", &tight)
+        .unwrap();
+    let e = t.apply("L2", &deep, &tight).unwrap_err();
+    assert!(
+        e.to_string().contains("the image's paths exceed the limit"),
+        "{e}"
+    );
 }
