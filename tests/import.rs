@@ -173,6 +173,24 @@ impl Layout {
         }
     }
 
+    /// Image TAG of one layer written by Python's tarfile (GNU format), which writes names
+    /// verbatim (GNU tar would refuse to): `script` adds entries with `f(name, data, mode)`
+    /// and `l(name, target, kind)`.
+    fn crafted(&self, tag: &str, script: &str) {
+        let tar = self.0.with_file_name(format!("{tag}.tar"));
+        sh(Command::new("python3").arg("-c").arg(format!(
+            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
+             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
+             def l(n, target, kind=tarfile.SYMTYPE):\n    i = tarfile.TarInfo(n); i.type = kind; i.linkname = target; t.addfile(i)\n\
+             {script}\nt.close()"
+        )).arg(&tar));
+        let img = format!("{}:{tag}", self.0.display());
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        sh(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &img])
+            .arg(&tar));
+    }
+
     /// The (gzip) digests of TAG's layers, bottom first.
     fn layer_digests(&self, tag: &str) -> Vec<String> {
         let index: serde_json::Value =
@@ -815,21 +833,7 @@ fn hostile_layers_from_the_registry_are_refused_or_neutralised() {
     let outside = d.join("outside");
     fs::create_dir_all(&outside).unwrap();
     let layout = Layout::new(d);
-    // Python's tarfile writes the names verbatim (GNU tar would refuse to).
-    let craft = |name: &str, script: &str| {
-        let tar = d.join(format!("{name}.tar"));
-        sh(Command::new("python3").arg("-c").arg(format!(
-            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
-             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
-             def l(n, target, kind=tarfile.SYMTYPE):\n    i = tarfile.TarInfo(n); i.type = kind; i.linkname = target; t.addfile(i)\n\
-             {script}\nt.close()"
-        )).arg(&tar));
-        let img = format!("{}:{name}", layout.0.display());
-        sh(Command::new("umoci").args(["new", "--image", &img]));
-        sh(Command::new("umoci")
-            .args(["raw", "add-layer", "--image", &img])
-            .arg(&tar));
-    };
+    let craft = |name: &str, script: &str| layout.crafted(name, script);
     let out_s = outside.display().to_string();
     craft(
         "dotdot",
@@ -1308,19 +1312,7 @@ fn tar_metadata_names_and_recorded_layers_are_held_to_the_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let layout = Layout::new(d);
-    let craft = |name: &str, script: &str| {
-        let tar = d.join(format!("{name}.tar"));
-        sh(Command::new("python3").arg("-c").arg(format!(
-            "import io, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n\
-             def f(n, data=b'x', mode=0o644):\n    i = tarfile.TarInfo(n); i.size = len(data); i.mode = mode; t.addfile(i, io.BytesIO(data))\n\
-             {script}\nt.close()"
-        )).arg(&tar));
-        let img = format!("{}:{name}", layout.0.display());
-        sh(Command::new("umoci").args(["new", "--image", &img]));
-        sh(Command::new("umoci")
-            .args(["raw", "add-layer", "--image", &img])
-            .arg(&tar));
-    };
+    let craft = |name: &str, script: &str| layout.crafted(name, script);
     craft("deep", "f('/'.join(['d'] * 300) + '/f')");
     craft("longname", "f('a' * (8 << 20))");
     craft("fine", "f('etc/fine', b'fine')");

@@ -406,7 +406,7 @@ fn entry_change<R: Read>(
     }
     if path.split('/').any(|c| c.starts_with(AUFS_META)) {
         tracing::warn!(
-            "layer {name}: entry {}: skipped (AUFS metadata, not part of the image)",
+            "layer {name}: entry {:?}: skipped (AUFS metadata, not part of the image)",
             shown(raw)
         );
         return Ok(None);
@@ -494,7 +494,7 @@ fn entry_change<R: Read>(
         }
         T::Char | T::Block | T::Fifo => {
             tracing::warn!(
-                "layer {name}: entry {}: skipped (a device or fifo cannot be stored)",
+                "layer {name}: entry {:?}: skipped (a device or fifo cannot be stored)",
                 shown(raw)
             );
             None

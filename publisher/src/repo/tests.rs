@@ -19,6 +19,14 @@ fn file(size: u64, mtime_ns: i64) -> Node {
     }
 }
 
+fn dir_node() -> Node {
+    Node {
+        mode: 0o755,
+        mtime_ns: 0,
+        kind: NodeKind::Dir,
+    }
+}
+
 fn digest(entries: &[(&str, &Node)]) -> blake3::Hash {
     let mut d = blake3::Hasher::new();
     for (name, node) in entries {
@@ -191,11 +199,7 @@ fn a_failed_manifest_write_is_finished_by_the_next_open() {
 fn a_replacement_that_fails_keeps_the_old_subtree() {
     let t = tempfile::tempdir().unwrap();
     let repo = store_with_a(t.path());
-    let dir = Node {
-        mode: 0o755,
-        mtime_ns: 0,
-        kind: NodeKind::Dir,
-    };
+    let dir = dir_node();
     repo.stage_replace(
         "img/x",
         vec![
@@ -228,11 +232,7 @@ fn a_replacement_that_fails_keeps_the_old_subtree() {
 fn a_very_deep_subtree_is_removed_without_recursion() {
     let t = tempfile::tempdir().unwrap();
     let repo = store_with_a(t.path());
-    let dir = Node {
-        mode: 0o755,
-        mtime_ns: 0,
-        kind: NodeKind::Dir,
-    };
+    let dir = dir_node();
     let mut nodes = Vec::new();
     let mut path = String::from("deep");
     for _ in 0..3000 {
