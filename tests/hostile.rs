@@ -664,3 +664,67 @@ fn hostile_full_cache_filesystem_reads_without_caching() {
         m.healthy(&repo);
     }
 }
+
+/// 150 listings at once of directories not fetched yet, from a slow but correct server: all
+/// finish. (Each listing waited on the blocking pool for a download that loads and verifies
+/// on the same pool; with the pool's 64 threads all taken by waiting listings, nothing moved
+/// and the mount hung for good. At most half the pool now serves metadata operations.)
+#[test]
+fn hostile_many_slow_listings_at_once_all_finish() {
+    let repo = Repo::new();
+    let dirs: Vec<Entry> = (0..150)
+        .map(|i| {
+            repo.dir(
+                &format!("s{i:03}"),
+                vec![file(&format!("x{i}"), 0, FileContent::Empty)],
+            )
+        })
+        .collect();
+    let mut root = vec![repo.dir("d", repo.d_entries()), repo.dir("many", dirs)];
+    root.sort_by(|a, b| a.name.cmp(&b.name));
+    repo.publish(root, 1);
+    let m = repo.mount("mnt", "cache", &["--timeout", "30", "--retries", "0"]);
+    // Not listed: a listing with attributes would fetch every subdirectory's node now.
+    assert!(m.mp().join("many").is_dir());
+    // Every object from now on takes about 2 s: one byte every 15 ms.
+    repo.server
+        .rule("objects/", Answer::Drip(Duration::from_millis(15)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..150 {
+        let p = m.mp().join(format!("many/s{i:03}"));
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let names: std::io::Result<Vec<String>> = fs::read_dir(&p).and_then(|r| {
+                r.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            });
+            let _ = tx.send((i, names));
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..150 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((i, names)) = rx.recv_timeout(left) else {
+            // Hung: abort the FUSE connection so the stuck threads (and this test) can end.
+            abort_fuse(m.mp());
+            panic!("listings still hanging after 120 s:\n{}", m.log());
+        };
+        assert_eq!(names.unwrap(), [format!("x{i}")], "many/s{i:03}");
+    }
+    repo.server.clear_rules();
+    m.healthy(&repo);
+}
+
+/// Abort the FUSE connection of the mount at `mp` (`/sys/fs/fuse/connections/N/abort`).
+fn abort_fuse(mp: &Path) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mp = mp.to_string_lossy();
+    if let Some(dev) = info
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == mp)
+        .and_then(|f| f[2].split(':').nth(1).map(str::to_string))
+    {
+        let _ = fs::write(format!("/sys/fs/fuse/connections/{dev}/abort"), "1");
+    }
+}

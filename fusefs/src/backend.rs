@@ -177,6 +177,9 @@ struct Failure {
     error: Error,
     /// Did the route answer (an HTTP status line arrived)?
     answered: bool,
+    /// Was it a timeout? Through a proxy, one cannot tell whether the proxy or the server
+    /// behind it did not answer.
+    timeout: bool,
 }
 
 /// Downloaded bytes and the server that sent them.
@@ -618,7 +621,10 @@ impl Http {
     }
 
     /// One pass: every route at most once, starting with the current one. Sets `answered`
-    /// when a route answered, even with an error (and then leaves offline mode).
+    /// when a route answered, even with an error (and then leaves offline mode). A proxy that
+    /// times out is tried no more for this server, but may be for the next: through a proxy,
+    /// a timeout may be the server's (one hung mirror must not hide the others). When every
+    /// proxy left has timed out for a server, the server is taken as the one that failed.
     async fn pass(
         &self,
         rel: &str,
@@ -634,11 +640,13 @@ impl Http {
         };
         let mut bad_s = vec![false; self.opts.servers.len()];
         let mut bad_p = vec![false; self.proxies.len()];
+        // Proxies that timed out for the server being tried.
+        let mut timed_p = vec![false; self.proxies.len()];
         loop {
-            let p = pick(&bad_p, self.cur_proxy.load(Ordering::Relaxed))?;
             let Some(s) = pick(&bad_s, self.cur_server.load(Ordering::Relaxed)) else {
                 // Every server failed through this proxy (e.g. it answers 502 for all):
                 // the servers get another chance through the next proxy.
+                let p = pick(&bad_p, self.cur_proxy.load(Ordering::Relaxed))?;
                 bad_p[p] = true;
                 let next = pick(&bad_p, p)?;
                 tracing::warn!(
@@ -647,9 +655,22 @@ impl Http {
                     self.proxies[next].label
                 );
                 bad_s.fill(false);
+                timed_p.fill(false);
                 continue;
             };
-            match self.attempt(s, p, rel, fresh, limit).await {
+            let usable: Vec<bool> = bad_p.iter().zip(&timed_p).map(|(b, t)| *b || *t).collect();
+            let Some(p) = pick(&usable, self.cur_proxy.load(Ordering::Relaxed)) else {
+                if !timed_p.contains(&true) {
+                    return None; // every proxy failed for reasons of its own
+                }
+                // Every proxy left timed out for this server: the server did not answer.
+                bad_s[s] = true;
+                timed_p.fill(false);
+                let next = pick(&bad_s, s);
+                self.switch(Side::Server, s, next, "no answer through any proxy");
+                continue;
+            };
+            match self.attempt((s, p), rel, fresh, limit, answered).await {
                 Ok(bytes) => {
                     self.cur_server.store(s, Ordering::Relaxed);
                     self.cur_proxy.store(p, Ordering::Relaxed);
@@ -664,27 +685,34 @@ impl Http {
                         answered.store(true, Ordering::Relaxed);
                         self.go_online(s);
                     }
-                    let (bad, from) = match f.side {
-                        Side::Proxy => (&mut bad_p, p),
-                        Side::Server => (&mut bad_s, s),
+                    let (from, next) = {
+                        let (bad, from) = match f.side {
+                            Side::Proxy if f.timeout => (&mut timed_p, p),
+                            Side::Proxy => (&mut bad_p, p),
+                            Side::Server => (&mut bad_s, s),
+                        };
+                        bad[from] = true;
+                        (from, pick(bad, from))
                     };
-                    bad[from] = true;
-                    let next = pick(bad, from);
                     self.switch(f.side, from, next, &f.reason);
+                    if f.side == Side::Server {
+                        timed_p.fill(false); // the next server: every proxy again
+                    }
                     *last = Some(f.error);
                 }
             }
         }
     }
 
-    /// One request on route (`s`, `p`), its body at most `limit` bytes.
+    /// One request on route (`s`, `p`), its body at most `limit` bytes; sets
+    /// `request_answered` as soon as the route answers.
     async fn attempt(
         &self,
-        s: usize,
-        p: usize,
+        (s, p): (usize, usize),
         rel: &str,
         fresh: bool,
         limit: u64,
+        request_answered: &std::sync::atomic::AtomicBool,
     ) -> Result<Vec<u8>, Failure> {
         let proxy = &self.proxies[p];
         let direct = proxy.label == DIRECT;
@@ -704,6 +732,7 @@ impl Http {
                 secs,
             },
             answered: answered.load(Ordering::Relaxed),
+            timeout: true,
         };
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -726,6 +755,7 @@ impl Http {
                     message: format!("{}{via}", cause(&e)),
                 },
                 answered: answered.load(Ordering::Relaxed),
+                timeout: false,
             }
         };
         // The server answered, and the answer is refused (`message` says why).
@@ -737,6 +767,7 @@ impl Http {
                 message,
             },
             answered: true,
+            timeout: false,
         };
         let too_big = |len: u64| refused(format!("{}{via}", too_long(len, limit)));
         let mut req = proxy.client.get(&url);
@@ -754,6 +785,10 @@ impl Http {
         let work = async {
             let mut resp = req.send().await.map_err(failed)?;
             answered.store(true, Ordering::Relaxed);
+            // The request's too: its own timer may drop this attempt before it returns, and
+            // a route that answered must not take the mount offline.
+            request_answered.store(true, Ordering::Relaxed);
+            self.go_online(s);
             let status = resp.status();
             if !status.is_success() {
                 return Err(refused(format!("HTTP {}{via}", status.as_u16())));

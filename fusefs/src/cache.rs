@@ -717,19 +717,23 @@ impl DiskCache {
     }
 
     fn revision_path(&self, name: &str) -> PathBuf {
-        // Repository names are DNS-like; keep anything else out of the path.
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join("revisions").join(safe)
+        self.dir.join("revisions").join(guard_file_name(name))
     }
+}
+
+/// The file name of repository `name`'s rollback guard: the name itself when it is DNS-like
+/// (letters, digits, `.`, `_`, `-`, not starting with `.`), as before; every other byte
+/// `%XX`-escaped, so distinct names never share a guard and none names a directory (`..`).
+fn guard_file_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".into() } else { out }
 }
 
 impl Drop for DiskCache {
@@ -864,6 +868,26 @@ mod tests {
 
     /// A garbage rollback guard is refused, naming the file, never read as "no revision yet"
     /// (which would let a replayed older revision in); it is not overwritten either.
+    #[test]
+    fn guard_names_are_distinct_and_stay_in_their_directory() {
+        assert_eq!(
+            guard_file_name("singularity.galaxyproject.org"),
+            "singularity.galaxyproject.org"
+        );
+        assert_eq!(guard_file_name(".."), "%2E.");
+        assert_eq!(guard_file_name("."), "%2E");
+        assert_ne!(guard_file_name("a/b"), guard_file_name("a_b"));
+        assert_eq!(guard_file_name("a/b"), "a%2Fb");
+        assert_eq!(guard_file_name("%"), "%25");
+        let d = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(d.path(), 250).unwrap();
+        c.accept_revision("..", 3).unwrap();
+        c.accept_revision("a/b", 5).unwrap();
+        assert_eq!(c.accepted_revision("..").unwrap(), Some(3));
+        assert_eq!(c.accepted_revision("a_b").unwrap(), None);
+        assert_eq!(c.accepted_revision("a/b").unwrap(), Some(5));
+    }
+
     #[test]
     fn garbage_rollback_guard_is_refused() {
         let d = tempfile::tempdir().unwrap();

@@ -465,7 +465,17 @@ impl DepotFs {
                 .await
                 .unwrap_or_else(|_| {
                     Err(Error::Timeout {
-                        what: format!("{} bytes at offset {offset}", end - offset),
+                        what: format!(
+                            "{} bytes at offset {offset} of {}",
+                            end - offset,
+                            match (&of.path, of.file) {
+                                (Some(p), _) => p.clone(),
+                                (None, FileContent::Single(id) | FileContent::Chunked(id)) => {
+                                    format!("the file of object {id}")
+                                }
+                                (None, FileContent::Empty) => "an empty file".into(),
+                            }
+                        ),
                         secs: bound.as_secs(),
                     })
                 }),

@@ -5,6 +5,12 @@
 //! trees through the synchronous `NodeSource`) run on its blocking pool. A FUSE thread only
 //! parses the request and hands the `Reply` (which is `Send`) over, so one slow download
 //! never holds up other requests. Every mutating operation answers EROFS.
+//!
+//! At most [`META_OPS`] metadata operations hold a blocking thread at once; the others wait
+//! their turn on the runtime. A metadata operation that downloads a directory node waits on
+//! it from its blocking thread, and the download itself loads and verifies on the same
+//! pool: with every thread of the pool taken by waiting operations, those loads would never
+//! run and the mount would hang (150 `ls` of directories not yet fetched did).
 
 use std::ffi::OsStr;
 use std::io::IoSlice;
@@ -27,18 +33,40 @@ use crate::stages::Stage;
 /// same order of magnitude). A revision switch (issue 5) will invalidate through the notifier.
 const TTL: Duration = Duration::from_secs(1_000_000);
 
+/// Metadata operations on the blocking pool at once: half its threads
+/// ([`crate::mount::BLOCKING_THREADS`]), so the loads and verifications they wait for always
+/// find a thread.
+pub const META_OPS: usize = crate::mount::BLOCKING_THREADS / 2;
+
 /// The fuser adapter.
 #[derive(Debug)]
 pub struct Fuse {
     fs: Arc<DepotFs>,
     /// Called once when the session ends (see [`crate::mount::serve`]).
     on_end: Option<crate::mount::SessionEnd>,
+    /// Permits for metadata operations on the blocking pool ([`META_OPS`]).
+    meta: Arc<tokio::sync::Semaphore>,
 }
 
 impl Fuse {
     /// Wrap a file system.
     pub fn new(fs: Arc<DepotFs>) -> Self {
-        Fuse { fs, on_end: None }
+        Fuse {
+            fs,
+            on_end: None,
+            meta: Arc::new(tokio::sync::Semaphore::new(META_OPS)),
+        }
+    }
+
+    /// Run `job` on the blocking pool once a metadata permit is free (module docs).
+    fn on_blocking_pool(&self, job: impl FnOnce() + Send + 'static) {
+        let meta = Arc::clone(&self.meta);
+        let rt = self.fs.runtime().clone();
+        self.fs.runtime().spawn(async move {
+            let _permit = meta.acquire_owned().await.expect("never closed");
+            // A panic in `job` drops its reply, which answers the kernel with EIO.
+            let _ = rt.spawn_blocking(job).await;
+        });
     }
 
     /// Run `end` when the session ends.
@@ -69,7 +97,7 @@ impl Fuse {
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         let fs = self.fs.clone();
-        self.fs.runtime().spawn_blocking(move || done(op(&fs)));
+        self.on_blocking_pool(move || done(op(&fs)));
     }
 }
 
@@ -192,7 +220,10 @@ impl Filesystem for Fuse {
         self.fs.runtime().spawn(async move {
             match fs.open(to_ino(ino)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(e.to_errno()),
+                Err(e) => {
+                    tracing::warn!("open of inode {} failed: {e}", ino.0);
+                    reply.error(e.to_errno())
+                }
             }
         });
     }
@@ -274,7 +305,7 @@ impl Filesystem for Fuse {
         mut reply: ReplyDirectory,
     ) {
         let fs = self.fs.clone();
-        self.fs.runtime().spawn_blocking(move || {
+        self.on_blocking_pool(move || {
             let r = fs.readdir(to_ino(ino), offset, &mut |item, next| {
                 Ok(match item {
                     DirItem::Dot(i, name) => {
@@ -304,7 +335,7 @@ impl Filesystem for Fuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let fs = self.fs.clone();
-        self.fs.runtime().spawn_blocking(move || {
+        self.on_blocking_pool(move || {
             // Entries other than `.` and `..` count as lookups once the reply is sent.
             let mut sent = Vec::new();
             let r = fs.readdir(to_ino(ino), offset, &mut |item, next| {

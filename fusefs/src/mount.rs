@@ -110,6 +110,10 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     Ok(p)
 }
 
+/// Threads of the daemon's blocking pool: metadata operations (at most half of them, see
+/// [`crate::fuse::META_OPS`]), cache loads and verifications.
+pub const BLOCKING_THREADS: usize = 64;
+
 /// The runtime, backend, key and cache of `o`.
 fn open_source(o: &Options) -> Result<Source> {
     crate::fusermount::check_allow_other(o.allow_other)?;
@@ -119,7 +123,7 @@ fn open_source(o: &Options) -> Result<Source> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .on_thread_start(move || std::mem::forget(span.clone().entered()))
         .worker_threads(4)
-        .max_blocking_threads(64)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .thread_name("depotfs-io")
         .build()
@@ -346,6 +350,20 @@ async fn check(
     }
     if m.revision == cur.revision {
         return Ok(LastCheck::Unchanged(m.revision));
+    }
+    // Another mount sharing the cache may have accepted a newer revision since this one
+    // started: the rollback guard holds for every mount of the machine.
+    if let Some(disk) = store.disk()
+        && let Some(accepted) = disk.accepted_revision(&m.name)?
+        && m.revision < accepted
+    {
+        return Err(refuse(
+            Refusal::Older,
+            format!(
+                "the server offers revision {} of {}, older than revision {accepted} already accepted here (replay or rollback refused)",
+                m.revision, m.name
+            ),
+        ));
     }
     store.dir_node(m.root).await?;
     if let Some(disk) = store.disk() {
@@ -691,7 +709,8 @@ fn serve_session(
     fs.set_page_push(crate::prefetch::PagePush(Arc::new(
         move |ino, offset, bytes| pages.store(INodeNo(ino.0), offset, bytes),
     )));
-    let ttl = Duration::from_secs(o.manifest_ttl.unwrap_or(fs.manifest().ttl).max(1));
+    // The TTL of the revision in use (a publisher may change it), unless --ttl fixes it.
+    let fixed_ttl = o.manifest_ttl;
     let checker = Arc::new(Checker {
         fs: fs.clone(),
         key,
@@ -702,7 +721,8 @@ fn serve_session(
     let c = checker.clone();
     runtime.spawn(async move {
         loop {
-            tokio::time::sleep(ttl).await;
+            let ttl = fixed_ttl.unwrap_or_else(|| c.fs.manifest().ttl).max(1);
+            tokio::time::sleep(Duration::from_secs(ttl)).await;
             c.run("TTL").await;
         }
     });

@@ -166,6 +166,14 @@ pub struct ServeArgs {
     /// (the depot view: autoindex pages, JSON, whole files); the page at `/` links to it.
     #[arg(long, default_value = "/files/")]
     pub depot_prefix: String,
+    /// Seconds a keep-alive connection may wait for its next request (nginx's
+    /// `keepalive_timeout`).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+    /// Seconds a client may take no byte of a response before its connection is closed
+    /// (nginx's `send_timeout`).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub send_timeout: u64,
 }
 
 /// `depotfs replicate SOURCE_URL DEST_DIR|s3://BUCKET/PREFIX --key PUBKEY [--jobs N] [--name NAME] [--full]`.

@@ -24,12 +24,16 @@
 //! a start past the end or an absurd header (more than 16 ranges, over 1 KiB) with 416: one
 //! rule for the store's files and the depot view, `serve::handler::ranged`), `If-Range`, `ETag` (`"<mtime ns hex>-<length hex>"`),
 //! `Last-Modified`, and `If-None-Match`/`If-Modified-Since` (304; `If-None-Match` wins when
-//! both are sent). The query string is ignored.
+//! both are sent; `If-Modified-Since` must be the `Last-Modified` date exactly, as nginx's
+//! `if_modified_since exact`). A path with a trailing `/` names a directory: 404. The query string is ignored.
 //!
 //! Connections: at most (`RLIMIT_NOFILE` − 64) / 2 at once. One waiting for a request —
 //! silent since it connected (closed after 10 s) or idle between keep-alive requests (closed
 //! after 30 s) — gives its slot to a new client when every slot is taken, the one waiting
-//! longest first; one with a request in flight never does (`conns`).
+//! longest first (once it has waited a second: a client that just connected gets the time to
+//! ask); one with a request in flight never does. A connection whose client takes no byte of
+//! a response for 60 s is closed (`conns`). HTTP/2: at most 64 streams per connection, and
+//! 64 KiB buffered per stream beyond the client's window.
 //!
 //! Confinement to the root, in two fences: the request path is split before
 //! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
@@ -63,6 +67,7 @@
 //! Metrics at `/metrics`: `depotfs_serve_requests_total{method,status,kind}`,
 //! `depotfs_serve_response_body_bytes_total{kind}`, `depotfs_serve_response_head_seconds`,
 //! `depotfs_serve_connections_total`, `depotfs_serve_open_connections`,
+//! `depotfs_serve_connections_closed_total{why}`,
 //! `depotfs_serve_depot_failures_total{stage,reason}`, `depotfs_serve_depot_search_seconds`,
 //! `depotfs_serve_depot_revision`. They are public, on
 //! the same port; put the server behind a firewall rule or a proxy if that matters.
@@ -90,15 +95,21 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
-use conns::{Conns, FIRST_REQUEST_TIMEOUT, IDLE_TIMEOUT};
+use conns::{Conns, FIRST_REQUEST_TIMEOUT};
 use handler::State;
 
 /// How long a stop waits for requests in flight before it drops their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// A client has this long to send a request's headers once it has sent its first byte
-/// (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams one connection may have open at once (nginx: 128). With
+/// [`H2_SEND_BUF`], what one connection can hold in memory: each stream's next chunk group
+/// and send buffer.
+const H2_STREAMS: u32 = 64;
+
+/// Bytes hyper buffers per HTTP/2 stream beyond what the client's window lets it send (h2's
+/// default is 400 KiB: with 256 streams of clients that open no window, a connection held
+/// 130 MB).
+const H2_SEND_BUF: usize = 64 << 10;
 
 /// File descriptors kept for everything but client connections: the listener, files being
 /// served (one per request in flight), the runtime, logs.
@@ -127,7 +138,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let shutdown = shutdown_signal()?;
-        serve_on(listener, root, prefix, shutdown).await
+        let timeouts = conns::Timeouts {
+            idle: Duration::from_secs(args.idle_timeout.max(1)),
+            send: Duration::from_secs(args.send_timeout.max(1)),
+        };
+        serve_with(listener, root, prefix, timeouts, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -177,6 +192,17 @@ pub async fn serve_on(
     depot_prefix: String,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_with(listener, root, depot_prefix, Default::default(), shutdown).await
+}
+
+/// [`serve_on`] with connections waiting as `timeouts` allow.
+pub async fn serve_with(
+    listener: TcpListener,
+    root: PathBuf,
+    depot_prefix: String,
+    timeouts: conns::Timeouts,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let root = files::Root::new(&root)?;
     let state = Arc::new(State {
         depot: depot::Depot::new(root.path().to_path_buf(), depot_prefix),
@@ -191,22 +217,28 @@ pub async fn serve_on(
     );
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timer is off: it could close a connection whose client paused
+    // while hyper still held the end of a response. `conns` times out requests that never
+    // complete (10 s on a new connection, 30 s on a kept-alive one) and stalled sends.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(H2_STREAMS)
+        .max_send_buf_size(H2_SEND_BUF);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let limit = connection_limit();
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
-    let conns = Arc::new(Conns::default());
+    let conns = Arc::new(Conns::new(timeouts));
     tracing::info!(
-        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request, {IDLE_TIMEOUT:?} between keep-alive requests"
+        "depotfs serve: at most {limit} connections (file-descriptor limit), {FIRST_REQUEST_TIMEOUT:?} to send a first request, {:?} between keep-alive requests, {:?} for a client to take a byte of a response",
+        timeouts.idle,
+        timeouts.send
     );
 
     loop {
@@ -214,16 +246,25 @@ pub async fn serve_on(
         // none is free, the connection that has waited longest for a request (silent since it
         // connected, or idle between keep-alive requests) gives its slot up: waiting
         // connections cannot keep a real request out.
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(s) => s,
-            Err(_) => {
-                conns.evict_oldest();
-                tokio::select! {
-                    s = Arc::clone(&slots).acquire_owned() => s.expect("never closed"),
-                    () = &mut shutdown => break,
+        let slot = loop {
+            if let Ok(s) = Arc::clone(&slots).try_acquire_owned() {
+                break Some(s);
+            }
+            // None evictable yet (every one just connected, or has a response in flight):
+            // look again when the oldest may be, or when a slot frees.
+            let again = match conns.evict_oldest() {
+                conns::Eviction::At(t) => t,
+                conns::Eviction::Evicted | conns::Eviction::None => {
+                    tokio::time::Instant::now() + timeouts.send
                 }
+            };
+            tokio::select! {
+                s = Arc::clone(&slots).acquire_owned() => break Some(s.expect("never closed")),
+                () = tokio::time::sleep_until(again) => {}
+                () = &mut shutdown => break None,
             }
         };
+        let Some(slot) = slot else { break };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -244,9 +285,11 @@ pub async fn serve_on(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let conns = Arc::clone(&conns);
-        let (n, evicted) = conns.register();
+        let (n, evicted, progress) = conns.register();
+        let stream = conns::Watched::new(stream, progress);
         tokio::spawn(async move {
             let requests = Arc::clone(&conns);
+            let metrics_st = Arc::clone(&st);
             let service = hyper::service::service_fn(move |req| {
                 let in_flight = requests.begin(n);
                 let st = Arc::clone(&st);
@@ -260,12 +303,23 @@ pub async fn serve_on(
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            tokio::select! {
-                r = watcher.watch(conn) => if let Err(e) = r {
-                    tracing::debug!(%peer, "connection ended: {e}");
+            let why = tokio::select! {
+                r = watcher.watch(conn) => match r {
+                    Ok(()) => "client",
+                    Err(e) => {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                        match e.downcast_ref::<hyper::Error>() {
+                            Some(h) if h.is_parse() || h.is_parse_too_large() => "bad_request",
+                            _ => "error",
+                        }
+                    }
                 },
-                why = conns.until_closed(n, evicted) => tracing::debug!(%peer, "closed: {why}"),
-            }
+                why = conns.until_closed(n, evicted) => {
+                    tracing::debug!(%peer, "closed: {why}");
+                    why.label()
+                }
+            };
+            metrics_st.metrics.closed(why);
             conns.remove(n);
             drop((guard, slot));
         });

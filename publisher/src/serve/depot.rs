@@ -241,6 +241,9 @@ pub struct Revision {
     tree: LocalTree,
     listings: Mutex<HashMap<String, Arc<Listing>>>,
     search: OnceLock<Arc<SearchIndex>>,
+    /// Held while the search index is built: requests that come together after a publish
+    /// wait for one build instead of each making its own.
+    search_build: Mutex<()>,
     /// The depot's read-ahead budget ([`READ_AHEAD_TOTAL`]).
     read_ahead: Arc<Semaphore>,
 }
@@ -326,6 +329,7 @@ impl Depot {
             tree: LocalTree::new(Objects::new(self.layout.clone())),
             listings: Mutex::new(HashMap::new()),
             search: OnceLock::new(),
+            search_build: Mutex::new(()),
             read_ahead: Arc::clone(&self.read_ahead),
         });
         *cur = Some((stamp, Arc::clone(&rev)));
@@ -485,6 +489,10 @@ impl Revision {
         if let Some(ix) = self.search.get() {
             return Ok(Arc::clone(ix));
         }
+        let _building = self.search_build.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = self.search.get() {
+            return Ok(Arc::clone(ix)); // built while this request waited
+        }
         let started = Instant::now();
         let ix = Arc::new(SearchIndex::build(&self.tree, &self.manifest.root)?);
         tracing::info!(
@@ -493,7 +501,6 @@ impl Revision {
             millis = started.elapsed().as_millis() as u64,
             "depot view: indexed the revision's file names"
         );
-        // Two requests may build it at once; both results are equal, the first one stays.
         Ok(Arc::clone(self.search.get_or_init(|| ix)))
     }
 

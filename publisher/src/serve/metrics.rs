@@ -18,6 +18,7 @@ pub struct Metrics {
     duration: Histogram,
     connections: IntCounter,
     open_connections: IntGauge,
+    closed: IntCounterVec,
     depot_failures: IntCounterVec,
     depot_search: Histogram,
     depot_revision: IntGauge,
@@ -59,6 +60,13 @@ impl Metrics {
             "depotfs_serve_open_connections",
             "TCP connections currently open",
         )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "depotfs_serve_connections_closed_total",
+                "TCP connections ended, by why: client (closed by the client), silent, idle, evicted, stalled (closed by the server: no request in time, its slot given to a new client, no byte taken of a response), bad_request (a request hyper could not parse: never counted in requests_total), error (other)",
+            ),
+            &["why"],
+        )?;
         let depot_failures = IntCounterVec::new(
             Opts::new(
                 "depotfs_serve_depot_failures_total",
@@ -87,6 +95,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -94,6 +103,7 @@ impl Metrics {
             duration,
             connections,
             open_connections,
+            closed,
             depot_failures,
             depot_search,
             depot_revision,
@@ -139,6 +149,11 @@ impl Metrics {
     pub fn depot_revision(&self, revision: u64) {
         self.depot_revision
             .set(i64::try_from(revision).unwrap_or(i64::MAX));
+    }
+
+    /// A connection ended (`why`: see `depotfs_serve_connections_closed_total`).
+    pub fn closed(&self, why: &str) {
+        self.closed.with_label_values(&[why]).inc();
     }
 
     /// A connection was accepted; the guard counts it closed when dropped.

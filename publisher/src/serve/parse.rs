@@ -95,6 +95,9 @@ pub fn parse_path(path: &str) -> Result<Target, PathRefused> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathRefused::BadRequest);
     };
+    if rest.ends_with('/') {
+        return Err(PathRefused::NotFound); // a directory's name: nothing here lists one
+    }
     let mut rel = PathBuf::new();
     let mut first: Option<Vec<u8>> = None;
     let mut n = 0usize;
@@ -256,8 +259,11 @@ pub fn not_modified(
     if let Some(v) = if_none_match {
         return none_match(v, etag);
     }
+    // Exactly the Last-Modified date, as nginx's `if_modified_since exact` (deploy/nginx): a
+    // path's date can go back (a rollback, an older file published again), and a later date
+    // than ours says nothing about our content.
     match if_modified_since.map(|v| httpdate::parse_http_date(v.trim())) {
-        Some(Ok(since)) => whole_seconds(mtime) <= since,
+        Some(Ok(since)) => whole_seconds(mtime) == since,
         _ => false,
     }
 }
