@@ -445,6 +445,35 @@ for href in re.findall(r'<a href="([^"]+)">', page):
         page.contains("<dd id=\"images\">118593</dd>"),
         "image count"
     );
+    drop(s);
+
+    // Sixteen searches at once on a fresh server: one index build, the others wait for it.
+    let port = free_port();
+    let log = repo.dir.path().join("serve.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        .arg("serve")
+        .arg(repo.store())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Served::listening_logged(child, port, Some(&log));
+    let pages: Vec<String> = std::thread::scope(|sc| {
+        let searches: Vec<_> = (0..16)
+            .map(|_| sc.spawn(|| String::from_utf8(get(addr(&s), "/?q=samtools").body).unwrap()))
+            .collect();
+        searches.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for p in &pages {
+        assert!(p.contains(&format!("{} images match", want_hits.len())));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("indexed the revision's file names").count(),
+        1,
+        "{text}"
+    );
 }
 
 /// A corrupt chunk on disk: a download is cut short (curl reports a partial transfer), every

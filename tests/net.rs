@@ -588,3 +588,118 @@ fn net_corrupt_object_refetched_from_next_server() {
     let line = format!("server {u1} failed (object failed verification: object {hash}");
     assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
 }
+
+/// A forward proxy on 127.0.0.1 (a few lines of std::net): `GET http://HOST:PORT/PATH`
+/// is sent on to HOST:PORT as `GET /PATH`, and the bytes are piped both ways.
+fn forward_proxy() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Some(head) = http_suite::read_request_head(&mut c) else {
+                    return;
+                };
+                let mut lines = head.split("\r\n");
+                let first = lines.next().unwrap_or("");
+                let mut parts = first.split(' ');
+                let (method, url) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let Some(rest) = url.strip_prefix("http://") else {
+                    return;
+                };
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let Ok(mut up) = std::net::TcpStream::connect(host) else {
+                    let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                };
+                let mut req = format!("{method} /{path} HTTP/1.1\r\n");
+                for l in lines.filter(|l| !l.is_empty()) {
+                    if !l.to_ascii_lowercase().starts_with("proxy-") {
+                        req.push_str(l);
+                        req.push_str("\r\n");
+                    }
+                }
+                req.push_str("Connection: close\r\n\r\n");
+                if up.write_all(req.as_bytes()).is_err() {
+                    return;
+                }
+                // One request per connection: the answer, until the server closes.
+                let _ = std::io::copy(&mut up, &mut c);
+            });
+        }
+    });
+    port
+}
+
+/// Behind a proxy, a mirror that accepts and never answers does not hide the next one: a
+/// timeout through a proxy may be the server's, so when every proxy has timed out for a
+/// server, the next server is tried (before, every proxy was marked bad, the other servers
+/// were never asked, and the mount failed).
+#[test]
+fn net_a_hung_mirror_behind_a_proxy_fails_over_to_the_next() {
+    let repo = Repo::new();
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}/", hung.local_addr().unwrap());
+    let good = Server::start(&repo.store(), free_port());
+    let proxy = format!("http://127.0.0.1:{}", forward_proxy());
+    let m = Mount::new(
+        &repo,
+        "mnt-hung-mirror",
+        &[
+            "--server",
+            &hung_url,
+            "--server",
+            &good.url(),
+            "--proxy",
+            &proxy,
+            "--timeout",
+            "1",
+            "--retries",
+            "0",
+        ],
+    );
+    assert_eq!(m.read("f03").unwrap(), fs::read(repo.src("f03")).unwrap());
+    let line = format!("server {hung_url} failed (no answer through any proxy)");
+    assert!(m.log().contains(&line), "no {line:?} in:\n{}", m.log());
+    assert!(!m.status().contains("OFFLINE"), "{}", m.status());
+    drop(hung);
+}
+
+/// Two mounts on one machine share the rollback guard (their cache directory): once one has
+/// accepted revision 3, the other refuses a replayed revision 2 (before, it switched to it,
+/// because it compared only with its own revision, 1).
+#[test]
+fn net_the_rollback_guard_holds_for_every_mount_of_the_cache() {
+    let repo = Repo::new();
+    let s = Server::start(&repo.store(), free_port());
+    let url = s.url();
+    let a = Mount::new(&repo, "mnt-a", &[&url, "--ttl", "3600"]);
+    let b = Mount::new(&repo, "mnt-b", &[&url, "--ttl", "3600"]);
+    let manifest = repo.store().join("public/manifest");
+    fs::write(repo.src("two"), b"2\n").unwrap();
+    ok(run(&[&"add", &repo.store(), &repo.path().join("src/d")]));
+    let two = fs::read(&manifest).unwrap();
+    fs::write(repo.src("three"), b"3\n").unwrap();
+    ok(run(&[&"add", &repo.store(), &repo.path().join("src/d")]));
+    let out = ok(run(&[&"remount", &a.mp]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "revision 3 (new, was 1)"
+    );
+    fs::write(&manifest, &two).unwrap();
+    let out = run(&[&"remount", &b.mp]);
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("older than revision 3 already accepted here"),
+        "{why}"
+    );
+    assert_eq!(b.xattr("revision"), "1");
+    assert_eq!(
+        metric(
+            &b.metrics(),
+            "depotfs_manifest_refused_total{reason=\"older\"}"
+        ),
+        1.0
+    );
+}

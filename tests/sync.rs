@@ -10,7 +10,7 @@ mod http_suite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -493,15 +493,9 @@ fn serve(
     listing: &[u8],
     files: &HashMap<String, (Vec<u8>, Behaviour)>,
 ) {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match c.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let Some(head) = http_suite::read_request_head(&mut c) else {
+        return;
+    };
     let line = head.lines().next().unwrap_or("").to_string();
     let range = head
         .lines()

@@ -138,6 +138,21 @@ impl Fixture {
     }
 }
 
+/// A request's head read from `c` byte by byte (nothing of its body), as text; `None` if the
+/// connection ends first. For the stand-in servers and proxies of the tests.
+#[allow(dead_code)] // not every test crate that includes this module serves requests
+pub fn read_request_head(c: &mut impl Read) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -473,7 +488,24 @@ pub fn check_conditionals(addr: SocketAddr, fx: &Fixture, who: &str) {
             &[("If-Modified-Since", "Thu, 01 Jan 2015 00:00:00 GMT")],
         );
         assert_eq!(r.status, 200, "{who} {path}: If-Modified-Since old");
+
+        // A date later than Last-Modified says nothing about this content (the date of a
+        // path can go back): 200, as nginx's `if_modified_since exact`.
+        let r = raw(
+            addr,
+            "GET",
+            path,
+            &[("If-Modified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")],
+        );
+        assert_eq!(r.status, 200, "{who} {path}: If-Modified-Since later");
     }
+
+    // A file's name with a trailing slash names a directory that is not there.
+    assert_eq!(
+        get(addr, "/manifest/").status,
+        404,
+        "{who}: /manifest/ (a file as a directory)"
+    );
 
     // A new manifest (same length, as consecutive revisions often are) gets a new ETag.
     let before = get(addr, "/manifest");
