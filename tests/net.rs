@@ -703,3 +703,38 @@ fn net_the_rollback_guard_holds_for_every_mount_of_the_cache() {
         1.0
     );
 }
+
+/// A mount of a local store keeps the rollback guard too: after it switched to revision 2,
+/// the store's revision-1 manifest put back is refused by the next mount (before, a local
+/// mount never recorded what it switched to).
+#[test]
+fn net_a_local_mount_records_the_revisions_it_switches_to() {
+    let repo = Repo::new();
+    let store = repo.store().display().to_string();
+    let manifest = repo.store().join("public/manifest");
+    let one = fs::read(&manifest).unwrap();
+    {
+        let m = Mount::new(&repo, "mnt-local", &[&store, "--ttl", "3600"]);
+        fs::write(repo.src("two"), b"2\n").unwrap();
+        ok(run(&[&"add", &repo.store(), &repo.path().join("src/d")]));
+        let out = ok(run(&[&"remount", &m.mp]));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "revision 2 (new, was 1)"
+        );
+    }
+    fs::write(&manifest, &one).unwrap();
+    let mp = repo.path().join("mnt-local-again");
+    fs::create_dir_all(&mp).unwrap();
+    let mut args: Vec<String> = vec!["mount".into(), store.clone(), mp.display().to_string()];
+    args.extend(repo.args());
+    let out = cli_run::depotfs(&args);
+    assert!(!out.status.success(), "a replayed revision 1 was mounted");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains(
+            "revision 1 of net.depotfs.org is older than revision 2 already accepted here"
+        ),
+        "{why}"
+    );
+}

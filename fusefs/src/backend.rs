@@ -9,7 +9,10 @@
 //! current route (sticky, as CernVM-FS does). A failed attempt is classified:
 //!
 //! - **proxy failure** — the proxy could not be reached or timed out: the next proxy is
-//!   tried with the same server;
+//!   tried with the same server. A timeout through a proxy may be the server's (a hung
+//!   mirror behind a healthy proxy): a proxy that timed out is tried no more for this
+//!   server in the pass, but is for the next one, and when every proxy left has timed out
+//!   for a server, the server counts as failed and the next server is tried;
 //! - **server failure** — the server could not be reached DIRECT, a proxy answered a gateway
 //!   error (502/503/504), the server answered an error status (404 or 5xx for an object that
 //!   must exist), or the object failed verification ([`Backend::corrupt`]): the next server
@@ -31,8 +34,12 @@
 //! readable; the first successful fetch brings the backend back online.
 //!
 //! Offline means no server *answers*: a request that got an HTTP answer from some route (an
-//! error status, a body cut short) fails by itself without taking the mount offline, and
-//! any answer, even an error, ends offline mode. The manifest never takes the mount
+//! error status, a body cut short, or only the response head before the request's bound ran
+//! out) fails by itself without taking the mount offline, and any answer, even an error,
+//! ends offline mode. Nor does a request whose bound ran out while it waited for one of the
+//! backend's connection slots (a busy mount, not a server gone): only an attempt that got no
+//! answer within its own timeout, or could not connect, counts against the servers. An
+//! attempt the request's bound cuts short is counted as a timeout of its route. The manifest never takes the mount
 //! offline: a failed revision check (e.g. `/manifest` answering 500) leaves the current
 //! revision readable.
 //!
@@ -44,7 +51,7 @@
 //! body is read.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
@@ -125,6 +132,29 @@ impl RouteStats {
         self.buckets[b].fetch_add(1, Ordering::Relaxed);
         self.sum_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// An attempt under way on a route: recorded as a timeout if dropped before it records
+/// its own result (the request's timer cancelled it). One dropped after (almost) its own
+/// timeout without an answer counts as unanswered, as if its own timer had fired first.
+struct Unrecorded<'a> {
+    route: Option<(&'a RouteStats, Instant)>,
+    timeout: Duration,
+    answered: &'a AtomicBool,
+    unanswered: &'a AtomicBool,
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if let Some((route, start)) = self.route.take() {
+            route.record(2, start.elapsed());
+            if !self.answered.load(Ordering::Relaxed)
+                && start.elapsed() >= self.timeout.mul_f64(0.9)
+            {
+                self.unanswered.store(true, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -593,7 +623,8 @@ impl Http {
             ..self.opts.clone()
         }
         .request_bound();
-        let answered = std::sync::atomic::AtomicBool::new(false);
+        let answered = AtomicBool::new(false);
+        let unanswered = AtomicBool::new(false);
         let work = async {
             self.failback();
             let mut last = None;
@@ -601,7 +632,10 @@ impl Http {
                 if pass > 0 {
                     tokio::time::sleep(backoff(pass)).await;
                 }
-                if let Some(f) = self.pass(rel, fresh, limit, &mut last, &answered).await {
+                if let Some(f) = self
+                    .pass(rel, fresh, limit, &mut last, (&unanswered, &answered))
+                    .await
+                {
                     return Ok(f);
                 }
             }
@@ -614,14 +648,23 @@ impl Http {
                 secs: bound.as_secs(),
             }),
         };
-        if result.is_err() && rel != "manifest" && !answered.load(Ordering::Relaxed) {
+        // Offline only when an attempt failed for want of an answer and none answered: a
+        // request whose own bound ran out while it waited for a connection slot, or while an
+        // attempt was under way, says the mount is busy, not that the servers are gone.
+        if result.is_err()
+            && rel != "manifest"
+            && unanswered.load(Ordering::Relaxed)
+            && !answered.load(Ordering::Relaxed)
+        {
             self.go_offline();
         }
         result
     }
 
     /// One pass: every route at most once, starting with the current one. Sets `answered`
-    /// when a route answered, even with an error (and then leaves offline mode). A proxy that
+    /// when a route answered, even with an error (and then leaves offline mode), and
+    /// `unanswered` when an attempt failed without an answer (its own timeout, a refused
+    /// connection). A proxy that
     /// times out is tried no more for this server, but may be for the next: through a proxy,
     /// a timeout may be the server's (one hung mirror must not hide the others). When every
     /// proxy left has timed out for a server, the server is taken as the one that failed.
@@ -631,7 +674,7 @@ impl Http {
         fresh: bool,
         limit: u64,
         last: &mut Option<Error>,
-        answered: &std::sync::atomic::AtomicBool,
+        (unanswered, answered): (&AtomicBool, &AtomicBool),
     ) -> Option<Fetched> {
         let pick = |bad: &[bool], from: usize| {
             (0..bad.len())
@@ -670,7 +713,10 @@ impl Http {
                 self.switch(Side::Server, s, next, "no answer through any proxy");
                 continue;
             };
-            match self.attempt((s, p), rel, fresh, limit, answered).await {
+            match self
+                .attempt((s, p), rel, fresh, limit, (unanswered, answered))
+                .await
+            {
                 Ok(bytes) => {
                     self.cur_server.store(s, Ordering::Relaxed);
                     self.cur_proxy.store(p, Ordering::Relaxed);
@@ -684,6 +730,8 @@ impl Http {
                     if f.answered {
                         answered.store(true, Ordering::Relaxed);
                         self.go_online(s);
+                    } else {
+                        unanswered.store(true, Ordering::Relaxed);
                     }
                     let (from, next) = {
                         let (bad, from) = match f.side {
@@ -705,14 +753,15 @@ impl Http {
     }
 
     /// One request on route (`s`, `p`), its body at most `limit` bytes; sets
-    /// `request_answered` as soon as the route answers.
+    /// `request_answered` as soon as the route answers, `request_unanswered` if it is
+    /// dropped unanswered at its own timeout ([`Unrecorded`]).
     async fn attempt(
         &self,
         (s, p): (usize, usize),
         rel: &str,
         fresh: bool,
         limit: u64,
-        request_answered: &std::sync::atomic::AtomicBool,
+        (request_unanswered, request_answered): (&AtomicBool, &AtomicBool),
     ) -> Result<Vec<u8>, Failure> {
         let proxy = &self.proxies[p];
         let direct = proxy.label == DIRECT;
@@ -723,7 +772,7 @@ impl Http {
         } else {
             format!(" via proxy {}", proxy.label)
         };
-        let answered = std::sync::atomic::AtomicBool::new(false);
+        let answered = AtomicBool::new(false);
         let timed_out = || Failure {
             side: if direct { Side::Server } else { Side::Proxy },
             reason: format!("no answer within {secs} s"),
@@ -782,6 +831,13 @@ impl Http {
             .await
             .expect("semaphore never closed");
         let start = Instant::now();
+        // An attempt the request's own timer drops is counted as a timeout.
+        let mut unrecorded = Unrecorded {
+            route: Some((self.route(s, p), start)),
+            timeout: self.opts.timeout,
+            answered: &answered,
+            unanswered: request_unanswered,
+        };
         let work = async {
             let mut resp = req.send().await.map_err(failed)?;
             answered.store(true, Ordering::Relaxed);
@@ -823,6 +879,7 @@ impl Http {
             }) => 2,
             Err(_) => 1,
         };
+        unrecorded.route = None;
         self.route(s, p).record(result, start.elapsed());
         r
     }

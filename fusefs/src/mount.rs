@@ -176,9 +176,13 @@ fn finish(o: &Options, src: Source, tree: Tree, taking_over: bool) -> Result<Pre
         disk,
     } = src;
     let manifest = &tree.manifest;
-    let disk = (!backend.is_local()).then_some(disk);
     let source = backend.describe();
-    let store = Arc::new(ObjectStore::new(backend, disk, o.mem_size));
+    // A local store's objects are not cached, but its cache directory keeps the guard.
+    let store = Arc::new(if backend.is_local() {
+        ObjectStore::new(backend, None, o.mem_size).with_guard(disk)
+    } else {
+        ObjectStore::new(backend, Some(disk), o.mem_size)
+    });
     runtime.block_on(store.dir_node(manifest.root))?;
     tracing::info!(
         "{} revision {} from {source}: manifest verified, root fetched",
@@ -353,8 +357,8 @@ async fn check(
     }
     // Another mount sharing the cache may have accepted a newer revision since this one
     // started: the rollback guard holds for every mount of the machine.
-    if let Some(disk) = store.disk()
-        && let Some(accepted) = disk.accepted_revision(&m.name)?
+    if let Some(guard) = store.guard()
+        && let Some(accepted) = guard.accepted_revision(&m.name)?
         && m.revision < accepted
     {
         return Err(refuse(
@@ -366,8 +370,10 @@ async fn check(
         ));
     }
     store.dir_node(m.root).await?;
+    if let Some(guard) = store.guard() {
+        guard.accept_revision(&m.name, m.revision)?;
+    }
     if let Some(disk) = store.disk() {
-        disk.accept_revision(&m.name, m.revision)?;
         save_manifest(disk, store.backend(), &bytes);
     }
     tracing::info!(

@@ -120,6 +120,9 @@ type Shared = Arc<OnceCell<Result<Arc<Verified>>>>;
 pub struct ObjectStore {
     backend: Backend,
     disk: Option<Arc<DiskCache>>,
+    /// A local store's cache directory, which caches no object but holds the machine's
+    /// rollback guard ([`ObjectStore::guard`]).
+    guard_only: Option<DiskCache>,
     chunks: Mutex<Lru<ObjectId, Arc<Verified>>>,
     lists: Mutex<Lru<ObjectId, Arc<Chunks>>>,
     nodes: Mutex<Lru<ObjectId, Arc<DirNode>>>,
@@ -138,6 +141,7 @@ impl ObjectStore {
         ObjectStore {
             backend,
             disk: disk.map(|d| Arc::new(d.with_stages(stages.clone()))),
+            guard_only: None,
             chunks: Mutex::new(Lru::new(mem_bytes)),
             lists: Mutex::new(Lru::new(64 << 20)),
             nodes: Mutex::new(Lru::new(NODES_MEM)),
@@ -155,6 +159,18 @@ impl ObjectStore {
     /// The disk cache, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_deref()
+    }
+
+    /// Keep `cache` (of a local store, which caches no object) for its rollback guard.
+    pub fn with_guard(mut self, cache: DiskCache) -> Self {
+        self.guard_only = Some(cache);
+        self
+    }
+
+    /// The cache directory holding the rollback guard of this machine's mounts: the object
+    /// cache's, or a local store's.
+    pub fn guard(&self) -> Option<&DiskCache> {
+        self.disk.as_deref().or(self.guard_only.as_ref())
     }
 
     /// A chunk of `len` plaintext bytes. A chunk that is not `len` bytes long fails
