@@ -40,8 +40,13 @@
 //! Downloads are read ahead: the chunks after the ones being sent are read from disk and
 //! verified on the blocking pool, in groups of about [`TASK_BYTES`] that one blocking task
 //! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
-//! [`READ_AHEAD_TOTAL`] bytes for all downloads together, so memory stays bounded whatever the
-//! number of connections; a download always has its next group in flight. One task per group
+//! [`READ_AHEAD_TOTAL`] bytes for all downloads together; a download always has its next
+//! group in flight. So the read-ahead is bounded whatever the number of connections, but each
+//! download in flight also holds its next group (about [`TASK_BYTES`]) and what hyper
+//! buffers for it (HTTP/2: 64 KiB per stream, 64 streams per connection): memory grows with
+//! the downloads in flight (measured: 12 h2c connections of 64 streams whose clients open no
+//! window held 488 MB, of which 256 MiB read-ahead), bounded by the connection limit, and a
+//! client that takes no byte for `--send-timeout` is closed (`conns`). One task per group
 //! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
 //! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
 //! after the other without a wait, so its writes to the socket are large. Chunks are sent in
