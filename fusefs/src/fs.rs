@@ -159,12 +159,24 @@ impl NodeSource for Nodes<'_> {
         if self.wait == Wait::No {
             return Err(depotfs_catalog::Error::Pending(*id));
         }
-        self.rt
-            .block_on(self.store.dir_node(*id))
-            .map_err(|e| depotfs_catalog::Error::Fetch {
-                id: *id,
-                message: e.to_string(),
-            })
+        // Within the request bound `status` prints, a corrupt node's refetch included.
+        let fetch = self.store.dir_node(*id);
+        let r = match self.store.request_bound() {
+            Some(bound) => self
+                .rt
+                .block_on(async { tokio::time::timeout(bound, fetch).await })
+                .unwrap_or_else(|_| {
+                    Err(Error::Timeout {
+                        what: format!("directory node {id}"),
+                        secs: bound.as_secs(),
+                    })
+                }),
+            None => self.rt.block_on(fetch),
+        };
+        r.map_err(|e| depotfs_catalog::Error::Fetch {
+            id: *id,
+            message: e.to_string(),
+        })
     }
 }
 
