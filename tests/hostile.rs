@@ -610,6 +610,40 @@ fn hostile_drip_feed_is_cut_at_the_printed_bound() {
     poll(Duration::from_secs(15), "online again", || {
         m.read("d/f06").is_ok()
     });
+    // A directory node that arrives within the timeout but corrupt is fetched once more
+    // (from the next server, fresh): both tries together are held to the bound.
+    let sub = repo.dir("sub", vec![file("x", 0, FileContent::Empty)]);
+    let EntryKind::Dir { tree, .. } = sub.kind else {
+        unreachable!()
+    };
+    let mut root = vec![repo.dir("d", repo.d_entries()), sub];
+    root.sort_by(|a, b| a.name.cmp(&b.name));
+    repo.publish(root, 1);
+    ok(run(&[&"remount", &m.mp()]));
+    // The node as `repo.dir` built it (one leaf, nothing shared with the store).
+    let mut bad = Vec::new();
+    dir::build(vec![file("x", 0, FileContent::Empty)], 3, &mut |enc| {
+        if enc.id == tree {
+            bad = enc.bytes;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(!bad.is_empty());
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    repo.server.rule(
+        &tree.store_path(),
+        Answer::SlowBody(bad, Duration::from_millis(1800)),
+    );
+    let start = Instant::now();
+    assert!(fs::read_dir(m.mp().join("sub")).is_err());
+    let took = start.elapsed();
+    assert!(
+        took < bound + Duration::from_millis(900),
+        "a corrupt directory node: EIO after {took:?} for a bound of {bound:?}"
+    );
+    repo.server.clear_rules();
     m.healthy(&repo);
 }
 

@@ -33,6 +33,8 @@ pub enum Answer {
     Reset,
     /// These bytes instead of the file's.
     Body(Vec<u8>),
+    /// These bytes instead of the file's, spread evenly over this long.
+    SlowBody(Vec<u8>, Duration),
 }
 
 #[derive(Default)]
@@ -196,6 +198,17 @@ fn serve(
         Some(Answer::Body(b)) => {
             head(&mut c, 200, Some(b.len() as u64))?;
             c.write_all(&b)?;
+        }
+        Some(Answer::SlowBody(b, over)) => {
+            head(&mut c, 200, Some(b.len() as u64))?;
+            let every = over / b.len().max(1) as u32;
+            for byte in b {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                c.write_all(&[byte])?;
+                std::thread::sleep(every);
+            }
         }
         other => {
             let Some(b) = file() else {
