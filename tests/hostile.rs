@@ -762,3 +762,63 @@ fn abort_fuse(mp: &Path) {
         let _ = fs::write(format!("/sys/fs/fuse/connections/{dev}/abort"), "1");
     }
 }
+
+/// A listing (`ls -l`) of 20 subdirectories whose nodes all arrive slowly and corrupt takes
+/// at most about twice the printed bound, not the bound 20 times over: once the listing's
+/// time is up, the subdirectories left are listed without their link count.
+#[test]
+fn hostile_a_listing_of_slow_subdirectories_is_bounded() {
+    let repo = Repo::new();
+    let mut bad = Vec::new();
+    let subs: Vec<Entry> = (0..20)
+        .map(|i| {
+            let entries = vec![file(&format!("x{i}"), 0, FileContent::Empty)];
+            let e = repo.dir(&format!("s{i:02}"), entries.clone());
+            let EntryKind::Dir { tree, .. } = e.kind else {
+                unreachable!()
+            };
+            dir::build(entries, 3, &mut |enc| {
+                if enc.id == tree {
+                    let mut b = enc.bytes;
+                    let last = b.len() - 1;
+                    b[last] ^= 1;
+                    bad.push((tree, b));
+                }
+                Ok(())
+            })
+            .unwrap();
+            e
+        })
+        .collect();
+    let mut root = vec![repo.dir("d", repo.d_entries()), repo.dir("many", subs)];
+    root.sort_by(|a, b| a.name.cmp(&b.name));
+    repo.publish(root, 1);
+    let m = repo.mount("mnt", "cache", &["--timeout", "2", "--retries", "0"]);
+    let bound = Duration::from_millis(m.xattr("request_bound_ms").parse().unwrap());
+    assert!(m.mp().join("many").is_dir());
+    assert_eq!(bad.len(), 20);
+    for (tree, b) in bad {
+        repo.server.rule(
+            &tree.store_path(),
+            Answer::SlowBody(b, Duration::from_millis(900)),
+        );
+    }
+    let start = Instant::now();
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.mp().join("many"))
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("s19"),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(
+        took < 2 * bound + Duration::from_secs(1),
+        "ls -l of 20 slow corrupt subdirectories took {took:?} for a bound of {bound:?}"
+    );
+    repo.server.clear_rules();
+    m.healthy(&repo);
+}

@@ -336,6 +336,13 @@ impl Filesystem for Fuse {
     ) {
         let fs = self.fs.clone();
         self.on_blocking_pool(move || {
+            // Each subdirectory's link count may need its node: fetched while the listing is
+            // within the request bound, then listed from memory only (nlink 1 when not there),
+            // so a listing of many slow subdirectories is not bound times their number.
+            let until = fs
+                .store()
+                .request_bound()
+                .map(|b| std::time::Instant::now() + b);
             // Entries other than `.` and `..` count as lookups once the reply is sent.
             let mut sent = Vec::new();
             let r = fs.readdir(to_ino(ino), offset, &mut |item, next| {
@@ -348,7 +355,9 @@ impl Filesystem for Fuse {
                     DirItem::Entry(parent, e) => (fs.adopt(parent, e), e.name.as_str(), true),
                 };
                 // One broken subdirectory must not fail its parent's listing.
-                let attr = if counts {
+                let attr = if counts && until.is_some_and(|t| std::time::Instant::now() >= t) {
+                    Ok(fs.listed_attr_unwaited(&node))
+                } else if counts {
                     fs.listed_attr(&node, Wait::Yes)
                 } else {
                     fs.attr(&node, Wait::Yes)

@@ -86,6 +86,15 @@ impl DepotFs {
         }
     }
 
+    /// [`DepotFs::listed_attr`] without waiting for a download, for a listing whose time is
+    /// up: a subdirectory whose tree is not in memory is listed with nlink 1.
+    pub fn listed_attr_unwaited(&self, node: &Node) -> Attr {
+        match self.listed_attr(node, Wait::No) {
+            Ok(a) => a,
+            Err(_) => self.attr_with(node, 1),
+        }
+    }
+
     fn attr_with(&self, node: &Node, nlink: u32) -> Attr {
         let e = &node.entry;
         let size = match &e.kind {
