@@ -1513,3 +1513,133 @@ fn a_stalled_registry_fails_the_import_after_the_timeout() {
     );
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
+
+/// A registry whose first transfer of a layer blob breaks halfway: the import asks for the
+/// rest with `Range`, gets it, and the image is whole (the digest is checked over every
+/// byte). The registry is a few lines of std::net serving one image.
+#[test]
+fn a_broken_blob_transfer_is_resumed_with_range() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let root = d.join("root");
+    fs::create_dir_all(root.join("data")).unwrap();
+    let content = http_suite::random_bytes(3 << 20, 77);
+    fs::write(root.join("data/blob"), &content).unwrap();
+    let tar = d.join("layer.tar");
+    sh(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("data"));
+    let layer = fs::read(&tar).unwrap();
+    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    )
+    .into_bytes();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    )
+    .into_bytes();
+    let cut = layer.len() / 2;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let ranges = ranges.clone();
+        let (layer, layer_digest) = (layer.clone(), layer_digest.clone());
+        std::thread::spawn(move || {
+            let mut layer_gets = 0;
+            for mut c in listener.incoming().flatten() {
+                let Some(head) = http_suite::read_request_head(&mut c) else {
+                    continue;
+                };
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let range = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: ")
+                        .map(str::to_string)
+                });
+                let ok = |c: &mut std::net::TcpStream, body: &[u8], ct: &str| {
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = c.write_all(body);
+                };
+                if path == "/v2/x/y/manifests/1" {
+                    ok(
+                        &mut c,
+                        &manifest,
+                        "application/vnd.oci.image.manifest.v1+json",
+                    );
+                } else if path == format!("/v2/x/y/blobs/{config_digest}") {
+                    ok(&mut c, &config, "application/octet-stream");
+                } else if path == format!("/v2/x/y/blobs/{layer_digest}") {
+                    match range {
+                        Some(r) => {
+                            ranges.lock().unwrap().push(r.clone());
+                            let from: usize = r
+                                .trim_start_matches("bytes=")
+                                .trim_end_matches('-')
+                                .parse()
+                                .unwrap();
+                            let _ = write!(
+                                c,
+                                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                layer.len() - 1,
+                                layer.len(),
+                                layer.len() - from
+                            );
+                            let _ = c.write_all(&layer[from..]);
+                        }
+                        None => {
+                            layer_gets += 1;
+                            let _ = write!(
+                                c,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                layer.len()
+                            );
+                            // The first transfer breaks halfway.
+                            let upto = if layer_gets == 1 { cut } else { layer.len() };
+                            let _ = c.write_all(&layer[..upto]);
+                            let _ = c.flush();
+                            let _ = c.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                } else {
+                    let _ = c.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            }
+        });
+    }
+    let store = init_store(d);
+    let reference = format!("docker://{host}/x/y:1");
+    let out = import(
+        &store,
+        &[&reference, "--to", "images/", "--insecure-registry", &host],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert_eq!(*ranges.lock().unwrap(), vec![format!("bytes={cut}-")]);
+    assert!(
+        stderr.contains(&format!("asking for the rest from byte {cut}")),
+        "{stderr}"
+    );
+    let got = ok(depotfs(&[
+        "cat".as_ref(),
+        store.as_os_str(),
+        "images/x/y:1/data/blob".as_ref(),
+    ]))
+    .stdout;
+    assert!(got == content, "the resumed image differs");
+}

@@ -6,7 +6,9 @@
 //! caller while they stream (nothing is staged before the digest holds). Lengths hold too:
 //! a blob whose Content-Length is not its descriptor's size is refused before it is read,
 //! one that streams past it as soon as it does (`image::SizeChecked`), and a manifest or
-//! index is read to its descriptor's size or at most `image::DOC_MAX` bytes.
+//! index is read to its descriptor's size or at most `image::DOC_MAX` bytes. A layer blob
+//! whose transfer breaks or stalls (`--timeout`) is resumed with a Range request
+//! ([`Resuming`]), as `sync` resumes a file.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -17,7 +19,9 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+};
 
 use crate::error::{Error, Result};
 use crate::import::image::{self, INDEX_TYPES, MANIFEST_TYPES, Parsed};
@@ -330,6 +334,111 @@ impl Source for Registry {
     }
 
     fn open(&self, layer: &LayerRef) -> Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.blob(&layer.locator, layer.size)?))
+        let first = self.blob(&layer.locator, layer.size)?;
+        Ok(Box::new(Resuming {
+            registry: self,
+            digest: layer.locator.clone(),
+            size: layer.size,
+            pos: 0,
+            resp: Some(first),
+            failures: 0,
+        }))
+    }
+}
+
+/// Failed attempts in a row after which a blob download is given up ([`Resuming`]).
+pub const BLOB_ATTEMPTS: u32 = 5;
+
+/// A layer blob's bytes that survive a dropped or stalled transfer: the rest is asked for
+/// again with `Range: bytes=POS-`, and must come as `206` with a `Content-Range` that starts
+/// at POS and has the blob's size; at most [`BLOB_ATTEMPTS`] failures in a row (one that
+/// delivers bytes resets the count), with backoff. The caller checks the digest over every
+/// byte, so a registry that resumed with other bytes is refused at the end.
+struct Resuming<'a> {
+    registry: &'a Registry,
+    digest: String,
+    size: u64,
+    pos: u64,
+    resp: Option<Response>,
+    failures: u32,
+}
+
+impl Resuming<'_> {
+    /// The transfer broke (`why`): ask for the rest.
+    fn resume(&mut self, why: String) -> std::io::Result<()> {
+        self.resp = None;
+        let mut why = why;
+        loop {
+            self.failures += 1;
+            let path = format!("/blobs/{}", self.digest);
+            let what = self.registry.what(&path);
+            if self.failures >= BLOB_ATTEMPTS {
+                return Err(std::io::Error::other(format!(
+                    "{what}: {why} (gave up after {BLOB_ATTEMPTS} attempts at byte {} of {})",
+                    self.pos, self.size
+                )));
+            }
+            let wait = depotfs_http::retry_backoff(self.failures);
+            tracing::warn!(
+                "{what}: {why}; asking for the rest from byte {} in {wait:?} (attempt {} of {BLOB_ATTEMPTS})",
+                self.pos,
+                self.failures + 1
+            );
+            std::thread::sleep(wait);
+            let url = format!("{}{path}", self.registry.base);
+            let range = format!("bytes={}-", self.pos);
+            let resp = match self.registry.send(&path, || {
+                self.registry.client.get(&url).header(RANGE, &range)
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    why = e.to_string();
+                    continue;
+                }
+            };
+            let want = format!("bytes {}-{}/{}", self.pos, self.size - 1, self.size);
+            let got = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if resp.status() != StatusCode::PARTIAL_CONTENT || got != want {
+                return Err(std::io::Error::other(format!(
+                    "{what}: asked for the rest from byte {}, got HTTP {} with Content-Range {got:?}; refused",
+                    self.pos,
+                    resp.status().as_u16()
+                )));
+            }
+            self.resp = Some(resp);
+            return Ok(());
+        }
+    }
+}
+
+impl Read for Resuming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(resp) = self.resp.as_mut() else {
+                return Ok(0);
+            };
+            match resp.read(buf) {
+                Ok(0) if self.pos < self.size && !buf.is_empty() => {
+                    self.resume(format!("the body ended at byte {}", self.pos))?
+                }
+                Ok(n) => {
+                    if n > 0 {
+                        self.failures = 0;
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => self.resume(format!(
+                    "reading the body: {}",
+                    depotfs_http::error_chain(&e)
+                ))?,
+            }
+        }
     }
 }
