@@ -161,18 +161,9 @@ impl NodeSource for Nodes<'_> {
         }
         // Within the request bound `status` prints, a corrupt node's refetch included.
         let fetch = self.store.dir_node(*id);
-        let r = match self.store.request_bound() {
-            Some(bound) => self
-                .rt
-                .block_on(async { tokio::time::timeout(bound, fetch).await })
-                .unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        what: format!("directory node {id}"),
-                        secs: bound.as_secs(),
-                    })
-                }),
-            None => self.rt.block_on(fetch),
-        };
+        let what = || format!("directory node {id}");
+        // The timer is made in the runtime: inside the future.
+        let r = self.rt.block_on(self.store.within_bound(what, fetch));
         r.map_err(|e| depotfs_catalog::Error::Fetch {
             id: *id,
             message: e.to_string(),
@@ -472,31 +463,27 @@ impl DepotFs {
         }
         // The reader waits at most the request bound `status` prints, even when the read
         // spans several chunks or joins a download that started earlier.
-        let data = match self.store.request_bound() {
-            Some(bound) => tokio::time::timeout(bound, self.read_range(&of, offset, end))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        what: format!(
-                            "{} bytes at offset {offset} of {}",
-                            end - offset,
-                            match (&of.path, of.file) {
-                                (Some(p), _) => p.clone(),
-                                (None, FileContent::Single(id) | FileContent::Chunked(id)) => {
-                                    format!("the file of object {id}")
-                                }
-                                (None, FileContent::Empty) => "an empty file".into(),
-                            }
-                        ),
-                        secs: bound.as_secs(),
-                    })
-                }),
-            None => self.read_range(&of, offset, end).await,
-        }
-        .inspect_err(|e| {
-            *of.failed.lock().expect("poisoned") =
-                Some((std::time::Instant::now(), offset, end, e.clone()));
-        })?;
+        let what = || {
+            format!(
+                "{} bytes at offset {offset} of {}",
+                end - offset,
+                match (&of.path, of.file) {
+                    (Some(p), _) => p.clone(),
+                    (None, FileContent::Single(id) | FileContent::Chunked(id)) => {
+                        format!("the file of object {id}")
+                    }
+                    (None, FileContent::Empty) => "an empty file".into(),
+                }
+            )
+        };
+        let data = self
+            .store
+            .within_bound(what, self.read_range(&of, offset, end))
+            .await
+            .inspect_err(|e| {
+                *of.failed.lock().expect("poisoned") =
+                    Some((std::time::Instant::now(), offset, end, e.clone()));
+            })?;
         self.store
             .stats
             .bytes_read

@@ -320,6 +320,24 @@ impl ObjectStore {
         self.backend.net().map(|h| h.options().request_bound())
     }
 
+    /// `work`, failed with [`Error::Timeout`] (naming `what()`) once it has taken the request
+    /// bound `status` prints; as it is for a local store.
+    pub async fn within_bound<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.request_bound() {
+            Some(bound) => tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: what(),
+                    secs: bound.as_secs(),
+                })
+            }),
+            None => work.await,
+        }
+    }
+
     async fn load_or_fetch(
         &self,
         id: ObjectId,
