@@ -1155,3 +1155,112 @@ fn depot_cold_download_is_byte_identical() {
         }
     }
 }
+
+/// The value of the metric line starting `series ` in the server's `/metrics`.
+fn server_metric(addr: SocketAddr, series: &str) -> f64 {
+    let r = get(addr, "/metrics");
+    let text = String::from_utf8_lossy(&r.body);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+}
+
+/// HTTP/2 clients that open downloads and stop reading cannot keep the depot's read-ahead
+/// budget: after `--read-ahead-timeout` their read-ahead is given back (the held bytes go to
+/// 0, the reclaimed counter moves), a new download meanwhile gets every byte, and when the
+/// stalled clients read on, each gets exactly the file's bytes from where it asked, read
+/// again from the byte where it stopped (inside a chunk: hyper was handed 64 KiB copies).
+#[test]
+fn depot_stalled_http2_downloads_give_their_read_ahead_back() {
+    const SIZE: usize = 40 << 20;
+    let repo = Repo::publish("stall.test", |src| {
+        std::fs::create_dir_all(src.join("all")).unwrap();
+        std::fs::write(src.join("all/big:1--0"), random_bytes(SIZE, 41)).unwrap();
+    });
+    let want = std::fs::read(repo.src().join("all/big:1--0")).unwrap();
+    let port = free_port();
+    let log = repo.dir.path().join("serve.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_depotfs"))
+        .arg("serve")
+        .arg(repo.store())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--read-ahead-timeout", "1"])
+        .env("RUST_LOG", "info,depotfs_publisher=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Served::listening_logged(child, port, Some(&log));
+    let url = format!("{}files/all/big%3A1--0", s.url());
+    let held_bytes = || server_metric(addr(&s), "depotfs_serve_depot_read_ahead_bytes");
+    let reclaimed = || {
+        server_metric(
+            addr(&s),
+            "depotfs_serve_depot_read_ahead_reclaimed_bytes_total",
+        )
+    };
+    assert_eq!(held_bytes(), 0.0);
+
+    // 24 downloads on one HTTP/2 connection whose bodies are not read: the client's windows
+    // fill and the server can send no more. Half start inside a chunk.
+    let h2 = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(None)
+        .build()
+        .unwrap();
+    let mut stalled = Vec::new();
+    for i in 0..24usize {
+        let start = if i % 2 == 0 {
+            0
+        } else {
+            1_000_003 + i * 77_777
+        };
+        let r = h2
+            .get(&url)
+            .header("range", format!("bytes={start}-"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        stalled.push((start, r));
+    }
+    poll(
+        Duration::from_secs(30),
+        "the stalled downloads to give their read-ahead back",
+        || held_bytes() == 0.0 && reclaimed() > 0.0,
+    );
+
+    // A new client meanwhile gets the whole file.
+    let f = repo.dir.path().join("fresh");
+    let o = tool("curl", &[&"-sSf", &"-o", &f, &url]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(&f).unwrap() == want, "fresh download differs");
+
+    // The stalled clients read on, all at once (they share the connection's window): every
+    // byte from where each asked.
+    let want = std::sync::Arc::new(want);
+    let readers: Vec<_> = stalled
+        .into_iter()
+        .map(|(start, mut r)| {
+            let want = std::sync::Arc::clone(&want);
+            std::thread::spawn(move || {
+                let mut got = Vec::with_capacity(SIZE - start);
+                r.read_to_end(&mut got).unwrap();
+                assert_eq!(got.len(), SIZE - start, "from {start}");
+                assert!(got == want[start..], "from {start}: bytes differ");
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("gave back"), "no reclaim was logged:\n{log}");
+}

@@ -174,6 +174,11 @@ pub struct ServeArgs {
     /// (nginx's `send_timeout`).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub send_timeout: u64,
+    /// Seconds a depot-view download keeps the chunks it read ahead while its client takes
+    /// none of them; then they are dropped (and read again if the client reads on), so
+    /// clients that stop reading cannot hold the read-ahead budget.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub read_ahead_timeout: u64,
 }
 
 /// `depotfs replicate SOURCE_URL DEST_DIR|s3://BUCKET/PREFIX --key PUBKEY [--jobs N] [--name NAME] [--full]`.

@@ -33,7 +33,10 @@
 //! longest first (once it has waited a second: a client that just connected gets the time to
 //! ask); one with a request in flight never does. A connection whose client takes no byte of
 //! a response for 60 s is closed (`conns`). HTTP/2: at most 64 streams per connection, and
-//! 64 KiB buffered per stream beyond the client's window.
+//! 64 KiB buffered per stream beyond the client's window, handed to hyper 64 KiB at a time
+//! (so a stream whose client opens no window holds about 128 KiB here, 8 MiB a connection,
+//! or up to 256 KiB more for a store file, which goes whole up to that size; the depot
+//! view's read-ahead behind it is bounded for all downloads together, [`download`]).
 //!
 //! Confinement to the root, in two fences: the request path is split before
 //! percent-decoding and any `.`/`..` segment (also `%2e%2e`), encoded `/` or NUL is a 400,
@@ -75,6 +78,7 @@
 
 mod conns;
 pub mod depot;
+pub mod download;
 mod files;
 mod handler;
 mod metrics;
@@ -102,8 +106,8 @@ use handler::State;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// HTTP/2 streams one connection may have open at once (nginx: 128). With
-/// [`H2_SEND_BUF`], what one connection can hold in memory: each stream's next chunk group
-/// and send buffer.
+/// [`H2_SEND_BUF`] and [`download::H2_PIECE`], what one connection can hold in memory: each
+/// stream's send buffer and the piece it was handed.
 const H2_STREAMS: u32 = 64;
 
 /// Bytes hyper buffers per HTTP/2 stream beyond what the client's window lets it send (h2's
@@ -141,6 +145,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let timeouts = conns::Timeouts {
             idle: Duration::from_secs(args.idle_timeout.max(1)),
             send: Duration::from_secs(args.send_timeout.max(1)),
+            read_ahead: Duration::from_secs(args.read_ahead_timeout.max(1)),
         };
         serve_with(listener, root, prefix, timeouts, shutdown).await
     })?;
@@ -183,6 +188,24 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Every quarter of `after`, take back the read-ahead of depot downloads whose client has
+/// taken nothing for `after` (module docs of [`download`]); ends with the server.
+async fn reclaim_read_ahead(state: std::sync::Weak<State>, after: Duration) {
+    let mut tick = tokio::time::interval(after / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(st) = state.upgrade() else { return };
+        let (downloads, bytes) = st.depot.downloads().reclaim_idle(after);
+        if downloads > 0 {
+            st.metrics.reclaimed(bytes);
+            tracing::debug!(
+                "depot view: {downloads} downloads whose clients took nothing for {after:?} gave back {bytes} bytes of read-ahead"
+            );
+        }
+    }
+}
+
 /// Serve `root` (a public directory) on `listener`, with the depot view under
 /// `depot_prefix` (from [`depot::normalize_prefix`]), until `shutdown` resolves, then stop
 /// accepting, let requests in flight finish for up to [`SHUTDOWN_GRACE`], and return.
@@ -210,6 +233,10 @@ pub async fn serve_with(
         metrics: metrics::Metrics::new()?,
     });
     state.metrics.touch();
+    tokio::spawn(reclaim_read_ahead(
+        Arc::downgrade(&state),
+        timeouts.read_ahead,
+    ));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(
         "depotfs serve: serving {} on http://{addr}",

@@ -90,13 +90,17 @@ impl std::fmt::Display for Closed {
 }
 
 /// How long connections may wait: for their next request (`--idle-timeout`), for their
-/// client to take a byte of a response (`--send-timeout`).
+/// client to take a byte of a response (`--send-timeout`); and how long a download keeps
+/// its read-ahead while its client takes nothing (`--read-ahead-timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Between keep-alive requests.
     pub idle: Duration,
     /// For a byte of a response to be taken.
     pub send: Duration,
+    /// Read-ahead kept by a download hyper takes nothing from
+    /// ([`Downloads::reclaim_idle`](super::download::Downloads::reclaim_idle)).
+    pub read_ahead: Duration,
 }
 
 impl Default for Timeouts {
@@ -104,6 +108,7 @@ impl Default for Timeouts {
         Timeouts {
             idle: IDLE_TIMEOUT,
             send: SEND_TIMEOUT,
+            read_ahead: super::download::READ_AHEAD_TIMEOUT,
         }
     }
 }
@@ -398,7 +403,7 @@ impl Conns {
         };
         let wake = Some(Arc::clone(&c.wake));
         let last = c.progress.last();
-        let Timeouts { idle, send } = self.timeouts;
+        let Timeouts { idle, send, .. } = self.timeouts;
         let (at, why) = match c.waiting {
             // A response in flight, or the end of one hyper could not write yet: the client
             // must take a byte now and then.

@@ -37,44 +37,13 @@
 //! dangles, or loops (more than [`MAX_LINKS`] links, or a link back into a directory above
 //! it, which a recursive crawler would follow forever) is neither listed nor served (404).
 //!
-//! Downloads are read ahead: the chunks after the ones being sent are read from disk and
-//! verified on the blocking pool, in groups of about [`TASK_BYTES`] that one blocking task
-//! reads and verifies in turn, [`TASKS_AHEAD`] groups at once per download and at most
-//! [`READ_AHEAD_TOTAL`] bytes for all downloads together; a download always has its next
-//! group in flight. So the read-ahead is bounded whatever the number of connections, but each
-//! download in flight also holds its next group (about [`TASK_BYTES`]) and what hyper
-//! buffers for it (HTTP/2: 64 KiB per stream, 64 streams per connection): memory grows with
-//! the downloads in flight (measured: 12 h2c connections of 64 streams whose clients open no
-//! window held 488 MB, of which 256 MiB read-ahead), bounded by the connection limit, and a
-//! client that takes no byte for `--send-timeout` is closed (`conns`). One task per group
-//! (not a read task, then a verify task, per chunk) keeps the hand-offs between threads few:
-//! they were a tenth of a warm download's CPU. A group's verified chunks go to hyper one
-//! after the other without a wait, so its writes to the socket are large. Chunks are sent in
-//! order, each only after its verification.
-//!
-//! Cold downloads read past the page cache. Each read of a download asks first, without
-//! waiting, whether its chunk is in the page cache (`preadv2(RWF_NOWAIT)` of one byte); once
-//! one is not, the rest of the download reads its chunks with direct I/O (`O_DIRECT`,
-//! [`Objects::read_direct`](crate::store::Objects::read_direct)) into reused buffers, more
-//! groups at once ([`COLD_TASKS_AHEAD`] of [`COLD_TASK_BYTES`]). The kernel then neither
-//! fills the page cache (allocating, charging and inserting every page: the largest part of
-//! a cold download's extra CPU) nor copies the bytes out of it: a cold GiB costs the server
-//! about a fifth to a quarter less CPU, close to a warm one (benches/RESULTS.md, "#14 D1
-//! (d14, session 13)"). The bytes are verified in the buffer they were read into. What
-//! it costs: a download that found its file cold leaves it cold, so the next download of
-//! the same file reads the disk again (at about the same CPU per GiB as a warm one), like
-//! nginx with `directio`; chunks already in the page cache (read through the store's
-//! `/objects/` by clients, say) are served from it up to the first one that is not, after
-//! which the download reads the disk even where a later chunk is cached. A file system
-//! without direct I/O is read through the page cache.
+//! Downloads ([`VerifiedStream`]) are read ahead and verified on the blocking pool, within
+//! one memory budget for all of them, cold ones with direct I/O: [`download`](super::download).
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
 use depotfs_catalog::{ChunkRef, Entry, EntryKind, FileContent, Manifest, ObjectId, PublicKey};
@@ -84,9 +53,8 @@ use hyper::header::{
     IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
 };
 use hyper::{Response, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 
+use super::download::{Downloads, VerifiedStream};
 use super::files::{CHUNK, ServeBody};
 use super::handler::{ranged, text};
 use super::metrics::Metrics;
@@ -97,25 +65,6 @@ use crate::reader::LocalTree;
 use crate::store::{Layout, Objects};
 
 pub use super::parse::{MAX_RANGE_HEADER, MAX_RANGE_PARTS};
-/// Bytes of chunks one blocking task reads and verifies while they come from the page cache
-/// (a group; at least one chunk: with ~256 KiB chunks, mostly one). Smaller groups start the
-/// sending sooner and keep less verified data waiting between the verifying core and the
-/// sending one: in same-moment A/Bs (benches/RESULTS.md, #14 depot4) 256 KiB gave the warm
-/// download more throughput than 1 MiB at the same CPU per GiB; 2 MiB gave less.
-pub const TASK_BYTES: u64 = 256 << 10;
-/// Bytes of chunks per group once the download's reads go to the disk ([`COLD_TASKS_AHEAD`]).
-pub const COLD_TASK_BYTES: u64 = 512 << 10;
-/// Groups read and verified at once per download while its chunks come from the page cache:
-/// the next to send and those after it. (More made them finish together on 2 CPUs and the
-/// sending stopped overlapping the verifying.)
-pub const TASKS_AHEAD: usize = 3;
-/// Groups in flight per download once its reads go to the disk (a group found a chunk not
-/// cached): direct reads have no read-ahead of the kernel's, so these are the disk's depth.
-/// (8 groups of 512 KiB, 16 of 256 KiB or of 1 MiB, 4 of 1 MiB: within the noise of each
-/// other, benches/RESULTS.md "#14 D1 (d14, session 13)".)
-pub const COLD_TASKS_AHEAD: usize = 8;
-/// Bytes read ahead by all downloads together (beyond each one's next chunk).
-pub const READ_AHEAD_TOTAL: u64 = 256 << 20;
 /// Symbolic links followed while resolving one path, at most (Linux's `MAXSYMLINKS`).
 pub const MAX_LINKS: usize = 40;
 /// Directory listings kept per revision (the big flat directory is the one that matters).
@@ -225,8 +174,8 @@ pub struct Depot {
     prefix: String,
     layout: Layout,
     current: Mutex<Option<(Stamp, Arc<Revision>)>>,
-    /// [`READ_AHEAD_TOTAL`], in KiB permits, shared by every download's read-ahead.
-    read_ahead: Arc<Semaphore>,
+    /// The downloads' read-ahead and its budget.
+    downloads: Arc<Downloads>,
 }
 
 /// Identity of the manifest file: it is replaced by rename, so a new one has a new inode.
@@ -249,9 +198,15 @@ pub struct Revision {
     /// Held while the search index is built: requests that come together after a publish
     /// wait for one build instead of each making its own.
     search_build: Mutex<()>,
-    /// The depot's read-ahead budget ([`READ_AHEAD_TOTAL`]).
-    read_ahead: Arc<Semaphore>,
+    /// The depot's downloads.
+    downloads: Arc<Downloads>,
+    /// Chunk lists of files being downloaded, by list and file size: downloads of one file
+    /// share one (pruned of dead ones as the map grows).
+    chunk_lists: Mutex<ChunkLists>,
 }
+
+/// Chunk lists shared by downloads, by list object and file size.
+type ChunkLists = HashMap<(ObjectId, u64), Weak<[ChunkRef]>>;
 
 /// A directory's page, rendered on first use.
 #[derive(Debug)]
@@ -273,10 +228,12 @@ pub struct Request {
     pub headers: HeaderMap,
     /// HEAD (no body).
     pub head: bool,
+    /// It came over HTTP/2.
+    pub h2: bool,
 }
 
 /// Why a depot response failed, for the log and the metrics.
-fn reason(e: &crate::Error) -> &'static str {
+pub(super) fn reason(e: &crate::Error) -> &'static str {
     match e {
         crate::Error::Format(_) => "verify",
         crate::Error::Io { .. } => "io",
@@ -291,8 +248,13 @@ impl Depot {
             prefix,
             layout: Layout::of_public(public),
             current: Mutex::new(None),
-            read_ahead: Arc::new(Semaphore::new((READ_AHEAD_TOTAL >> 10) as usize)),
+            downloads: Arc::new(Downloads::default()),
         }
+    }
+
+    /// Its downloads' read-ahead.
+    pub fn downloads(&self) -> &Arc<Downloads> {
+        &self.downloads
     }
 
     /// The prefix, `/files/`.
@@ -335,7 +297,8 @@ impl Depot {
             listings: Mutex::new(HashMap::new()),
             search: OnceLock::new(),
             search_build: Mutex::new(()),
-            read_ahead: Arc::clone(&self.read_ahead),
+            downloads: Arc::clone(&self.downloads),
+            chunk_lists: Mutex::new(HashMap::new()),
         });
         *cur = Some((stamp, Arc::clone(&rev)));
         Ok(rev)
@@ -489,6 +452,39 @@ impl Depot {
 }
 
 impl Revision {
+    /// The chunks of a file of `size` bytes with `content`, verified ([`LocalTree::pieces`]);
+    /// the list another download of the file holds, if there is one.
+    fn chunks(&self, content: &FileContent, size: u64) -> crate::Result<Arc<[ChunkRef]>> {
+        let FileContent::Chunked(list) = content else {
+            return Ok(self.tree.pieces(content, size)?.into());
+        };
+        let key = (*list, size);
+        if let Some(c) = self.lists().get(&key).and_then(Weak::upgrade) {
+            return Ok(c);
+        }
+        let chunks: Arc<[ChunkRef]> = self.tree.pieces(content, size)?.into();
+        let mut lists = self.lists();
+        if lists.len() == lists.capacity() {
+            lists.retain(|_, w| w.strong_count() > 0);
+        }
+        lists.insert(key, Arc::downgrade(&chunks));
+        Ok(chunks)
+    }
+
+    fn lists(&self) -> std::sync::MutexGuard<'_, ChunkLists> {
+        self.chunk_lists.lock().expect("not poisoned")
+    }
+
+    /// The verified reader of its objects.
+    pub(super) fn tree(&self) -> &LocalTree {
+        &self.tree
+    }
+
+    /// Its number.
+    pub(super) fn revision(&self) -> u64 {
+        self.manifest.revision
+    }
+
     /// The search index of this revision, built on first use.
     fn search_index(&self) -> crate::Result<Arc<SearchIndex>> {
         if let Some(ix) = self.search.get() {
@@ -729,224 +725,28 @@ fn file_response(
     if req.head || start == end {
         return Ok(r);
     }
-    let pieces = rev.tree.pieces(content, len)?;
+    let chunks = rev.chunks(content, len)?;
     let mut stream = VerifiedStream::new(
         Arc::clone(rev),
+        &rev.downloads,
         path.to_owned(),
-        &pieces,
-        start,
-        end,
+        chunks,
+        (start, end),
+        req.h2,
         metrics.depot_failures_in_body(),
     );
     // A small answer is read (and verified) before the head goes out, so a corrupt small
     // file is a clean 500.
-    if end - start <= CHUNK && stream.plan.len() == 1 {
-        let (piece, from, to) = stream.plan.pop_front().expect("one piece");
+    let only = (end - start <= CHUNK)
+        .then(|| stream.only_piece())
+        .flatten();
+    if let Some((piece, from, to)) = only {
         *r.body_mut() = ServeBody::bytes(rev.tree.piece_bytes(&piece, from, to)?);
     } else {
-        stream.fill();
+        stream.start();
         *r.body_mut() = ServeBody::stream(Box::new(stream));
     }
     Ok(r)
-}
-
-/// The body of a file download: the chunks covering the range, read and verified in groups
-/// of about [`TASK_BYTES`] by one blocking task each, [`TASKS_AHEAD`] groups at a time
-/// (module docs: read-ahead), sent in order and cut to the range. Holds its revision.
-#[derive(Debug)]
-pub struct VerifiedStream {
-    rev: Arc<Revision>,
-    path: String,
-    /// Pieces still to read, with the part of each that is sent.
-    plan: VecDeque<(ChunkRef, usize, usize)>,
-    /// Groups being read and verified, in file order.
-    reading: VecDeque<Group>,
-    /// Verified bytes of the first finished group, not yet handed to hyper.
-    verified: VecDeque<Bytes>,
-    /// Why the group whose bytes are in `verified` stopped short, once they are sent.
-    failure: Option<(ObjectId, crate::Error)>,
-    /// A group finished read a chunk that was not in the page cache: from then on the
-    /// chunks are read with direct I/O, in [`COLD_TASKS_AHEAD`] groups of [`COLD_TASK_BYTES`].
-    cold: bool,
-    remaining: u64,
-    failed: bool,
-    failures: prometheus::IntCounterVec,
-}
-
-/// Consecutive pieces read and verified by one blocking task.
-#[derive(Debug)]
-struct Group {
-    task: JoinHandle<GroupDone>,
-    /// The piece the group starts with (named if the task itself fails).
-    first: ObjectId,
-    /// Its share of the depot's read-ahead budget (none for the group sent next).
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-/// What a group's task gives back: the verified parts of its pieces in order, up to the
-/// first piece that failed (and why); whether every piece was in the page cache.
-type GroupDone = (Vec<Bytes>, Option<(ObjectId, crate::Error)>, bool);
-
-impl VerifiedStream {
-    fn new(
-        rev: Arc<Revision>,
-        path: String,
-        pieces: &[ChunkRef],
-        start: u64,
-        end: u64,
-        failures: prometheus::IntCounterVec,
-    ) -> Self {
-        let mut plan = VecDeque::new();
-        let mut off = 0u64;
-        for p in pieces {
-            let (a, b) = (off, off + u64::from(p.len));
-            off = b;
-            if b <= start || a >= end {
-                continue;
-            }
-            let from = start.saturating_sub(a) as usize;
-            let to = (end.min(b) - a) as usize;
-            plan.push_back((*p, from, to));
-        }
-        VerifiedStream {
-            rev,
-            path,
-            plan,
-            reading: VecDeque::new(),
-            verified: VecDeque::new(),
-            failure: None,
-            cold: false,
-            remaining: end - start,
-            failed: false,
-            failures,
-        }
-    }
-
-    /// Start groups of [`TASK_BYTES`] while [`TASKS_AHEAD`] (when cold: of
-    /// [`COLD_TASK_BYTES`] while [`COLD_TASKS_AHEAD`]) and the depot's budget allow; the group
-    /// sent next is always started.
-    fn fill(&mut self) {
-        let (ahead, task_bytes) = if self.cold {
-            (COLD_TASKS_AHEAD, COLD_TASK_BYTES)
-        } else {
-            (TASKS_AHEAD, TASK_BYTES)
-        };
-        while self.reading.len() < ahead && !self.plan.is_empty() {
-            let mut take = 0;
-            let mut bytes = 0u64;
-            for (p, _, _) in &self.plan {
-                if take > 0 && bytes >= task_bytes {
-                    break;
-                }
-                take += 1;
-                bytes += u64::from(p.len);
-            }
-            let direct = self.cold;
-            if direct {
-                // Each piece holds a whole pooled buffer while it waits to be sent.
-                bytes = take as u64 * crate::store::DIRECT_BUF as u64;
-            }
-            let permit = if self.reading.is_empty() && self.verified.is_empty() {
-                None
-            } else {
-                let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-                match Arc::clone(&self.rev.read_ahead).try_acquire_many_owned(kib) {
-                    Ok(p) => Some(p),
-                    Err(_) => return, // the depot's budget is spent: read on as it frees
-                }
-            };
-            let group: Vec<_> = self.plan.drain(..take).collect();
-            let first = group[0].0.id;
-            let rev = Arc::clone(&self.rev);
-            let task = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::with_capacity(group.len());
-                let mut all_cached = true;
-                for (piece, from, to) in group {
-                    let read = if direct {
-                        rev.tree
-                            .piece_bytes_direct(&piece, from, to)
-                            .map(|b| (b, false))
-                    } else {
-                        rev.tree.piece_bytes_noting_cache(&piece, from, to, true)
-                    };
-                    match read {
-                        Ok((b, cached)) => {
-                            out.push(b);
-                            all_cached &= cached;
-                        }
-                        Err(e) => return (out, Some((piece.id, e)), all_cached),
-                    }
-                }
-                (out, None, all_cached)
-            });
-            self.reading.push_back(Group {
-                task,
-                first,
-                _permit: permit,
-            });
-        }
-    }
-
-    /// End the response: count and log why.
-    fn fail(&mut self, id: ObjectId, e: crate::Error) -> Poll<Option<io::Result<Bytes>>> {
-        self.failed = true;
-        let why = reason(&e);
-        self.failures.with_label_values(&["body", why]).inc();
-        tracing::error!(
-            path = self.path,
-            revision = self.rev.manifest.revision,
-            object = %id,
-            "depot view: cutting the response short ({} bytes unsent): {e}",
-            self.remaining
-        );
-        Poll::Ready(Some(Err(io::Error::other(e))))
-    }
-}
-
-impl super::files::ChunkStream for VerifiedStream {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        loop {
-            if self.failed {
-                return Poll::Ready(None);
-            }
-            if let Some(b) = self.verified.pop_front() {
-                self.remaining -= b.len() as u64;
-                return Poll::Ready(Some(Ok(b)));
-            }
-            if let Some((id, e)) = self.failure.take() {
-                return self.fail(id, e);
-            }
-            self.fill();
-            let Some(next) = self.reading.front_mut() else {
-                return Poll::Ready(None);
-            };
-            let first = next.first;
-            let done = ready!(Pin::new(&mut next.task).poll(cx));
-            self.reading.pop_front();
-            let (bytes, failure, cached) = done.unwrap_or_else(|e| {
-                let e = crate::Error::Io {
-                    path: self.path.clone().into(),
-                    error: io::Error::other(e),
-                };
-                (Vec::new(), Some((first, e)), true)
-            });
-            self.verified.extend(bytes);
-            self.failure = failure;
-            // Once cold, a download stays cold: its reads go past the page cache, which they
-            // no longer fill, so a probe would find the next chunks uncached anyway.
-            self.cold |= !cached;
-            // The next groups run while this one's bytes go out.
-            self.fill();
-        }
-    }
-
-    fn remaining(&self) -> u64 {
-        self.remaining
-    }
-
-    fn ended(&self) -> bool {
-        self.failed || self.remaining == 0
-    }
 }
 
 #[cfg(test)]

@@ -126,7 +126,8 @@ pub fn read_range(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
 }
 
 /// A response body: nothing, bytes in memory, or a byte range of a file streamed in
-/// [`CHUNK`]-sized blocking reads, the next read already running while a chunk is sent.
+/// blocking reads (of [`CHUNK`] bytes, mostly), the next read already running while a chunk
+/// is sent.
 /// Every data frame is counted in a byte counter of the metrics.
 #[derive(Debug)]
 pub struct ServeBody {
@@ -160,6 +161,8 @@ struct FileStream {
     /// Next byte to read (`pos` plus what `pending` reads).
     read_pos: u64,
     end: u64,
+    /// Bytes per read.
+    step: u64,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     failed: bool,
 }
@@ -181,14 +184,15 @@ impl ServeBody {
         }
     }
 
-    /// Stream bytes `start..end` of `file`.
-    pub fn file(file: File, start: u64, end: u64) -> Self {
+    /// Stream bytes `start..end` of `file`, in reads of `step` bytes.
+    pub fn file(file: File, start: u64, end: u64, step: u64) -> Self {
         ServeBody {
             inner: Inner::File(FileStream {
                 file: Arc::new(file),
                 pos: start,
                 read_pos: start,
                 end,
+                step: step.max(1),
                 pending: None,
                 failed: false,
             }),
@@ -221,7 +225,7 @@ impl FileStream {
         if self.pending.is_some() || self.read_pos >= self.end {
             return;
         }
-        let (start, end) = (self.read_pos, self.end.min(self.read_pos + CHUNK));
+        let (start, end) = (self.read_pos, self.end.min(self.read_pos + self.step));
         let file = Arc::clone(&self.file);
         self.read_pos = end;
         self.pending = Some(tokio::task::spawn_blocking(move || {

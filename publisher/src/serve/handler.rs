@@ -14,6 +14,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::depot::{self, Depot};
+use super::download::H2_PIECE;
 use super::files::{CHUNK, OpenError, Root, ServeBody, read_range};
 use super::metrics::{self, Metrics};
 use super::parse::{self, Kind, PathRefused, RangeAnswer, Target};
@@ -81,6 +82,7 @@ async fn respond(
             query: req.uri().query().map(str::to_owned),
             headers: req.headers().clone(),
             head,
+            h2: req.version() == hyper::Version::HTTP_2,
         };
         return match tokio::task::spawn_blocking(move || {
             st.depot.respond(&st.metrics, route, &dreq)
@@ -97,12 +99,17 @@ async fn respond(
     match parse::parse_path(req.uri().path()) {
         Err(PathRefused::BadRequest) => (text(StatusCode::BAD_REQUEST), "error"),
         Err(PathRefused::NotFound) => (text(StatusCode::NOT_FOUND), "error"),
-        Ok(Target::Metrics) => (metrics_response(&state.metrics, head), "metrics"),
+        Ok(Target::Metrics) => {
+            let held = state.depot.downloads().held_bytes();
+            state.metrics.read_ahead(held);
+            (metrics_response(&state.metrics, head), "metrics")
+        }
         Ok(Target::File { rel, kind }) => {
             let st = Arc::clone(state);
             let headers = req.headers().clone();
+            let h2 = req.version() == hyper::Version::HTTP_2;
             let task = tokio::task::spawn_blocking(move || {
-                file_response(&st.root, &rel, kind, &headers, head)
+                file_response(&st.root, &rel, kind, &headers, head, h2)
             });
             match task.await {
                 Ok(Ok(r)) => {
@@ -174,13 +181,16 @@ fn header<'a>(h: &'a HeaderMap, name: &hyper::header::HeaderName) -> Option<&'a 
 }
 
 /// Open, check validators and ranges, and build the response (blocking: runs on the
-/// blocking pool). Bodies up to [`CHUNK`] are read here; larger ones stream.
+/// blocking pool). Bodies up to [`CHUNK`] are read here; larger ones stream, in reads of
+/// [`CHUNK`], or over HTTP/2 (`h2`) of [`H2_PIECE`]: a stream whose client opens no window
+/// then holds one such read and hyper's copy of the one before.
 fn file_response(
     root: &Root,
     rel: &Path,
     kind: Kind,
     req: &HeaderMap,
     head: bool,
+    h2: bool,
 ) -> anyhow::Result<Response<ServeBody>> {
     let (file, meta) = match root.open(rel) {
         Ok(x) => x,
@@ -229,7 +239,8 @@ fn file_response(
             anyhow::Error::new(e).context(format!("reading {}", display(root, rel)))
         })?)
     } else {
-        ServeBody::file(file, start, end)
+        let step = if h2 { H2_PIECE as u64 } else { CHUNK };
+        ServeBody::file(file, start, end, step)
     };
     Ok(r)
 }

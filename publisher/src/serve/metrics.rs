@@ -22,6 +22,8 @@ pub struct Metrics {
     depot_failures: IntCounterVec,
     depot_search: Histogram,
     depot_revision: IntGauge,
+    read_ahead: IntGauge,
+    reclaimed: IntCounter,
 }
 
 impl Metrics {
@@ -87,6 +89,16 @@ impl Metrics {
             "depotfs_serve_depot_revision",
             "The revision the depot view serves new requests from",
         )?;
+        let read_ahead = IntGauge::new(
+            "depotfs_serve_depot_read_ahead_bytes",
+            "Bytes of the depot view's read-ahead budget held by downloads (read or being read and verified, not yet taken by the connection)",
+        )?;
+        let reclaimed = IntCounter::new(
+            "depotfs_serve_depot_read_ahead_reclaimed_bytes_total",
+            "Bytes of read-ahead given back by downloads whose client took nothing for --read-ahead-timeout (read again if it reads on)",
+        )?;
+        registry.register(Box::new(read_ahead.clone()))?;
+        registry.register(Box::new(reclaimed.clone()))?;
         registry.register(Box::new(depot_failures.clone()))?;
         registry.register(Box::new(depot_search.clone()))?;
         registry.register(Box::new(depot_revision.clone()))?;
@@ -107,6 +119,8 @@ impl Metrics {
             depot_failures,
             depot_search,
             depot_revision,
+            read_ahead,
+            reclaimed,
         })
     }
 
@@ -149,6 +163,16 @@ impl Metrics {
     pub fn depot_revision(&self, revision: u64) {
         self.depot_revision
             .set(i64::try_from(revision).unwrap_or(i64::MAX));
+    }
+
+    /// The read-ahead held now (set before each scrape).
+    pub fn read_ahead(&self, held: u64) {
+        self.read_ahead.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Read-ahead given back by idle downloads.
+    pub fn reclaimed(&self, bytes: u64) {
+        self.reclaimed.inc_by(bytes);
     }
 
     /// A connection ended (`why`: see `depotfs_serve_connections_closed_total`).
