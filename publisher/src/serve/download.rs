@@ -16,13 +16,15 @@
 //! the budget has room, never waited for. A client that stops reading would keep its share
 //! for good, so downloads hyper has taken nothing from for `--read-ahead-timeout` (and is
 //! not waiting on) give their share back ([`Downloads::reclaim_idle`], run every quarter of
-//! that by `serve`): the groups are dropped and their pieces go back to the front of the
-//! plan, to be read and verified again if the client reads on. So what downloads hold is
-//! bounded by the budget, plus what hyper holds of each: over HTTP/2 a stream's send buffer
-//! and the one piece it was handed, which a download keeps at [`H2_PIECE`] by copying the
-//! piece out of its chunk (a slice would keep the whole chunk's buffer, up to 1 MiB, alive);
-//! over HTTP/1 a connection's write buffer and socket. Measured in benches/RESULTS.md
-//! ("serve under stalled HTTP/2 streams").
+//! that by `serve`): the groups are dropped and the download goes back to its first byte
+//! not handed to hyper, to read and verify it again if the client reads on (one group ahead
+//! at first, one more for each group sent: a client that stopped once may stop again). So
+//! what downloads hold is bounded by the budget, plus what hyper holds of each: over HTTP/2
+//! a stream's send buffer and the one piece it was handed, which a download keeps at
+//! [`H2_PIECE`] by copying the piece out of its chunk (a slice would keep the whole chunk's
+//! buffer, up to 1 MiB, alive); over HTTP/1 a connection's write buffer and socket; and a
+//! download's chunk list, shared by the downloads of one file. Measured in
+//! benches/RESULTS.md ("serve under stalled HTTP/2 streams").
 //!
 //! **Cold downloads** read past the page cache. Each read of a download asks first, without
 //! waiting, whether its chunk is in the page cache (`preadv2(RWF_NOWAIT)` of one byte); once
@@ -263,6 +265,11 @@ struct Held {
     /// A group finished read a chunk that was not in the page cache: from then on the
     /// chunks are read with direct I/O, in [`COLD_TASKS_AHEAD`] groups of [`COLD_TASK_BYTES`].
     cold: bool,
+    /// Groups in flight at most, besides the mode's own limit: 1 after a reclaim (a client
+    /// that stopped once may stop again: what it is not sent is read for nothing), one
+    /// more for every group handed out since, so a client that reads on at speed gets its
+    /// read-ahead back within a few groups.
+    depth: usize,
     /// hyper asked for the next bytes and waits for us (a group, or budget): not idle.
     asked: bool,
     /// When hyper last took bytes (or the download started).
@@ -335,7 +342,8 @@ impl Held {
             COLD_TASKS_AHEAD
         } else {
             TASKS_AHEAD
-        };
+        }
+        .min(self.depth);
         while self.reading.len() < ahead {
             let (take, kib) = self.next_group()?;
             let permit = match first.take() {
@@ -402,6 +410,7 @@ impl Held {
         if let Some(p) = first {
             self.plan.rewind(&p);
         }
+        self.depth = 1;
         (kib as u64) << 10
     }
 }
@@ -446,6 +455,7 @@ impl VerifiedStream {
             reading: VecDeque::new(),
             ready: None,
             cold: false,
+            depth: COLD_TASKS_AHEAD,
             asked: false,
             handed: Instant::now(),
         }));
@@ -515,6 +525,7 @@ impl super::files::ChunkStream for VerifiedStream {
                 }
                 let failure = ready.failure.take();
                 h.ready = None; // gives its budget back
+                h.depth = (h.depth + 1).min(COLD_TASKS_AHEAD);
                 if let Some((id, e)) = failure {
                     drop(h);
                     return self.fail(id, e);
@@ -643,6 +654,7 @@ mod tests {
                 permit: Arc::clone(&budget).try_acquire_many_owned(5).unwrap(),
             }),
             cold: false,
+            depth: COLD_TASKS_AHEAD,
             asked: false,
             handed: Instant::now(),
         };
@@ -654,6 +666,7 @@ mod tests {
         assert_eq!(held.reclaim(), 5 << 10);
         assert_eq!(budget.available_permits(), 64);
         assert_eq!(spans(&held.plan), [(0, 84, 100), (1, 0, 50), (2, 0, 70)]);
+        assert_eq!(held.depth, 1, "reads one group ahead after a reclaim");
 
         // Without copies, a part goes out whole.
         let pieces: VecDeque<Piece> = held.plan.take(1).into();
