@@ -459,6 +459,84 @@ fn bad_sources_are_refused_and_the_mirror_is_unchanged() {
     assert_eq!(fs::read(s.mirror().join("manifest")).unwrap(), mirrored2);
 }
 
+/// `bytes` (an encoded zstd object) with a zstd skippable frame of `pad` zero bytes ahead of
+/// its payload: the same plaintext, so the same hash.
+fn padded(bytes: &[u8], pad: usize) -> Vec<u8> {
+    let mut b = bytes[..object::HEADER_LEN].to_vec();
+    b.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    b.extend_from_slice(&(pad as u32).to_le_bytes());
+    b.resize(b.len() + pad, 0);
+    b.extend_from_slice(&bytes[object::HEADER_LEN..]);
+    b
+}
+
+/// A source can pad what it serves without changing what it hashes to: a zstd object with a
+/// skippable frame, the manifest with whitespace after its signature. Clients cut both (a
+/// body longer than header and plaintext, a manifest over 64 KiB), so a mirror must not keep
+/// them: both are refused, the mirror is unchanged, and `--full` replaces a padded copy
+/// already in a mirror.
+#[test]
+fn padded_objects_and_manifests_are_refused_and_full_replaces_a_padded_copy() {
+    let s = Setup::new();
+    s.add_image("img1", 50, 1);
+    let source = Served::start(&s.store());
+    let url = source.url();
+    let m = s.source_manifest();
+    let zstd: Vec<ObjectId> = tree_of(&s.public(), m.root)
+        .into_iter()
+        .filter(|id| {
+            let b = fs::read(s.public().join(id.store_path())).unwrap();
+            object::peek_header(*id, &b).unwrap().1 == object::Codec::Zstd
+        })
+        .collect();
+    let victim = *zstd.first().expect("a compressed object in the tree");
+    let path = s.public().join(victim.store_path());
+    let good = fs::read(&path).unwrap();
+    let plain = object::peek_header(victim, &good).unwrap().2 as usize;
+    let padding = plain - (good.len() - object::HEADER_LEN);
+
+    // A padded object: named, refused, not written; no manifest on the new mirror.
+    fs::write(&path, padded(&good, padding)).unwrap();
+    let err = fails(s.replicate(&url, &[]));
+    assert!(
+        err.contains(&victim.to_hex()) && err.contains("zstd payload of"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("zstd payload of").count(),
+        1,
+        "the reason is said once: {err}"
+    );
+    assert!(!s.mirror().join(victim.store_path()).exists());
+    assert!(!s.mirror().join("manifest").exists());
+    fs::write(&path, &good).unwrap();
+
+    // A manifest with anything after its signature's newline, or longer than 64 KiB.
+    let manifest = s.public().join("manifest");
+    let signed = fs::read(&manifest).unwrap();
+    let mut extra = signed.clone();
+    extra.extend_from_slice(b"\n\n");
+    fs::write(&manifest, &extra).unwrap();
+    let err = fails(s.replicate(&url, &[]));
+    assert!(err.contains("128 hex digits"), "{err}");
+    extra.resize(100_000, b' ');
+    fs::write(&manifest, &extra).unwrap();
+    let err = fails(s.replicate(&url, &[]));
+    assert!(err.contains("longer than the 65536 it may have"), "{err}");
+    assert!(!s.mirror().join("manifest").exists());
+    fs::write(&manifest, &signed).unwrap();
+
+    // Honest again: the mirror completes. A padded copy left in it (by an older depotfs)
+    // is found by --full and replaced by the source's.
+    ok(s.replicate(&url, &[]));
+    let mirrored = s.mirror().join(victim.store_path());
+    fs::write(&mirrored, padded(&good, padding + 1000)).unwrap();
+    let report = ok(s.replicate(&url, &["--full"]));
+    assert!(report.contains("fetched 1 objects"), "{report}");
+    assert!(fs::read(&mirrored).unwrap() == good);
+    assert_eq!(fs::read(s.mirror().join("manifest")).unwrap(), signed);
+}
+
 #[test]
 fn kill9_mid_run_keeps_the_old_revision_and_a_rerun_completes() {
     let s = Setup::new();

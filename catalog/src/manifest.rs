@@ -25,6 +25,11 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use crate::{Error, FORMAT_VERSION, ManifestError, ObjectId};
 
 const MAGIC: &str = "depotfs-manifest";
+
+/// The longest manifest accepted: one is ~450 bytes of text. Clients cut a longer answer
+/// while it arrives, and [`Manifest::parse_verified`] refuses it, so a mirror cannot be made
+/// to keep (and serve) one its clients would refuse.
+pub const MAX_LEN: usize = 64 << 10;
 const PUB_PREFIX: &str = "depotfs-ed25519-public ";
 const SECRET_PREFIX: &str = "depotfs-ed25519-secret ";
 
@@ -137,15 +142,22 @@ impl Manifest {
         expect_name: Option<&str>,
     ) -> Result<Manifest, Error> {
         use ManifestError as M;
+        if bytes.len() > MAX_LEN {
+            return Err(Error::Manifest(M::Malformed(format!(
+                "{} bytes, more than a manifest may have ({MAX_LEN})",
+                bytes.len()
+            ))));
+        }
         let text = std::str::from_utf8(bytes)
             .map_err(|_| Error::Manifest(M::Malformed("not UTF-8 text".into())))?;
         let at = text
             .find("\nsignature ")
             .ok_or(Error::Manifest(M::NoSignature))?;
         let (body, sig_line) = text.split_at(at + 1);
+        // Exactly as signed: the hex digits and the newline, nothing after them.
         let sig_hex = sig_line
             .strip_prefix("signature ")
-            .map(str::trim_end)
+            .map(|s| s.strip_suffix('\n').unwrap_or(s))
             .ok_or(Error::Manifest(M::NoSignature))?;
         let mut sig = [0u8; 64];
         hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| Error::Manifest(M::SignatureHex))?;
@@ -290,6 +302,24 @@ mod tests {
                 None,
                 Refusal::Signature,
                 "128 hex digits",
+            ),
+            (
+                format!("{good}\n"),
+                None,
+                Refusal::Signature,
+                "128 hex digits",
+            ),
+            (
+                format!("{}  \n", good.trim_end()),
+                None,
+                Refusal::Signature,
+                "128 hex digits",
+            ),
+            (
+                format!("{good}{}", " ".repeat(MAX_LEN)),
+                None,
+                Refusal::Malformed,
+                "more than a manifest may have",
             ),
             (
                 good.clone(),

@@ -454,7 +454,23 @@ fn checked_header(
 
 /// Inflate a zstd payload. Bounded: the output buffer holds `len` bytes and zstd refuses to
 /// write past it, so a lying header is caught without inflating an arbitrary amount.
+///
+/// A payload at least as long as its plaintext is refused: the encoder keeps zstd only when
+/// it is shorter ([`encode_parts`]), so only a tampered object has one (padded with
+/// skippable frames, say). Clients cut a body longer than header and plaintext while it
+/// arrives; without this, a mirror would keep such an object, verified by its plaintext,
+/// and serve what its clients refuse.
 fn inflate(id: ObjectId, payload: &[u8], len: u64) -> Result<Vec<u8>, Error> {
+    if payload.len() as u64 >= len {
+        return Err(Error::BadObject {
+            id,
+            what: format!(
+                "a zstd payload of {} bytes for {len} bytes of plaintext (stored raw when \
+                 compression does not shrink it)",
+                payload.len()
+            ),
+        });
+    }
     decompress(payload, len as usize).map_err(|e| Error::BadObject {
         id,
         what: format!("zstd: {e}"),
@@ -737,5 +753,39 @@ mod tests {
         lying[8..16].copy_from_slice(&1000u64.to_le_bytes());
         assert!(decode(enc.id, ObjectKind::Chunk, &lying, 1 << 30).is_err());
         assert!(decode(enc.id, ObjectKind::Chunk, &enc.bytes, 1 << 20).is_err());
+    }
+
+    /// A zstd skippable frame ahead of the payload: the plaintext, and so the hash, stay the
+    /// same. An object padded to its plaintext's length or beyond is refused (a mirror must
+    /// not keep what its clients cut); a few bytes of it are harmless and read.
+    #[test]
+    fn payloads_padded_to_their_plaintext_are_refused() {
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let enc = encode(ObjectKind::Chunk, &text, 3);
+        assert_eq!(enc.codec, Codec::Zstd);
+        let padded = |pad: usize| {
+            let mut b = enc.bytes[..HEADER_LEN].to_vec();
+            b.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+            b.extend_from_slice(&(pad as u32).to_le_bytes());
+            b.resize(b.len() + pad, 0);
+            b.extend_from_slice(&enc.bytes[HEADER_LEN..]);
+            b
+        };
+        let small = padded(16);
+        assert_eq!(
+            decode(enc.id, ObjectKind::Chunk, &small, 1 << 20)
+                .unwrap()
+                .data(),
+            &text[..]
+        );
+        let pad = text.len() - (enc.bytes.len() - HEADER_LEN);
+        for bytes in [padded(pad), padded(10 << 20)] {
+            let e = decode(enc.id, ObjectKind::Chunk, &bytes, 1 << 20).unwrap_err();
+            assert!(e.to_string().contains("zstd payload of"), "{e}");
+            let e = decode_owned(enc.id, ObjectKind::Chunk, bytes, 1 << 20).unwrap_err();
+            assert!(e.to_string().contains("zstd payload of"), "{e}");
+        }
     }
 }

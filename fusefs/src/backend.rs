@@ -62,13 +62,9 @@ pub const DIRECT: &str = "DIRECT";
 /// The longest a request made while offline waits for the probe it asked for.
 pub const OFFLINE_WAIT: Duration = Duration::from_secs(2);
 
-/// The most a response's Content-Length may make [`Http`] reserve before the body arrives
-/// (a chunk is at most 1 MiB; a larger object's buffer grows as its body arrives).
-const BODY_HINT_MAX: u64 = 16 << 20;
-
-/// The largest manifest accepted: a manifest is ~450 bytes of text (`catalog::manifest`).
-/// A longer answer is cut while it arrives and the check fails.
-pub const MANIFEST_MAX: u64 = 64 << 10;
+/// The largest manifest accepted ([`depotfs_catalog::manifest::MAX_LEN`]). A longer answer
+/// is cut while it arrives and the check fails.
+pub const MANIFEST_MAX: u64 = depotfs_catalog::manifest::MAX_LEN as u64;
 
 /// Upper bounds (seconds) of the `depotfs_fetch_duration_seconds` histogram buckets.
 pub const BUCKETS: [f64; 14] = [
@@ -110,8 +106,8 @@ impl NetOptions {
 /// Counters of one route.
 #[derive(Debug, Default)]
 pub struct RouteStats {
-    /// Attempts by result: ok, error, timeout, corrupt (see [`RESULTS`]).
-    pub results: [AtomicU64; 4],
+    /// Attempts by result: ok, error, timeout, corrupt, cut (see [`RESULTS`]).
+    pub results: [AtomicU64; 5],
     /// Attempts per histogram bucket (not cumulative; the last one is `+Inf`).
     pub buckets: [AtomicU64; BUCKETS.len() + 1],
     /// Sum of attempt durations, microseconds.
@@ -119,7 +115,10 @@ pub struct RouteStats {
 }
 
 /// The `result` label values, in the order of [`RouteStats::results`].
-pub const RESULTS: [&str; 4] = ["ok", "error", "timeout", "corrupt"];
+/// `timeout`: no answer within the attempt's own timeout (or none when the request's bound
+/// cut it at 90 % of that or later); `cut`: the request's bound ended the attempt before
+/// that, answered or not (the request ran out of time, not the route).
+pub const RESULTS: [&str; 5] = ["ok", "error", "timeout", "corrupt", "cut"];
 
 impl RouteStats {
     fn record(&self, result: usize, took: Duration) {
@@ -135,9 +134,9 @@ impl RouteStats {
     }
 }
 
-/// An attempt under way on a route: recorded as a timeout if dropped before it records
-/// its own result (the request's timer cancelled it). One dropped after (almost) its own
-/// timeout without an answer counts as unanswered, as if its own timer had fired first.
+/// An attempt under way on a route, dropped before it records its own result (the request's
+/// timer cancelled it): one dropped after (almost) its own timeout without an answer counts
+/// as a timeout and as unanswered, as if its own timer had fired first; any other as `cut`.
 struct Unrecorded<'a> {
     route: Option<(&'a RouteStats, Instant)>,
     timeout: Duration,
@@ -148,11 +147,12 @@ struct Unrecorded<'a> {
 impl Drop for Unrecorded<'_> {
     fn drop(&mut self) {
         if let Some((route, start)) = self.route.take() {
-            route.record(2, start.elapsed());
-            if !self.answered.load(Ordering::Relaxed)
-                && start.elapsed() >= self.timeout.mul_f64(0.9)
-            {
+            let took = start.elapsed();
+            if !self.answered.load(Ordering::Relaxed) && took >= self.timeout.mul_f64(0.9) {
+                route.record(2, took);
                 self.unanswered.store(true, Ordering::Relaxed);
+            } else {
+                route.record(4, took);
             }
         }
     }
@@ -233,7 +233,7 @@ pub enum Backend {
 
 /// Why a body was refused for its length.
 fn too_long(len: u64, limit: u64) -> String {
-    format!("body of {len} bytes or more, longer than the {limit} it may have")
+    depotfs_http::BodyError::too_long(len, limit)
 }
 
 fn unix_now() -> u64 {
@@ -839,7 +839,7 @@ impl Http {
             unanswered: request_unanswered,
         };
         let work = async {
-            let mut resp = req.send().await.map_err(failed)?;
+            let resp = req.send().await.map_err(failed)?;
             answered.store(true, Ordering::Relaxed);
             // The request's too: its own timer may drop this attempt before it returns, and
             // a route that answered must not take the mount offline.
@@ -850,22 +850,14 @@ impl Http {
                 return Err(refused(format!("HTTP {}{via}", status.as_u16())));
             }
             // The body's frames go straight into one buffer sized from Content-Length: one
-            // copy (collecting into `Bytes` and then into a `Vec` was two). The size hint is
-            // capped, so a lying header cannot reserve memory up front; a body longer than
-            // `limit` fails as soon as it is known to be (its Content-Length, or its bytes
-            // so far), never collected first.
-            let declared = resp.content_length().unwrap_or(0);
-            if declared > limit {
-                return Err(too_big(declared));
-            }
-            let mut body = Vec::with_capacity(declared.min(BODY_HINT_MAX) as usize);
-            while let Some(frame) = resp.chunk().await.map_err(failed)? {
-                if (body.len() + frame.len()) as u64 > limit {
-                    return Err(too_big((body.len() + frame.len()) as u64));
-                }
-                body.extend_from_slice(&frame);
-            }
-            Ok(body)
+            // copy (collecting into `Bytes` and then into a `Vec` was two); a body longer
+            // than `limit` fails as soon as it is known to be.
+            depotfs_http::read_body(resp, limit)
+                .await
+                .map_err(|e| match e {
+                    depotfs_http::BodyError::TooLong(n) => too_big(n),
+                    depotfs_http::BodyError::Transfer(e) => failed(e),
+                })
         };
         let r = match tokio::time::timeout(self.opts.timeout, work).await {
             Ok(r) => r,
@@ -888,6 +880,48 @@ impl Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An attempt the request's bound cuts short counts as `cut`, unless it went (almost)
+    /// its whole timeout unanswered: then it is the route's timeout, and unanswered.
+    #[test]
+    fn attempts_cut_by_the_request_bound_are_counted_apart() {
+        let stats = RouteStats::default();
+        let timeout = Duration::from_secs(10);
+        let cases = [
+            // (started this long ago, answered) -> (result index, unanswered)
+            (Duration::from_secs(1), false, 4, false),
+            (Duration::from_secs(9), true, 4, false),
+            (Duration::from_secs(9), false, 2, true),
+        ];
+        for (ago, was_answered, result, want_unanswered) in cases {
+            let (answered, unanswered) = (AtomicBool::new(was_answered), AtomicBool::new(false));
+            let before: Vec<u64> = stats
+                .results
+                .iter()
+                .map(|r| r.load(Ordering::Relaxed))
+                .collect();
+            drop(Unrecorded {
+                route: Some((&stats, Instant::now() - ago)),
+                timeout,
+                answered: &answered,
+                unanswered: &unanswered,
+            });
+            for (i, r) in stats.results.iter().enumerate() {
+                let grew = r.load(Ordering::Relaxed) - before[i];
+                assert_eq!(
+                    grew,
+                    u64::from(i == result),
+                    "{ago:?} {was_answered}: {}",
+                    RESULTS[i]
+                );
+            }
+            assert_eq!(
+                unanswered.load(Ordering::Relaxed),
+                want_unanswered,
+                "{ago:?}"
+            );
+        }
+    }
 
     #[test]
     fn bound_formula() {

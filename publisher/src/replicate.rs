@@ -10,6 +10,10 @@
 //! 2. walks the revision's tree from the root — directory nodes ([`depotfs_catalog::dir`]),
 //!    file entries, chunk lists, chunks — fetching, `--jobs` at a time, only the objects the
 //!    mirror lacks, and verifying each with [`object::decode`] as the kind its referrer says.
+//!    A body is read only up to the most an honest one can be (an object: its header and
+//!    the most plaintext its kind may have; the manifest: 64 KiB), as clients read it, and
+//!    a zstd object no shorter than its plaintext is refused by `decode` (only padding makes
+//!    one): a mirror keeps nothing its clients would cut, and `--full` replaces such a copy.
 //!    The walk is depth-first with a bounded frontier (a stack of references, and in memory
 //!    only the objects fetched whose children are not yet all present), so its memory does
 //!    not grow with the repository: a first mirror of 100 M objects holds what an
@@ -79,14 +83,14 @@ pub enum ReplicateError {
         message: String,
     },
     /// A fetched object does not verify, or is not what its referrer says it is.
-    #[error("object {id} from {url} is bad: {source}")]
+    #[error("object {id} from {url} is bad: {why}")]
     BadObject {
         /// The object.
         id: ObjectId,
         /// Where it came from.
         url: String,
-        /// What is wrong.
-        source: Box<depotfs_catalog::Error>,
+        /// What is wrong (in the message, so not a `source`: said once).
+        why: Box<depotfs_catalog::Error>,
     },
     /// A manifest (the source's or the mirror's) is not acceptable.
     #[error("{what}: {message}")]
@@ -209,7 +213,9 @@ async fn run_async(opts: &Options) -> Result<Report> {
         .or_else(|| current.as_ref().map(|m| m.name.clone()));
     let source = Source::new(&opts.source_url, opts.timeout)?;
     let manifest_url = source.url("manifest");
-    let manifest_bytes = source.get("manifest", true).await?;
+    let manifest_bytes = source
+        .get("manifest", true, depotfs_catalog::manifest::MAX_LEN as u64)
+        .await?;
     let m = Manifest::parse_verified(&manifest_bytes, &key, name.as_deref()).map_err(|e| {
         ReplicateError::Manifest {
             what: manifest_url.clone(),
@@ -320,7 +326,9 @@ impl Source {
         format!("{}{rel}", self.base)
     }
 
-    /// GET `rel`; `fresh` asks caches in between to revalidate (the manifest).
+    /// GET `rel`, a body of at most `limit` bytes (the most an honest one can be: a longer
+    /// one is refused as it arrives, never collected); `fresh` asks caches in between to
+    /// revalidate (the manifest).
     ///
     /// A failure worth another attempt (no connection, a dropped or timed-out transfer, a
     /// 5xx, 429 or 408: [`depotfs_http::transient_status`]) is retried up to
@@ -328,11 +336,11 @@ impl Source {
     /// source or one overloaded proxy does not end a run over millions of objects. Any other
     /// answer (404, 403, ...) fails at once. Every GET here is idempotent: the objects are
     /// immutable and the manifest is verified whatever answer arrives.
-    async fn get(&self, rel: &str, fresh: bool) -> Result<Vec<u8>> {
+    async fn get(&self, rel: &str, fresh: bool, limit: u64) -> Result<Vec<u8>> {
         let url = self.url(rel);
         depotfs_http::retry(
             MAX_ATTEMPTS,
-            || self.attempt(&url, fresh),
+            || self.attempt(&url, fresh, limit),
             |why, wait, next| {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -347,8 +355,8 @@ impl Source {
         })
     }
 
-    /// One GET of `url`, whole.
-    async fn attempt(&self, url: &str, fresh: bool) -> Result<Vec<u8>, Attempt> {
+    /// One GET of `url`, whole, if at most `limit` bytes.
+    async fn attempt(&self, url: &str, fresh: bool, limit: u64) -> Result<Vec<u8>, Attempt> {
         let mut req = self.client.get(url);
         if fresh {
             req = req.header("Cache-Control", "no-cache");
@@ -364,10 +372,15 @@ impl Source {
         if !status.is_success() {
             return Err(Attempt::Fatal(format!("HTTP {status}")));
         }
-        match resp.bytes().await {
-            Ok(bytes) => Ok(bytes.to_vec()),
-            Err(e) => Err(Attempt::Retry(error_chain(&e))),
-        }
+        depotfs_http::read_body(resp, limit)
+            .await
+            .map_err(|e| match e {
+                // An answer, not a failed transfer: another attempt gets the same.
+                depotfs_http::BodyError::TooLong(n) => {
+                    Attempt::Fatal(depotfs_http::BodyError::too_long(n, limit))
+                }
+                depotfs_http::BodyError::Transfer(e) => Attempt::Retry(error_chain(&e)),
+            })
     }
 }
 
@@ -688,13 +701,16 @@ async fn visit(walk: Arc<Walk>, c: graph::Child) -> Result<Visited> {
             Err(e) => tracing::warn!("{}: {e}; fetching it again", dest.display()),
         }
     }
-    let bytes = walk.source.get(&rel, false).await?;
+    // An honest object is never longer than its header and its plaintext (zstd is kept only
+    // when it is shorter: `object::decode` refuses the rest).
+    let limit = object::HEADER_LEN as u64 + c.max_len;
+    let bytes = walk.source.get(&rel, false, limit).await?;
     let url = walk.source.url(&rel);
     let v = object::decode(c.id, c.kind, &bytes, c.max_len).map_err(|source| {
         ReplicateError::BadObject {
             id: c.id,
             url: url.clone(),
-            source: Box::new(source),
+            why: Box::new(source),
         }
     })?;
     let kids = children(&v, &url)?;
@@ -711,7 +727,7 @@ fn children(v: &object::Verified, from: &str) -> Result<Vec<graph::Child>> {
     graph::children(v).map_err(|source| ReplicateError::BadObject {
         id: v.id(),
         url: from.to_string(),
-        source: Box::new(source),
+        why: Box::new(source),
     })
 }
 

@@ -9,6 +9,8 @@
 //!   retry policy of the batch commands (`depotfs sync`'s downloads, `depotfs replicate`'s
 //!   GETs): which failures are worth another attempt, how long to wait before it, the loop
 //!   that tries again, and how to say what failed.
+//! - [`read_body`]: a response body read whole, up to the most an honest one can be (the
+//!   mount's objects and manifests, `depotfs replicate`'s).
 //! - [`metrics`]: the Prometheus text exposition of a registry, and the `/metrics` server of
 //!   the mount (hyper and hyper-util, as `depotfs serve`, which answers `/metrics` on its own
 //!   port with the same [`metrics::render`]).
@@ -139,6 +141,46 @@ where
 /// server's restart or a proxy's brief overload, without stalling a run on a dead server).
 pub fn retry_backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 << attempt.min(6))
+}
+
+/// The most a response's `Content-Length` may make [`read_body`] reserve before the body
+/// arrives (a chunk is at most 1 MiB; a larger body's buffer grows as it arrives).
+const BODY_HINT_MAX: u64 = 16 << 20;
+
+/// Why [`read_body`] failed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is (at least) this long, more than the limit: said by its `Content-Length`
+    /// before any byte was read, or found as its bytes arrived.
+    TooLong(u64),
+    /// The transfer failed.
+    Transfer(reqwest::Error),
+}
+
+impl BodyError {
+    /// "body of N bytes or more, longer than the LIMIT it may have" for a [`BodyError::TooLong`].
+    pub fn too_long(len: u64, limit: u64) -> String {
+        format!("body of {len} bytes or more, longer than the {limit} it may have")
+    }
+}
+
+/// Read `resp`'s body whole into one buffer, if it is at most `limit` bytes: a longer one
+/// fails as soon as it is known to be (its `Content-Length`, or its bytes so far), never
+/// collected first. The buffer is sized from `Content-Length` (capped, so a lying header
+/// cannot reserve memory up front), and frames are copied into it as they arrive.
+pub async fn read_body(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > limit {
+        return Err(BodyError::TooLong(declared));
+    }
+    let mut body = Vec::with_capacity(declared.min(BODY_HINT_MAX) as usize);
+    while let Some(frame) = resp.chunk().await.map_err(BodyError::Transfer)? {
+        if (body.len() + frame.len()) as u64 > limit {
+            return Err(BodyError::TooLong((body.len() + frame.len()) as u64));
+        }
+        body.extend_from_slice(&frame);
+    }
+    Ok(body)
 }
 
 /// Whether an HTTP status says "try again later" rather than "no": any 5xx (a restarting
