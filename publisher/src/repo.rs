@@ -9,7 +9,6 @@
 //! ([`Repo::open`]), so a revision number is never published twice with different trees.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -192,6 +191,12 @@ impl Repo {
         let layout = Layout::new(root);
         layout.check()?;
         let lock = Lock::acquire(&layout)?;
+        // Whatever is in STORE/tmp was left by a killed command: every writer there holds
+        // the lock. (Also made again if an operator deleted it.) Housekeeping: a failure is
+        // said, and whatever needs tmp/ later fails with its own error.
+        if let Err(e) = layout.clear_tmp() {
+            tracing::warn!("cannot empty the store's tmp directory: {e}");
+        }
         let db = open_catalog(&layout, check)?;
         let repo = Repo {
             objects: Objects::open(layout.clone())?,
@@ -250,17 +255,60 @@ impl Repo {
         self.meta("name")
     }
 
+    /// Make the published manifest show the catalog's last revision, if a publish was
+    /// interrupted between its catalog commit and its manifest (the manifest is older, or
+    /// missing or unreadable). A manifest at that revision or later with another tree means
+    /// the catalog is the older one (restored from a copy, say): that is refused, never
+    /// "recovered" by publishing a revision number again with another tree. A missing
+    /// `public/repo.pub` is made again from the signing key first.
     fn recover_manifest(&self) -> Result<()> {
         let Some((rev, rec)) = self.db.latest_revision()? else {
             return Ok(());
         };
-        let current = self.objects.load_manifest().ok();
-        if current.as_ref().map(|m| (m.revision, m.root)) != Some((rev, rec.root)) {
-            tracing::warn!(
-                "manifest does not show recorded revision {rev}: rewriting it (an earlier publish was interrupted)"
-            );
-            self.write_manifest(rev, &rec)?;
+        self.restore_public_key()?;
+        match self.objects.load_manifest() {
+            Ok(m) if (m.revision, m.root) == (rev, rec.root) => return Ok(()),
+            Ok(m) if m.revision >= rev => {
+                return Err(Error::BadStore {
+                    path: self.layout.root.clone(),
+                    what: format!(
+                        "the catalog is damaged or older than what was published (restored from \
+                         a copy?): the published manifest is at revision {} (root {}), the \
+                         catalog's last revision is {rev} (root {}). Nothing was changed; make \
+                         the catalog again from the published store with `depotfs rebuild-catalog \
+                         {}`",
+                        m.revision,
+                        m.root,
+                        rec.root,
+                        self.layout.root.display()
+                    ),
+                });
+            }
+            Ok(m) => tracing::warn!(
+                "the manifest shows revision {}, the catalog's last is {rev}: rewriting it (an earlier publish was interrupted)",
+                m.revision
+            ),
+            Err(e) => {
+                tracing::warn!("the manifest cannot be read ({e}): rewriting it for revision {rev}")
+            }
         }
+        self.write_manifest(rev, &rec)
+    }
+
+    /// Write `public/repo.pub` from the signing key if it is missing (and upload it, when the
+    /// public side is a bucket).
+    fn restore_public_key(&self) -> Result<()> {
+        let path = self.layout.public_key();
+        if path.exists() {
+            return Ok(());
+        }
+        let key = self.layout.load_secret_key()?.public();
+        crate::store::write_atomic(&self.layout, &path, key.to_text().as_bytes())?;
+        self.objects.publish_key()?;
+        tracing::warn!(
+            "{} was missing: made again from the signing key",
+            path.display()
+        );
         Ok(())
     }
 
@@ -747,6 +795,11 @@ impl Repo {
                 }
                 continue;
             }
+            if rec.pruned {
+                // An earlier gc with a smaller --keep deleted its objects: nothing to keep.
+                tracing::debug!("revision {rev} was pruned by an earlier gc");
+                continue;
+            }
             marker.mark_tree(rec.root, abort)?;
         }
         // The staged tree: files added with --no-publish are referenced only here. With
@@ -831,16 +884,7 @@ impl Repo {
         progress.finish();
         drop(leaves);
         self.db.set_meta(GC_SWEEP, None)?;
-        let tmp = self.layout.tmp();
-        for f in fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
-            let f = f.map_err(Error::io(&tmp))?;
-            let p = f.path();
-            if f.file_type().is_ok_and(|t| t.is_dir()) {
-                fs::remove_dir_all(&p).map_err(Error::io(&p))?;
-            } else {
-                fs::remove_file(&p).map_err(Error::io(&p))?;
-            }
-        }
+        self.layout.clear_tmp()?;
         Ok(report)
     }
 

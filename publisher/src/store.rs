@@ -91,6 +91,23 @@ impl Layout {
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+
+    /// Empty `STORE/tmp` (making it if it is missing). Only for a holder of the lock: every
+    /// writer there holds it, so what is there was left by a killed command.
+    pub fn clear_tmp(&self) -> Result<()> {
+        let tmp = self.tmp();
+        fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+        for f in fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
+            let f = f.map_err(Error::io(&tmp))?;
+            let p = f.path();
+            if f.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p).map_err(Error::io(&p))?;
+            } else {
+                fs::remove_file(&p).map_err(Error::io(&p))?;
+            }
+        }
+        Ok(())
+    }
     /// `STORE/public.url`: the bucket holding the public side, if it is one.
     pub fn bucket_file(&self) -> PathBuf {
         self.root.join("public.url")

@@ -252,3 +252,85 @@ fn a_very_deep_subtree_is_removed_without_recursion() {
     assert!(repo.list_dir("deep").unwrap().is_empty());
     assert_eq!(repo.list_dir("").unwrap().len(), 1, "only a is left");
 }
+
+/// A gc keeping more revisions than an earlier gc did skips the revisions that one pruned
+/// (their objects are gone) instead of failing on a missing object.
+#[test]
+fn a_gc_keeping_more_than_an_earlier_one_skips_pruned_revisions() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = store_with_a(t.path());
+    for i in 2..=6u64 {
+        repo.stage_add(&format!("d{i}"), vec![(format!("f{i}"), file(i, i as i64))])
+            .unwrap();
+        repo.publish(None, false).unwrap().unwrap();
+    }
+    repo.gc(2).unwrap();
+    let root1 = repo
+        .revisions()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.0 == 1)
+        .unwrap()
+        .1;
+    assert!(root1.pruned);
+    assert!(
+        !repo.layout.object(&root1.root).exists(),
+        "the first gc deleted revision 1's root"
+    );
+    repo.gc(10).unwrap();
+    repo.gc(3).unwrap();
+}
+
+/// A catalog older than the published manifest (put back from a copy) is refused with what
+/// to do, and the manifest is left as it was: a revision number is never published again
+/// with another tree.
+#[test]
+fn a_catalog_older_than_the_manifest_is_refused_not_rewound() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let repo = store_with_a(t.path());
+    let catalog = repo.layout.catalog();
+    drop(repo);
+    let copy = t.path().join("catalog.copy");
+    fs::copy(&catalog, &copy).unwrap();
+    let repo = Repo::open(&store).unwrap();
+    repo.stage_add("", vec![("b".into(), file(2, 2))]).unwrap();
+    repo.publish(None, false).unwrap().unwrap();
+    let manifest = fs::read(repo.layout.manifest()).unwrap();
+    drop(repo);
+    fs::copy(&copy, &catalog).unwrap();
+    let err = Repo::open(&store).unwrap_err().to_string();
+    assert!(
+        err.contains("the catalog is damaged or older than what was published")
+            && err.contains("rebuild-catalog"),
+        "{err}"
+    );
+    assert_eq!(fs::read(Layout::new(&store).manifest()).unwrap(), manifest);
+}
+
+/// A missing `public/repo.pub` is made again from the signing key, and the manifest, which
+/// then verifies, is not rewritten; a deleted `STORE/tmp` is made again, and what a killed
+/// command left in it is removed.
+#[test]
+fn a_missing_public_key_and_tmp_are_made_again_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let repo = store_with_a(t.path());
+    let layout = repo.layout.clone();
+    let key = fs::read(layout.public_key()).unwrap();
+    let manifest = fs::read(layout.manifest()).unwrap();
+    drop(repo);
+    fs::remove_file(layout.public_key()).unwrap();
+    drop(Repo::open(&store).unwrap());
+    assert_eq!(fs::read(layout.public_key()).unwrap(), key);
+    assert_eq!(fs::read(layout.manifest()).unwrap(), manifest);
+
+    fs::create_dir_all(layout.tmp().join("mark-1234/runs")).unwrap();
+    fs::write(layout.tmp().join("manifest.99.1"), b"half").unwrap();
+    drop(Repo::open(&store).unwrap());
+    assert_eq!(fs::read_dir(layout.tmp()).unwrap().count(), 0);
+    fs::remove_dir_all(layout.tmp()).unwrap();
+    let repo = Repo::open(&store).unwrap();
+    repo.stage_add("", vec![("b".into(), file(2, 2))]).unwrap();
+    assert_eq!(repo.publish(None, false).unwrap().unwrap().0, 2);
+}

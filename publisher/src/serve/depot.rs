@@ -15,8 +15,8 @@
 //! its body holds that revision (an `Arc`), so a download that started before a publish
 //! finishes with the old bytes. Objects are immutable and never overwritten, so that holds
 //! until `depotfs gc` deletes objects the old revision alone needed (`--keep N` keeps the
-//! last N revisions; with the default a download lasting longer than two publishes and a gc
-//! can be cut, and is counted and logged as above).
+//! last N revisions, 10 by default: a download is cut only if N publishes and a gc happen
+//! while it lasts, and is then counted and logged as above).
 //!
 //! HTTP: GET and HEAD, `Content-Length`, `Last-Modified` (the entry's mtime), a strong
 //! `ETag` (the file's content object: its blake3 for one-chunk files, its chunk list's
