@@ -800,7 +800,15 @@ impl Repo {
                 tracing::debug!("revision {rev} was pruned by an earlier gc");
                 continue;
             }
-            marker.mark_tree(rec.root, abort)?;
+            marker
+                .mark_tree(rec.root, abort)
+                .map_err(|e| Error::BadStore {
+                    path: self.layout.root.clone(),
+                    what: format!(
+                        "gc deleted nothing: marking what revision {rev} needs failed ({e}); \
+                     `depotfs verify` names what is missing or damaged"
+                    ),
+                })?;
         }
         // The staged tree: files added with --no-publish are referenced only here. With
         // nothing staged it is the latest revision's tree, marked above: walking its rows

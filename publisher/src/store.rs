@@ -566,6 +566,12 @@ impl Objects {
             let name = format!("{b:02x}{}", f.file_name().to_string_lossy());
             if name.parse::<ObjectId>().is_ok_and(|id| live(&id)) {
                 kept += 1;
+            } else if f.file_type().is_ok_and(|t| t.is_dir()) {
+                // Not an object (`lost+found`, an operator's): left alone, said.
+                tracing::warn!(
+                    "{}: a directory among the objects; left as it is",
+                    f.path().display()
+                );
             } else {
                 removed += 1;
                 removed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);

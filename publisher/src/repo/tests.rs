@@ -279,6 +279,24 @@ fn a_gc_keeping_more_than_an_earlier_one_skips_pruned_revisions() {
     );
     repo.gc(10).unwrap();
     repo.gc(3).unwrap();
+
+    // A directory among the objects is left alone; a missing object a kept revision needs
+    // stops gc before it deletes anything, naming the revision.
+    let stray = repo.layout.objects().join("80/lost+found");
+    fs::create_dir_all(&stray).unwrap();
+    repo.gc(3).unwrap();
+    assert!(stray.is_dir());
+    let (rev, rec) = repo.revisions().unwrap().into_iter().find(|r| r.0 == 5).unwrap();
+    let node = repo.layout.object(&rec.root);
+    let aside = t.path().join("aside");
+    fs::rename(&node, &aside).unwrap();
+    let err = repo.gc(3).unwrap_err().to_string();
+    assert!(
+        err.contains("gc deleted nothing") && err.contains(&format!("revision {rev} needs")),
+        "{err}"
+    );
+    fs::rename(&aside, &node).unwrap();
+    repo.gc(3).unwrap();
 }
 
 /// A catalog older than the published manifest (put back from a copy) is refused with what
