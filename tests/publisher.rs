@@ -295,6 +295,21 @@ fn publish_change_rollback_gc_verify() {
         report.contains(name),
         "verify did not name the corrupt object: {report}"
     );
+    // What it says to do, done: the damaged object deleted, its file added again.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("delete its file") && said.contains("`depotfs add` the file"),
+        "{said}"
+    );
+    fs::remove_file(&victim).unwrap();
+    let again = c.dir.join("samtools:1.9--h91753b0_8");
+    run(&["add", s, "--to", "all/", again.to_str().unwrap()]);
+    assert!(victim.is_file(), "the add did not write the missing object");
+    assert!(
+        String::from_utf8(run(&["verify", s]).stdout)
+            .unwrap()
+            .starts_with("ok:")
+    );
 }
 
 fn first_object(store: &Path) -> PathBuf {
@@ -328,6 +343,9 @@ fn second_publisher_is_refused_with_pid() {
         err.contains(&format!("locked by pid {}", std::process::id())),
         "{err}"
     );
+    // `log` reads beside the publisher at work.
+    let log = String::from_utf8(run(&["log", s]).stdout).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
     drop(held);
     run(&["publish", s]);
 }

@@ -578,14 +578,26 @@ pub fn status(store: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 /// `depotfs log`
 pub fn log(a: LogArgs) -> anyhow::Result<ExitCode> {
-    let repo = Repo::open(&a.store)?;
+    let layout = Layout::new(&a.store);
+    layout.check()?;
+    // Beside a publisher at work (a long sync, say), read the catalog as `status` does;
+    // otherwise open the store, which also finishes an interrupted publish.
+    let revisions = match crate::store::holder(&layout)? {
+        Some(_) => {
+            use redb::ReadableDatabase;
+            let db = crate::repo::open_read_only(&layout)?;
+            let txn = db.begin_read()?;
+            crate::db::all_revisions(&txn.open_table(crate::db::REVISIONS)?)?
+        }
+        None => Repo::open(&a.store)?.revisions()?,
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{:>6}  {:<20}  {:<12}  {:<16}  {:>9}  {:>14}",
         "rev", "published (UTC)", "root", "tag", "files", "bytes"
     )?;
-    for (rev, r) in repo.revisions()?.iter().rev() {
+    for (rev, r) in revisions.iter().rev() {
         writeln!(
             out,
             "{rev:>6}  {:<20}  {:<12}  {:<16}  {:>9}  {:>14}{}",
@@ -705,9 +717,14 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("{p}");
         }
         eprintln!(
-            "depotfs: verify found {} problems in {}",
+            "depotfs: verify found {} problems in {}\n\
+             An object named above is damaged or missing: delete its file \
+             ({}/ab/cdef… for object abcdef…) if it is there, then `depotfs add` the file it \
+             belongs to again (an add writes every object it needs that is missing), or copy \
+             the object from a mirror.",
             r.problems.len(),
-            a.store.display()
+            a.store.display(),
+            Layout::new(&a.store).objects().display()
         );
         Ok(ExitCode::FAILURE)
     }

@@ -286,7 +286,12 @@ fn a_gc_keeping_more_than_an_earlier_one_skips_pruned_revisions() {
     fs::create_dir_all(&stray).unwrap();
     repo.gc(3).unwrap();
     assert!(stray.is_dir());
-    let (rev, rec) = repo.revisions().unwrap().into_iter().find(|r| r.0 == 5).unwrap();
+    let (rev, rec) = repo
+        .revisions()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.0 == 5)
+        .unwrap();
     let node = repo.layout.object(&rec.root);
     let aside = t.path().join("aside");
     fs::rename(&node, &aside).unwrap();
