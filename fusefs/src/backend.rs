@@ -231,11 +231,6 @@ pub enum Backend {
     Local(PathBuf),
 }
 
-/// Why a body was refused for its length.
-fn too_long(len: u64, limit: u64) -> String {
-    depotfs_http::BodyError::too_long(len, limit)
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -379,7 +374,7 @@ impl Backend {
                     .map_err(|e| failed(e.to_string()))?
                     .len();
                 if len > limit {
-                    return Err(failed(too_long(len, limit)));
+                    return Err(failed(depotfs_http::BodyError::too_long(len, limit)));
                 }
                 let bytes = tokio::fs::read(&p)
                     .await
@@ -818,7 +813,12 @@ impl Http {
             answered: true,
             timeout: false,
         };
-        let too_big = |len: u64| refused(format!("{}{via}", too_long(len, limit)));
+        let too_big = |len: u64| {
+            refused(format!(
+                "{}{via}",
+                depotfs_http::BodyError::too_long(len, limit)
+            ))
+        };
         let mut req = proxy.client.get(&url);
         if fresh {
             req = req

@@ -485,6 +485,11 @@ impl Revision {
         self.manifest.revision
     }
 
+    /// The depot's downloads (their read-ahead budget).
+    pub(super) fn downloads(&self) -> &Downloads {
+        &self.downloads
+    }
+
     /// The search index of this revision, built on first use.
     fn search_index(&self) -> crate::Result<Arc<SearchIndex>> {
         if let Some(ix) = self.search.get() {
@@ -728,7 +733,6 @@ fn file_response(
     let chunks = rev.chunks(content, len)?;
     let mut stream = VerifiedStream::new(
         Arc::clone(rev),
-        &rev.downloads,
         path.to_owned(),
         chunks,
         (start, end),

@@ -231,7 +231,6 @@ impl Downloads {
 #[derive(Debug)]
 pub struct VerifiedStream {
     rev: Arc<Revision>,
-    downloads: Arc<Downloads>,
     path: String,
     /// The read-ahead, shared with [`Downloads::reclaim_idle`].
     held: Arc<Mutex<Held>>,
@@ -335,7 +334,6 @@ impl Held {
     fn fill(
         &mut self,
         rev: &Arc<Revision>,
-        budget: &Arc<Semaphore>,
         mut first: Option<OwnedSemaphorePermit>,
     ) -> Option<u32> {
         let ahead = if self.cold {
@@ -349,7 +347,7 @@ impl Held {
             let permit = match first.take() {
                 // The plan does not change while a download waits (it is not idle then).
                 Some(p) => p,
-                None => match Arc::clone(budget).try_acquire_many_owned(kib) {
+                None => match Arc::clone(&rev.downloads().budget).try_acquire_many_owned(kib) {
                     Ok(p) => p,
                     Err(_) if self.reading.is_empty() && self.ready.is_none() => {
                         return Some(kib);
@@ -443,7 +441,6 @@ impl VerifiedStream {
     /// HTTP/2 when `h2`.
     pub fn new(
         rev: Arc<Revision>,
-        downloads: &Arc<Downloads>,
         path: String,
         chunks: Arc<[ChunkRef]>,
         (start, end): (u64, u64),
@@ -459,10 +456,9 @@ impl VerifiedStream {
             asked: false,
             handed: Instant::now(),
         }));
-        downloads.add(&held);
+        rev.downloads().add(&held);
         VerifiedStream {
             rev,
-            downloads: Arc::clone(downloads),
             path,
             held,
             copy_at: h2.then_some(H2_PIECE),
@@ -488,7 +484,7 @@ impl VerifiedStream {
     /// allows without waiting.
     pub fn start(&mut self) {
         let mut h = self.held.lock().expect("not poisoned");
-        h.fill(&self.rev, &self.downloads.budget, None);
+        h.fill(&self.rev, None);
     }
 
     /// End the response: count and log why.
@@ -544,8 +540,8 @@ impl super::files::ChunkStream for VerifiedStream {
                 },
                 None => None,
             };
-            if let Some(kib) = h.fill(&self.rev, &self.downloads.budget, first) {
-                let budget = Arc::clone(&self.downloads.budget);
+            if let Some(kib) = h.fill(&self.rev, first) {
+                let budget = Arc::clone(&self.rev.downloads().budget);
                 self.waiting = Some(Waiting(Box::pin(budget.acquire_many_owned(kib))));
                 continue;
             }
@@ -577,7 +573,7 @@ impl super::files::ChunkStream for VerifiedStream {
                 permit: group.permit,
             });
             // The next groups run while this one's bytes go out.
-            h.fill(&self.rev, &self.downloads.budget, None);
+            h.fill(&self.rev, None);
         }
     }
 
